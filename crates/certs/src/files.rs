@@ -1,0 +1,1 @@
+//! Purchased certificates loaded from PEM files. (Being written.)

@@ -1,0 +1,85 @@
+//! The storage key layout: the one place that names keys and locks (certmagic's KeyBuilder).
+//!
+//! ```text
+//! acme/<ca>/account.json                 ACME account credentials for one CA directory
+//! certs/<issuer>/<cert-id>.json          CertBundle (chain, key, meta) — <issuer> is acme-<ca> or internal
+//! status/<cert-id>.json                  last error and state for `fleetgate certs`
+//! challenges/http-01/<token>.json        HTTP-01 key authorization (+ domain)
+//! challenges/tls-alpn-01/<domain>.json   TLS-ALPN-01 key authorization digest
+//! internal/ca.json                       the built-in CA's root certificate and key
+//! ```
+//! Lock names: `cert-<cert-id>`, `account-<ca>`, `internal-ca`.
+
+use store::{LockName, StorageKey};
+
+use crate::DomainName;
+
+/// Every key below is built from fixed segments and `sanitize_segment` output, which
+/// `StorageKey::new` always accepts (a property test in `store` checks that); so this cannot fail.
+#[allow(clippy::expect_used)]
+fn key(text: String) -> StorageKey {
+    StorageKey::new(text).expect("layout builds valid storage keys")
+}
+
+/// A short, stable, safe name for a CA directory URL: host and path, sanitised.
+pub fn ca_id(directory_url: &str) -> String {
+    let without_scheme = directory_url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(directory_url);
+    store::sanitize_segment(&without_scheme.replace('/', "-"))
+}
+
+pub fn account(ca: &str) -> StorageKey {
+    key(format!("acme/{}/account.json", store::sanitize_segment(ca)))
+}
+
+pub fn account_lock(ca: &str) -> LockName {
+    LockName::new(&format!("account-{ca}"))
+}
+
+/// `acme-<ca>` or `internal`.
+pub fn issuer_acme(ca: &str) -> String {
+    format!("acme-{ca}")
+}
+
+pub const ISSUER_INTERNAL: &str = "internal";
+
+pub fn certs_prefix() -> StorageKey {
+    key("certs".to_string())
+}
+
+pub fn cert(issuer: &str, cert_id: &str) -> StorageKey {
+    key(format!(
+        "certs/{}/{}.json",
+        store::sanitize_segment(issuer),
+        store::sanitize_segment(cert_id)
+    ))
+}
+
+pub fn cert_lock(cert_id: &str) -> LockName {
+    LockName::new(&format!("cert-{cert_id}"))
+}
+
+pub fn status(cert_id: &str) -> StorageKey {
+    key(format!("status/{}.json", store::sanitize_segment(cert_id)))
+}
+
+pub fn http01(token: &str) -> StorageKey {
+    key(format!("challenges/http-01/{}.json", store::sanitize_segment(token)))
+}
+
+pub fn tls_alpn01(domain: &DomainName) -> StorageKey {
+    key(format!(
+        "challenges/tls-alpn-01/{}.json",
+        store::sanitize_segment(domain.as_str())
+    ))
+}
+
+pub fn internal_ca() -> StorageKey {
+    key("internal/ca.json".to_string())
+}
+
+pub fn internal_ca_lock() -> LockName {
+    LockName::new("internal-ca")
+}

@@ -1,0 +1,26 @@
+//! Certificates for fleetgate: where they come from (ACME, files, the internal CA), the shared
+//! challenge state any node answers from, and when to renew.
+//!
+//! **Architecture invariant:** `certs` talks to storage only through [`store::Storage`] and to the
+//! serving side only through [`Deployer`]; it never opens a socket to clients.
+
+pub mod acme;
+mod bundle;
+mod challenge;
+mod domain;
+mod error;
+pub mod files;
+pub mod internal;
+mod keys;
+pub mod layout;
+mod manager;
+pub mod renewal;
+
+pub use bundle::{CertBundle, CertMeta, LastError, SourceKind};
+pub use challenge::{ChallengeKind, Challenges};
+pub use domain::{DomainError, DomainName};
+pub use error::{AcmeProblem, Error};
+pub use keys::KeyType;
+pub use manager::{CertId, CertSource, CertStatus, CertState, Deployer, Manager, ManagedCert};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

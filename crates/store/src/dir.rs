@@ -1,0 +1,1 @@
+//! dir backend (to be written)
