@@ -1,1 +1,88 @@
-//! Purchased certificates loaded from PEM files. (Being written.)
+//! Purchased certificates loaded from PEM files.
+//!
+//! The certificate file holds the chain, leaf first; the key file holds the leaf's private key as
+//! PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`) PEM. Errors name
+//! the file at fault: an unreadable file is [`Error::Io`], a certificate file without a usable
+//! leaf is [`Error::InvalidCertificate`] naming it, a key file without a usable key is
+//! [`Error::InvalidCertificate`] naming the key file, and a key of another certificate is
+//! [`Error::KeyMismatch`] naming the key file.
+//!
+//! The manager polls [`stamp`] (about once a second) and calls [`load`] again when the stamp
+//! changes, so replacing the files (in place, by rename, or by a Kubernetes secret's symlink swap)
+//! is picked up without a restart.
+
+use std::fs;
+use std::path::Path;
+use std::time::SystemTime;
+
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::{CertBundle, Error, Result, SourceKind};
+
+/// Read and check a certificate chain and its private key.
+///
+/// This does small blocking reads; the manager calls it from its per-certificate task, at start
+/// and when [`stamp`] changes.
+pub fn load(cert: &Path, key: &Path) -> Result<CertBundle> {
+    let chain_pem = read(cert)?;
+    let key_pem = read(key)?;
+    check_key(&key_pem, key)?;
+    // The key parses, so every error from here on is about the certificate file, except a key
+    // that belongs to another certificate, which names the key file.
+    CertBundle::from_pem(chain_pem, key_pem, SourceKind::Files, Some(cert)).map_err(|e| match e {
+        Error::KeyMismatch { .. } => Error::KeyMismatch {
+            path: Some(key.to_path_buf()),
+        },
+        other => other,
+    })
+}
+
+fn read(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|_| Error::InvalidCertificate {
+        path: Some(path.to_path_buf()),
+        detail: "not a PEM text file (invalid UTF-8)".into(),
+    })
+}
+
+/// The key file on its own: a PEM private key that rustls can sign with.
+fn check_key(key_pem: &str, path: &Path) -> Result<()> {
+    let invalid = |detail: String| Error::InvalidCertificate {
+        path: Some(path.to_path_buf()),
+        detail,
+    };
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| invalid(format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")))?;
+    rustls::crypto::aws_lc_rs::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| invalid(format!("unsupported private key: {e}")))?;
+    Ok(())
+}
+
+/// What the files looked like when last seen: modification time and length of both. Equal stamps
+/// mean "probably unchanged"; a different stamp means "load again".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    cert_modified: SystemTime,
+    cert_len: u64,
+    key_modified: SystemTime,
+    key_len: u64,
+}
+
+/// The current stamp of both files (following symlinks), or `None` when either cannot be
+/// examined (missing, unreadable directory, or a platform without modification times).
+pub fn stamp(cert: &Path, key: &Path) -> Option<FileStamp> {
+    let c = fs::metadata(cert).ok()?;
+    let k = fs::metadata(key).ok()?;
+    Some(FileStamp {
+        cert_modified: c.modified().ok()?,
+        cert_len: c.len(),
+        key_modified: k.modified().ok()?,
+        key_len: k.len(),
+    })
+}

@@ -1,12 +1,29 @@
 //! Decides, per managed certificate, when to load, order or renew, and deploys the result.
-//! (Being written.)
+//!
+//! One task per certificate. Each loop: read what the store (or the files) hold, deploy it if it
+//! is new, and when it is missing or due for renewal take the certificate's lease, re-read, order,
+//! write under the fencing token, deploy. Failures back off (see [`crate::renewal`]). A task
+//! wakes on a change event for its key, on a kick (SIGHUP), or at the resync interval at the
+//! latest, so writes by other processes are picked up even without events.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+use store::{Change, Storage, StorageKey};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{DomainName, KeyType};
+use crate::acme::{AcmeIssuer, AcmeSettings};
+use crate::bundle::{LastError, now_unix};
+use crate::internal::InternalCa;
+use crate::renewal::{self, Backoff};
+use crate::{CertBundle, Challenges, DomainName, Error, KeyType, Result, SourceKind, files, layout};
 
 /// The identity of a managed certificate: its site's first domain.
 pub type CertId = String;
@@ -14,18 +31,66 @@ pub type CertId = String;
 /// Where a managed certificate comes from.
 #[derive(Debug, Clone)]
 pub enum CertSource {
-    Acme(crate::acme::AcmeSettings),
+    Acme(AcmeSettings),
     Internal,
     Files { cert: PathBuf, key: PathBuf },
 }
 
+impl PartialEq for CertSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (CertSource::Acme(a), CertSource::Acme(b)) => {
+                a.directory == b.directory
+                    && a.email == b.email
+                    && a.ca_root == b.ca_root
+                    && a.challenges == b.challenges
+                    && a.eab.as_ref().map(|e| (&e.kid, &e.hmac_key)) == b.eab.as_ref().map(|e| (&e.kid, &e.hmac_key))
+            }
+            (CertSource::Internal, CertSource::Internal) => true,
+            (CertSource::Files { cert: c1, key: k1 }, CertSource::Files { cert: c2, key: k2 }) => c1 == c2 && k1 == k2,
+            _ => false,
+        }
+    }
+}
+
+impl CertSource {
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            CertSource::Acme(_) => SourceKind::Acme,
+            CertSource::Internal => SourceKind::Internal,
+            CertSource::Files { .. } => SourceKind::Files,
+        }
+    }
+}
+
 /// One certificate the manager keeps current.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ManagedCert {
     pub id: CertId,
     pub domains: Vec<DomainName>,
     pub source: CertSource,
     pub key_type: KeyType,
+}
+
+impl ManagedCert {
+    /// The storage key of this certificate's bundle; `None` for files, which are not stored.
+    pub fn storage_key(&self) -> Option<StorageKey> {
+        match &self.source {
+            CertSource::Acme(s) => Some(layout::cert(&layout::issuer_acme(&layout::ca_id(&s.directory)), &self.id)),
+            CertSource::Internal => Some(layout::cert(layout::ISSUER_INTERNAL, &self.id)),
+            CertSource::Files { .. } => None,
+        }
+    }
+
+    fn wants(&self, bundle: &CertBundle) -> bool {
+        let mut have: Vec<&str> = bundle.meta.names.iter().map(String::as_str).collect();
+        let mut want: Vec<&str> = self.domains.iter().map(DomainName::as_str).collect();
+        have.sort_unstable();
+        have.dedup();
+        want.sort_unstable();
+        want.dedup();
+        have == want
+    }
 }
 
 /// The serving side, as the manager sees it.
@@ -36,8 +101,560 @@ pub trait Deployer: Send + Sync + 'static {
     fn retract(&self, id: &CertId);
 }
 
-pub struct Manager;
-#[derive(Debug)]
-pub struct CertStatus;
-#[derive(Debug)]
-pub enum CertState {}
+/// The state of one certificate, as `fleetgate certs` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertState {
+    /// Nothing obtained yet; an order is pending or waiting to be placed.
+    Pending,
+    /// Served and not yet due.
+    Valid,
+    /// Inside its renewal window; a renewal is being attempted.
+    Renewing,
+    /// The last attempt failed; the current certificate (if any) is still served.
+    Failing,
+    /// Past not-after.
+    Expired,
+}
+
+impl std::fmt::Display for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CertState::Pending => "pending",
+            CertState::Valid => "valid",
+            CertState::Renewing => "renewing",
+            CertState::Failing => "failing",
+            CertState::Expired => "expired",
+        })
+    }
+}
+
+/// What is recorded in the store beside a certificate (`status/<id>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub state: CertState,
+    pub updated_at: i64,
+    pub node: String,
+    pub next_attempt: Option<i64>,
+    pub failures: u32,
+    pub last_error: Option<LastError>,
+}
+
+/// One row of `fleetgate certs`.
+#[derive(Debug, Clone)]
+pub struct CertStatus {
+    pub id: CertId,
+    pub domains: Vec<DomainName>,
+    pub source: SourceKind,
+    pub issuer: Option<String>,
+    pub not_after: Option<i64>,
+    pub state: CertState,
+    pub last_error: Option<String>,
+}
+
+/// How long a certificate lease lasts; renewed every third of it while an order runs.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+/// How long a task sleeps at most before re-reading the store.
+const RESYNC: Duration = Duration::from_secs(60);
+/// How often file-backed certificates are checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(1);
+/// How long to wait between looks while a peer holds the certificate's lease.
+const PEER_WAIT: Duration = Duration::from_secs(2);
+
+struct Task {
+    cert: ManagedCert,
+    cancel: CancellationToken,
+    kick: Arc<Notify>,
+}
+
+/// Keeps every configured certificate obtained, renewed and deployed.
+pub struct Manager {
+    store: Arc<dyn Storage>,
+    deployer: Arc<dyn Deployer>,
+    challenges: Arc<Challenges>,
+    internal: Arc<InternalCa>,
+    node: String,
+    issuers: Mutex<HashMap<String, Arc<AcmeIssuer>>>,
+    tasks: Mutex<HashMap<CertId, Task>>,
+    /// Storage key -> the kick of the task that owns it.
+    watch: Mutex<HashMap<StorageKey, Arc<Notify>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// A poisoned mutex only means a panic elsewhere; the maps stay consistent enough to use.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Manager {
+    pub fn new(store: Arc<dyn Storage>, deployer: Arc<dyn Deployer>, node: String) -> Arc<Self> {
+        let challenges = Arc::new(Challenges::new(store.clone()));
+        let internal = Arc::new(InternalCa::new(store.clone(), node.clone()));
+        let manager = Arc::new(Manager {
+            store,
+            deployer,
+            challenges,
+            internal,
+            node,
+            issuers: Mutex::default(),
+            tasks: Mutex::default(),
+            watch: Mutex::default(),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+        manager.clone().spawn_change_listener();
+        manager
+    }
+
+    pub fn challenges(&self) -> Arc<Challenges> {
+        self.challenges.clone()
+    }
+
+    pub fn internal_ca(&self) -> Arc<InternalCa> {
+        self.internal.clone()
+    }
+
+    /// Make the set of managed certificates exactly `certs`: start tasks for new ones, restart
+    /// changed ones, stop and retract removed ones, and kick unchanged ones (a reload re-reads
+    /// files at once).
+    pub fn apply(self: &Arc<Self>, certs: Vec<ManagedCert>) {
+        let mut tasks = lock(&self.tasks);
+        let wanted: HashMap<CertId, ManagedCert> =
+            certs.into_iter().map(|c| (c.id.clone(), c)).collect();
+        let removed: Vec<CertId> = tasks
+            .iter()
+            .filter(|(id, task)| wanted.get(*id) != Some(&task.cert))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in removed {
+            if let Some(task) = tasks.remove(&id) {
+                task.cancel.cancel();
+                if let Some(key) = task.cert.storage_key() {
+                    lock(&self.watch).remove(&key);
+                }
+                if !wanted.contains_key(&id) {
+                    info!(cert = %id, "certificate removed from the configuration");
+                    self.deployer.retract(&id);
+                }
+            }
+        }
+        for (id, cert) in wanted {
+            if let Some(task) = tasks.get(&id) {
+                task.kick.notify_one();
+                continue;
+            }
+            let cancel = self.shutdown.child_token();
+            let kick = Arc::new(Notify::new());
+            if let Some(key) = cert.storage_key() {
+                lock(&self.watch).insert(key, kick.clone());
+            }
+            let worker = CertWorker {
+                manager: self.clone(),
+                cert: cert.clone(),
+                cancel: cancel.clone(),
+                kick: kick.clone(),
+            };
+            let span = info_span!("cert", cert = %id, source = %cert.source.kind());
+            self.tracker.spawn(worker.run().instrument(span));
+            tasks.insert(id, Task { cert, cancel, kick });
+        }
+    }
+
+    /// Stop every task (an order in flight is abandoned; its lease is released or expires).
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    fn issuer(&self, settings: &AcmeSettings) -> Arc<AcmeIssuer> {
+        let mut issuers = lock(&self.issuers);
+        issuers
+            .entry(settings.directory.clone())
+            .or_insert_with(|| {
+                Arc::new(AcmeIssuer::new(
+                    settings.clone(),
+                    self.store.clone(),
+                    self.challenges.clone(),
+                    self.node.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    fn spawn_change_listener(self: Arc<Self>) {
+        let mut events = self.store.subscribe();
+        let shutdown = self.shutdown.clone();
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    change = events.recv() => change,
+                };
+                let Some(manager) = weak.upgrade() else { return };
+                match change {
+                    Ok(Change::Put(key) | Change::Deleted(key)) => {
+                        if let Some(kick) = lock(&manager.watch).get(&key) {
+                            kick.notify_one();
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed events: wake everyone to re-read.
+                        for kick in lock(&manager.watch).values() {
+                            kick.notify_one();
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// The status of each certificate, read from the store and files (for `fleetgate certs`).
+    pub async fn statuses(store: &dyn Storage, certs: &[ManagedCert]) -> Vec<CertStatus> {
+        let now = now_unix();
+        let mut rows = Vec::with_capacity(certs.len());
+        for cert in certs {
+            let record: Option<StatusRecord> = match store.get(&layout::status(&cert.id)).await {
+                Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
+                _ => None,
+            };
+            let (bundle, load_error) = match &cert.source {
+                CertSource::Files { cert: c, key } => match files::load(c, key) {
+                    Ok(b) => (Some(b), None),
+                    Err(e) => (None, Some(e.to_string())),
+                },
+                _ => match cert.storage_key() {
+                    Some(key) => match store.get(&key).await {
+                        Ok(Some(bytes)) => (CertBundle::from_json(&bytes).ok(), None),
+                        Ok(None) => (None, None),
+                        Err(e) => (None, Some(e.to_string())),
+                    },
+                    None => (None, None),
+                },
+            };
+            let bundle = bundle.filter(|b| cert.wants(b) || matches!(cert.source, CertSource::Files { .. }));
+            let state = match (&bundle, &record) {
+                (Some(b), _) if b.meta.not_after <= now => CertState::Expired,
+                (_, Some(r)) if r.state == CertState::Failing => CertState::Failing,
+                (Some(b), _) if renewal::renew_at(&b.meta, 0.5) <= now => CertState::Renewing,
+                (Some(_), _) => CertState::Valid,
+                (None, _) if load_error.is_some() => CertState::Failing,
+                (None, _) => CertState::Pending,
+            };
+            rows.push(CertStatus {
+                id: cert.id.clone(),
+                domains: cert.domains.clone(),
+                source: cert.source.kind(),
+                issuer: bundle.as_ref().map(|b| b.meta.issuer.clone()),
+                not_after: bundle.as_ref().map(|b| b.meta.not_after),
+                state,
+                last_error: load_error.or_else(|| {
+                    record.and_then(|r| r.last_error).map(|e| e.message)
+                }),
+            });
+        }
+        rows
+    }
+}
+
+/// The loop that keeps one certificate current.
+struct CertWorker {
+    manager: Arc<Manager>,
+    cert: ManagedCert,
+    cancel: CancellationToken,
+    kick: Arc<Notify>,
+}
+
+/// What a worker does next.
+enum Next {
+    /// Sleep this long (or until kicked or cancelled).
+    Wait(Duration),
+}
+
+impl CertWorker {
+    async fn run(self) {
+        let mut deployed_serial: Option<String> = None;
+        let mut backoff = Backoff::new();
+        let mut stamp: Option<files::FileStamp> = None;
+        loop {
+            let next = match &self.cert.source {
+                CertSource::Files { cert, key } => {
+                    self.files_step(cert, key, &mut deployed_serial, &mut stamp).await
+                }
+                _ => self.issued_step(&mut deployed_serial, &mut backoff).await,
+            };
+            let Next::Wait(delay) = next;
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                // A kick (SIGHUP, a change event) re-reads everything, files included.
+                _ = self.kick.notified() => stamp = None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn deploy(&self, bundle: &CertBundle, deployed_serial: &mut Option<String>) -> Result<()> {
+        if deployed_serial.as_deref() == Some(bundle.meta.serial.as_str()) {
+            return Ok(());
+        }
+        let key = bundle.certified_key()?;
+        self.manager.deployer.deploy(&self.cert.id, &self.cert.domains, key);
+        info!(serial = %bundle.meta.serial, not_after = bundle.meta.not_after, "certificate deployed");
+        *deployed_serial = Some(bundle.meta.serial.clone());
+        Ok(())
+    }
+
+    async fn files_step(
+        &self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        deployed_serial: &mut Option<String>,
+        last_stamp: &mut Option<files::FileStamp>,
+    ) -> Next {
+        // Only re-parse when the files changed.
+        let stamp = files::stamp(cert, key);
+        if stamp.is_some() && stamp == *last_stamp {
+            return Next::Wait(FILE_POLL);
+        }
+        match files::load(cert, key) {
+            Ok(bundle) => {
+                // The serial may stay the same when an operator re-saves the same pair.
+                *deployed_serial = None;
+                if let Err(e) = self.deploy(&bundle, deployed_serial) {
+                    warn!(error = %e, "certificate files rejected; the previous pair stays in service");
+                }
+                *last_stamp = stamp.clone();
+                self.record(CertState::Valid, None, 0, None).await;
+            }
+            Err(e) => {
+                if deployed_serial.is_some() {
+                    warn!(error = %e, "certificate files rejected; the previous pair stays in service");
+                } else {
+                    warn!(error = %e, "certificate files rejected; nothing to serve for these names yet");
+                }
+                *last_stamp = stamp.clone();
+                self.record(CertState::Failing, Some(&e), 0, None).await;
+            }
+        }
+        Next::Wait(FILE_POLL)
+    }
+
+    async fn load_stored(&self) -> Result<Option<CertBundle>> {
+        let Some(key) = self.cert.storage_key() else {
+            return Ok(None);
+        };
+        match self.manager.store.get(&key).await? {
+            Some(bytes) => match CertBundle::from_json(&bytes) {
+                Ok(bundle) => Ok(Some(bundle)),
+                Err(e) => {
+                    warn!(key = %key, error = %e, "stored certificate is unreadable; ordering a new one");
+                    Ok(None)
+                }
+            },
+            None => Ok(None),
+        }
+    }
+
+    async fn issued_step(&self, deployed_serial: &mut Option<String>, backoff: &mut Backoff) -> Next {
+        let now = now_unix();
+        let stored = match self.load_stored().await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot read the store; serving what we have");
+                return Next::Wait(backoff_store(backoff));
+            }
+        };
+        let current = stored.filter(|b| self.cert.wants(b));
+        if let Some(bundle) = &current {
+            if let Err(e) = self.deploy(bundle, deployed_serial) {
+                warn!(error = %e, "stored certificate cannot be served; ordering a new one");
+            }
+        }
+        let due = current
+            .as_ref()
+            .map(|b| renewal::renew_at(&b.meta, jitter_seed(&b.meta.serial)))
+            .unwrap_or(now);
+        if let Some(bundle) = &current {
+            if due > now {
+                if let Some(next_ari) = self.maybe_check_ari(bundle, now).await {
+                    let wait = (due.min(next_ari) - now).max(1) as u64;
+                    return Next::Wait(Duration::from_secs(wait).min(RESYNC));
+                }
+                let wait = (due - now).max(1) as u64;
+                return Next::Wait(Duration::from_secs(wait).min(RESYNC));
+            }
+        }
+        // Missing or due: obtain under the certificate's lease.
+        let lock_name = layout::cert_lock(&self.cert.id);
+        let guard = match store::lock(
+            &self.manager.store,
+            &lock_name,
+            &self.manager.node,
+            LEASE_TTL,
+            Duration::ZERO,
+        )
+        .await
+        {
+            Ok(Some(guard)) => guard,
+            Ok(None) => {
+                debug!("a peer holds the certificate's lease; waiting for its result");
+                return Next::Wait(PEER_WAIT);
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot take the certificate's lease");
+                return Next::Wait(backoff_store(backoff));
+            }
+        };
+        // Re-check after acquiring: a peer may have finished just before we got the lease.
+        match self.load_stored().await {
+            Ok(Some(fresh)) if self.cert.wants(&fresh) && renewal::renew_at(&fresh.meta, jitter_seed(&fresh.meta.serial)) > now_unix() => {
+                let _ = guard.release().await;
+                let _ = self.deploy(&fresh, deployed_serial);
+                return Next::Wait(Duration::ZERO);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = guard.release().await;
+                warn!(error = %e, "cannot read the store; will retry");
+                return Next::Wait(backoff_store(backoff));
+            }
+        }
+        let state = if current.is_some() { CertState::Renewing } else { CertState::Pending };
+        self.record(state, None, backoff.failures(), None).await;
+        let result = self.obtain(current.as_ref()).await;
+        let outcome = match result {
+            Ok(bundle) => {
+                let key = self.cert.storage_key();
+                let written = match key {
+                    Some(key) => self.manager.store.put_fenced(&key, &bundle.to_json(), &guard.lease()).await.map_err(Error::from),
+                    None => Ok(()),
+                };
+                match written {
+                    Ok(()) => {
+                        backoff.reset();
+                        if let Err(e) = self.deploy(&bundle, deployed_serial) {
+                            warn!(error = %e, "new certificate cannot be served");
+                        }
+                        self.record(CertState::Valid, None, 0, None).await;
+                        Next::Wait(Duration::ZERO)
+                    }
+                    Err(e) => {
+                        // Lease lost (we stalled past the TTL) or the store failed: never serve
+                        // a certificate that is not durably stored; a peer may have one.
+                        warn!(error = %e, "could not store the new certificate; discarding it");
+                        backoff.record_failure();
+                        let delay = backoff.delay_for(&e, fastrand::f64());
+                        self.record(CertState::Failing, Some(&e), backoff.failures(), Some(delay)).await;
+                        Next::Wait(delay)
+                    }
+                }
+            }
+            Err(e) => {
+                backoff.record_failure();
+                let delay = backoff.delay_for(&e, fastrand::f64());
+                warn!(error = %e, failures = backoff.failures(), retry_in_secs = delay.as_secs(), "obtaining the certificate failed");
+                self.record(CertState::Failing, Some(&e), backoff.failures(), Some(delay)).await;
+                Next::Wait(delay)
+            }
+        };
+        let _ = guard.release().await;
+        outcome
+    }
+
+    async fn obtain(&self, current: Option<&CertBundle>) -> Result<CertBundle> {
+        match &self.cert.source {
+            CertSource::Acme(settings) => {
+                let issuer = self.manager.issuer(settings);
+                issuer.issue(&self.cert.domains, self.cert.key_type, current).await
+            }
+            CertSource::Internal => self.manager.internal.issue(&self.cert.domains, self.cert.key_type).await,
+            CertSource::Files { cert, key } => files::load(cert, key),
+        }
+    }
+
+    /// Refresh the ARI window when it is time; returns when to look next (None without ARI).
+    async fn maybe_check_ari(&self, bundle: &CertBundle, now: i64) -> Option<i64> {
+        let CertSource::Acme(settings) = &self.cert.source else {
+            return None;
+        };
+        if let Some(next) = bundle.meta.ari_next_check {
+            if next > now {
+                return Some(next);
+            }
+        }
+        let issuer = self.manager.issuer(settings);
+        match issuer.renewal_window(bundle).await {
+            Ok(Some(window)) => {
+                let mut updated = bundle.clone();
+                updated.meta.ari_window = Some((window.start, window.end));
+                updated.meta.ari_checked_at = Some(now);
+                let next = renewal::next_ari_check(now, Some(window.retry_after_secs), fastrand::f64());
+                updated.meta.ari_next_check = Some(next);
+                if let Some(key) = self.cert.storage_key() {
+                    // Metadata only; a race with a peer's identical refresh is harmless.
+                    if let Err(e) = self.manager.store.put(&key, &updated.to_json()).await {
+                        debug!(error = %e, "could not store the ARI window");
+                    }
+                }
+                Some(next)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                debug!(error = %e, "ARI check failed; using the lifetime rule until the next check");
+                Some(renewal::next_ari_check(now, None, fastrand::f64()))
+            }
+        }
+    }
+
+    async fn record(&self, state: CertState, error: Option<&Error>, failures: u32, retry_in: Option<Duration>) {
+        let now = now_unix();
+        let record = StatusRecord {
+            state,
+            updated_at: now,
+            node: self.manager.node.clone(),
+            next_attempt: retry_in.map(|d| now + d.as_secs() as i64),
+            failures,
+            last_error: error.map(|e| LastError {
+                at: now,
+                message: e.to_string(),
+                problem: match e {
+                    Error::Acme { problem } | Error::RateLimited { problem, .. } | Error::Validation { problem, .. } => Some(problem.clone()),
+                    _ => None,
+                },
+            }),
+        };
+        let bytes = match serde_json::to_vec(&record) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        if let Err(e) = self.manager.store.put(&layout::status(&self.cert.id), &bytes).await {
+            debug!(error = %e, "could not record the certificate's status");
+        }
+    }
+}
+
+/// A stable per-certificate number in [0, 1) so every node picks the same point in a window.
+fn jitter_seed(serial: &str) -> f64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in serial.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % 1_000_000) as f64 / 1_000_000.0
+}
+
+fn backoff_store(backoff: &mut Backoff) -> Duration {
+    // Store trouble: retry sooner than CA trouble, but never hot-loop.
+    backoff.record_failure();
+    Duration::from_secs(5).min(backoff.delay(fastrand::f64()))
+}

@@ -8,10 +8,16 @@
 //! - **Objects.** `put` replaces the whole value atomically: a concurrent or later `get` sees either
 //!   the old bytes or the new bytes, never a mix, and a crash never leaves a torn value. `get` of a
 //!   missing key is `Ok(None)`, not an error. `delete` of a missing key is `Ok(())`. `list(prefix)`
-//!   returns every key that starts with `prefix` (segment-wise), in no particular order.
+//!   returns every key that starts with `prefix` (segment-wise, [`StorageKey::starts_with`],
+//!   so `prefix` itself when it is an object), in no particular order. A key should not be both
+//!   an object and the prefix of another object (`a` and `a/b`): the dir backend refuses the
+//!   second write with [`Error::Io`].
 //! - **Leases.** `try_lock` either grants a [`Lease`] or reports who holds it; it never blocks.
 //!   A lease lasts `ttl` from the moment it was granted; its holder must `renew` it before then or
-//!   lose it. An expired lease may be taken by anyone. Every grant of a name carries a
+//!   lose it; renewing an expired lease fails with [`Error::LeaseLost`] even if nobody took it.
+//!   A lease is not re-entrant: `try_lock` by the holder's own owner string reports the holder.
+//!   An expired lease may be taken by anyone. [`lock`] waits for a lease and [`LeaseGuard`]
+//!   keeps it renewed. Every grant of a name carries a
 //!   [`FencingToken`] strictly greater than every earlier grant of that name, across processes and
 //!   restarts of the store.
 //! - **Fencing.** `put_fenced` writes only if the lease is still the current, unexpired grant of its
@@ -27,15 +33,19 @@
 //! - **Timeouts.** Backends bound each call; a call that would hang reports
 //!   [`Error::Unavailable`], which is retryable.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod dir;
 mod key;
 mod lease;
+mod lock;
 
 use std::time::Duration;
 
 pub use dir::DirStore;
-pub use key::{sanitize_segment, KeyError, LockName, StorageKey};
+pub use key::{KeyError, LockName, StorageKey, sanitize_segment};
 pub use lease::{FencingToken, Lease, LockHolder};
+pub use lock::{LeaseGuard, lock};
 
 /// One change to stored objects, as seen by [`Storage::subscribe`].
 #[derive(Debug, Clone, PartialEq, Eq)]

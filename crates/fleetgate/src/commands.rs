@@ -1,0 +1,95 @@
+//! The one-shot commands: `check`, `certs`, `ca export`.
+
+use std::io::Write;
+
+use crate::config::{Config, SiteAction, TlsChoice};
+
+/// `fleetgate check`: the config is valid (or `main` already reported why not); print it.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    crate::run::routes(config)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}: OK", config.file.display())?;
+    writeln!(out, "listen: http {} https {}", config.listen_http, config.listen_https)?;
+    match &config.storage {
+        crate::config::StorageConfig::Dir { path } => writeln!(out, "storage: dir {}", path.display())?,
+    }
+    if let Some(acme) = &config.acme {
+        let challenges: Vec<&str> = acme.challenges.iter().map(|c| c.as_str()).collect();
+        writeln!(out, "acme: {} ({})", acme.directory, challenges.join(", "))?;
+    }
+    for (i, site) in config.sites.iter().enumerate() {
+        let action = match &site.action {
+            SiteAction::Redirect { to, status, keep_path } => {
+                format!("redirect {status} to {to}{}", if *keep_path { " (keeping the path)" } else { "" })
+            }
+            SiteAction::Respond { status, .. } => format!("respond {status}"),
+        };
+        let tls = match &site.tls {
+            TlsChoice::Acme => "acme".to_string(),
+            TlsChoice::Internal => "internal".to_string(),
+            TlsChoice::Files { cert, key } => format!("files {} + {}", cert.display(), key.display()),
+        };
+        writeln!(out, "site[{i}]: {action}; tls {tls}")?;
+        for d in &site.domains {
+            writeln!(out, "  {d}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `fleetgate certs`: one row per certificate, read from storage and files.
+pub async fn certs(config: &Config) -> anyhow::Result<()> {
+    let store = crate::run::open_store(config)?;
+    let rows = certs::Manager::statuses(store.as_ref(), &config.managed_certs()).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<40} {:<9} {:<32} {:<20} {:>9} {:<9} LAST ERROR",
+        "DOMAINS", "SOURCE", "ISSUER", "NOT AFTER", "DAYS LEFT", "STATE"
+    )?;
+    for row in rows {
+        let domains: Vec<String> = row.domains.iter().map(|d| d.to_string()).collect();
+        let not_after = row
+            .not_after
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| "-".to_string());
+        let days = row
+            .not_after
+            .map(|t| format!("{:.1}", (t - now) as f64 / 86_400.0))
+            .unwrap_or_else(|| "-".to_string());
+        writeln!(
+            out,
+            "{:<40} {:<9} {:<32} {:<20} {:>9} {:<9} {}",
+            truncate(&domains.join(","), 40),
+            row.source.to_string(),
+            truncate(row.issuer.as_deref().unwrap_or("-"), 32),
+            not_after,
+            days,
+            row.state.to_string(),
+            row.last_error.as_deref().unwrap_or("-"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `fleetgate ca export`: the built-in CA's root, PEM.
+pub async fn ca_export(config: &Config) -> anyhow::Result<()> {
+    let store = crate::run::open_store(config)?;
+    let node = crate::run::node_name(config);
+    let ca = certs::internal::InternalCa::new(store, node);
+    let pem = ca.root_pem().await?;
+    print!("{pem}");
+    Ok(())
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
+        s.push('…');
+        s
+    }
+}

@@ -1,0 +1,627 @@
+//! The configuration file: a raw serde form (unknown keys rejected) converted once into a
+//! validated [`Config`]. Every error names the file, the line and the key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use certs::acme::{AcmeSettings, Eab};
+use certs::{ChallengeKind, DomainName, KeyType};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error: where, which key, and what was expected.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- raw form -------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    acme: Option<Spanned<RawAcme>>,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default, rename = "site")]
+    sites: Vec<Spanned<RawSite>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    #[serde(default = "default_http")]
+    http: Spanned<String>,
+    #[serde(default = "default_https")]
+    https: Spanned<String>,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            http: default_http(),
+            https: default_https(),
+        }
+    }
+}
+
+fn default_http() -> Spanned<String> {
+    Spanned::new(0..0, "0.0.0.0:80".to_string())
+}
+fn default_https() -> Spanned<String> {
+    Spanned::new(0..0, "0.0.0.0:443".to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(default = "default_kind")]
+    kind: Spanned<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage {
+            kind: default_kind(),
+            path: None,
+        }
+    }
+}
+
+fn default_kind() -> Spanned<String> {
+    Spanned::new(0..0, "dir".to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: Spanned<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    ca_root: Option<Spanned<String>>,
+    #[serde(default)]
+    eab: Option<RawEab>,
+    #[serde(default)]
+    challenges: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    key_type: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEab {
+    kid: String,
+    hmac_key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+    #[serde(default)]
+    level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    tls_handshake_timeout: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    domains: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    redirect: Option<Spanned<RawRedirect>>,
+    #[serde(default)]
+    respond: Option<Spanned<RawRespond>>,
+    #[serde(default)]
+    tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    key_type: Option<Spanned<String>>,
+    #[serde(default)]
+    https_redirect: Option<bool>,
+    #[serde(default)]
+    hsts: Option<Spanned<RawHsts>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedirect {
+    to: Spanned<String>,
+    #[serde(default = "default_redirect_status")]
+    status: Spanned<u16>,
+    #[serde(default = "default_true")]
+    keep_path: bool,
+}
+
+fn default_redirect_status() -> Spanned<u16> {
+    Spanned::new(0..0, 301)
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRespond {
+    #[serde(default = "default_respond_status")]
+    status: Spanned<u16>,
+    #[serde(default)]
+    body: String,
+}
+
+fn default_respond_status() -> Spanned<u16> {
+    Spanned::new(0..0, 200)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTls {
+    Named(String),
+    Files(RawTlsFiles),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTlsFiles {
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawHsts {
+    On(bool),
+    Settings(RawHstsSettings),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHstsSettings {
+    #[serde(default)]
+    max_age: Option<String>,
+    #[serde(default)]
+    include_subdomains: bool,
+}
+
+// ---- validated form -------------------------------------------------------------------------
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub node: Option<String>,
+    pub listen_http: SocketAddr,
+    pub listen_https: SocketAddr,
+    pub storage: StorageConfig,
+    pub acme: Option<AcmeSettings>,
+    pub acme_key_type: KeyType,
+    pub log: LogConfig,
+    pub limits: edge::Limits,
+    pub sites: Vec<SiteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageConfig {
+    Dir { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TlsChoice {
+    Acme,
+    Internal,
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub enum SiteAction {
+    Redirect { to: String, status: u16, keep_path: bool },
+    Respond { status: u16, body: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub domains: Vec<DomainName>,
+    pub action: SiteAction,
+    pub tls: TlsChoice,
+    pub key_type: KeyType,
+    pub https_redirect: bool,
+    pub hsts: Option<edge::Hsts>,
+}
+
+/// Names per ACME order; larger sites are split into several certificates.
+pub const MAX_NAMES_PER_CERT: usize = 100;
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Option<std::ops::Range<usize>>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let line = span
+            .filter(|s| !(s.start == 0 && s.end == 0))
+            .map(|s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1);
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Validate configuration text; `file` is used in errors and to resolve relative paths.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let ctx = Ctx { file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let mut err = ctx.err(e.span(), String::new(), e.message().trim().to_string());
+            if err.line.is_none() && e.span().is_some() {
+                err.line = Some(1);
+            }
+            err
+        })?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &str| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() { p } else { base.join(p) }
+        };
+
+        let addr = |s: &Spanned<String>, key: &str| -> Result<SocketAddr, ConfigError> {
+            s.get_ref().parse().map_err(|_| {
+                ctx.err(Some(s.span()), key, format!("expected an address like \"0.0.0.0:443\", got {:?}", s.get_ref()))
+            })
+        };
+        let listen_http = addr(&raw.listen.http, "listen.http")?;
+        let listen_https = addr(&raw.listen.https, "listen.https")?;
+        if listen_http == listen_https {
+            return Err(ctx.err(Some(raw.listen.https.span()), "listen.https", "must differ from listen.http"));
+        }
+
+        let storage = match raw.storage.kind.get_ref().as_str() {
+            "dir" => StorageConfig::Dir {
+                path: raw
+                    .storage
+                    .path
+                    .as_deref()
+                    .map(resolve)
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/fleetgate")),
+            },
+            "postgres" | "redis" => {
+                return Err(ctx.err(
+                    Some(raw.storage.kind.span()),
+                    "storage.kind",
+                    format!("{:?} is not available in this build yet; use \"dir\"", raw.storage.kind.get_ref()),
+                ));
+            }
+            other => {
+                return Err(ctx.err(
+                    Some(raw.storage.kind.span()),
+                    "storage.kind",
+                    format!("expected \"dir\", got {other:?}"),
+                ));
+            }
+        };
+
+        let mut acme_key_type = KeyType::default();
+        let acme = match &raw.acme {
+            None => None,
+            Some(acme) => {
+                let span = acme.span();
+                let acme = acme.get_ref();
+                let directory = acme.directory.get_ref().trim().to_string();
+                if !directory.starts_with("https://") && !directory.starts_with("http://") {
+                    return Err(ctx.err(Some(acme.directory.span()), "acme.directory", "expected an https:// URL of the CA's directory"));
+                }
+                let challenges = match &acme.challenges {
+                    None => vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
+                    Some(list) => {
+                        let mut out = Vec::new();
+                        for item in list {
+                            let kind = ChallengeKind::parse(item.get_ref()).ok_or_else(|| {
+                                ctx.err(Some(item.span()), "acme.challenges", format!("expected \"http-01\" or \"tls-alpn-01\", got {:?}", item.get_ref()))
+                            })?;
+                            if !out.contains(&kind) {
+                                out.push(kind);
+                            }
+                        }
+                        if out.is_empty() {
+                            return Err(ctx.err(Some(span), "acme.challenges", "needs at least one challenge type"));
+                        }
+                        out
+                    }
+                };
+                if let Some(kt) = &acme.key_type {
+                    acme_key_type = parse_key_type(&ctx, kt, "acme.key_type")?;
+                }
+                let ca_root = match &acme.ca_root {
+                    Some(path) => {
+                        let p = resolve(path.get_ref());
+                        if !p.is_file() {
+                            return Err(ctx.err(Some(path.span()), "acme.ca_root", format!("no such file: {}", p.display())));
+                        }
+                        Some(p)
+                    }
+                    None => None,
+                };
+                Some(AcmeSettings {
+                    directory,
+                    email: acme.email.clone(),
+                    ca_root,
+                    eab: acme.eab.as_ref().map(|e| Eab {
+                        kid: e.kid.clone(),
+                        hmac_key: e.hmac_key.clone(),
+                    }),
+                    challenges,
+                })
+            }
+        };
+
+        let log = LogConfig {
+            format: match raw.log.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+                None | Some(("human", _)) => LogFormat::Human,
+                Some(("json", _)) => LogFormat::Json,
+                Some((other, span)) => {
+                    return Err(ctx.err(Some(span), "log.format", format!("expected \"human\" or \"json\", got {other:?}")));
+                }
+            },
+            level: raw.log.level.clone().unwrap_or_else(|| "info".to_string()),
+        };
+
+        let mut limits = edge::Limits::default();
+        let dur = |d: &Option<Spanned<String>>, key: &str, into: &mut Duration| -> Result<(), ConfigError> {
+            if let Some(d) = d {
+                *into = parse_duration(d.get_ref()).ok_or_else(|| {
+                    ctx.err(Some(d.span()), key, format!("expected a duration like \"10s\", \"500ms\" or \"2m\", got {:?}", d.get_ref()))
+                })?;
+            }
+            Ok(())
+        };
+        dur(&raw.limits.header_read_timeout, "limits.header_read_timeout", &mut limits.header_read_timeout)?;
+        dur(&raw.limits.idle_timeout, "limits.idle_timeout", &mut limits.idle_timeout)?;
+        dur(&raw.limits.tls_handshake_timeout, "limits.tls_handshake_timeout", &mut limits.tls_handshake_timeout)?;
+        dur(&raw.limits.drain_timeout, "limits.drain_timeout", &mut limits.drain_timeout)?;
+        if let Some(n) = raw.limits.max_connections {
+            limits.max_connections = n.max(1);
+        }
+
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut sites = Vec::new();
+        for (index, site) in raw.sites.iter().enumerate() {
+            let at = |key: &str| format!("site[{index}].{key}");
+            let site_span = site.span();
+            let site = site.get_ref();
+            if site.domains.get_ref().is_empty() {
+                return Err(ctx.err(Some(site.domains.span()), at("domains"), "needs at least one domain"));
+            }
+            let mut domains = Vec::new();
+            for (i, d) in site.domains.get_ref().iter().enumerate() {
+                let name = DomainName::parse(d.get_ref())
+                    .map_err(|e| ctx.err(Some(d.span()), at(&format!("domains[{i}]")), e.to_string()))?;
+                if let Some(other) = seen.insert(name.to_string(), index) {
+                    return Err(ctx.err(
+                        Some(d.span()),
+                        at(&format!("domains[{i}]")),
+                        format!("{name} is already in site[{other}]; a domain belongs to one site"),
+                    ));
+                }
+                domains.push(name);
+            }
+            let action = match (&site.redirect, &site.respond) {
+                (Some(_), Some(r)) => {
+                    return Err(ctx.err(Some(r.span()), at("respond"), "a site has one action: redirect or respond, not both"));
+                }
+                (None, None) => {
+                    return Err(ctx.err(Some(site_span), format!("site[{index}]"), "needs an action: redirect = { to = \"https://example.com\" } or respond = { status = 200, body = \"ok\" }"));
+                }
+                (Some(r), None) => {
+                    let r = r.get_ref();
+                    let to = r.to.get_ref().trim().to_string();
+                    if !(to.starts_with("https://") || to.starts_with("http://")) || to.len() <= "https://".len() {
+                        return Err(ctx.err(Some(r.to.span()), at("redirect.to"), format!("expected an absolute URL like \"https://example.com\", got {to:?}")));
+                    }
+                    if !matches!(*r.status.get_ref(), 301 | 302 | 307 | 308) {
+                        return Err(ctx.err(Some(r.status.span()), at("redirect.status"), format!("expected 301, 302, 307 or 308, got {}", r.status.get_ref())));
+                    }
+                    SiteAction::Redirect {
+                        to,
+                        status: *r.status.get_ref(),
+                        keep_path: r.keep_path,
+                    }
+                }
+                (None, Some(r)) => {
+                    let r = r.get_ref();
+                    if !(200..=599).contains(r.status.get_ref()) {
+                        return Err(ctx.err(Some(r.status.span()), at("respond.status"), format!("expected a status from 200 to 599, got {}", r.status.get_ref())));
+                    }
+                    SiteAction::Respond {
+                        status: *r.status.get_ref(),
+                        body: r.body.clone(),
+                    }
+                }
+            };
+            let tls = match &site.tls {
+                None => TlsChoice::Acme,
+                Some(t) => match t.get_ref() {
+                    RawTls::Named(n) if n == "acme" => TlsChoice::Acme,
+                    RawTls::Named(n) if n == "internal" => TlsChoice::Internal,
+                    RawTls::Named(n) => {
+                        return Err(ctx.err(Some(t.span()), at("tls"), format!("expected \"acme\", \"internal\" or {{ cert = \"...\", key = \"...\" }}, got {n:?}")));
+                    }
+                    RawTls::Files(f) => TlsChoice::Files {
+                        cert: resolve(&f.cert),
+                        key: resolve(&f.key),
+                    },
+                },
+            };
+            if tls == TlsChoice::Acme {
+                if acme.is_none() {
+                    return Err(ctx.err(Some(site.tls.as_ref().map(|t| t.span()).unwrap_or(site_span)), at("tls"), "uses ACME (the default) but there is no [acme] section; add one, or set tls = \"internal\" or tls = { cert = ..., key = ... }"));
+                }
+                if let Some(w) = domains.iter().find(|d| d.is_wildcard()) {
+                    return Err(ctx.err(Some(site.domains.span()), at("domains"), format!("{w} is a wildcard: ACME wildcards need DNS-01, which fleetgate does not do; use tls = \"internal\" or a files certificate")));
+                }
+            }
+            let key_type = match &site.key_type {
+                Some(kt) => parse_key_type(&ctx, kt, &at("key_type"))?,
+                None => acme_key_type,
+            };
+            let default_max_age = Duration::from_secs(31_536_000);
+            let hsts = match site.hsts.as_ref().map(|h| (h.get_ref(), h.span())) {
+                None | Some((RawHsts::On(false), _)) => None,
+                Some((RawHsts::On(true), _)) => Some(edge::Hsts {
+                    max_age: default_max_age,
+                    include_subdomains: false,
+                }),
+                Some((RawHsts::Settings(s), span)) => Some(edge::Hsts {
+                    max_age: match &s.max_age {
+                        Some(m) => parse_duration(m).ok_or_else(|| {
+                            ctx.err(Some(span), at("hsts.max_age"), format!("expected a duration like \"365d\", got {m:?}"))
+                        })?,
+                        None => default_max_age,
+                    },
+                    include_subdomains: s.include_subdomains,
+                }),
+            };
+            sites.push(SiteConfig {
+                domains,
+                action,
+                tls,
+                key_type,
+                https_redirect: site.https_redirect.unwrap_or(true),
+                hsts,
+            });
+        }
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            node: raw.node.clone(),
+            listen_http,
+            listen_https,
+            storage,
+            acme,
+            acme_key_type,
+            log,
+            limits,
+            sites,
+        })
+    }
+
+    /// The certificates the sites need: one per site (split above [`MAX_NAMES_PER_CERT`] names).
+    pub fn managed_certs(&self) -> Vec<certs::ManagedCert> {
+        let mut out = Vec::new();
+        for site in &self.sites {
+            let source = match &site.tls {
+                TlsChoice::Acme => match &self.acme {
+                    Some(acme) => certs::CertSource::Acme(acme.clone()),
+                    None => continue, // rejected by `parse`
+                },
+                TlsChoice::Internal => certs::CertSource::Internal,
+                TlsChoice::Files { cert, key } => certs::CertSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                },
+            };
+            let chunks: Vec<&[DomainName]> = if matches!(site.tls, TlsChoice::Files { .. }) {
+                vec![&site.domains[..]]
+            } else {
+                site.domains.chunks(MAX_NAMES_PER_CERT).collect()
+            };
+            for chunk in chunks {
+                out.push(certs::ManagedCert {
+                    id: chunk[0].to_string(),
+                    domains: chunk.to_vec(),
+                    source: source.clone(),
+                    key_type: site.key_type,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn parse_key_type(ctx: &Ctx<'_>, kt: &Spanned<String>, key: &str) -> Result<KeyType, ConfigError> {
+    KeyType::parse(kt.get_ref()).ok_or_else(|| {
+        ctx.err(Some(kt.span()), key, format!("expected \"ecdsa-p256\", \"ecdsa-p384\" or \"rsa-2048\", got {:?}", kt.get_ref()))
+    })
+}
+
+/// `"10s"`, `"500ms"`, `"2m"`, `"1h"`, `"365d"`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => return Some(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}

@@ -1,0 +1,145 @@
+//! `fleetgate run`: build everything from the config, serve, reload on SIGHUP, drain on SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, LogConfig, LogFormat, SiteAction, StorageConfig};
+use crate::deploy::{SharedChallenges, SniDeployer};
+
+pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .with_context(|| format!("log.level {:?} is not a valid filter", log.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match log.format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// Open the configured storage backend.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn store::Storage>> {
+    match &config.storage {
+        StorageConfig::Dir { path } => {
+            let store = store::DirStore::open(path.clone())
+                .with_context(|| format!("cannot open the storage directory {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// This node's name in logs and locks: `node` from the config, or hostname-pid.
+pub fn node_name(config: &Config) -> String {
+    if let Some(node) = &config.node {
+        return node.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The edge's routing table for a config.
+pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
+    let sites = config
+        .sites
+        .iter()
+        .map(|site| edge::Site {
+            names: site.domains.iter().map(|d| d.to_string()).collect(),
+            action: match &site.action {
+                SiteAction::Redirect { to, status, keep_path } => edge::Action::Redirect(edge::Redirect {
+                    to: to.clone(),
+                    status: *status,
+                    keep_path: *keep_path,
+                }),
+                SiteAction::Respond { status, body } => edge::Action::Respond {
+                    status: *status,
+                    body: bytes::Bytes::from(body.clone()),
+                },
+            },
+            https_redirect: site.https_redirect,
+            hsts: site.hsts.clone(),
+        })
+        .collect();
+    edge::Routes::new(sites).map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = node_name(&config);
+    let store = open_store(&config)?;
+    let routes = routes(&config)?;
+    let cert_map = Arc::new(edge::CertMap::new());
+    let manager = certs::Manager::new(
+        store.clone(),
+        Arc::new(SniDeployer(cert_map.clone())),
+        node.clone(),
+    );
+    let edge = Arc::new(edge::Edge::new(
+        routes,
+        cert_map,
+        Arc::new(SharedChallenges(manager.challenges())),
+        config.limits.clone(),
+    ));
+
+    let http = TcpListener::bind(config.listen_http)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen.http)", config.listen_http))?;
+    let https = TcpListener::bind(config.listen_https)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen.https)", config.listen_https))?;
+    info!(
+        node = %node,
+        http = %config.listen_http,
+        https = %config.listen_https,
+        sites = config.sites.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "fleetgate started"
+    );
+
+    let shutdown = CancellationToken::new();
+    let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
+    let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
+    manager.apply(config.managed_certs());
+
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut current = config;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match Config::load(&current.file) {
+                    Ok(new) => match routes(&new) {
+                        Ok(new_routes) => {
+                            if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.storage != current.storage {
+                                warn!("listen and storage changes take effect after a restart");
+                            }
+                            edge.set_routes(new_routes);
+                            manager.apply(new.managed_certs());
+                            info!(sites = new.sites.len(), "configuration reloaded");
+                            current = new;
+                        }
+                        Err(e) => error!(error = %e, "configuration rejected; keeping the running one"),
+                    },
+                    Err(e) => error!(error = %e, "configuration rejected; keeping the running one"),
+                }
+            }
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+        }
+    }
+    // Stop accepting and drain in-flight requests (bounded by limits.drain_timeout inside the
+    // edge), then stop certificate work and release this node's leases.
+    shutdown.cancel();
+    let _ = tokio::join!(http_task, https_task);
+    manager.shutdown().await;
+    info!("stopped");
+    Ok(())
+}

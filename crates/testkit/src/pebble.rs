@@ -1,0 +1,463 @@
+//! Pebble (Let's Encrypt's test CA) with pebble-challtestsrv as its DNS, on private ports.
+//!
+//! Layout of one instance:
+//! - `pebble-challtestsrv` answers DNS on a free `127.0.0.1` port (A queries with the builder's
+//!   [`resolve_to`](PebbleBuilder::resolve_to) address unless [`Pebble::add_a`] says otherwise, no
+//!   AAAA) and takes commands on a plain-HTTP management port. Its own HTTP-01, HTTPS-01 and
+//!   TLS-ALPN-01 responders are disabled so they take no ports.
+//! - `pebble` serves ACME on `https://127.0.0.1:<port>/dir` and its management API (roots,
+//!   intermediates, cert status) on another HTTPS port, both with a listener certificate signed
+//!   by a per-instance CA ([`Pebble::listener_ca_pem`]). Its VA validates HTTP-01 on
+//!   `<resolved ip>:<http_port>` and TLS-ALPN-01 on `<resolved ip>:<tls_port>`: bind the server
+//!   under test there.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use tempfile::TempDir;
+use tokio::process::Command;
+
+use crate::address::{free_addr, free_tcp_udp_port};
+use crate::http_client::{HttpResponse, http_request, https_get};
+use crate::pki::{LeafKey, ca_and_leaf_with};
+use crate::poll::wait_for_ok;
+use crate::process::ChildGuard;
+
+/// How long [`PebbleBuilder::start`] waits for each program to answer.
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Attempts when a program exits at startup because another test took its port.
+const START_ATTEMPTS: u32 = 3;
+
+/// Options for a [`Pebble`]; see [`Pebble::builder`].
+#[derive(Debug, Clone)]
+pub struct PebbleBuilder {
+    http_port: Option<u16>,
+    tls_port: Option<u16>,
+    validity: Option<Duration>,
+    nonce_reject: u8,
+    authz_reuse: u8,
+    resolve_to: Ipv4Addr,
+    eab_keys: Vec<(String, String)>,
+}
+
+impl Default for PebbleBuilder {
+    fn default() -> Self {
+        Self {
+            http_port: None,
+            tls_port: None,
+            validity: None,
+            nonce_reject: 0,
+            authz_reuse: 0,
+            resolve_to: Ipv4Addr::LOCALHOST,
+            eab_keys: Vec::new(),
+        }
+    }
+}
+
+impl PebbleBuilder {
+    /// Port the VA connects to for HTTP-01 (`httpPort`). Default: a free port on the
+    /// [`resolve_to`](Self::resolve_to) address, see [`Pebble::http_port`].
+    pub fn http_port(mut self, port: u16) -> Self {
+        self.http_port = Some(port);
+        self
+    }
+
+    /// Port the VA connects to for TLS-ALPN-01 (`tlsPort`). Default: a free port on the
+    /// [`resolve_to`](Self::resolve_to) address, see [`Pebble::tls_port`].
+    pub fn tls_port(mut self, port: u16) -> Self {
+        self.tls_port = Some(port);
+        self
+    }
+
+    /// Lifetime of issued certificates (`certificateValidityPeriod`, whole seconds). Short values
+    /// make real renewals happen within a test. Default: Pebble's own (about 5 years).
+    pub fn validity(mut self, validity: Duration) -> Self {
+        self.validity = Some(validity);
+        self
+    }
+
+    /// Percentage of valid nonces Pebble rejects with `badNonce` (`PEBBLE_WFE_NONCEREJECT`).
+    /// Default 0 (Pebble's own default is 5).
+    pub fn nonce_reject(mut self, percent: u8) -> Self {
+        self.nonce_reject = percent;
+        self
+    }
+
+    /// Percentage of valid authorizations Pebble reuses for new orders (`PEBBLE_AUTHZREUSE`).
+    /// Default 0, so every order is validated again (Pebble's own default is 50).
+    pub fn authz_reuse(mut self, percent: u8) -> Self {
+        self.authz_reuse = percent;
+        self
+    }
+
+    /// The address every A query resolves to unless [`Pebble::add_a`] overrides a name
+    /// (challtestsrv `-defaultIPv4`; AAAA queries get no answer). Default `127.0.0.1`.
+    pub fn resolve_to(mut self, ip: Ipv4Addr) -> Self {
+        self.resolve_to = ip;
+        self
+    }
+
+    /// Requires External Account Binding and accepts key id `kid` with HMAC key `hmac_b64url`
+    /// (base64url, as in `externalAccountMACKeys`). May be called more than once.
+    pub fn external_account(mut self, kid: &str, hmac_b64url: &str) -> Self {
+        self.eab_keys.push((kid.to_owned(), hmac_b64url.to_owned()));
+        self
+    }
+
+    /// Starts challtestsrv and Pebble and waits until both answer.
+    pub async fn start(self) -> anyhow::Result<Pebble> {
+        let mut errors = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match self.try_start().await {
+                Ok(pebble) => return Ok(pebble),
+                Err(Start::PortTaken(e)) => errors.push(format!("{e:#}")),
+                Err(Start::Failed(e)) => return Err(e),
+            }
+        }
+        bail!(
+            "pebble: ports taken on {START_ATTEMPTS} attempts:\n{}",
+            errors.join("\n")
+        )
+    }
+
+    async fn try_start(&self) -> Result<Pebble, Start> {
+        let dir = tempfile::Builder::new()
+            .prefix("testkit-pebble-")
+            .tempdir()
+            .context("create pebble's temp dir")?;
+
+        let pki = ca_and_leaf_with(&["localhost", "127.0.0.1"], LeafKey::EcdsaP256Pkcs8)?;
+        let listener_ca_path = dir.path().join("listener-ca.pem");
+        let cert_path = dir.path().join("listener-cert.pem");
+        let key_path = dir.path().join("listener-key.pem");
+        write(&listener_ca_path, &pki.ca_pem)?;
+        write(&cert_path, &pki.leaf_cert_pem)?;
+        write(&key_path, &pki.leaf_key_pem)?;
+
+        let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_udp_port(Ipv4Addr::LOCALHOST)?));
+        let cts_management = free_addr(Ipv4Addr::LOCALHOST);
+        let mut cts_cmd = Command::new("pebble-challtestsrv");
+        cts_cmd
+            .arg("-dns01")
+            .arg(dns.to_string())
+            .arg("-management")
+            .arg(cts_management.to_string())
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .arg("-defaultIPv4")
+            .arg(self.resolve_to.to_string())
+            .args(["-defaultIPv6", ""]);
+        let log = |name: &str| dir.path().join(format!("{name}.log"));
+        let mut challtestsrv =
+            ChildGuard::spawn_logging_to(cts_cmd, "pebble-challtestsrv", &log("challtestsrv"))?;
+        wait_until_serving(&mut challtestsrv, || async move {
+            tokio::net::TcpStream::connect(cts_management).await?;
+            Ok(())
+        })
+        .await?;
+
+        let listen = free_addr(Ipv4Addr::LOCALHOST);
+        let management = free_addr(Ipv4Addr::LOCALHOST);
+        let http_port = match self.http_port {
+            Some(p) => p,
+            None => free_addr(self.resolve_to).port(),
+        };
+        let tls_port = match self.tls_port {
+            Some(p) => p,
+            None => free_addr(self.resolve_to).port(),
+        };
+        let mut config = serde_json::json!({
+            "listenAddress": listen.to_string(),
+            "managementListenAddress": management.to_string(),
+            "certificate": cert_path,
+            "privateKey": key_path,
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": !self.eab_keys.is_empty(),
+        });
+        if let Some(validity) = self.validity {
+            config["certificateValidityPeriod"] = validity.as_secs().max(1).into();
+        }
+        if !self.eab_keys.is_empty() {
+            config["externalAccountMACKeys"] = self
+                .eab_keys
+                .iter()
+                .map(|(kid, key)| (kid.clone(), serde_json::Value::from(key.as_str())))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        let config_path = dir.path().join("pebble-config.json");
+        write(
+            &config_path,
+            &serde_json::to_string_pretty(&serde_json::json!({ "pebble": config }))
+                .context("serialize pebble config")?,
+        )?;
+
+        let mut cmd = Command::new("pebble");
+        cmd.arg("-config")
+            .arg(&config_path)
+            .arg("-dnsserver")
+            .arg(dns.to_string())
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", self.nonce_reject.to_string())
+            .env("PEBBLE_AUTHZREUSE", self.authz_reuse.to_string())
+            .current_dir(dir.path());
+        let mut pebble = ChildGuard::spawn_logging_to(cmd, "pebble", &log("pebble"))?;
+        let ca = pki.ca_pem.clone();
+        wait_until_serving(&mut pebble, || {
+            let ca = ca.clone();
+            async move {
+                let dir = https_get(listen, "127.0.0.1", &ca, "/dir").await?;
+                ensure!(dir.status == StatusCode::OK, "directory: {}", dir.status);
+                let roots = https_get(management, "127.0.0.1", &ca, "/roots/0").await?;
+                ensure!(roots.status == StatusCode::OK, "roots/0: {}", roots.status);
+                Ok(())
+            }
+        })
+        .await?;
+
+        Ok(Pebble {
+            pebble,
+            challtestsrv,
+            listen,
+            management,
+            cts_management,
+            dns,
+            http_port,
+            tls_port,
+            resolve_to: self.resolve_to,
+            listener_ca_pem: pki.ca_pem,
+            listener_ca_path,
+            dir,
+        })
+    }
+}
+
+/// Why one start attempt failed.
+enum Start {
+    /// A program exited logging "address already in use": retry on other ports.
+    PortTaken(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Start {
+    fn from(e: anyhow::Error) -> Self {
+        Start::Failed(e)
+    }
+}
+
+impl From<rcgen::Error> for Start {
+    fn from(e: rcgen::Error) -> Self {
+        Start::Failed(e.into())
+    }
+}
+
+/// Polls `ready` until it succeeds; stops early (as [`Start::PortTaken`] when the log says so) if
+/// the child exits.
+async fn wait_until_serving<F, Fut>(child: &mut ChildGuard, mut ready: F) -> Result<(), Start>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let what = format!("{} to answer", child.name());
+    // Ok(None): serving. Ok(Some(status)): exited, stop polling (wait_for_ok retries on Err).
+    let result = wait_for_ok(&what, STARTUP_DEADLINE, || {
+        let status = child.try_exit_status();
+        let check = ready();
+        async move {
+            if let Ok(Some(status)) = status {
+                return Ok(Some(status));
+            }
+            check.await.map(|()| None)
+        }
+    })
+    .await;
+    let log = child.log_contents();
+    match result {
+        Ok(None) => Ok(()),
+        Ok(Some(status)) => {
+            let err = anyhow!("{} exited at startup ({status}); log:\n{log}", child.name());
+            if log.contains("address already in use") {
+                Err(Start::PortTaken(err))
+            } else {
+                Err(Start::Failed(err))
+            }
+        }
+        Err(e) => Err(Start::Failed(e.context(format!("log of {}:\n{log}", child.name())))),
+    }
+}
+
+fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("write {}", path.display()))
+}
+
+/// A running Pebble and challtestsrv pair; both are killed when this is dropped.
+#[derive(Debug)]
+pub struct Pebble {
+    // Children first: they are killed before their directory is removed.
+    pebble: ChildGuard,
+    challtestsrv: ChildGuard,
+    listen: SocketAddr,
+    management: SocketAddr,
+    cts_management: SocketAddr,
+    dns: SocketAddr,
+    http_port: u16,
+    tls_port: u16,
+    resolve_to: Ipv4Addr,
+    listener_ca_pem: String,
+    listener_ca_path: PathBuf,
+    dir: TempDir,
+}
+
+impl Pebble {
+    /// Options for a new instance; finish with [`PebbleBuilder::start`].
+    pub fn builder() -> PebbleBuilder {
+        PebbleBuilder::default()
+    }
+
+    /// The ACME directory, `https://127.0.0.1:<port>/dir`.
+    pub fn directory_url(&self) -> String {
+        format!("https://{}/dir", self.listen)
+    }
+
+    /// The address of Pebble's ACME listener.
+    pub fn acme_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The address of Pebble's HTTPS management API (`/roots/0`, `/intermediates/0`,
+    /// `/cert-status-by-serial/<hex>`).
+    pub fn management_addr(&self) -> SocketAddr {
+        self.management
+    }
+
+    /// The address of challtestsrv's DNS server (TCP and UDP), which Pebble's VA uses.
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns
+    }
+
+    /// Port Pebble's VA connects to for HTTP-01.
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// Port Pebble's VA connects to for TLS-ALPN-01.
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port
+    }
+
+    /// The address A queries resolve to by default.
+    pub fn resolve_to(&self) -> Ipv4Addr {
+        self.resolve_to
+    }
+
+    /// Where the VA validates HTTP-01 for names resolving to the default address.
+    pub fn http01_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.resolve_to, self.http_port))
+    }
+
+    /// Where the VA validates TLS-ALPN-01 for names resolving to the default address.
+    pub fn tlsalpn01_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.resolve_to, self.tls_port))
+    }
+
+    /// The CA (PEM) that signed the certificate of Pebble's own HTTPS listeners; an ACME client
+    /// must trust it to talk to [`directory_url`](Self::directory_url).
+    pub fn listener_ca_pem(&self) -> &str {
+        &self.listener_ca_pem
+    }
+
+    /// [`listener_ca_pem`](Self::listener_ca_pem) as a file: what fleetgate's `acme.ca_root`
+    /// points to.
+    pub fn listener_ca_path(&self) -> &Path {
+        &self.listener_ca_path
+    }
+
+    /// A directory removed with this instance, for tests' own files.
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The root (PEM) that issued certificates chain to, from `/roots/0`; new on every start.
+    ///
+    /// Pebble signs leaves with an intermediate (see [`intermediate_pem`](Self::intermediate_pem))
+    /// and includes it in the chain it returns on download, so a server that serves the full
+    /// chain verifies with this root alone as trust anchor.
+    pub async fn issuing_root_pem(&self) -> anyhow::Result<String> {
+        self.management_get("/roots/0").await
+    }
+
+    /// The intermediate (PEM) that signs issued certificates, from `/intermediates/0`.
+    pub async fn intermediate_pem(&self) -> anyhow::Result<String> {
+        self.management_get("/intermediates/0").await
+    }
+
+    /// Pebble's status for the certificate with serial `serial_hex` (lowercase hex, no `0x`):
+    /// JSON with `Status` ("Valid"/"Revoked"), `Serial`, `Certificate`, `Reason`, `RevokedAt`.
+    pub async fn cert_status(&self, serial_hex: &str) -> anyhow::Result<serde_json::Value> {
+        let body = self
+            .management_get(&format!("/cert-status-by-serial/{serial_hex}"))
+            .await?;
+        serde_json::from_str(&body).context("parse cert-status JSON")
+    }
+
+    /// Makes A queries for `domain` answer `ip` (challtestsrv `/add-a`).
+    pub async fn add_a(&self, domain: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "host": domain, "addresses": [ip.to_string()] });
+        self.challtestsrv_post("/add-a", body).await
+    }
+
+    /// Removes the A answers added for `domain` (challtestsrv `/clear-a`); it resolves to the
+    /// default address again.
+    pub async fn clear_a(&self, domain: &str) -> anyhow::Result<()> {
+        self.challtestsrv_post("/clear-a", serde_json::json!({ "host": domain }))
+            .await
+    }
+
+    /// Changes the default A answer (challtestsrv `/set-default-ipv4`).
+    pub async fn set_default_ipv4(&self, ip: Ipv4Addr) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "ip": ip.to_string() });
+        self.challtestsrv_post("/set-default-ipv4", body).await
+    }
+
+    /// Pebble's log so far (stdout and stderr).
+    pub fn pebble_log(&self) -> String {
+        self.pebble.log_contents()
+    }
+
+    /// challtestsrv's log so far (stdout and stderr).
+    pub fn challtestsrv_log(&self) -> String {
+        self.challtestsrv.log_contents()
+    }
+
+    /// The Pebble process, e.g. to stop or kill it in a CA-outage test.
+    pub fn pebble_process(&self) -> &ChildGuard {
+        &self.pebble
+    }
+
+    async fn management_get(&self, path: &str) -> anyhow::Result<String> {
+        let resp = https_get(self.management, "127.0.0.1", &self.listener_ca_pem, path).await?;
+        ok(resp, path).map(|r| r.text())
+    }
+
+    async fn challtestsrv_post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+        let req = Request::post(path)
+            .header(header::HOST, self.cts_management.to_string())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Bytes::from(body.to_string()))?;
+        let resp = http_request(self.cts_management, req).await?;
+        ok(resp, path).map(drop)
+    }
+}
+
+fn ok(resp: HttpResponse, what: &str) -> anyhow::Result<HttpResponse> {
+    if resp.status != StatusCode::OK {
+        bail!("{what}: HTTP {}: {}", resp.status, resp.text());
+    }
+    Ok(resp)
+}
