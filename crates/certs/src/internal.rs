@@ -210,7 +210,7 @@ fn generate_root() -> Result<StoredRoot> {
     let not_before = OffsetDateTime::now_utc() - BACKDATE;
     params.not_before = not_before;
     params.not_after = not_before + ROOT_VALIDITY;
-    params.serial_number = Some(random_serial());
+    params.serial_number = Some(random_serial()?);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(&key).map_err(crypto("cannot create the root"))?;
@@ -232,7 +232,7 @@ fn sign_leaf(root: &Root, names: &[String], key_type: KeyType) -> Result<(String
     let not_before = OffsetDateTime::now_utc() - BACKDATE;
     params.not_before = not_before;
     params.not_after = not_before + LEAF_VALIDITY;
-    params.serial_number = Some(random_serial());
+    params.serial_number = Some(random_serial()?);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = match key_type {
         KeyType::Rsa2048 => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
@@ -251,9 +251,14 @@ fn sign_leaf(root: &Root, names: &[String], key_type: KeyType) -> Result<(String
     Ok((chain, key.serialize_pem()))
 }
 
-/// 16 random bytes, positive and without a leading zero byte (RFC 5280: at most 20 octets).
-fn random_serial() -> SerialNumber {
-    let mut bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+/// 16 bytes from the system CSPRNG, positive and without a leading zero byte (RFC 5280: at most
+/// 20 octets; the CA/B Forum asks for at least 64 unpredictable bits).
+fn random_serial() -> Result<SerialNumber> {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| Error::Crypto("the system random generator failed".into()))?;
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    SerialNumber::from_slice(&bytes)
+    Ok(SerialNumber::from_slice(&bytes))
 }

@@ -1,1 +1,33 @@
-//! edge
+//! fleetgate's listeners: HTTP and HTTPS for many sites.
+//!
+//! - [`Routes`] maps hostnames to [`Site`]s and their [`Action`] (redirect or fixed response).
+//! - [`CertMap`] maps SNI names to certificates; rustls consults it on every handshake, writers
+//!   swap it atomically.
+//! - [`Edge`] runs the accept loops: TLS with rustls (aws-lc-rs), TLS-ALPN-01 on the HTTPS
+//!   listener, HTTP/1.1 and HTTP/2 with hyper, HTTP-01 and the https redirect on plain HTTP,
+//!   [`Limits`] on everything a client can hold, graceful shutdown.
+//! - [`ChallengeResponder`] is how the edge asks for ACME challenge answers.
+//!
+//! **Architecture invariant:** this crate knows nothing about ACME orders or storage: it is given
+//! certificates and challenge answers through [`CertMap`] and [`ChallengeResponder`].
+
+mod challenge;
+mod error;
+mod host;
+mod http;
+mod idle;
+mod limits;
+mod redirect;
+mod resolver;
+mod routes;
+mod server;
+mod tls;
+
+pub use challenge::{ChallengeResponder, NoChallenges};
+pub use error::EdgeError;
+pub use host::{Host, HostError};
+pub use limits::Limits;
+pub use redirect::Redirect;
+pub use resolver::CertMap;
+pub use routes::{Action, Hsts, Routes, Site};
+pub use server::Edge;

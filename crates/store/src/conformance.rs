@@ -93,9 +93,16 @@ pub async fn objects_roundtrip(make: &dyn Fn() -> Arc<dyn Storage>) {
     store.put(&k, b"hello").await.unwrap();
     assert_eq!(store.get(&k).await.unwrap().as_deref(), Some(&b"hello"[..]));
     // Another handle sees it too.
-    assert_eq!(make().get(&k).await.unwrap().as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        make().get(&k).await.unwrap().as_deref(),
+        Some(&b"hello"[..])
+    );
     store.put(&k, b"").await.unwrap();
-    assert_eq!(store.get(&k).await.unwrap().as_deref(), Some(&b""[..]), "empty value");
+    assert_eq!(
+        store.get(&k).await.unwrap().as_deref(),
+        Some(&b""[..]),
+        "empty value"
+    );
     store.delete(&k).await.unwrap();
     assert_eq!(store.get(&k).await.unwrap(), None);
     store.delete(&k).await.unwrap();
@@ -122,25 +129,46 @@ pub async fn missing_keys(make: &dyn Fn() -> Arc<dyn Storage>) {
     // Under an existing object, as if it were a directory.
     let leaf = key(&format!("{scope}/leaf"));
     store.put(&leaf, b"x").await.unwrap();
-    assert_eq!(store.get(&key(&format!("{scope}/leaf/below"))).await.unwrap(), None);
-    assert!(store.list(&key(&format!("{scope}/leaf/below"))).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .get(&key(&format!("{scope}/leaf/below")))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .list(&key(&format!("{scope}/leaf/below")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// `list` matches whole segments, recurses, and includes the prefix itself when it is a key.
 pub async fn list_is_segment_wise(make: &dyn Fn() -> Arc<dyn Storage>) {
     let (store, scope) = (make(), scope("list"));
     for k in ["a/x", "a/y/z", "ab/w", "b", "a-c/v"] {
-        store.put(&key(&format!("{scope}/{k}")), k.as_bytes()).await.unwrap();
+        store
+            .put(&key(&format!("{scope}/{k}")), k.as_bytes())
+            .await
+            .unwrap();
     }
     let listed = |keys: Vec<StorageKey>| -> BTreeSet<String> {
-        keys.iter().map(|k| k.as_str()[scope.len() + 1..].to_string()).collect()
+        keys.iter()
+            .map(|k| k.as_str()[scope.len() + 1..].to_string())
+            .collect()
     };
     let got = listed(store.list(&key(&format!("{scope}/a"))).await.unwrap());
     assert_eq!(got, set(&["a/x", "a/y/z"]));
     let got = listed(store.list(&key(&scope)).await.unwrap());
     assert_eq!(got, set(&["a/x", "a/y/z", "ab/w", "b", "a-c/v"]));
     let got = listed(store.list(&key(&format!("{scope}/b"))).await.unwrap());
-    assert_eq!(got, set(&["b"]), "a prefix that is itself a key lists that key");
+    assert_eq!(
+        got,
+        set(&["b"]),
+        "a prefix that is itself a key lists that key"
+    );
     store.delete(&key(&format!("{scope}/a/y/z"))).await.unwrap();
     let got = listed(store.list(&key(&format!("{scope}/a"))).await.unwrap());
     assert_eq!(got, set(&["a/x"]));
@@ -226,7 +254,8 @@ pub async fn lock_excludes_under_contention(make: &dyn Fn() -> Arc<dyn Storage>)
     let inside = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..TASKS {
-        let (store, name, counter, inside) = (make(), name.clone(), counter.clone(), inside.clone());
+        let (store, name, counter, inside) =
+            (make(), name.clone(), counter.clone(), inside.clone());
         tasks.push(tokio::spawn(async move {
             let owner = format!("task-{t}");
             for _ in 0..EACH {
@@ -234,7 +263,11 @@ pub async fn lock_excludes_under_contention(make: &dyn Fn() -> Arc<dyn Storage>)
                     .await
                     .unwrap()
                     .expect("lock within 60 s");
-                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
                 let n = read_counter(&store, &counter).await;
                 tokio::task::yield_now().await;
                 store
@@ -271,7 +304,10 @@ pub async fn lease_expires_and_passes_on(make: &dyn Fn() -> Arc<dyn Storage>) {
     let holder = refused(b.try_lock(&name, "b", LONG_TTL).await);
     assert_eq!((holder.owner.as_str(), holder.token), ("a", lease_a.token));
     let lease_b = poll_lock(&b, &name, "b", LONG_TTL).await;
-    assert!(SystemTime::now() >= lease_a.expires, "granted before the old lease expired");
+    assert!(
+        SystemTime::now() >= lease_a.expires,
+        "granted before the old lease expired"
+    );
     assert!(lease_b.token > lease_a.token);
     b.unlock(&lease_b).await.unwrap();
 }
@@ -291,7 +327,10 @@ pub async fn fencing_refuses_stale_holder(make: &dyn Fn() -> Arc<dyn Storage>) {
     assert_eq!(a.get(&k).await.unwrap().as_deref(), Some(&b"b"[..]));
     refused(a.try_lock(&name, "c", LONG_TTL).await);
     // A forged lease with the holder's token but another owner is refused too.
-    let forged = Lease { owner: "mallory".into(), ..lease_b.clone() };
+    let forged = Lease {
+        owner: "mallory".into(),
+        ..lease_b.clone()
+    };
     assert_lost(a.put_fenced(&k, b"m", &forged).await, &forged);
     b.unlock(&lease_b).await.unwrap();
 
@@ -309,7 +348,10 @@ pub async fn renew_extends_lease(make: &dyn Fn() -> Arc<dyn Storage>) {
     let (name, k) = (LockName::new(&scope), key(&format!("{scope}/value")));
     let first = granted(a.try_lock(&name, "a", SHORT_TTL).await);
     let renewed = a.renew(&first, LONG_TTL).await.unwrap();
-    assert_eq!((renewed.token, &renewed.owner, &renewed.name), (first.token, &first.owner, &name));
+    assert_eq!(
+        (renewed.token, &renewed.owner, &renewed.name),
+        (first.token, &first.owner, &name)
+    );
     assert!(renewed.expires > first.expires);
     wait_past(first.expires).await;
     let holder = refused(b.try_lock(&name, "b", LONG_TTL).await);
@@ -328,7 +370,11 @@ pub async fn unlock_then_relock_grows_token(make: &dyn Fn() -> Arc<dyn Storage>)
     let mut last: Option<FencingToken> = None;
     for round in 0..3 {
         let store = if round == 1 { make() } else { a.clone() };
-        let lease = granted(store.try_lock(&name, &format!("owner-{round}"), LONG_TTL).await);
+        let lease = granted(
+            store
+                .try_lock(&name, &format!("owner-{round}"), LONG_TTL)
+                .await,
+        );
         assert!(last.is_none_or(|t| lease.token > t), "token did not grow");
         last = Some(lease.token);
         store.unlock(&lease).await.unwrap();
@@ -342,21 +388,31 @@ pub async fn unlock_then_relock_grows_token(make: &dyn Fn() -> Arc<dyn Storage>)
 /// `locks` lists granted, unexpired leases only.
 pub async fn locks_lists_current_leases(make: &dyn Fn() -> Arc<dyn Storage>) {
     let (store, scope) = (make(), scope("locks"));
-    let names: Vec<LockName> = (0..3).map(|i| LockName::new(&format!("{scope}-{i}"))).collect();
+    let names: Vec<LockName> = (0..3)
+        .map(|i| LockName::new(&format!("{scope}-{i}")))
+        .collect();
     let held = granted(store.try_lock(&names[0], "a", LONG_TTL).await);
     let released = granted(store.try_lock(&names[1], "b", LONG_TTL).await);
     store.unlock(&released).await.unwrap();
     let short = granted(store.try_lock(&names[2], "c", SHORT_TTL).await);
     let mine = |all: Vec<LockHolder>| -> Vec<LockHolder> {
-        all.into_iter().filter(|h| names.contains(&h.name)).collect()
+        all.into_iter()
+            .filter(|h| names.contains(&h.name))
+            .collect()
     };
     let listed = mine(make().locks().await.unwrap());
     assert_eq!(listed.len(), 2, "{listed:?}");
-    let first = listed.iter().find(|h| h.name == names[0]).expect("held lock listed");
+    let first = listed
+        .iter()
+        .find(|h| h.name == names[0])
+        .expect("held lock listed");
     assert_eq!((first.owner.as_str(), first.token), ("a", held.token));
     wait_past(short.expires).await;
     let listed = mine(store.locks().await.unwrap());
-    assert_eq!(listed.iter().map(|h| &h.name).collect::<Vec<_>>(), vec![&names[0]]);
+    assert_eq!(
+        listed.iter().map(|h| &h.name).collect::<Vec<_>>(),
+        vec![&names[0]]
+    );
     store.unlock(&held).await.unwrap();
 }
 
@@ -365,17 +421,28 @@ pub async fn locks_lists_current_leases(make: &dyn Fn() -> Arc<dyn Storage>) {
 pub async fn guard_renews_and_releases(make: &dyn Fn() -> Arc<dyn Storage>) {
     let (a, b, scope) = (make(), make(), scope("guard"));
     let (name, k) = (LockName::new(&scope), key(&format!("{scope}/value")));
-    let guard = crate::lock(&a, &name, "a", SHORT_TTL, Duration::ZERO).await.unwrap().unwrap();
+    let guard = crate::lock(&a, &name, "a", SHORT_TTL, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
     let first = guard.lease();
     wait_past(first.expires + SHORT_TTL * 2).await;
     assert!(!guard.is_lost());
     assert_eq!(guard.lease().token, first.token);
     assert!(guard.lease().expires > first.expires);
-    assert!(crate::lock(&b, &name, "b", LONG_TTL, Duration::ZERO).await.unwrap().is_none());
+    assert!(
+        crate::lock(&b, &name, "b", LONG_TTL, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
     a.put_fenced(&k, b"a", &guard.lease()).await.unwrap();
     guard.release().await.unwrap();
 
-    let guard = crate::lock(&b, &name, "b", LONG_TTL, Duration::ZERO).await.unwrap().unwrap();
+    let guard = crate::lock(&b, &name, "b", LONG_TTL, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(guard.lease().token > first.token);
     drop(guard);
     let lease = poll_lock(&a, &name, "a", LONG_TTL).await;
@@ -383,7 +450,10 @@ pub async fn guard_renews_and_releases(make: &dyn Fn() -> Arc<dyn Storage>) {
     a.unlock(&lease).await.unwrap();
 
     // A guard whose lease is taken away notices.
-    let guard = crate::lock(&a, &name, "a", SHORT_TTL, Duration::ZERO).await.unwrap().unwrap();
+    let guard = crate::lock(&a, &name, "a", SHORT_TTL, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
     a.unlock(&guard.lease()).await.unwrap();
     within(DEADLINE, guard.lost()).await;
     assert!(guard.is_lost());
@@ -455,12 +525,7 @@ fn assert_lost(r: crate::Result<()>, lease: &Lease) {
 }
 
 /// Poll `try_lock` until granted.
-async fn poll_lock(
-    store: &Arc<dyn Storage>,
-    name: &LockName,
-    owner: &str,
-    ttl: Duration,
-) -> Lease {
+async fn poll_lock(store: &Arc<dyn Storage>, name: &LockName, owner: &str, ttl: Duration) -> Lease {
     within(DEADLINE, async {
         loop {
             if let Ok(lease) = store.try_lock(name, owner, ttl).await.unwrap() {

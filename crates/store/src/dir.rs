@@ -165,16 +165,19 @@ impl Storage for DirStore {
 
     async fn put_fenced(&self, key: &StorageKey, value: &[u8], lease: &Lease) -> Result<()> {
         let (k, value, lease) = (key.clone(), value.to_vec(), lease.clone());
-        self.blocking(format!("put {key} under lock {}", lease.name), move |inner| {
-            let mutex = inner.lock_mutex(&lease.name)?;
-            let lease_path = inner.lease_path(&lease.name);
-            let record = read_lease(&lease_path)?;
-            if !is_current(record.as_ref(), &lease, unix_millis(SystemTime::now())) {
-                return Err(lease_lost(&lease));
-            }
-            let path = inner.object_path(&k);
-            write_atomic(&path, &value, Some(&mutex)).map_err(|e| io_err(&path, e))
-        })
+        self.blocking(
+            format!("put {key} under lock {}", lease.name),
+            move |inner| {
+                let mutex = inner.lock_mutex(&lease.name)?;
+                let lease_path = inner.lease_path(&lease.name);
+                let record = read_lease(&lease_path)?;
+                if !is_current(record.as_ref(), &lease, unix_millis(SystemTime::now())) {
+                    return Err(lease_lost(&lease));
+                }
+                let path = inner.object_path(&k);
+                write_atomic(&path, &value, Some(&mutex)).map_err(|e| io_err(&path, e))
+            },
+        )
         .await?;
         self.notify(Change::Put(key.clone()));
         Ok(())
@@ -435,10 +438,12 @@ fn read_lease(path: &Path) -> Result<Option<LeaseRecord>> {
         Err(e) if is_absent(&e) => return Ok(None),
         Err(e) => return Err(io_err(path, e)),
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Corrupt {
-        key: path.display().to_string(),
-        detail: e.to_string(),
-    })
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Corrupt {
+            key: path.display().to_string(),
+            detail: e.to_string(),
+        })
 }
 
 fn write_lease(path: &Path, record: &LeaseRecord, mutex: &MutexFile) -> Result<()> {
@@ -505,7 +510,10 @@ impl MutexFile {
         if self.acquired.elapsed() > MUTEX_MAX_HOLD {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("held lock mutex {} too long; not committing", self.path.display()),
+                format!(
+                    "held lock mutex {} too long; not committing",
+                    self.path.display()
+                ),
             ));
         }
         Ok(())

@@ -40,7 +40,8 @@ impl StorageKey {
     /// Whether `self` is `prefix` or lies under it, segment-wise.
     pub fn starts_with(&self, prefix: &StorageKey) -> bool {
         self.0 == prefix.0
-            || (self.0.starts_with(&prefix.0) && self.0.as_bytes().get(prefix.0.len()) == Some(&b'/'))
+            || (self.0.starts_with(&prefix.0)
+                && self.0.as_bytes().get(prefix.0.len()) == Some(&b'/'))
     }
 }
 
@@ -211,7 +212,9 @@ mod tests {
 
     #[test]
     fn traversal_is_refused() {
-        for bad in ["..", "a/..", "../a", "a/../b", ".", "a/./b", "/a", "a/", "a//b", "A", "a\\b"] {
+        for bad in [
+            "..", "a/..", "../a", "a/../b", ".", "a/./b", "/a", "a/", "a//b", "A", "a\\b",
+        ] {
             assert!(StorageKey::new(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(sanitize_segment(".."), "_");

@@ -56,7 +56,9 @@ pub async fn lock(
             }
             Err(e) => return Err(e),
         }
-        let pause = backoff.next().min(deadline.saturating_duration_since(Instant::now()));
+        let pause = backoff
+            .next()
+            .min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
     }
 }
@@ -101,6 +103,9 @@ pub struct LeaseGuard {
 
 impl LeaseGuard {
     /// Keep `lease` (granted for `ttl`) renewed until the guard is released or dropped.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (it spawns the renewer).
     pub fn new(store: Arc<dyn Storage>, lease: Lease, ttl: Duration) -> LeaseGuard {
         let (tx, state) = watch::channel(GuardState { lease, lost: false });
         let renewer = tokio::spawn(renew_loop(Arc::clone(&store), tx, ttl));

@@ -39,14 +39,24 @@ async fn files_are_private_and_no_temporaries_remain() {
 
     assert_eq!(mode(&root), 0o700);
     assert_eq!(mode(&root.join("objects/certs/acme-x")), 0o700);
-    assert_eq!(mode(&root.join("objects/certs/acme-x/example.com.json")), 0o600);
+    assert_eq!(
+        mode(&root.join("objects/certs/acme-x/example.com.json")),
+        0o600
+    );
     assert_eq!(mode(&root.join("locks/cert-x.lease")), 0o600);
     let in_dir: Vec<_> = std::fs::read_dir(root.join("objects/certs/acme-x"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(in_dir, vec!["example.com.json"], "temporary files left behind");
-    assert!(!root.join("locks/cert-x.mutex").exists(), "mutex left behind");
+    assert_eq!(
+        in_dir,
+        vec!["example.com.json"],
+        "temporary files left behind"
+    );
+    assert!(
+        !root.join("locks/cert-x.mutex").exists(),
+        "mutex left behind"
+    );
 
     // Deleting the last object prunes its now-empty directories.
     store.delete(&key).await.unwrap();
@@ -78,7 +88,8 @@ async fn stale_mutex_of_a_crashed_process_is_broken() {
     let store = DirStore::open(dir.path()).unwrap();
     let mutex = dir.path().join("locks/crashed.mutex");
     let file = std::fs::File::create(&mutex).unwrap();
-    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(60)).unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
     drop(file);
     let lease = store
         .try_lock(&LockName::new("crashed"), "a", Duration::from_secs(5))
@@ -96,17 +107,24 @@ async fn busy_fresh_mutex_is_respected_until_released() {
     std::fs::write(&mutex, b"someone-else").unwrap();
     let attempt = tokio::spawn({
         let store = store.clone();
-        async move { store.try_lock(&LockName::new("busy"), "a", Duration::from_secs(5)).await }
+        async move {
+            store
+                .try_lock(&LockName::new("busy"), "a", Duration::from_secs(5))
+                .await
+        }
     });
     // The attempt waits while the fresh mutex exists...
     let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
     while tokio::time::Instant::now() < deadline {
         assert!(!attempt.is_finished(), "went past a fresh mutex");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // ...and proceeds once it is removed.
     std::fs::remove_file(&mutex).unwrap();
-    let lease = tokio::time::timeout(Duration::from_secs(5), attempt).await.unwrap().unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(lease.unwrap().is_ok());
 }
 
@@ -114,7 +132,10 @@ async fn busy_fresh_mutex_is_respected_until_released() {
 async fn key_that_is_also_a_prefix_is_refused_not_lost() {
     let dir = tempfile::tempdir().unwrap();
     let store = DirStore::open(dir.path()).unwrap();
-    let (a, ab) = (StorageKey::new("a").unwrap(), StorageKey::new("a/b").unwrap());
+    let (a, ab) = (
+        StorageKey::new("a").unwrap(),
+        StorageKey::new("a/b").unwrap(),
+    );
     store.put(&a, b"1").await.unwrap();
     assert!(store.put(&ab, b"2").await.is_err());
     assert_eq!(store.get(&a).await.unwrap().as_deref(), Some(&b"1"[..]));
@@ -127,7 +148,10 @@ const PROCESSES: usize = 3;
 const INCREMENTS: usize = 25;
 
 fn counter() -> (LockName, StorageKey) {
-    (LockName::new("counter"), StorageKey::new("counter").unwrap())
+    (
+        LockName::new("counter"),
+        StorageKey::new("counter").unwrap(),
+    )
 }
 
 /// Three copies of this test binary, each running [`multi_process_child`], increment one
@@ -139,7 +163,12 @@ async fn multi_process_exclusion() {
     let children: Vec<_> = (0..PROCESSES)
         .map(|i| {
             tokio::process::Command::new(&exe)
-                .args(["--exact", "multi_process_child", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "multi_process_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(CHILD_DIR_ENV, dir.path())
                 .env(CHILD_OWNER_ENV, format!("process-{i}"))
                 .kill_on_drop(true)
@@ -147,10 +176,20 @@ async fn multi_process_exclusion() {
         })
         .collect();
     for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(120), child).await.unwrap().unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(120), child)
+            .await
+            .unwrap()
+            .unwrap();
         let log = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "child failed: {log}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(log.contains("1 passed"), "child did not run the worker: {log}");
+        assert!(
+            out.status.success(),
+            "child failed: {log}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            log.contains("1 passed"),
+            "child did not run the worker: {log}"
+        );
     }
     let store: Arc<dyn Storage> = Arc::new(DirStore::open(dir.path()).unwrap());
     let (_, key) = counter();
@@ -161,8 +200,10 @@ async fn multi_process_exclusion() {
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_process_child() {
-    let (Some(dir), Some(owner)) = (std::env::var_os(CHILD_DIR_ENV), std::env::var(CHILD_OWNER_ENV).ok())
-    else {
+    let (Some(dir), Some(owner)) = (
+        std::env::var_os(CHILD_DIR_ENV),
+        std::env::var(CHILD_OWNER_ENV).ok(),
+    ) else {
         return;
     };
     let store: Arc<dyn Storage> = Arc::new(DirStore::open(dir).unwrap());

@@ -37,7 +37,9 @@ pub fn loopback_ip() -> Ipv4Addr {
 #[allow(clippy::expect_used)]
 pub fn free_addr(ip: Ipv4Addr) -> SocketAddr {
     let listener = TcpListener::bind((ip, 0)).expect("bind a loopback address to port 0");
-    listener.local_addr().expect("local_addr of a bound listener")
+    listener
+        .local_addr()
+        .expect("local_addr of a bound listener")
 }
 
 /// A port on `ip` that is free for both TCP and UDP (for DNS servers, which bind both).
@@ -53,6 +55,7 @@ pub(crate) fn free_tcp_udp_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

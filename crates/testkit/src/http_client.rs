@@ -77,7 +77,11 @@ pub async fn https_request(
     roots_pem: &str,
     req: Request<Bytes>,
 ) -> anyhow::Result<HttpResponse> {
-    let what = format!("{} {} to https://{addr} as {sni:?}", req.method(), req.uri());
+    let what = format!(
+        "{} {} to https://{addr} as {sni:?}",
+        req.method(),
+        req.uri()
+    );
     let config = Arc::new(client_config(roots_pem, &[b"http/1.1"])?);
     let run = async {
         let tls = tls_connect(addr, sni, config).await?;
@@ -147,7 +151,11 @@ where
         .await
         .context("send request")?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.context("read response body")?.to_bytes();
+    let body = body
+        .collect()
+        .await
+        .context("read response body")?
+        .to_bytes();
     drop(sender);
     conn.abort();
     Ok(HttpResponse {

@@ -6,6 +6,7 @@
 //! deadlines ([`wait_for`], [`wait_for_ok`]).
 
 mod address;
+mod dns;
 mod http_client;
 mod pebble;
 mod pki;
@@ -21,4 +22,6 @@ pub use pebble::{Pebble, PebbleBuilder, STARTUP_DEADLINE};
 pub use pki::{CertInfo, LeafKey, TestPki, ca_and_leaf, ca_and_leaf_with, cert_info, pem_certs};
 pub use poll::{POLL_INTERVAL, wait_for, wait_for_ok};
 pub use process::{ChildGuard, Signal};
-pub use tls_client::{HANDSHAKE_TIMEOUT, TlsInfo, client_config, tls_connect, tls_handshake, tls_info};
+pub use tls_client::{
+    HANDSHAKE_TIMEOUT, TlsInfo, client_config, tls_connect, tls_handshake, tls_info,
+};

@@ -1,7 +1,7 @@
 //! Pebble (Let's Encrypt's test CA) with pebble-challtestsrv as its DNS, on private ports.
 //!
 //! Layout of one instance:
-//! - `pebble-challtestsrv` answers DNS on a free `127.0.0.1` port (A queries with the builder's
+//! - `pebble-challtestsrv` answers DNS on a free port of its own `127.0.0.x` (A queries with the builder's
 //!   [`resolve_to`](PebbleBuilder::resolve_to) address unless [`Pebble::add_a`] says otherwise, no
 //!   AAAA) and takes commands on a plain-HTTP management port. Its own HTTP-01, HTTPS-01 and
 //!   TLS-ALPN-01 responders are disabled so they take no ports.
@@ -21,7 +21,8 @@ use http::{Request, StatusCode, header};
 use tempfile::TempDir;
 use tokio::process::Command;
 
-use crate::address::{free_addr, free_tcp_udp_port};
+use crate::address::{free_addr, free_tcp_udp_port, loopback_ip};
+use crate::dns::query_a;
 use crate::http_client::{HttpResponse, http_request, https_get};
 use crate::pki::{LeafKey, ca_and_leaf_with};
 use crate::poll::wait_for_ok;
@@ -75,7 +76,8 @@ impl PebbleBuilder {
     }
 
     /// Lifetime of issued certificates (`certificateValidityPeriod`, whole seconds). Short values
-    /// make real renewals happen within a test. Default: Pebble's own (about 5 years).
+    /// make real renewals happen within a test. Default: Pebble's own (years). Pebble sets
+    /// `notBefore` = issuance time (not backdated) and `notAfter` = `notBefore` + validity - 1 s.
     pub fn validity(mut self, validity: Duration) -> Self {
         self.validity = Some(validity);
         self
@@ -139,8 +141,11 @@ impl PebbleBuilder {
         write(&cert_path, &pki.leaf_cert_pem)?;
         write(&key_path, &pki.leaf_key_pem)?;
 
-        let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, free_tcp_udp_port(Ipv4Addr::LOCALHOST)?));
-        let cts_management = free_addr(Ipv4Addr::LOCALHOST);
+        // challtestsrv gets its own 127.0.0.x: it does not exit when a port is taken (it logs
+        // "address already in use" and keeps running), so collisions must be rare and detected.
+        let cts_ip = loopback_ip();
+        let dns = SocketAddr::from((cts_ip, free_tcp_udp_port(cts_ip)?));
+        let cts_management = free_addr(cts_ip);
         let mut cts_cmd = Command::new("pebble-challtestsrv");
         cts_cmd
             .arg("-dns01")
@@ -154,22 +159,43 @@ impl PebbleBuilder {
         let log = |name: &str| dir.path().join(format!("{name}.log"));
         let mut challtestsrv =
             ChildGuard::spawn_logging_to(cts_cmd, "pebble-challtestsrv", &log("challtestsrv"))?;
-        wait_until_serving(&mut challtestsrv, || async move {
-            tokio::net::TcpStream::connect(cts_management).await?;
-            Ok(())
+        // Proves both ports are this instance's: a record added through the management port is
+        // answered on the DNS port.
+        let probe = format!(
+            "testkit-probe-{}.{}.invalid",
+            std::process::id(),
+            dns.port()
+        );
+        wait_until_serving(&mut challtestsrv, || {
+            let probe = probe.clone();
+            async move {
+                post_json(
+                    cts_management,
+                    "/add-a",
+                    serde_json::json!({ "host": probe, "addresses": [PROBE_IP.to_string()] }),
+                )
+                .await?;
+                let answer = query_a(dns, &probe).await?;
+                ensure!(answer == [PROBE_IP], "probe resolved to {answer:?}");
+                Ok(())
+            }
         })
+        .await?;
+        post_json(
+            cts_management,
+            "/clear-a",
+            serde_json::json!({ "host": probe }),
+        )
         .await?;
 
         let listen = free_addr(Ipv4Addr::LOCALHOST);
         let management = free_addr(Ipv4Addr::LOCALHOST);
-        let http_port = match self.http_port {
-            Some(p) => p,
-            None => free_addr(self.resolve_to).port(),
-        };
-        let tls_port = match self.tls_port {
-            Some(p) => p,
-            None => free_addr(self.resolve_to).port(),
-        };
+        let http_port = self
+            .http_port
+            .unwrap_or_else(|| free_port_on(self.resolve_to));
+        let tls_port = self
+            .tls_port
+            .unwrap_or_else(|| free_port_on(self.resolve_to));
         let mut config = serde_json::json!({
             "listenAddress": listen.to_string(),
             "managementListenAddress": management.to_string(),
@@ -240,7 +266,7 @@ impl PebbleBuilder {
 
 /// Why one start attempt failed.
 enum Start {
-    /// A program exited logging "address already in use": retry on other ports.
+    /// A program logged "address already in use" (and may still run): retry on other ports.
     PortTaken(anyhow::Error),
     Failed(anyhow::Error),
 }
@@ -267,28 +293,67 @@ where
     let what = format!("{} to answer", child.name());
     // Ok(None): serving. Ok(Some(status)): exited, stop polling (wait_for_ok retries on Err).
     let result = wait_for_ok(&what, STARTUP_DEADLINE, || {
-        let status = child.try_exit_status();
+        let status = match child.try_exit_status() {
+            Ok(Some(status)) => Some(Exit::Exited(status)),
+            _ if child.log_contents().contains(PORT_TAKEN) => Some(Exit::PortTaken),
+            _ => None,
+        };
         let check = ready();
         async move {
-            if let Ok(Some(status)) = status {
-                return Ok(Some(status));
+            if status.is_some() {
+                return Ok(status);
             }
             check.await.map(|()| None)
         }
     })
     .await;
     let log = child.log_contents();
+    let name = child.name().to_owned();
     match result {
-        Ok(None) => Ok(()),
-        Ok(Some(status)) => {
-            let err = anyhow!("{} exited at startup ({status}); log:\n{log}", child.name());
-            if log.contains("address already in use") {
+        Ok(None) if !log.contains(PORT_TAKEN) => Ok(()),
+        Ok(None | Some(Exit::PortTaken)) => {
+            let _ = child.kill();
+            Err(Start::PortTaken(anyhow!(
+                "{name}: a port was taken; log:\n{log}"
+            )))
+        }
+        Ok(Some(Exit::Exited(status))) => {
+            let err = anyhow!("{name} exited at startup ({status}); log:\n{log}");
+            if log.contains(PORT_TAKEN) {
                 Err(Start::PortTaken(err))
             } else {
                 Err(Start::Failed(err))
             }
         }
-        Err(e) => Err(Start::Failed(e.context(format!("log of {}:\n{log}", child.name())))),
+        Err(e) => Err(Start::Failed(e.context(format!("log of {name}:\n{log}")))),
+    }
+}
+
+/// How Go reports a port held by another process (challtestsrv keeps running after it).
+const PORT_TAKEN: &str = "address already in use";
+
+/// Answer for the readiness probe name (TEST-NET-1, never a real test address).
+const PROBE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+enum Exit {
+    Exited(std::process::ExitStatus),
+    PortTaken,
+}
+
+async fn post_json(addr: SocketAddr, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+    let req = Request::post(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Bytes::from(body.to_string()))?;
+    let resp = http_request(addr, req).await?;
+    ok(resp, path).map(drop)
+}
+
+/// A free port on `ip`, or on 127.0.0.1 if `ip` is not local (a test of unreachable names).
+fn free_port_on(ip: Ipv4Addr) -> u16 {
+    match std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(_) => free_addr(Ipv4Addr::LOCALHOST).port(),
     }
 }
 
@@ -351,7 +416,8 @@ impl Pebble {
         self.tls_port
     }
 
-    /// The address A queries resolve to by default.
+    /// The default A answer given to the builder (not updated by
+    /// [`set_default_ipv4`](Self::set_default_ipv4)).
     pub fn resolve_to(&self) -> Ipv4Addr {
         self.resolve_to
     }
@@ -446,12 +512,12 @@ impl Pebble {
     }
 
     async fn challtestsrv_post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
-        let req = Request::post(path)
-            .header(header::HOST, self.cts_management.to_string())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Bytes::from(body.to_string()))?;
-        let resp = http_request(self.cts_management, req).await?;
-        ok(resp, path).map(drop)
+        post_json(self.cts_management, path, body).await
+    }
+
+    /// Asks challtestsrv's DNS server (the one Pebble's VA uses) for the A records of `name`.
+    pub async fn lookup_a(&self, name: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+        query_a(self.dns, name).await
     }
 }
 
@@ -460,4 +526,34 @@ fn ok(resp: HttpResponse, what: &str) -> anyhow::Result<HttpResponse> {
         bail!("{what}: HTTP {}: {}", resp.status, resp.text());
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn idler(script: &str) -> ChildGuard {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        ChildGuard::spawn(cmd, "fake").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_child_logging_port_taken_is_retryable_even_if_it_keeps_running() {
+        let mut child =
+            idler("echo 'listen tcp: bind: address already in use'; exec tail -f /dev/null");
+        let res = wait_until_serving(&mut child, || async { bail!("never ready") }).await;
+        assert!(matches!(res, Err(Start::PortTaken(_))));
+    }
+
+    #[tokio::test]
+    async fn a_child_exiting_for_another_reason_is_fatal() {
+        let mut child = idler("echo 'open x: no such file'; exit 1");
+        let res = wait_until_serving(&mut child, || async { bail!("never ready") }).await;
+        let Err(Start::Failed(e)) = res else {
+            panic!("expected a fatal error")
+        };
+        assert!(format!("{e:#}").contains("no such file"), "{e:#}");
+    }
 }

@@ -1,5 +1,6 @@
 //! Test certificate authorities and leaves generated with rcgen, plus certificate inspection.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -83,7 +84,7 @@ pub fn ca_and_leaf_with(names: &[&str], key: LeafKey) -> anyhow::Result<TestPki>
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "testkit CA");
+        .push(DnType::CommonName, unique_ca_name());
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -98,7 +99,9 @@ pub fn ca_and_leaf_with(names: &[&str], key: LeafKey) -> anyhow::Result<TestPki>
 
     let mut leaf_params =
         CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
-    leaf_params.distinguished_name.push(DnType::CommonName, *first);
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, *first);
     leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf_params.use_authority_key_identifier_extension = true;
     leaf_params.not_before = (now - Duration::from_secs(3600)).into();
@@ -114,13 +117,28 @@ pub fn ca_and_leaf_with(names: &[&str], key: LeafKey) -> anyhow::Result<TestPki>
     })
 }
 
+/// CAs need distinct subjects: a verifier that finds a same-named foreign CA reports
+/// `BadSignature` instead of `UnknownIssuer`.
+fn unique_ca_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("testkit CA {:x}-{nanos:x}-{n}", std::process::id())
+}
+
 fn generate_key(key: LeafKey) -> anyhow::Result<KeyPair> {
     let alg: &'static SignatureAlgorithm = match key {
         LeafKey::EcdsaP256Pkcs8 | LeafKey::EcdsaP256Sec1 => &PKCS_ECDSA_P256_SHA256,
         LeafKey::EcdsaP384Pkcs8 => &PKCS_ECDSA_P384_SHA384,
         LeafKey::Ed25519Pkcs8 => &PKCS_ED25519,
         LeafKey::Rsa2048Pkcs8 | LeafKey::Rsa2048Pkcs1 => {
-            return Ok(KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048)?);
+            return Ok(KeyPair::generate_rsa_for(
+                &PKCS_RSA_SHA256,
+                RsaKeySize::_2048,
+            )?);
         }
     };
     Ok(KeyPair::generate_for(alg)?)
@@ -153,7 +171,9 @@ fn pkcs8_inner_key(pkcs8: &[u8]) -> anyhow::Result<Vec<u8>> {
     use x509_parser::der_parser::ber::BerObjectContent;
     use x509_parser::der_parser::der::parse_der_sequence;
     let (_, seq) = parse_der_sequence(pkcs8).map_err(|e| anyhow!("parse PKCS#8: {e}"))?;
-    let items = seq.as_sequence().map_err(|e| anyhow!("PKCS#8 is not a SEQUENCE: {e}"))?;
+    let items = seq
+        .as_sequence()
+        .map_err(|e| anyhow!("PKCS#8 is not a SEQUENCE: {e}"))?;
     match items.get(2).map(|o| &o.content) {
         Some(BerObjectContent::OctetString(inner)) => Ok(inner.to_vec()),
         _ => bail!("PKCS#8 has no privateKey OCTET STRING"),
@@ -225,6 +245,7 @@ pub fn cert_info(der: &[u8]) -> anyhow::Result<CertInfo> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -241,7 +262,8 @@ mod tests {
         ] {
             let pki = ca_and_leaf_with(&["a.test", "127.0.0.1"], format).unwrap();
             assert!(
-                pki.leaf_key_pem.starts_with(&format!("-----BEGIN {tag}-----")),
+                pki.leaf_key_pem
+                    .starts_with(&format!("-----BEGIN {tag}-----")),
                 "{format:?}: {}",
                 pki.leaf_key_pem
             );

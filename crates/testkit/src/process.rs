@@ -127,21 +127,32 @@ impl ChildGuard {
     /// Polls the log until it contains `needle`; fails early if the child exits first.
     pub async fn wait_for_log(&mut self, needle: &str, deadline: Duration) -> anyhow::Result<()> {
         let what = format!("{:?} in the log of {}", needle, self.name);
-        wait_for_ok(&what, deadline, || {
+        // Ok(None): found. Ok(Some(status)): exited first, stop polling.
+        let result = wait_for_ok(&what, deadline, || {
             let found = self.log_contents().contains(needle);
             let exited = self.child.try_wait();
             async move {
                 if found {
-                    return Ok(());
+                    return Ok(None);
                 }
-                if let Ok(Some(status)) = exited {
-                    bail!("process exited ({status}) before logging it");
+                match exited {
+                    Ok(Some(status)) => Ok(Some(status)),
+                    _ => bail!("not logged yet"),
                 }
-                bail!("not logged yet")
             }
         })
-        .await
-        .with_context(|| self.log_tail_message())
+        .await;
+        match result {
+            Ok(None) => Ok(()),
+            // It may have logged the needle just before exiting.
+            Ok(Some(_)) if self.log_contents().contains(needle) => Ok(()),
+            Ok(Some(status)) => Err(anyhow::anyhow!(
+                "{} exited ({status}) before logging {needle:?}",
+                self.name
+            )
+            .context(self.log_tail_message())),
+            Err(e) => Err(e.context(self.log_tail_message())),
+        }
     }
 
     /// Sends `signal` to the child with `kill -<SIG> <pid>`.
@@ -153,7 +164,12 @@ impl ChildGuard {
             .status()
             .context("run kill(1)")?;
         if !status.success() {
-            bail!("kill -{} {} ({}) failed: {status}", signal.name(), self.pid, self.name);
+            bail!(
+                "kill -{} {} ({}) failed: {status}",
+                signal.name(),
+                self.pid,
+                self.name
+            );
         }
         Ok(())
     }
@@ -187,7 +203,11 @@ impl ChildGuard {
     pub async fn wait_exit(&mut self, deadline: Duration) -> anyhow::Result<ExitStatus> {
         match tokio::time::timeout(deadline, self.child.wait()).await {
             Ok(status) => Ok(status?),
-            Err(_) => bail!("{} (pid {}) still running after {deadline:?}", self.name, self.pid),
+            Err(_) => bail!(
+                "{} (pid {}) still running after {deadline:?}",
+                self.name,
+                self.pid
+            ),
         }
     }
 

@@ -36,11 +36,12 @@ pub fn client_config(roots_pem: &str, alpn: &[&[u8]]) -> anyhow::Result<ClientCo
     for cert in pem_certs(roots_pem)? {
         roots.add(cert).context("add a root certificate")?;
     }
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let mut config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
@@ -52,7 +53,8 @@ pub async fn tls_connect(
     sni: &str,
     config: Arc<ClientConfig>,
 ) -> anyhow::Result<TlsStream<TcpStream>> {
-    let name = ServerName::try_from(sni.to_owned()).with_context(|| format!("server name {sni:?}"))?;
+    let name =
+        ServerName::try_from(sni.to_owned()).with_context(|| format!("server name {sni:?}"))?;
     let connect = async {
         let tcp = TcpStream::connect(addr)
             .await

@@ -1,5 +1,7 @@
 //! Starts a real Pebble + challtestsrv and checks what tests of other crates rely on.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -45,9 +47,19 @@ async fn pebble_serves_directory_and_issuing_root() {
     let inter = cert_info(&inter[0]).unwrap();
     assert_eq!(inter.issuer, root.subject, "{inter:?}");
 
-    // challtestsrv accepts DNS overrides.
-    pebble.add_a("a.test", Ipv4Addr::new(127, 0, 0, 9)).await.unwrap();
+    // challtestsrv answers what the VA will see, and accepts overrides.
+    assert_eq!(pebble.lookup_a("any.test").await.unwrap(), [ip]);
+    let other = Ipv4Addr::new(127, 0, 0, 9);
+    pebble.add_a("a.test", other).await.unwrap();
+    assert_eq!(pebble.lookup_a("a.test").await.unwrap(), [other]);
+    assert_eq!(pebble.lookup_a("b.a.test").await.unwrap(), [ip]);
     pebble.clear_a("a.test").await.unwrap();
-    pebble.set_default_ipv4(ip).await.unwrap();
-    assert_eq!(pebble.http01_addr().ip(), ip);
+    assert_eq!(pebble.lookup_a("a.test").await.unwrap(), [ip]);
+    pebble.set_default_ipv4(other).await.unwrap();
+    assert_eq!(pebble.lookup_a("a.test").await.unwrap(), [other]);
+    assert_eq!(
+        pebble.http01_addr().ip(),
+        ip,
+        "http01_addr reports the builder's address"
+    );
 }

@@ -1,5 +1,7 @@
 //! `tls_handshake` and `https_get` against a tiny in-test tokio-rustls server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,7 +12,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use testkit::{LeafKey, ca_and_leaf, ca_and_leaf_with, free_addr, https_get, loopback_ip, pem_certs, tls_handshake};
+use testkit::{
+    LeafKey, ca_and_leaf, ca_and_leaf_with, free_addr, https_get, loopback_ip, pem_certs,
+    tls_handshake,
+};
 
 /// Serves TLS with the given leaf; answers every request with a fixed HTTP/1.1 response.
 async fn serve(cert_pem: &str, key_pem: &str) -> SocketAddr {
@@ -30,10 +35,14 @@ async fn serve(cert_pem: &str, key_pem: &str) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut buf = vec![0u8; 4096];
                 let mut got = Vec::new();
                 while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -57,7 +66,9 @@ async fn handshake_verifies_chain_for_the_exact_name() {
     let (ca, cert, key) = ca_and_leaf(&["shop.test", "*.wild.test"]);
     let addr = serve(&cert, &key).await;
 
-    let info = tls_handshake(addr, "shop.test", &ca, &[b"http/1.1"]).await.unwrap();
+    let info = tls_handshake(addr, "shop.test", &ca, &[b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(info.version, Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(info.peer_chain.len(), 1);
@@ -68,10 +79,14 @@ async fn handshake_verifies_chain_for_the_exact_name() {
     assert_eq!(info.alpn, None);
 
     // A name the certificate does not cover, and a root that did not sign it, both fail.
-    let err = tls_handshake(addr, "other.test", &ca, &[]).await.unwrap_err();
+    let err = tls_handshake(addr, "other.test", &ca, &[])
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("not valid for name"), "{err:#}");
     let (other_ca, _, _) = ca_and_leaf(&["shop.test"]);
-    let err = tls_handshake(addr, "shop.test", &other_ca, &[]).await.unwrap_err();
+    let err = tls_handshake(addr, "shop.test", &other_ca, &[])
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("UnknownIssuer"), "{err:#}");
 }
 
@@ -79,7 +94,9 @@ async fn handshake_verifies_chain_for_the_exact_name() {
 async fn https_get_over_verified_tls_with_pkcs1_key() {
     let pki = ca_and_leaf_with(&["shop.test"], LeafKey::Rsa2048Pkcs1).unwrap();
     let addr = serve(&pki.leaf_cert_pem, &pki.leaf_key_pem).await;
-    let resp = https_get(addr, "shop.test", &pki.ca_pem, "/").await.unwrap();
+    let resp = https_get(addr, "shop.test", &pki.ca_pem, "/")
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-test"), Some("yes"));
     assert_eq!(resp.text(), "hello");

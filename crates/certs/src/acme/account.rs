@@ -22,15 +22,21 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(45);
 ///
 /// Protocol: read; if missing, take the lock, read again (a peer may have created it while we
 /// waited), and only then register and store the credentials under the lease's fencing token.
-pub(super) async fn load_or_create(
+///
+/// With `stale`, the account with that id is known to be gone at the CA (`accountDoesNotExist`):
+/// the stored one is used only if a peer already replaced it, otherwise a new one replaces it.
+pub(super) async fn obtain(
     settings: &AcmeSettings,
     ca: &str,
     store: &Arc<dyn Storage>,
     node: &str,
+    stale: Option<&str>,
 ) -> Result<Account> {
     let key = layout::account(ca);
-    if let Some(account) = load(settings, store, &key).await? {
-        return Ok(account);
+    if stale.is_none()
+        && let Some(stored) = read(store, &key).await?
+    {
+        return load(settings, stored).await;
     }
     let name = layout::account_lock(ca);
     let Some(guard) = store::lock(store, &name, node, LOCK_TTL, LOCK_WAIT).await? else {
@@ -39,9 +45,11 @@ pub(super) async fn load_or_create(
         });
     };
     let result = async {
-        if let Some(account) = load(settings, store, &key).await? {
-            tracing::debug!("a peer created the ACME account while we waited for the lock");
-            return Ok(account);
+        if let Some(stored) = read(store, &key).await?
+            && stale.is_none_or(|stale| stored.id != stale)
+        {
+            tracing::debug!("a peer stored the ACME account while we waited for the lock");
+            return load(settings, stored).await;
         }
         let (account, credentials) = create(settings).await?;
         let bytes = serde_json::to_vec_pretty(&credentials)
@@ -57,7 +65,14 @@ pub(super) async fn load_or_create(
             }
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(account = account.id(), "ACME account created");
+        match stale {
+            None => tracing::info!(account = account.id(), "ACME account created"),
+            Some(stale) => tracing::warn!(
+                account = account.id(),
+                replaced = stale,
+                "the CA no longer knows the stored ACME account; registered a new one"
+            ),
+        }
         Ok(account)
     }
     .await;
@@ -67,24 +82,40 @@ pub(super) async fn load_or_create(
     result
 }
 
-async fn load(settings: &AcmeSettings, store: &Arc<dyn Storage>, key: &StorageKey) -> Result<Option<Account>> {
+/// Stored credentials, with the account id readable (instant-acme keeps its fields private).
+struct Stored {
+    id: String,
+    credentials: AccountCredentials,
+}
+
+async fn read(store: &Arc<dyn Storage>, key: &StorageKey) -> Result<Option<Stored>> {
     let Some(bytes) = store.get(key).await? else {
         return Ok(None);
     };
-    let credentials: AccountCredentials = serde_json::from_slice(&bytes).map_err(|e| {
+    let corrupt = |e: serde_json::Error| {
         Error::Store(store::Error::Corrupt {
             key: key.to_string(),
             detail: format!("not ACME account credentials: {e}"),
         })
-    })?;
+    };
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    let Id { id } = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    let credentials = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    Ok(Some(Stored { id, credentials }))
+}
+
+async fn load(settings: &AcmeSettings, stored: Stored) -> Result<Account> {
     let account = call(
         "load the ACME account",
         CALL_TIMEOUT,
-        builder(settings)?.from_credentials(credentials),
+        builder(settings)?.from_credentials(stored.credentials),
     )
     .await?;
     tracing::debug!(account = account.id(), "ACME account loaded from the store");
-    Ok(Some(account))
+    Ok(account)
 }
 
 async fn create(settings: &AcmeSettings) -> Result<(Account, AccountCredentials)> {
@@ -150,6 +181,7 @@ fn decode_base64url(text: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::decode_base64url;
 

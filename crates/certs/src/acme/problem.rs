@@ -10,6 +10,8 @@ use crate::{AcmeProblem, Error};
 
 /// The problem type a CA uses for rate limits (RFC 8555 §6.7).
 pub(super) const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+/// The CA does not know the account that signed the request (RFC 8555 §7.3.1).
+pub(super) const ACCOUNT_DOES_NOT_EXIST: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
 /// ARI (RFC 9773 §5): the certificate named in `replaces` was already replaced.
 pub(super) const ALREADY_REPLACED: &str = "urn:ietf:params:acme:error:alreadyReplaced";
 
@@ -183,6 +185,7 @@ pub(super) fn retry_after_from_detail(detail: &str, now: i64) -> Option<Duration
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

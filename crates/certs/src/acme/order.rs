@@ -1,0 +1,345 @@
+//! One ACME order, from newOrder to the certificate chain: solve each pending authorization through
+//! the shared [`Challenges`] (published to the store before the CA is told to look), wait for the
+//! order to become ready, finalize with a fresh key, and withdraw the challenges in every case.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AuthorizationState, AuthorizationStatus, ChallengeType, Identifier, NewOrder, Order,
+    OrderStatus, RetryPolicy,
+};
+
+use super::problem::{self, ALREADY_REPLACED, CaError, call};
+use super::{AcmeSettings, CALL_TIMEOUT, certificate_id};
+use crate::{CertBundle, ChallengeKind, Challenges, DomainName, Error, KeyType, Result, SourceKind};
+
+/// How long the CA may take to validate every authorization of an order.
+const READY_DEADLINE: Duration = Duration::from_secs(90);
+/// How long the CA may take to issue after finalization.
+const CERTIFICATE_DEADLINE: Duration = Duration::from_secs(60);
+/// Polling schedule for both waits (the CA's Retry-After, when sent, takes precedence).
+const POLL_FIRST: Duration = Duration::from_millis(250);
+const POLL_BACKOFF: f32 = 1.5;
+/// Bound on one store call while withdrawing challenges.
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Run one order for `domains` (already checked: 1..=100 distinct non-wildcard names).
+pub(super) async fn run(
+    account: &Account,
+    settings: &AcmeSettings,
+    challenges: &Arc<Challenges>,
+    domains: &[DomainName],
+    key_type: KeyType,
+    replaces: Option<&CertBundle>,
+) -> Result<CertBundle> {
+    let identifiers: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.to_string())).collect();
+    let mut order = new_order(account, &identifiers, replaces).await?;
+    let order_url = order.url().to_string();
+    tracing::Span::current().record("order", order_url.as_str());
+    tracing::debug!(status = ?order.state().status, "order created");
+
+    let mut cleanup = Cleanup {
+        challenges: Arc::clone(challenges),
+        published: Vec::new(),
+    };
+    let result = async {
+        solve(&mut order, &settings.challenges, challenges, &mut cleanup).await?;
+        wait_ready(&mut order).await?;
+        finalize(&mut order, domains, key_type).await
+    }
+    .await;
+    cleanup.run().await;
+    let (chain_pem, key_pem) = result?;
+
+    let mut bundle = CertBundle::from_pem(chain_pem, key_pem, SourceKind::Acme, None)?;
+    let missing: Vec<&str> = domains
+        .iter()
+        .map(DomainName::as_str)
+        .filter(|d| !bundle.meta.names.iter().any(|n| n == d))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Acme {
+            problem: problem::local_problem(format!(
+                "the CA issued a certificate without {}",
+                missing.join(", ")
+            )),
+        });
+    }
+    bundle.meta.order_url = Some(order_url);
+    bundle.meta.directory = Some(settings.directory.clone());
+    Ok(bundle)
+}
+
+/// newOrder, with `replaces` (ARI) when the old certificate can be identified and the CA offers
+/// ARI. instant-acme refuses `replaces` locally, before any request, when the directory has no
+/// renewalInfo, so "does the CA support ARI" costs nothing to ask.
+async fn new_order(account: &Account, identifiers: &[Identifier], replaces: Option<&CertBundle>) -> Result<Order> {
+    let old = replaces.and_then(|bundle| match certificate_id(bundle) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot identify the certificate being replaced; ordering without `replaces`");
+            None
+        }
+    });
+    if let Some(id) = old {
+        let attempt = call(
+            "create the order",
+            CALL_TIMEOUT,
+            account.new_order(&NewOrder::new(identifiers).replaces(id.clone())),
+        )
+        .await;
+        match attempt {
+            Ok(order) => {
+                tracing::debug!(replaces = %id, "order replaces the current certificate (ARI)");
+                return Ok(order);
+            }
+            Err(CaError::Acme {
+                err: instant_acme::Error::Unsupported(_),
+                ..
+            }) => tracing::debug!("the CA offers no ARI; ordering without `replaces`"),
+            Err(e) if e.problem().is_some_and(|p| p.r#type.as_deref() == Some(ALREADY_REPLACED)) => {
+                tracing::warn!(replaces = %id, "the CA says this certificate was already replaced; ordering without `replaces`")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(call("create the order", CALL_TIMEOUT, account.new_order(&NewOrder::new(identifiers))).await?)
+}
+
+/// Publish a response for every pending authorization, then tell the CA to validate it.
+async fn solve(
+    order: &mut Order,
+    preferences: &[ChallengeKind],
+    challenges: &Challenges,
+    cleanup: &mut Cleanup,
+) -> Result<()> {
+    let mut authorizations = order.authorizations();
+    loop {
+        let next = tokio::time::timeout(CALL_TIMEOUT, authorizations.next())
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "fetch an authorization (no answer from the CA)".to_string(),
+            })?;
+        let Some(next) = next else { break };
+        let mut authz = next.map_err(|err| CaError::Acme {
+            what: "fetch an authorization",
+            err,
+        })?;
+        let name = authz.identifier().to_string();
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => {
+                tracing::debug!(domain = %name, "authorization already valid");
+                continue;
+            }
+            AuthorizationStatus::Invalid => {
+                return Err(Error::Validation {
+                    problem: failed_challenge(&authz)
+                        .unwrap_or_else(|| problem::local_problem("the authorization is invalid".to_string())),
+                    domain: name,
+                });
+            }
+            other => {
+                return Err(Error::Acme {
+                    problem: problem::local_problem(format!(
+                        "the authorization for {name} is {other:?}, not pending"
+                    )),
+                });
+            }
+        }
+        let domain = DomainName::parse(&name).map_err(|e| Error::Acme {
+            problem: problem::local_problem(format!("the CA asks to authorize {name:?}: {e}")),
+        })?;
+        let Some(kind) = preferences
+            .iter()
+            .copied()
+            .find(|kind| authz.challenges.iter().any(|c| c.r#type == challenge_type(*kind)))
+        else {
+            let offered: Vec<String> = authz.challenges.iter().map(|c| format!("{:?}", c.r#type)).collect();
+            let wanted: Vec<&str> = preferences.iter().map(|k| k.as_str()).collect();
+            return Err(Error::Config(format!(
+                "the CA offers {} for {domain}, none of the configured challenge types ({})",
+                offered.join(", "),
+                wanted.join(", ")
+            )));
+        };
+        // `kind` was picked from this authorization's own challenge list just above.
+        let Some(mut challenge) = authz.challenge(challenge_type(kind)) else {
+            return Err(Error::Acme {
+                problem: problem::local_problem(format!("no {} challenge for {domain}", kind.as_str())),
+            });
+        };
+        let key_auth = challenge.key_authorization();
+        // Published to the store first, so whichever node the CA reaches can answer.
+        match kind {
+            ChallengeKind::Http01 => {
+                cleanup.published.push(Published::Http01 {
+                    token: challenge.token.clone(),
+                });
+                challenges
+                    .publish_http01(&domain, &challenge.token, key_auth.as_str())
+                    .await?;
+            }
+            ChallengeKind::TlsAlpn01 => {
+                cleanup.published.push(Published::TlsAlpn01 {
+                    domain: domain.clone(),
+                });
+                challenges
+                    .publish_tls_alpn01(&domain, key_auth.digest().as_ref())
+                    .await?;
+            }
+        }
+        call("mark the challenge ready", CALL_TIMEOUT, challenge.set_ready()).await?;
+        tracing::debug!(%domain, challenge = kind.as_str(), "challenge published and marked ready");
+    }
+    Ok(())
+}
+
+/// Wait until the CA has validated every authorization. An invalid order is explained by its
+/// failed authorization: which domain, and the CA's problem for the challenge.
+async fn wait_ready(order: &mut Order) -> Result<()> {
+    let policy = RetryPolicy::new()
+        .initial_delay(POLL_FIRST)
+        .backoff(POLL_BACKOFF)
+        .timeout(READY_DEADLINE);
+    let polled = call(
+        "wait for the CA to validate",
+        READY_DEADLINE + CALL_TIMEOUT,
+        order.poll_ready(&policy),
+    )
+    .await;
+    match polled {
+        Ok(OrderStatus::Ready) => Ok(()),
+        // `poll_ready` only returns Ready or Invalid.
+        Ok(_) => Err(explain_invalid(order, None).await),
+        Err(e) if e.problem().is_some() => Err(explain_invalid(order, Some(e)).await),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Find the authorization that failed and report its challenge's problem; fall back to the
+/// order's own problem (`original`) when none says why.
+async fn explain_invalid(order: &mut Order, original: Option<CaError>) -> Error {
+    let mut authorizations = order.authorizations();
+    loop {
+        let Ok(Some(Ok(mut authz))) = tokio::time::timeout(CALL_TIMEOUT, authorizations.next()).await else {
+            break;
+        };
+        if call("refresh an authorization", CALL_TIMEOUT, async {
+            authz.refresh().await.map(|_| ())
+        })
+        .await
+        .is_err()
+        {
+            continue;
+        }
+        if authz.status == AuthorizationStatus::Invalid {
+            let domain = authz.identifier().to_string();
+            let problem = failed_challenge(&authz)
+                .or_else(|| original.as_ref().and_then(CaError::problem).map(problem::convert))
+                .unwrap_or_else(|| problem::local_problem("the authorization is invalid".to_string()));
+            return Error::Validation { domain, problem };
+        }
+    }
+    match original {
+        Some(e) => e.into(),
+        None => Error::Acme {
+            problem: problem::local_problem("the order became invalid and no authorization says why".to_string()),
+        },
+    }
+}
+
+/// The problem of the first challenge that carries one.
+fn failed_challenge(state: &AuthorizationState) -> Option<crate::AcmeProblem> {
+    state
+        .challenges
+        .iter()
+        .find_map(|c| c.error.as_ref())
+        .map(problem::convert)
+}
+
+/// A fresh key and CSR for exactly `domains`; the chain (PEM) and the key (PKCS#8 PEM).
+async fn finalize(order: &mut Order, domains: &[DomainName], key_type: KeyType) -> Result<(String, String)> {
+    let crypto = |e: rcgen::Error| Error::Crypto(e.to_string());
+    let key = key_type.generate()?;
+    let mut params =
+        rcgen::CertificateParams::new(domains.iter().map(DomainName::to_string).collect::<Vec<_>>())
+            .map_err(crypto)?;
+    // rcgen's default subject is "CN=rcgen self signed cert"; the CA takes names from the SANs.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(crypto)?;
+    call("finalize the order", CALL_TIMEOUT, order.finalize_csr(csr.der())).await?;
+    let policy = RetryPolicy::new()
+        .initial_delay(POLL_FIRST)
+        .backoff(POLL_BACKOFF)
+        .timeout(CERTIFICATE_DEADLINE);
+    let chain = call(
+        "wait for the certificate",
+        CERTIFICATE_DEADLINE + CALL_TIMEOUT,
+        order.poll_certificate(&policy),
+    )
+    .await?;
+    Ok((chain, key.serialize_pem()))
+}
+
+fn challenge_type(kind: ChallengeKind) -> ChallengeType {
+    match kind {
+        ChallengeKind::Http01 => ChallengeType::Http01,
+        ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+    }
+}
+
+/// A challenge response this order published.
+#[derive(Debug)]
+enum Published {
+    Http01 { token: String },
+    TlsAlpn01 { domain: DomainName },
+}
+
+/// Withdraws what the order published: awaited on every normal exit, and spawned from `Drop` when
+/// the order's future is cancelled mid-way.
+struct Cleanup {
+    challenges: Arc<Challenges>,
+    published: Vec<Published>,
+}
+
+impl Cleanup {
+    async fn run(mut self) {
+        withdraw_all(&self.challenges, std::mem::take(&mut self.published)).await;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.published.is_empty() {
+            return;
+        }
+        let published = std::mem::take(&mut self.published);
+        let challenges = Arc::clone(&self.challenges);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { withdraw_all(&challenges, published).await });
+            }
+            Err(_) => tracing::warn!(?published, "order dropped outside a runtime; challenges left in the store"),
+        }
+    }
+}
+
+async fn withdraw_all(challenges: &Challenges, published: Vec<Published>) {
+    for item in published {
+        let outcome = match &item {
+            Published::Http01 { token } => {
+                tokio::time::timeout(WITHDRAW_TIMEOUT, challenges.withdraw_http01(token)).await
+            }
+            Published::TlsAlpn01 { domain } => {
+                tokio::time::timeout(WITHDRAW_TIMEOUT, challenges.withdraw_tls_alpn01(domain)).await
+            }
+        };
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(?item, error = %e, "withdrawing a challenge failed"),
+            Err(_) => tracing::warn!(?item, "withdrawing a challenge timed out"),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Per-connection activity tracking: the idle timeout and the first-request deadline.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, sleep_until};
+
+/// Counters shared by a connection's IO, its request handler and its watchdog.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    /// Bumped on every read or write that moved bytes.
+    io_events: AtomicU64,
+    /// Bumped when a request reaches the handler.
+    requests: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn touched(&self) {
+        self.io_events.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An IO stream that records traffic in an [`Activity`].
+pub(crate) struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Tracked<T> {
+    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Tracked { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touched();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touched();
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touched();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Why a watchdog fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// No request arrived within the header-read timeout.
+    NoRequest,
+    /// No traffic for the idle timeout.
+    Idle,
+}
+
+/// Decides when a connection has been quiet too long.
+///
+/// Instead of reading the clock on every IO call, it samples the traffic counter every quarter
+/// of the idle timeout: a connection is idle when the counter has not moved for a whole idle
+/// timeout, which it notices at most a quarter late.
+pub(crate) struct Watchdog {
+    activity: Arc<Activity>,
+    first_request_by: Instant,
+    idle_timeout: Duration,
+    check_every: Duration,
+    last_events: u64,
+    quiet_since: Instant,
+}
+
+impl Watchdog {
+    pub(crate) fn new(activity: Arc<Activity>, header_read_timeout: Duration, idle_timeout: Duration) -> Self {
+        let now = Instant::now();
+        let idle_timeout = idle_timeout.max(Duration::from_millis(1));
+        Watchdog {
+            last_events: activity.io_events.load(Ordering::Relaxed),
+            activity,
+            first_request_by: now + header_read_timeout,
+            idle_timeout,
+            check_every: idle_timeout / 4,
+            quiet_since: now,
+        }
+    }
+
+    /// Completes when the connection should be shut down. Cancel-safe.
+    pub(crate) async fn expired(&mut self) -> Expiry {
+        loop {
+            let waiting_for_first = self.activity.requests.load(Ordering::Relaxed) == 0;
+            let mut next = (Instant::now() + self.check_every).min(self.quiet_since + self.idle_timeout);
+            if waiting_for_first {
+                next = next.min(self.first_request_by);
+            }
+            sleep_until(next).await;
+            let now = Instant::now();
+            let events = self.activity.io_events.load(Ordering::Relaxed);
+            if events != self.last_events {
+                self.last_events = events;
+                self.quiet_since = now;
+            }
+            if self.activity.requests.load(Ordering::Relaxed) == 0 && now >= self.first_request_by {
+                return Expiry::NoRequest;
+            }
+            if now >= self.quiet_since + self.idle_timeout {
+                return Expiry::Idle;
+            }
+        }
+    }
+}

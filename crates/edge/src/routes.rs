@@ -1,0 +1,273 @@
+//! Sites and the hostname -> site table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::HeaderValue;
+
+use crate::error::EdgeError;
+use crate::host::normalise_config_name;
+use crate::redirect::{PreparedRedirect, Redirect};
+
+/// One site: the hostnames it answers for and what it does with requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// Hostnames (`example.com`) or one-label wildcards (`*.example.com`). Normalised
+    /// (lower-cased, trailing dot removed) when the routes are built.
+    pub names: Vec<String>,
+    pub action: Action,
+    /// Plain-HTTP requests get a 308 to the same URL on https (the default). When false, the
+    /// action runs over plain HTTP too.
+    pub https_redirect: bool,
+    /// Strict-Transport-Security on HTTPS responses.
+    pub hsts: Option<Hsts>,
+}
+
+impl Site {
+    /// A site with the defaults: plain HTTP redirects to https, no HSTS.
+    pub fn new(names: Vec<String>, action: Action) -> Site {
+        Site {
+            names,
+            action,
+            https_redirect: true,
+            hsts: None,
+        }
+    }
+}
+
+/// What a site does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    Redirect(Redirect),
+    /// A fixed response with a `text/plain; charset=utf-8` body.
+    Respond { status: u16, body: Bytes },
+}
+
+/// Strict-Transport-Security settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hsts {
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+}
+
+impl Hsts {
+    fn header_value(&self) -> HeaderValue {
+        let value = if self.include_subdomains {
+            format!("max-age={}; includeSubDomains", self.max_age.as_secs())
+        } else {
+            format!("max-age={}", self.max_age.as_secs())
+        };
+        // Digits, letters, '=', ';' and spaces only: always a valid header value.
+        HeaderValue::from_maybe_shared(Bytes::from(value))
+            .unwrap_or_else(|_| HeaderValue::from_static("max-age=0"))
+    }
+}
+
+/// An action with everything that does not depend on the request computed once.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    Redirect(PreparedRedirect),
+    Respond { status: StatusCode, body: Bytes },
+}
+
+/// A site as the request handler sees it.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) action: Prepared,
+    pub(crate) https_redirect: bool,
+    pub(crate) hsts: Option<HeaderValue>,
+}
+
+impl Route {
+    fn new(site: &Site) -> Result<Route, EdgeError> {
+        let action = match &site.action {
+            Action::Redirect(redirect) => Prepared::Redirect(PreparedRedirect::new(redirect)?),
+            Action::Respond { status, body } => {
+                let status = StatusCode::from_u16(*status)
+                    .ok()
+                    .filter(|s| (200..=599).contains(&s.as_u16()))
+                    .ok_or(EdgeError::InvalidStatus {
+                        status: *status,
+                        action: "a fixed response",
+                        allowed: "200..=599",
+                    })?;
+                Prepared::Respond {
+                    status,
+                    body: body.clone(),
+                }
+            }
+        };
+        Ok(Route {
+            action,
+            https_redirect: site.https_redirect,
+            hsts: site.hsts.as_ref().map(Hsts::header_value),
+        })
+    }
+}
+
+/// The validated hostname -> site table. Lookups try the exact name first, then a wildcard
+/// covering exactly one more label (`*.example.com` matches `a.example.com`, not
+/// `example.com` nor `a.b.example.com`).
+#[derive(Debug, Default)]
+pub struct Routes {
+    exact: HashMap<String, Arc<Route>>,
+    /// Keyed by the wildcard's suffix: `*.example.com` is stored as `example.com`.
+    wildcard: HashMap<String, Arc<Route>>,
+}
+
+impl Routes {
+    /// Validates the sites: every hostname valid and in one site only, statuses allowed for the
+    /// action, redirect targets absolute http(s) URLs.
+    pub fn new(sites: Vec<Site>) -> Result<Routes, EdgeError> {
+        let mut routes = Routes::default();
+        for site in &sites {
+            if site.names.is_empty() {
+                return Err(EdgeError::NoNames);
+            }
+            let route = Arc::new(Route::new(site)?);
+            for name in &site.names {
+                let (table, key) = match parse_pattern(name)? {
+                    Pattern::Exact(key) => (&mut routes.exact, key),
+                    Pattern::Wildcard(suffix) => (&mut routes.wildcard, suffix),
+                };
+                if table.insert(key, Arc::clone(&route)).is_some() {
+                    return Err(EdgeError::DuplicateName { name: name.clone() });
+                }
+            }
+        }
+        Ok(routes)
+    }
+
+    /// Whether `host` (a normalised hostname) belongs to a site.
+    pub fn contains(&self, host: &str) -> bool {
+        self.lookup(host).is_some()
+    }
+
+    pub(crate) fn lookup(&self, host: &str) -> Option<&Route> {
+        lookup(&self.exact, &self.wildcard, host).map(Arc::as_ref)
+    }
+}
+
+/// A configured name: exact or `*.suffix`.
+pub(crate) enum Pattern {
+    Exact(String),
+    Wildcard(String),
+}
+
+/// Validates and normalises a configured name or wildcard.
+pub(crate) fn parse_pattern(name: &str) -> Result<Pattern, EdgeError> {
+    let invalid = |reason| EdgeError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    };
+    match name.strip_prefix("*.") {
+        Some(suffix) => normalise_config_name(suffix)
+            .map(Pattern::Wildcard)
+            .map_err(invalid),
+        None => normalise_config_name(name)
+            .map(Pattern::Exact)
+            .map_err(invalid),
+    }
+}
+
+/// Exact match, then the one-label wildcard. `host` must be normalised (lower case, no trailing
+/// dot).
+pub(crate) fn lookup<'a, V>(
+    exact: &'a HashMap<String, V>,
+    wildcard: &'a HashMap<String, V>,
+    host: &str,
+) -> Option<&'a V> {
+    exact.get(host).or_else(|| {
+        let (_, suffix) = host.split_once('.')?;
+        wildcard.get(suffix)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn respond(names: &[&str]) -> Site {
+        Site::new(
+            names.iter().map(|n| (*n).to_owned()).collect(),
+            Action::Respond {
+                status: 200,
+                body: Bytes::from_static(b"ok"),
+            },
+        )
+    }
+
+    #[test]
+    fn exact_then_wildcard() {
+        let routes = Routes::new(vec![
+            respond(&["Example.com.", "*.example.com"]),
+            Site {
+                https_redirect: false,
+                ..respond(&["www.example.com"])
+            },
+        ]);
+        let Ok(routes) = routes else { panic!("{routes:?}") };
+        assert!(routes.contains("example.com"));
+        assert!(routes.contains("a.example.com"));
+        assert!(!routes.contains("a.b.example.com"));
+        assert!(!routes.contains("example.org"));
+        assert!(!routes.contains("com"));
+        let www = routes.lookup("www.example.com").map(|r| r.https_redirect);
+        assert_eq!(www, Some(false));
+        let other = routes.lookup("other.example.com").map(|r| r.https_redirect);
+        assert_eq!(other, Some(true));
+    }
+
+    #[test]
+    fn rejects_bad_sites() {
+        let dup = Routes::new(vec![respond(&["a.example"]), respond(&["A.example."])]);
+        assert!(matches!(dup, Err(EdgeError::DuplicateName { .. })), "{dup:?}");
+        let dup = Routes::new(vec![respond(&["*.example", "*.example"])]);
+        assert!(matches!(dup, Err(EdgeError::DuplicateName { .. })), "{dup:?}");
+        let none = Routes::new(vec![respond(&[])]);
+        assert!(matches!(none, Err(EdgeError::NoNames)), "{none:?}");
+        for bad in ["exa mple.com", "a.*.example", "*", "*.", "**.example", "example.com:80", ""] {
+            let r = Routes::new(vec![respond(&[bad])]);
+            assert!(matches!(r, Err(EdgeError::InvalidName { .. })), "{bad:?}: {r:?}");
+        }
+        for status in [0, 100, 199, 600, 1000] {
+            let site = Site::new(
+                vec!["a.example".to_owned()],
+                Action::Respond {
+                    status,
+                    body: Bytes::new(),
+                },
+            );
+            let r = Routes::new(vec![site]);
+            assert!(matches!(r, Err(EdgeError::InvalidStatus { .. })), "{status}: {r:?}");
+        }
+        let site = Site::new(
+            vec!["a.example".to_owned()],
+            Action::Redirect(Redirect {
+                to: "example.com".to_owned(),
+                status: 301,
+                keep_path: true,
+            }),
+        );
+        let r = Routes::new(vec![site]);
+        assert!(matches!(r, Err(EdgeError::InvalidRedirect { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn hsts_value() {
+        let hsts = Hsts {
+            max_age: Duration::from_secs(31_536_000),
+            include_subdomains: true,
+        };
+        assert_eq!(hsts.header_value(), "max-age=31536000; includeSubDomains");
+        let hsts = Hsts {
+            max_age: Duration::from_secs(60),
+            include_subdomains: false,
+        };
+        assert_eq!(hsts.header_value(), "max-age=60");
+    }
+}

@@ -1,0 +1,285 @@
+//! [`Edge`]: the accept loops, per-connection limits and graceful shutdown.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, debug_span, info, warn};
+
+use crate::challenge::ChallengeResponder;
+use crate::error::EdgeError;
+use crate::http::{Handler, Transport};
+use crate::idle::{Activity, Tracked, Watchdog};
+use crate::limits::Limits;
+use crate::resolver::CertMap;
+use crate::routes::Routes;
+use crate::tls::{Handshake, TlsConfigs};
+
+/// hyper refuses a smaller HTTP/1 read buffer.
+const MIN_H1_BUFFER: usize = 8 * 1024;
+/// Pause after an accept error that is not about one connection (out of file descriptors...).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// The HTTP and HTTPS front: serves the sites in [`Routes`] with certificates from a
+/// [`CertMap`], answers ACME challenges through a [`ChallengeResponder`].
+///
+/// One `Edge` can serve any number of listeners; [`Limits::max_connections`] counts across all
+/// of them.
+pub struct Edge {
+    pub(crate) routes: ArcSwap<Routes>,
+    pub(crate) certs: Arc<CertMap>,
+    pub(crate) challenges: Arc<dyn ChallengeResponder>,
+    pub(crate) limits: Limits,
+    pub(crate) https_port: u16,
+    tls: TlsConfigs,
+    http: auto::Builder<TokioExecutor>,
+    permits: Arc<Semaphore>,
+}
+
+impl Edge {
+    /// Builds the TLS configuration and the HTTP connection settings once. Fails only if rustls
+    /// rejects the configuration (no ticket key could be made).
+    pub fn new(
+        routes: Routes,
+        certs: Arc<CertMap>,
+        challenges: Arc<dyn ChallengeResponder>,
+        limits: Limits,
+    ) -> Result<Edge, EdgeError> {
+        let tls = TlsConfigs::new(Arc::clone(&certs))?;
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER));
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let permits = Arc::new(Semaphore::new(
+            limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+        ));
+        Ok(Edge {
+            routes: ArcSwap::from_pointee(routes),
+            certs,
+            challenges,
+            limits,
+            https_port: 443,
+            tls,
+            http,
+            permits,
+        })
+    }
+
+    /// The port plain-HTTP requests are redirected to (default 443, which is left out of the
+    /// Location).
+    pub fn with_https_port(mut self, port: u16) -> Edge {
+        self.https_port = port;
+        self
+    }
+
+    /// Replaces the sites; requests already being handled finish with the old ones.
+    pub fn set_routes(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// The sites in force.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
+    }
+
+    /// The certificate map the HTTPS listeners use.
+    pub fn certs(&self) -> &Arc<CertMap> {
+        &self.certs
+    }
+
+    /// Serves plain HTTP (ACME HTTP-01, redirects to https, site actions) on `listener` until
+    /// `shutdown` is cancelled; then stops accepting, lets requests in flight finish for up to
+    /// [`Limits::drain_timeout`], drops what remains and returns.
+    pub async fn serve_http(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        self.run(listener, shutdown, Scheme::Http).await;
+    }
+
+    /// Serves HTTPS (HTTP/1.1 and HTTP/2 by ALPN, TLS-ALPN-01 challenges) on `listener`, with the
+    /// same shutdown behaviour as [`Edge::serve_http`].
+    pub async fn serve_https(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        self.run(listener, shutdown, Scheme::Https).await;
+    }
+
+    async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken, scheme: Scheme) {
+        let local = listener.local_addr().ok();
+        info!(?local, scheme = scheme.as_str(), "listening");
+        let connections = TaskTracker::new();
+        let drop_all = CancellationToken::new();
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    // The semaphore is never closed; stop rather than spin if it were.
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        warn!(%error, "accept failed");
+                        if !is_per_connection(&error) {
+                            tokio::select! {
+                                () = shutdown.cancelled() => break,
+                                () = sleep(ACCEPT_BACKOFF) => {}
+                            }
+                        }
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let edge = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            let drop_all = drop_all.clone();
+            let span = debug_span!("conn", %peer, scheme = scheme.as_str());
+            connections.spawn(
+                async move {
+                    let _permit = permit;
+                    tokio::select! {
+                        () = drop_all.cancelled() => debug!("dropped at drain timeout"),
+                        () = edge.connection(stream, scheme, &shutdown) => {}
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        drop(listener);
+        connections.close();
+        info!(
+            ?local,
+            open = connections.len(),
+            "stopped accepting; draining connections"
+        );
+        if timeout(self.limits.drain_timeout, connections.wait()).await.is_err() {
+            warn!(
+                ?local,
+                open = connections.len(),
+                "drain timeout reached; dropping connections"
+            );
+            drop_all.cancel();
+            connections.wait().await;
+        }
+        info!(?local, "listener stopped");
+    }
+
+    async fn connection(self: &Arc<Self>, stream: TcpStream, scheme: Scheme, shutdown: &CancellationToken) {
+        match scheme {
+            Scheme::Http => self.serve(stream, Transport::Plain, shutdown).await,
+            Scheme::Https => {
+                let handshake = self
+                    .tls
+                    .handshake(stream, &self.certs, &*self.challenges, &self.limits)
+                    .await;
+                if let Handshake::Serve { stream, sni, key } = handshake {
+                    self.serve(stream, Transport::Tls { sni, key }, shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 on one connection until the client leaves, the connection has
+    /// been quiet too long, or shutdown; the last two close it gracefully.
+    async fn serve<I>(self: &Arc<Self>, io: I, transport: Transport, shutdown: &CancellationToken)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::default());
+        let handler = Arc::new(Handler {
+            edge: Arc::clone(self),
+            transport,
+        });
+        let service = {
+            let activity = Arc::clone(&activity);
+            service_fn(move |req| {
+                activity.request_started();
+                let handler = Arc::clone(&handler);
+                async move { Ok::<_, Infallible>(handler.handle(req).await) }
+            })
+        };
+        let io = TokioIo::new(Tracked::new(io, Arc::clone(&activity)));
+        let conn = self.http.serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut watchdog = Watchdog::new(
+            activity,
+            self.limits.header_read_timeout,
+            self.limits.idle_timeout,
+        );
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        debug!(%error, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                expiry = watchdog.expired(), if !closing => {
+                    debug!(?expiry, "closing quiet connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("routes", &self.routes.load())
+            .field("certs", &self.certs)
+            .field("limits", &self.limits)
+            .field("https_port", &self.https_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accept errors that concern only the connection being accepted.
+fn is_per_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
