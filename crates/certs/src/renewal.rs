@@ -217,8 +217,10 @@ mod tests {
         assert_eq!(renew_at(&meta(t0, t0 + 90 * DAY, None), 0.7), t0 + 60 * DAY);
         // 45 days: 15 days left.
         assert_eq!(renew_at(&meta(t0, t0 + 45 * DAY, None), 0.0), t0 + 30 * DAY);
-        // Exactly 10 days is not "under 10 days": 1/3 rule, rounded up.
-        assert_eq!(renew_at(&meta(t0, t0 + 10 * DAY, None), 0.0), t0 + 10 * DAY - (10 * DAY).div_ceil(3));
+        // Exactly 10 days is not "under 10 days": 1/3 rule.
+        assert_eq!(renew_at(&meta(t0, t0 + 10 * DAY, None), 0.0), t0 + 10 * DAY - 288_000);
+        // Rounding: 101 s of lifetime (under 10 days: half) leaves 51 s, not 50.
+        assert_eq!(renew_at(&meta(t0, t0 + 101, None), 0.0), t0 + 50);
         // 160 hours (shortlived): half.
         assert_eq!(renew_at(&meta(t0, t0 + 160 * 3600, None), 0.0), t0 + 80 * 3600);
         // The internal CA's 7 days: 3.5 days in.

@@ -43,7 +43,16 @@ impl Handler {
             Ok(host) => host,
             Err(reason) => {
                 debug!(reason, "bad host");
-                return text(StatusCode::BAD_REQUEST, "bad request: invalid or missing host\n");
+                let mut response =
+                    text(StatusCode::BAD_REQUEST, "bad request: invalid or missing host\n");
+                // A client this confused gets no second chance on the connection. (HTTP/2 has
+                // no Connection header; its requests carry a parsed :authority anyway.)
+                if req.version() < Version::HTTP_2 {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                return response;
             }
         };
         match &self.transport {

@@ -625,3 +625,123 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     };
     Some(Duration::from_secs(secs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/fleetgate/test.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const ACME: &str = "[acme]\ndirectory = \"https://acme.example/dir\"\n";
+
+    #[test]
+    fn full_example_parses() {
+        let text = format!(
+            "{ACME}\n[[site]]\ndomains = [\"Example.NET\", \"www.example.net\"]\nredirect = {{ to = \"https://example.com\", status = 308, keep_path = false }}\n\n[[site]]\ndomains = [\"example.com\"]\ntls = {{ cert = \"a.pem\", key = \"a.key\" }}\nrespond = {{ status = 200, body = \"ok\" }}\nhsts = true\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.sites.len(), 2);
+        assert_eq!(config.sites[0].domains[0].as_str(), "example.net");
+        assert!(matches!(config.sites[0].action, SiteAction::Redirect { status: 308, keep_path: false, .. }));
+        assert_eq!(config.sites[0].tls, TlsChoice::Acme);
+        assert_eq!(
+            config.sites[1].tls,
+            TlsChoice::Files { cert: "/etc/fleetgate/a.pem".into(), key: "/etc/fleetgate/a.key".into() }
+        );
+        assert!(config.sites[1].hsts.is_some());
+        assert_eq!(config.listen_https, "0.0.0.0:443".parse().unwrap());
+        let certs = config.managed_certs();
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[0].id, "example.net");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = err("[listen]\nhttp = \"127.0.0.1:80\"\nhtps = \"127.0.0.1:443\"\n");
+        assert!(e.starts_with("/etc/fleetgate/test.toml:3"), "{e}");
+        assert!(e.contains("htps"), "{e}");
+    }
+
+    #[test]
+    fn bad_domain_names_site_index_and_line() {
+        let e = err("[[site]]\ndomains = [\"ok.example\"]\ntls = \"internal\"\nrespond = {}\n\n[[site]]\ndomains = [\"bad_name.example\"]\ntls = \"internal\"\nrespond = {}\n");
+        assert!(e.starts_with("/etc/fleetgate/test.toml:7: site[1].domains[0]:"), "{e}");
+        assert!(e.contains("bad_name.example"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_domain_across_sites() {
+        let e = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\n[[site]]\ndomains = [\"A.example\"]\ntls = \"internal\"\nrespond = {}\n");
+        assert!(e.contains("site[1].domains[0]") && e.contains("already in site[0]"), "{e}");
+    }
+
+    #[test]
+    fn redirect_status_must_be_a_redirect() {
+        let e = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nredirect = { to = \"https://b.example\", status = 200 }\n");
+        assert!(e.contains(":4: site[0].redirect.status: expected 301, 302, 307 or 308"), "{e}");
+    }
+
+    #[test]
+    fn redirect_target_must_be_absolute() {
+        let e = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nredirect = { to = \"b.example\" }\n");
+        assert!(e.contains("site[0].redirect.to"), "{e}");
+    }
+
+    #[test]
+    fn acme_site_needs_acme_section() {
+        let e = err("[[site]]\ndomains = [\"a.example\"]\nrespond = {}\n");
+        assert!(e.contains("site[0].tls") && e.contains("[acme]"), "{e}");
+    }
+
+    #[test]
+    fn acme_rejects_wildcards() {
+        let e = err(&format!("{ACME}[[site]]\ndomains = [\"*.a.example\"]\nrespond = {{}}\n"));
+        assert!(e.contains("wildcard"), "{e}");
+    }
+
+    #[test]
+    fn site_needs_exactly_one_action() {
+        assert!(err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\n").contains("needs an action"));
+        let both = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\nredirect = { to = \"https://b.example\" }\n");
+        assert!(both.contains("not both"), "{both}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        assert!(err("[listen]\nhttp = \"nonsense\"\n").contains(":2: listen.http: expected an address"));
+        assert!(err("[storage]\nkind = \"s3\"\n").contains("storage.kind"));
+        assert!(err(&format!("{ACME}challenges = [\"dns-01\"]\n")).contains("acme.challenges"));
+        assert!(err("[limits]\nidle_timeout = \"forever\"\n").contains("limits.idle_timeout"));
+        assert!(err("[log]\nformat = \"xml\"\n").contains("log.format"));
+        assert!(err("[[site]]\ndomains = []\ntls = \"internal\"\nrespond = {}\n").contains("at least one domain"));
+        assert!(err("[[site]]\ndomains = [\"a.example\"]\ntls = \"magic\"\nrespond = {}\n").contains("site[0].tls"));
+        assert!(err("not toml at all").starts_with("/etc/fleetgate/test.toml:1"));
+    }
+
+    #[test]
+    fn big_sites_are_split_into_several_certificates() {
+        let names: Vec<String> = (0..250).map(|i| format!("\"d{i}.example\"")).collect();
+        let text = format!("[[site]]\ndomains = [{}]\ntls = \"internal\"\nrespond = {{}}\n", names.join(","));
+        let certs = parse(&text).unwrap().managed_certs();
+        assert_eq!(certs.iter().map(|c| c.domains.len()).collect::<Vec<_>>(), vec![100, 100, 50]);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("365d"), Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+}
