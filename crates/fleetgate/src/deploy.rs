@@ -12,8 +12,10 @@ pub struct SniDeployer(pub Arc<edge::CertMap>);
 
 impl Deployer for SniDeployer {
     fn deploy(&self, id: &CertId, names: &[DomainName], key: Arc<CertifiedKey>) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        self.0.insert(id, &names, key);
+        if let Err(e) = self.0.insert(id.clone(), names.iter().map(DomainName::as_str), key) {
+            // Names were validated as DomainNames; the edge refusing one is a bug worth a log line.
+            tracing::error!(cert = %id, error = %e, "the SNI map refused a certificate");
+        }
     }
 
     fn retract(&self, id: &CertId) {

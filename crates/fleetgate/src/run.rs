@@ -74,19 +74,22 @@ pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = node_name(&config);
     let store = open_store(&config)?;
-    let routes = routes(&config)?;
+    let initial_routes = routes(&config)?;
     let cert_map = Arc::new(edge::CertMap::new());
     let manager = certs::Manager::new(
         store.clone(),
         Arc::new(SniDeployer(cert_map.clone())),
         node.clone(),
     );
-    let edge = Arc::new(edge::Edge::new(
-        routes,
-        cert_map,
-        Arc::new(SharedChallenges(manager.challenges())),
-        config.limits.clone(),
-    ));
+    let edge = Arc::new(
+        edge::Edge::new(
+            initial_routes,
+            cert_map,
+            Arc::new(SharedChallenges(manager.challenges())),
+            config.limits.clone(),
+        )
+        .context("cannot set up the listeners' TLS")?,
+    );
 
     let http = TcpListener::bind(config.listen_http)
         .await
