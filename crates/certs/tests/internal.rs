@@ -16,8 +16,8 @@ fn open(dir: &tempfile::TempDir) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(DirStore::open(dir.path())?))
 }
 
-fn names(list: &[&str]) -> Vec<DomainName> {
-    list.iter().map(|n| DomainName::parse(n).unwrap()).collect()
+fn names(list: &[&str]) -> Result<Vec<DomainName>> {
+    Ok(list.iter().map(|n| DomainName::parse(n)).collect::<Result<_, _>>()?)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -81,7 +81,7 @@ async fn leaves_of_every_key_type_verify_against_the_root() -> Result<()> {
     roots.add(CertificateDer::from_pem_slice(root.as_bytes())?)?;
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
 
-    let domains = names(&["example.com", "www.example.com", "*.example.net"]);
+    let domains = names(&["example.com", "www.example.com", "*.example.net"])?;
     for key_type in [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Rsa2048] {
         let bundle = ca.issue(&domains, key_type).await?;
         assert_eq!(bundle.meta.source, SourceKind::Internal);
@@ -129,7 +129,7 @@ async fn a_real_handshake_works_with_every_key_type() -> Result<()> {
     roots.add(CertificateDer::from_pem_slice(ca.root_pem().await?.as_bytes())?)?;
     let roots = Arc::new(roots);
     for key_type in [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Rsa2048] {
-        let bundle = ca.issue(&names(&["site.example.com"]), key_type).await?;
+        let bundle = ca.issue(&names(&["site.example.com"])?, key_type).await?;
         let server_config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -160,6 +160,76 @@ async fn a_real_handshake_works_with_every_key_type() -> Result<()> {
         }
         assert!(!client.is_handshaking() && !server.is_handshaking(), "{key_type:?}: handshake incomplete");
     }
+    Ok(())
+}
+
+/// A store in which a peer creates the root just before our first `try_lock` is granted: the
+/// window between "nothing stored" and "lock acquired" that the re-read after acquiring closes.
+#[derive(Debug)]
+struct PeerWinsTheRace {
+    inner: Arc<dyn Storage>,
+    peer_root: tokio::sync::Mutex<Option<String>>,
+}
+
+#[async_trait::async_trait]
+impl Storage for PeerWinsTheRace {
+    async fn put(&self, key: &store::StorageKey, value: &[u8]) -> store::Result<()> {
+        self.inner.put(key, value).await
+    }
+    async fn put_fenced(&self, key: &store::StorageKey, value: &[u8], lease: &store::Lease) -> store::Result<()> {
+        self.inner.put_fenced(key, value, lease).await
+    }
+    async fn get(&self, key: &store::StorageKey) -> store::Result<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &store::StorageKey) -> store::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &store::StorageKey) -> store::Result<Vec<store::StorageKey>> {
+        self.inner.list(prefix).await
+    }
+    async fn try_lock(
+        &self,
+        name: &store::LockName,
+        owner: &str,
+        ttl: Duration,
+    ) -> store::Result<Result<store::Lease, store::LockHolder>> {
+        let mut peer_root = self.peer_root.lock().await;
+        if peer_root.is_none() {
+            let peer = InternalCa::new(self.inner.clone(), "peer".into());
+            let root = peer.root_pem().await.map_err(|e| store::Error::Unavailable {
+                what: format!("peer failed: {e}"),
+                source: None,
+            })?;
+            *peer_root = Some(root);
+        }
+        self.inner.try_lock(name, owner, ttl).await
+    }
+    async fn renew(&self, lease: &store::Lease, ttl: Duration) -> store::Result<store::Lease> {
+        self.inner.renew(lease, ttl).await
+    }
+    async fn unlock(&self, lease: &store::Lease) -> store::Result<()> {
+        self.inner.unlock(lease).await
+    }
+    async fn locks(&self) -> store::Result<Vec<store::LockHolder>> {
+        self.inner.locks().await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<store::Change> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test]
+async fn rereads_after_acquiring_the_lock() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let racy = Arc::new(PeerWinsTheRace {
+        inner: open(&dir)?,
+        peer_root: tokio::sync::Mutex::new(None),
+    });
+    let ca = InternalCa::new(racy.clone(), "node-a".into());
+    let ours = ca.root_pem().await?;
+    let peers = racy.peer_root.lock().await.clone().context("the peer did not run")?;
+    assert_eq!(ours, peers, "a second root was created over the peer's");
     Ok(())
 }
 
