@@ -55,8 +55,11 @@ fn check_key(key_pem: &str, path: &Path) -> Result<()> {
         path: Some(path.to_path_buf()),
         detail,
     };
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| invalid(format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
+        invalid(format!(
+            "no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"
+        ))
+    })?;
     rustls::crypto::aws_lc_rs::default_provider()
         .key_provider
         .load_private_key(key)

@@ -96,7 +96,9 @@ impl InternalCa {
     /// Issue a leaf for `domains` with a fresh key of `key_type`, signed by the root.
     pub async fn issue(&self, domains: &[DomainName], key_type: KeyType) -> Result<CertBundle> {
         if domains.is_empty() {
-            return Err(Error::Config("the internal CA needs at least one domain name".into()));
+            return Err(Error::Config(
+                "the internal CA needs at least one domain name".into(),
+            ));
         }
         let root = self.root().await?;
         let names: Vec<String> = domains.iter().map(|d| d.as_str().to_owned()).collect();
@@ -192,7 +194,8 @@ fn parse_root(key: &StorageKey, stored: &StoredRoot) -> Result<Root> {
     // Checks that the PEM parses and that the key belongs to the certificate.
     crate::bundle::certified_key(&stored.cert_pem, &stored.key_pem, None)
         .map_err(|e| corrupt(key, format!("the stored root is unusable: {e}")))?;
-    let key_pair = KeyPair::from_pem(&stored.key_pem).map_err(|e| corrupt(key, format!("root key: {e}")))?;
+    let key_pair =
+        KeyPair::from_pem(&stored.key_pem).map_err(|e| corrupt(key, format!("root key: {e}")))?;
     let issuer = Issuer::from_ca_cert_pem(&stored.cert_pem, key_pair)
         .map_err(|e| corrupt(key, format!("root certificate: {e}")))?;
     Ok(Root {
@@ -205,15 +208,21 @@ fn generate_root() -> Result<StoredRoot> {
     let key = KeyType::EcdsaP256.generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, ROOT_COMMON_NAME);
-    params.distinguished_name.push(DnType::OrganizationName, "fleetgate");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, ROOT_COMMON_NAME);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "fleetgate");
     let not_before = OffsetDateTime::now_utc() - BACKDATE;
     params.not_before = not_before;
     params.not_after = not_before + ROOT_VALIDITY;
     params.serial_number = Some(random_serial()?);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = params.self_signed(&key).map_err(crypto("cannot create the root"))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(crypto("cannot create the root"))?;
     Ok(StoredRoot {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -223,11 +232,14 @@ fn generate_root() -> Result<StoredRoot> {
 /// Returns the chain (leaf, root) and the leaf key, PEM.
 fn sign_leaf(root: &Root, names: &[String], key_type: KeyType) -> Result<(String, String)> {
     let key = key_type.generate()?;
-    let mut params = CertificateParams::new(names.to_vec()).map_err(crypto("invalid name for a certificate"))?;
+    let mut params =
+        CertificateParams::new(names.to_vec()).map_err(crypto("invalid name for a certificate"))?;
     params.distinguished_name = DistinguishedName::new();
     // X.509 caps a common name at 64 characters; the SANs carry the names anyway.
     if let Some(first) = names.first().filter(|n| n.len() <= 64) {
-        params.distinguished_name.push(DnType::CommonName, first.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, first.as_str());
     }
     let not_before = OffsetDateTime::now_utc() - BACKDATE;
     params.not_before = not_before;
@@ -235,7 +247,10 @@ fn sign_leaf(root: &Root, names: &[String], key_type: KeyType) -> Result<(String
     params.serial_number = Some(random_serial()?);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = match key_type {
-        KeyType::Rsa2048 => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
+        KeyType::Rsa2048 => vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ],
         KeyType::EcdsaP256 | KeyType::EcdsaP384 => vec![KeyUsagePurpose::DigitalSignature],
     };
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -41,10 +41,10 @@ use crate::{CertMeta, Error};
 
 /// The wait after the 1st, 2nd, 3rd and 4th consecutive failure; later failures keep the last.
 pub const BACKOFF_SCHEDULE: [Duration; 4] = [
-    Duration::from_secs(60),        // 1 min
-    Duration::from_secs(10 * 60),   // 10 min
-    Duration::from_secs(100 * 60),  // 100 min
-    Duration::from_secs(6 * 3600),  // 6 h, the ceiling
+    Duration::from_secs(60),       // 1 min
+    Duration::from_secs(10 * 60),  // 10 min
+    Duration::from_secs(100 * 60), // 100 min
+    Duration::from_secs(6 * 3600), // 6 h, the ceiling
 ];
 /// Relative jitter applied to every backoff delay: the wait lies in `[d * 0.9, d * 1.1]`.
 pub const BACKOFF_JITTER: f64 = 0.10;
@@ -67,7 +67,11 @@ pub const SHORT_LIFETIME: i64 = 10 * 86_400;
 
 /// `rand01` clamped into `[0, 1]`; NaN counts as 0.
 fn unit(rand01: f64) -> f64 {
-    if rand01.is_nan() { 0.0 } else { rand01.clamp(0.0, 1.0) }
+    if rand01.is_nan() {
+        0.0
+    } else {
+        rand01.clamp(0.0, 1.0)
+    }
 }
 
 /// `d` scaled by `1 + jitter * (2 * rand01 - 1)`, i.e. within `[d * (1 - jitter), d * (1 + jitter)]`.
@@ -98,7 +102,11 @@ pub fn renew_at(meta: &CertMeta, rand01: f64) -> i64 {
         // A certificate that was never valid: renew now.
         return to_i64(not_before.min(not_after));
     }
-    let divisor = if lifetime < i128::from(SHORT_LIFETIME) { 2 } else { 3 };
+    let divisor = if lifetime < i128::from(SHORT_LIFETIME) {
+        2
+    } else {
+        3
+    };
     // Round the remaining time up, so a tiny lifetime still renews before `not_after`.
     let remaining = (lifetime + divisor - 1) / divisor;
     to_i64(not_after - remaining)
@@ -218,13 +226,22 @@ mod tests {
         // 45 days: 15 days left.
         assert_eq!(renew_at(&meta(t0, t0 + 45 * DAY, None), 0.0), t0 + 30 * DAY);
         // Exactly 10 days is not "under 10 days": 1/3 rule.
-        assert_eq!(renew_at(&meta(t0, t0 + 10 * DAY, None), 0.0), t0 + 10 * DAY - 288_000);
+        assert_eq!(
+            renew_at(&meta(t0, t0 + 10 * DAY, None), 0.0),
+            t0 + 10 * DAY - 288_000
+        );
         // Rounding: 101 s of lifetime (under 10 days: half) leaves 51 s, not 50.
         assert_eq!(renew_at(&meta(t0, t0 + 101, None), 0.0), t0 + 50);
         // 160 hours (shortlived): half.
-        assert_eq!(renew_at(&meta(t0, t0 + 160 * 3600, None), 0.0), t0 + 80 * 3600);
+        assert_eq!(
+            renew_at(&meta(t0, t0 + 160 * 3600, None), 0.0),
+            t0 + 80 * 3600
+        );
         // The internal CA's 7 days: 3.5 days in.
-        assert_eq!(renew_at(&meta(t0, t0 + 7 * DAY, None), 0.0), t0 + 7 * DAY / 2);
+        assert_eq!(
+            renew_at(&meta(t0, t0 + 7 * DAY, None), 0.0),
+            t0 + 7 * DAY / 2
+        );
         // One second of lifetime still renews before expiry.
         assert_eq!(renew_at(&meta(t0, t0 + 1, None), 0.0), t0);
         // Never valid: now-ish.
@@ -257,7 +274,12 @@ mod tests {
         let expected = [60, 600, 6000, 21_600, 21_600, 21_600];
         for secs in expected {
             b.record_failure();
-            assert_eq!(b.delay(0.5), Duration::from_secs(secs), "after {} failures", b.failures());
+            assert_eq!(
+                b.delay(0.5),
+                Duration::from_secs(secs),
+                "after {} failures",
+                b.failures()
+            );
         }
         assert_eq!(b.delay(0.0), Duration::from_secs(21_600).mul_f64(0.9));
         assert_eq!(b.delay(1.0), Duration::from_secs(21_600).mul_f64(1.1));
@@ -275,11 +297,20 @@ mod tests {
         // Shorter than the backoff: the backoff wins.
         b.record_failure();
         b.record_failure();
-        assert_eq!(b.delay_for(&rate_limited(Some(Duration::from_secs(5))), 0.5), Duration::from_secs(6000));
+        assert_eq!(
+            b.delay_for(&rate_limited(Some(Duration::from_secs(5))), 0.5),
+            Duration::from_secs(6000)
+        );
         // Absurd: capped.
-        assert_eq!(b.delay_for(&rate_limited(Some(hour * 24 * 365)), 0.5), RETRY_AFTER_CAP);
+        assert_eq!(
+            b.delay_for(&rate_limited(Some(hour * 24 * 365)), 0.5),
+            RETRY_AFTER_CAP
+        );
         // No Retry-After, or another error: plain backoff.
-        assert_eq!(b.delay_for(&rate_limited(None), 0.5), Duration::from_secs(6000));
+        assert_eq!(
+            b.delay_for(&rate_limited(None), 0.5),
+            Duration::from_secs(6000)
+        );
         let timeout = Error::Timeout { what: "x".into() };
         assert_eq!(b.delay_for(&timeout, 0.5), Duration::from_secs(6000));
     }

@@ -21,7 +21,9 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Result<Self> {
-        Ok(Fixture { dir: tempfile::tempdir()? })
+        Ok(Fixture {
+            dir: tempfile::tempdir()?,
+        })
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -39,14 +41,17 @@ impl Fixture {
 fn purchased(names: &[&str], alg: &'static SignatureAlgorithm) -> Result<(String, KeyPair)> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name.push(DnType::CommonName, "Test Vendor CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Test Vendor CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
     let leaf_key = KeyPair::generate_for(alg)?;
-    let leaf_params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    let leaf_params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
     Ok((format!("{}{}", leaf.pem(), ca_cert.pem()), leaf_key))
 }
@@ -72,9 +77,21 @@ fn traditional(fx: &Fixture, pkcs8_pem: &str, name: &str) -> Result<PathBuf> {
 fn loads_pkcs8_pkcs1_and_sec1_keys() -> Result<()> {
     let fx = Fixture::new()?;
     let cases: [(&str, &'static SignatureAlgorithm, &str); 3] = [
-        ("p256", &rcgen::PKCS_ECDSA_P256_SHA256, "-----BEGIN EC PRIVATE KEY-----"),
-        ("p384", &rcgen::PKCS_ECDSA_P384_SHA384, "-----BEGIN EC PRIVATE KEY-----"),
-        ("rsa", &rcgen::PKCS_RSA_SHA256, "-----BEGIN RSA PRIVATE KEY-----"),
+        (
+            "p256",
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            "-----BEGIN EC PRIVATE KEY-----",
+        ),
+        (
+            "p384",
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            "-----BEGIN EC PRIVATE KEY-----",
+        ),
+        (
+            "rsa",
+            &rcgen::PKCS_RSA_SHA256,
+            "-----BEGIN RSA PRIVATE KEY-----",
+        ),
     ];
     for (label, alg, traditional_header) in cases {
         let (chain, key) = purchased(&["shop.example.com", "www.shop.example.com"], alg)?;
@@ -83,14 +100,26 @@ fn loads_pkcs8_pkcs1_and_sec1_keys() -> Result<()> {
         let pkcs8 = fx.write(&format!("{label}.key"), &key.serialize_pem())?;
         let bundle = files::load(&cert_path, &pkcs8).with_context(|| format!("{label} PKCS#8"))?;
         assert_eq!(bundle.meta.source, SourceKind::Files);
-        assert_eq!(bundle.meta.names, ["shop.example.com", "www.shop.example.com"]);
-        assert!(bundle.meta.issuer.contains("Test Vendor CA"), "{}", bundle.meta.issuer);
+        assert_eq!(
+            bundle.meta.names,
+            ["shop.example.com", "www.shop.example.com"]
+        );
+        assert!(
+            bundle.meta.issuer.contains("Test Vendor CA"),
+            "{}",
+            bundle.meta.issuer
+        );
         bundle.certified_key()?;
 
         let old_style = traditional(&fx, &key.serialize_pem(), &format!("{label}.trad.key"))?;
         let text = fs::read_to_string(&old_style)?;
-        assert!(text.starts_with(traditional_header), "{label}: openssl wrote {}", text.lines().next().unwrap_or(""));
-        let bundle = files::load(&cert_path, &old_style).with_context(|| format!("{label} traditional"))?;
+        assert!(
+            text.starts_with(traditional_header),
+            "{label}: openssl wrote {}",
+            text.lines().next().unwrap_or("")
+        );
+        let bundle =
+            files::load(&cert_path, &old_style).with_context(|| format!("{label} traditional"))?;
         bundle.certified_key()?;
     }
     Ok(())
@@ -121,12 +150,18 @@ fn a_key_of_another_certificate_is_a_mismatch_naming_the_key_file() -> Result<()
 fn assert_invalid_naming(result: certs::Result<certs::CertBundle>, expected: &Path) {
     let err = match result {
         Err(err @ Error::InvalidCertificate { .. }) => err,
-        other => panic!("expected InvalidCertificate for {}, got {other:?}", expected.display()),
+        other => panic!(
+            "expected InvalidCertificate for {}, got {other:?}",
+            expected.display()
+        ),
     };
     if let Error::InvalidCertificate { path, .. } = &err {
         assert_eq!(path.as_deref(), Some(expected), "{err}");
     }
-    assert!(err.to_string().contains(&expected.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&expected.display().to_string()),
+        "{err}"
+    );
     assert!(!err.is_retryable());
 }
 
@@ -182,23 +217,36 @@ fn stamps_change_when_either_file_changes() -> Result<()> {
     let key_path = fx.write("shop.key", &key.serialize_pem())?;
 
     let first: FileStamp = files::stamp(&cert, &key_path).context("no stamp")?;
-    assert_eq!(files::stamp(&cert, &key_path), Some(first), "unchanged files, same stamp");
+    assert_eq!(
+        files::stamp(&cert, &key_path),
+        Some(first),
+        "unchanged files, same stamp"
+    );
 
     // Same length, new modification time (set explicitly: no waiting on clock granularity).
     let later = SystemTime::now() + Duration::from_secs(5);
-    fs::File::options().write(true).open(&cert)?.set_modified(later)?;
+    fs::File::options()
+        .write(true)
+        .open(&cert)?
+        .set_modified(later)?;
     let second = files::stamp(&cert, &key_path).context("no stamp")?;
     assert_ne!(second, first);
 
     // New length of the key file, modification time forced back to the previous value.
     let key_mtime = fs::metadata(&key_path)?.modified()?;
     fs::write(&key_path, format!("{}\n", key.serialize_pem()))?;
-    fs::File::options().write(true).open(&key_path)?.set_modified(key_mtime)?;
+    fs::File::options()
+        .write(true)
+        .open(&key_path)?
+        .set_modified(key_mtime)?;
     assert_ne!(files::stamp(&cert, &key_path), Some(second));
 
     // Replaced by rename (how most tools deploy), same content but a new file.
     let replacement = fx.write("shop.crt.new", &chain)?;
-    fs::File::options().write(true).open(&replacement)?.set_modified(later + Duration::from_secs(5))?;
+    fs::File::options()
+        .write(true)
+        .open(&replacement)?
+        .set_modified(later + Duration::from_secs(5))?;
     let before = files::stamp(&cert, &key_path);
     fs::rename(&replacement, &cert)?;
     assert_ne!(files::stamp(&cert, &key_path), before);

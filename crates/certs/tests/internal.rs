@@ -17,7 +17,10 @@ fn open(dir: &tempfile::TempDir) -> Result<Arc<dyn Storage>> {
 }
 
 fn names(list: &[&str]) -> Result<Vec<DomainName>> {
-    Ok(list.iter().map(|n| DomainName::parse(n)).collect::<Result<_, _>>()?)
+    Ok(list
+        .iter()
+        .map(|n| DomainName::parse(n))
+        .collect::<Result<_, _>>()?)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -43,13 +46,25 @@ async fn root_is_created_once_and_reused_by_another_node() -> Result<()> {
     let der = CertificateDer::from_pem_slice(root_a.as_bytes())?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())?;
     assert!(cert.is_ca());
-    assert_eq!(cert.subject().to_string(), cert.issuer().to_string(), "self-signed");
-    let cn = cert.subject().iter_common_name().next().context("no CN")?.as_str()?;
+    assert_eq!(
+        cert.subject().to_string(),
+        cert.issuer().to_string(),
+        "self-signed"
+    );
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .context("no CN")?
+        .as_str()?;
     assert_eq!(cn, "fleetgate internal root");
     let usage = cert.key_usage()?.context("no key usage")?.value;
     assert!(usage.key_cert_sign() && usage.crl_sign());
     let validity = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
-    assert!((3650 * 86_400..=3653 * 86_400).contains(&validity), "validity {validity}s");
+    assert!(
+        (3650 * 86_400..=3653 * 86_400).contains(&validity),
+        "validity {validity}s"
+    );
     // No lock is left behind.
     assert!(open(&dir)?.locks().await?.is_empty());
     Ok(())
@@ -79,20 +94,26 @@ async fn leaves_of_every_key_type_verify_against_the_root() -> Result<()> {
     let root = ca.root_pem().await?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(root.as_bytes())?)?;
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
 
     let domains = names(&["example.com", "www.example.com", "*.example.net"])?;
     for key_type in [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Rsa2048] {
         let bundle = ca.issue(&domains, key_type).await?;
         assert_eq!(bundle.meta.source, SourceKind::Internal);
-        assert_eq!(bundle.meta.names, ["example.com", "www.example.com", "*.example.net"]);
+        assert_eq!(
+            bundle.meta.names,
+            ["example.com", "www.example.com", "*.example.net"]
+        );
         assert_eq!(bundle.meta.not_after - bundle.meta.not_before, 7 * 86_400);
         // Under 10 days of lifetime: renewed at half, 3.5 days in.
         assert_eq!(
             certs::renewal::renew_at(&bundle.meta, 0.5),
             bundle.meta.not_before + 7 * 86_400 / 2
         );
-        bundle.certified_key().with_context(|| format!("{key_type:?}"))?;
+        bundle
+            .certified_key()
+            .with_context(|| format!("{key_type:?}"))?;
 
         let chain = chain(&bundle.chain_pem)?;
         assert_eq!(chain.len(), 2, "leaf + root");
@@ -126,14 +147,18 @@ async fn a_real_handshake_works_with_every_key_type() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ca = InternalCa::new(open(&dir)?, "node-a".into());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca.root_pem().await?.as_bytes())?)?;
+    roots.add(CertificateDer::from_pem_slice(
+        ca.root_pem().await?.as_bytes(),
+    )?)?;
     let roots = Arc::new(roots);
     for key_type in [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Rsa2048] {
         let bundle = ca.issue(&names(&["site.example.com"])?, key_type).await?;
         let server_config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(bundle.certified_key()?)));
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+                bundle.certified_key()?,
+            )));
         let client_config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots.clone())
@@ -152,13 +177,20 @@ async fn a_real_handshake_works_with_every_key_type() -> Result<()> {
             buf.clear();
             client.write_tls(&mut buf)?;
             server.read_tls(&mut buf.as_slice())?;
-            server.process_new_packets().with_context(|| format!("{key_type:?} server"))?;
+            server
+                .process_new_packets()
+                .with_context(|| format!("{key_type:?} server"))?;
             buf.clear();
             server.write_tls(&mut buf)?;
             client.read_tls(&mut buf.as_slice())?;
-            client.process_new_packets().with_context(|| format!("{key_type:?} client"))?;
+            client
+                .process_new_packets()
+                .with_context(|| format!("{key_type:?} client"))?;
         }
-        assert!(!client.is_handshaking() && !server.is_handshaking(), "{key_type:?}: handshake incomplete");
+        assert!(
+            !client.is_handshaking() && !server.is_handshaking(),
+            "{key_type:?}: handshake incomplete"
+        );
     }
     Ok(())
 }
@@ -176,7 +208,12 @@ impl Storage for PeerWinsTheRace {
     async fn put(&self, key: &store::StorageKey, value: &[u8]) -> store::Result<()> {
         self.inner.put(key, value).await
     }
-    async fn put_fenced(&self, key: &store::StorageKey, value: &[u8], lease: &store::Lease) -> store::Result<()> {
+    async fn put_fenced(
+        &self,
+        key: &store::StorageKey,
+        value: &[u8],
+        lease: &store::Lease,
+    ) -> store::Result<()> {
         self.inner.put_fenced(key, value, lease).await
     }
     async fn get(&self, key: &store::StorageKey) -> store::Result<Option<Vec<u8>>> {
@@ -197,10 +234,13 @@ impl Storage for PeerWinsTheRace {
         let mut peer_root = self.peer_root.lock().await;
         if peer_root.is_none() {
             let peer = InternalCa::new(self.inner.clone(), "peer".into());
-            let root = peer.root_pem().await.map_err(|e| store::Error::Unavailable {
-                what: format!("peer failed: {e}"),
-                source: None,
-            })?;
+            let root = peer
+                .root_pem()
+                .await
+                .map_err(|e| store::Error::Unavailable {
+                    what: format!("peer failed: {e}"),
+                    source: None,
+                })?;
             *peer_root = Some(root);
         }
         self.inner.try_lock(name, owner, ttl).await
@@ -228,7 +268,12 @@ async fn rereads_after_acquiring_the_lock() -> Result<()> {
     });
     let ca = InternalCa::new(racy.clone(), "node-a".into());
     let ours = ca.root_pem().await?;
-    let peers = racy.peer_root.lock().await.clone().context("the peer did not run")?;
+    let peers = racy
+        .peer_root
+        .lock()
+        .await
+        .clone()
+        .context("the peer did not run")?;
     assert_eq!(ours, peers, "a second root was created over the peer's");
     Ok(())
 }
@@ -237,7 +282,10 @@ async fn rereads_after_acquiring_the_lock() -> Result<()> {
 async fn issuing_without_names_is_a_config_error() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ca = InternalCa::new(open(&dir)?, "node-a".into());
-    assert!(matches!(ca.issue(&[], KeyType::EcdsaP256).await, Err(Error::Config(_))));
+    assert!(matches!(
+        ca.issue(&[], KeyType::EcdsaP256).await,
+        Err(Error::Config(_))
+    ));
     Ok(())
 }
 
@@ -249,7 +297,11 @@ async fn a_lock_held_by_a_peer_reports_busy_then_recovers() -> Result<()> {
     let store = open(&dir)?;
     // The lease is measured in wall-clock time, so it outlives the paused-time wait.
     let lease = store
-        .try_lock(&certs::layout::internal_ca_lock(), "peer", Duration::from_secs(3600))
+        .try_lock(
+            &certs::layout::internal_ca_lock(),
+            "peer",
+            Duration::from_secs(3600),
+        )
         .await?
         .map_err(|holder| anyhow::anyhow!("lock unexpectedly held by {}", holder.owner))?;
 
@@ -276,7 +328,12 @@ async fn a_lock_held_by_a_peer_reports_busy_then_recovers() -> Result<()> {
 async fn a_corrupt_stored_root_is_reported_not_replaced() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = open(&dir)?;
-    store.put(&certs::layout::internal_ca(), b"{\"cert_pem\":\"x\",\"key_pem\":\"y\"}").await?;
+    store
+        .put(
+            &certs::layout::internal_ca(),
+            b"{\"cert_pem\":\"x\",\"key_pem\":\"y\"}",
+        )
+        .await?;
     let ca = InternalCa::new(store.clone(), "node-a".into());
     match ca.root_pem().await {
         Err(Error::Store(store::Error::Corrupt { key, .. })) => assert_eq!(key, "internal/ca.json"),

@@ -17,8 +17,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// From accept to the end of the TLS handshake (including the ClientHello). Default 10 s.
     pub tls_handshake_timeout: Duration,
-    /// Open connections over both listeners of one [`crate::Edge`]; at the limit, accepting
-    /// pauses (new clients wait in the kernel's backlog). Default 10 000; 0 counts as 1.
+    /// Connections served at once over all listeners of one [`crate::Edge`]. At the limit each
+    /// listener holds one accepted connection unserved until a slot frees, and accepts no more
+    /// (further clients wait in the kernel's backlog). Default 10 000; 0 counts as 1.
     pub max_connections: usize,
     /// The largest request head. An HTTP/1.1 head beyond it gets 431; HTTP/2 header lists
     /// beyond it are refused by the h2 layer. hyper cannot go below 8 KiB for HTTP/1.1, so

@@ -136,15 +136,6 @@ impl Edge {
         let connections = TaskTracker::new();
         let drop_all = CancellationToken::new();
         loop {
-            let permit = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    // The semaphore is never closed; stop rather than spin if it were.
-                    Err(_) => break,
-                },
-            };
             let (stream, peer) = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -160,6 +151,17 @@ impl Edge {
                         }
                         continue;
                     }
+                },
+            };
+            // The permit is taken after accepting, so that an idle listener holds none; at the
+            // limit, each listener holds one accepted connection unserved and accepts no more.
+            let permit = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    // The semaphore is never closed; stop rather than spin if it were.
+                    Err(_) => break,
                 },
             };
             let _ = stream.set_nodelay(true);

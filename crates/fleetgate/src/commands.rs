@@ -34,6 +34,19 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
             writeln!(out, "  {d}")?;
         }
     }
+    // Purchased certificates must load now, not at 3 a.m. on the next reload.
+    let mut bad = 0;
+    for (i, site) in config.sites.iter().enumerate() {
+        if let TlsChoice::Files { cert, key } = &site.tls {
+            if let Err(e) = certs::files::load(cert, key) {
+                writeln!(out, "site[{i}].tls: {e}")?;
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{}: {bad} certificate file pair(s) cannot be used", config.file.display());
+    }
     Ok(())
 }
 

@@ -317,7 +317,8 @@ impl Config {
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let ctx = Ctx { file, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let mut err = ctx.err(e.span(), String::new(), e.message().trim().to_string());
+            let key = e.span().map(|s| key_at(text, s.start)).unwrap_or_default();
+            let mut err = ctx.err(e.span(), key, e.message().trim().to_string());
             if err.line.is_none() && e.span().is_some() {
                 err.line = Some(1);
             }
@@ -601,6 +602,42 @@ impl Config {
     }
 }
 
+/// The dotted key at byte `offset` of `text`, for parse errors: the nearest table header above
+/// (`[listen]`, `[[site]]` as `site[N]`) and the key on that line, e.g. `listen.htps`.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[offset..].find('\n').map(|i| offset + i).unwrap_or(text.len());
+    let line = text[line_start..line_end].trim();
+    let mut table = String::new();
+    let mut site_index: Option<usize> = None;
+    for l in text[..line_start].lines() {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim();
+            if name == "site" {
+                site_index = Some(site_index.map_or(0, |i| i + 1));
+                table = format!("site[{}]", site_index.unwrap_or(0));
+            } else {
+                table = name.to_string();
+            }
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    let key = if line.starts_with('[') {
+        ""
+    } else {
+        line.split('=').next().unwrap_or("").trim()
+    };
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key.to_string(),
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
 fn parse_key_type(ctx: &Ctx<'_>, kt: &Spanned<String>, key: &str) -> Result<KeyType, ConfigError> {
     KeyType::parse(kt.get_ref()).ok_or_else(|| {
         ctx.err(Some(kt.span()), key, format!("expected \"ecdsa-p256\", \"ecdsa-p384\" or \"rsa-2048\", got {:?}", kt.get_ref()))
@@ -665,8 +702,9 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = err("[listen]\nhttp = \"127.0.0.1:80\"\nhtps = \"127.0.0.1:443\"\n");
-        assert!(e.starts_with("/etc/fleetgate/test.toml:3"), "{e}");
-        assert!(e.contains("htps"), "{e}");
+        assert!(e.starts_with("/etc/fleetgate/test.toml:3: listen.htps: unknown field"), "{e}");
+        let e = err("[[site]]\ndomains = [\"a.example\"]\nrespond = {}\n[[site]]\ndomains = [\"b.example\"]\nredirects = 1\n");
+        assert!(e.starts_with("/etc/fleetgate/test.toml:6: site[1].redirects: unknown field"), "{e}");
     }
 
     #[test]
