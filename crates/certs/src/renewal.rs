@@ -28,8 +28,7 @@
 //!
 //! # ARI polling ([`next_ari_check`])
 //!
-//! Every [`ARI_CHECK_INTERVAL`] (6 h, about four times a day: more often than the twice a day Let's
-//! Encrypt asks for, and matching the ~6 h `Retry-After` its ARI responses carry) with
+//! Every [`ARI_CHECK_INTERVAL`] (12 h: the "about twice a day" Let's Encrypt asks for) with
 //! ±[`ARI_CHECK_JITTER`]; when the CA sent `Retry-After`, no earlier than that, within
 //! the range [`ARI_RETRY_AFTER_MIN`]..=[`ARI_RETRY_AFTER_MAX`].
 
@@ -52,8 +51,8 @@ pub const BACKOFF_JITTER: f64 = 0.10;
 /// not park a certificate for weeks).
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(24 * 3600);
 /// How often to fetch the ARI renewal window when the CA gave no `Retry-After`.
-pub const ARI_CHECK_INTERVAL: Duration = Duration::from_secs(6 * 3600);
-/// Relative jitter on [`ARI_CHECK_INTERVAL`]: `[5.4 h, 6.6 h]`. A CA's `Retry-After` is only ever
+pub const ARI_CHECK_INTERVAL: Duration = Duration::from_secs(12 * 3600);
+/// Relative jitter on [`ARI_CHECK_INTERVAL`]: `[10.8 h, 13.2 h]`. A CA's `Retry-After` is only ever
 /// lengthened by it (`[r, r * 1.1]`).
 pub const ARI_CHECK_JITTER: f64 = 0.10;
 /// A CA's ARI `Retry-After` is clamped to this range: poll no more than once a minute, and at
@@ -318,9 +317,9 @@ mod tests {
     #[test]
     fn ari_check_examples() {
         let now = 1_700_000_000;
-        assert_eq!(next_ari_check(now, None, 0.5), now + 6 * 3600);
-        assert_eq!(next_ari_check(now, None, 0.0), now + (6 * 3600 * 9 / 10));
-        assert_eq!(next_ari_check(now, None, 1.0), now + (6 * 3600 * 11 / 10));
+        assert_eq!(next_ari_check(now, None, 0.5), now + 12 * 3600);
+        assert_eq!(next_ari_check(now, None, 0.0), now + (12 * 3600 * 9 / 10));
+        assert_eq!(next_ari_check(now, None, 1.0), now + (12 * 3600 * 11 / 10));
         assert_eq!(next_ari_check(now, Some(7200), 0.0), now + 7200);
         assert_eq!(next_ari_check(now, Some(7200), 1.0), now + 7920);
         assert_eq!(next_ari_check(now, Some(0), 0.0), now + 60);
@@ -395,7 +394,7 @@ mod tests {
             let next = next_ari_check(now, ra, r);
             let wait = next - now;
             match ra {
-                None => prop_assert!((19_440..=23_760).contains(&wait), "{wait}"),
+                None => prop_assert!((38_880..=47_520).contains(&wait), "{wait}"),
                 Some(secs) => {
                     let floor = secs.clamp(60, 86_400) as i64;
                     prop_assert!(wait >= floor && wait as f64 <= floor as f64 * 1.1 + 1.0, "{wait} for {secs}");

@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(ok("xn--bcher-kva.example"), "xn--bcher-kva.example");
         assert_eq!(ok("_acme.example.com"), "_acme.example.com");
         assert_eq!(
-            Host::parse(b"www.Example.com").ok().as_ref().and_then(Host::name),
+            Host::parse(b"www.Example.com")
+                .ok()
+                .as_ref()
+                .and_then(Host::name),
             Some("www.example.com")
         );
     }

@@ -43,8 +43,10 @@ impl Handler {
             Ok(host) => host,
             Err(reason) => {
                 debug!(reason, "bad host");
-                let mut response =
-                    text(StatusCode::BAD_REQUEST, "bad request: invalid or missing host\n");
+                let mut response = text(
+                    StatusCode::BAD_REQUEST,
+                    "bad request: invalid or missing host\n",
+                );
                 // A client this confused gets no second chance on the connection. (HTTP/2 has
                 // no Connection header; its requests carry a parsed :authority anyway.)
                 if req.version() < Version::HTTP_2 {
@@ -78,13 +80,25 @@ impl Handler {
         act(route, req)
     }
 
-    fn tls<B>(&self, req: &Request<B>, host: &Host, sni: &str, key: &Arc<CertifiedKey>) -> Response<Body> {
+    fn tls<B>(
+        &self,
+        req: &Request<B>,
+        host: &Host,
+        sni: &str,
+        key: &Arc<CertifiedKey>,
+    ) -> Response<Body> {
         let Some(name) = host.name() else {
             return misdirected();
         };
         // Another name on the same connection is fine only if the certificate presented in the
         // handshake is the one for that name too (HTTP/2 connection reuse, RFC 9113 9.1.1).
-        if name != sni && !self.edge.certs.lookup(name).is_some_and(|k| Arc::ptr_eq(&k, key)) {
+        if name != sni
+            && !self
+                .edge
+                .certs
+                .lookup(name)
+                .is_some_and(|k| Arc::ptr_eq(&k, key))
+        {
             return misdirected();
         }
         let routes = self.edge.routes.load();
@@ -110,7 +124,9 @@ impl Handler {
             Ok(Some(key_authorization)) => {
                 debug!(host = name, token, "answered HTTP-01 challenge");
                 let mut response = Response::new(Full::new(Bytes::from(key_authorization)));
-                response.headers_mut().insert(header::CONTENT_TYPE, text_plain());
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, text_plain());
                 response
             }
             Ok(None) => text(StatusCode::NOT_FOUND, "no such challenge\n"),
@@ -132,7 +148,9 @@ fn act<B>(route: &Route, req: &Request<B>) -> Response<Body> {
         Prepared::Respond { status, body } => {
             let mut response = Response::new(Full::new(body.clone()));
             *response.status_mut() = *status;
-            response.headers_mut().insert(header::CONTENT_TYPE, text_plain());
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, text_plain());
             response
         }
     }
@@ -180,7 +198,10 @@ fn redirect(status: StatusCode, location: HeaderValue) -> Response<Body> {
 }
 
 fn misdirected() -> Response<Body> {
-    text(StatusCode::MISDIRECTED_REQUEST, "misdirected request: this host is not served on this connection\n")
+    text(
+        StatusCode::MISDIRECTED_REQUEST,
+        "misdirected request: this host is not served on this connection\n",
+    )
 }
 
 fn text_plain() -> HeaderValue {
@@ -190,6 +211,8 @@ fn text_plain() -> HeaderValue {
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, text_plain());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, text_plain());
     response
 }

@@ -118,7 +118,11 @@ pub(crate) struct Watchdog {
 }
 
 impl Watchdog {
-    pub(crate) fn new(activity: Arc<Activity>, header_read_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        activity: Arc<Activity>,
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         let now = Instant::now();
         let idle_timeout = idle_timeout.max(Duration::from_millis(1));
         Watchdog {
@@ -135,7 +139,8 @@ impl Watchdog {
     pub(crate) async fn expired(&mut self) -> Expiry {
         loop {
             let waiting_for_first = self.activity.requests.load(Ordering::Relaxed) == 0;
-            let mut next = (Instant::now() + self.check_every).min(self.quiet_since + self.idle_timeout);
+            let mut next =
+                (Instant::now() + self.check_every).min(self.quiet_since + self.idle_timeout);
             if waiting_for_first {
                 next = next.min(self.first_request_by);
             }

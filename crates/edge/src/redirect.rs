@@ -65,9 +65,7 @@ impl PreparedRedirect {
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(invalid("the scheme must be http or https"));
         }
-        let authority = uri
-            .authority()
-            .ok_or(invalid("the URL needs a host"))?;
+        let authority = uri.authority().ok_or(invalid("the URL needs a host"))?;
         if Host::parse(authority.as_str().as_bytes()).is_err() {
             return Err(invalid("the URL's host is not a valid hostname"));
         }
@@ -161,16 +159,46 @@ mod tests {
 
     #[test]
     fn location_building() {
-        assert_eq!(location("https://example.com", true, "/a/b?x=1"), "https://example.com/a/b?x=1");
-        assert_eq!(location("https://example.com/", true, "/a"), "https://example.com/a");
-        assert_eq!(location("https://example.com/blog/", true, "/a?q"), "https://example.com/blog/a?q");
-        assert_eq!(location("https://example.com", true, "/"), "https://example.com/");
-        assert_eq!(location("https://example.com", true, "*"), "https://example.com/");
-        assert_eq!(location("https://example.com", true, "http://old.example/p?q=1"), "https://example.com/p?q=1");
-        assert_eq!(location("https://example.com", false, "/a/b?x=1"), "https://example.com");
-        assert_eq!(location("https://example.com/", false, "/a"), "https://example.com/");
-        assert_eq!(location("https://example.com/?utm=x", false, "/a"), "https://example.com/?utm=x");
-        assert_eq!(location("http://example.com:8080/x", true, "/y"), "http://example.com:8080/x/y");
+        assert_eq!(
+            location("https://example.com", true, "/a/b?x=1"),
+            "https://example.com/a/b?x=1"
+        );
+        assert_eq!(
+            location("https://example.com/", true, "/a"),
+            "https://example.com/a"
+        );
+        assert_eq!(
+            location("https://example.com/blog/", true, "/a?q"),
+            "https://example.com/blog/a?q"
+        );
+        assert_eq!(
+            location("https://example.com", true, "/"),
+            "https://example.com/"
+        );
+        assert_eq!(
+            location("https://example.com", true, "*"),
+            "https://example.com/"
+        );
+        assert_eq!(
+            location("https://example.com", true, "http://old.example/p?q=1"),
+            "https://example.com/p?q=1"
+        );
+        assert_eq!(
+            location("https://example.com", false, "/a/b?x=1"),
+            "https://example.com"
+        );
+        assert_eq!(
+            location("https://example.com/", false, "/a"),
+            "https://example.com/"
+        );
+        assert_eq!(
+            location("https://example.com/?utm=x", false, "/a"),
+            "https://example.com/?utm=x"
+        );
+        assert_eq!(
+            location("http://example.com:8080/x", true, "/y"),
+            "http://example.com:8080/x/y"
+        );
     }
 
     #[test]
@@ -180,7 +208,9 @@ mod tests {
         let (Some(host), Some(uri)) = (host, uri) else {
             panic!("test input")
         };
-        let at = |port| https_location(&host, port, &uri).and_then(|v| v.to_str().ok().map(str::to_owned));
+        let at = |port| {
+            https_location(&host, port, &uri).and_then(|v| v.to_str().ok().map(str::to_owned))
+        };
         assert_eq!(at(443).as_deref(), Some("https://old.example/p?q=1"));
         assert_eq!(at(8443).as_deref(), Some("https://old.example:8443/p?q=1"));
     }
@@ -204,7 +234,10 @@ mod tests {
             "",
         ] {
             assert!(
-                matches!(prepared(to, 301, false), Err(EdgeError::InvalidRedirect { .. })),
+                matches!(
+                    prepared(to, 301, false),
+                    Err(EdgeError::InvalidRedirect { .. })
+                ),
                 "{to:?} accepted"
             );
         }

@@ -57,7 +57,12 @@ impl CertMap {
 
     /// Serves `key` for `names` (hostnames or `*.` wildcards) from the next handshake on,
     /// replacing whatever `id` served before.
-    pub fn insert<I, S>(&self, id: impl Into<String>, names: I, key: Arc<CertifiedKey>) -> Result<(), EdgeError>
+    pub fn insert<I, S>(
+        &self,
+        id: impl Into<String>,
+        names: I,
+        key: Arc<CertifiedKey>,
+    ) -> Result<(), EdgeError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -128,7 +133,9 @@ impl ResolvesServerCert for CertMap {
     /// `access_denied` alert. ([`crate::Edge`] checks the name before the handshake and sends
     /// `unrecognized_name` itself; this is the fallback for a name removed in between.)
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        client_hello.server_name().and_then(|name| self.lookup(name))
+        client_hello
+            .server_name()
+            .and_then(|name| self.lookup(name))
     }
 }
 

@@ -44,7 +44,10 @@ impl Site {
 pub enum Action {
     Redirect(Redirect),
     /// A fixed response with a `text/plain; charset=utf-8` body.
-    Respond { status: u16, body: Bytes },
+    Respond {
+        status: u16,
+        body: Bytes,
+    },
 }
 
 /// Strict-Transport-Security settings.
@@ -210,7 +213,9 @@ mod tests {
                 ..respond(&["www.example.com"])
             },
         ]);
-        let Ok(routes) = routes else { panic!("{routes:?}") };
+        let Ok(routes) = routes else {
+            panic!("{routes:?}")
+        };
         assert!(routes.contains("example.com"));
         assert!(routes.contains("a.example.com"));
         assert!(!routes.contains("a.b.example.com"));
@@ -225,14 +230,31 @@ mod tests {
     #[test]
     fn rejects_bad_sites() {
         let dup = Routes::new(vec![respond(&["a.example"]), respond(&["A.example."])]);
-        assert!(matches!(dup, Err(EdgeError::DuplicateName { .. })), "{dup:?}");
+        assert!(
+            matches!(dup, Err(EdgeError::DuplicateName { .. })),
+            "{dup:?}"
+        );
         let dup = Routes::new(vec![respond(&["*.example", "*.example"])]);
-        assert!(matches!(dup, Err(EdgeError::DuplicateName { .. })), "{dup:?}");
+        assert!(
+            matches!(dup, Err(EdgeError::DuplicateName { .. })),
+            "{dup:?}"
+        );
         let none = Routes::new(vec![respond(&[])]);
         assert!(matches!(none, Err(EdgeError::NoNames)), "{none:?}");
-        for bad in ["exa mple.com", "a.*.example", "*", "*.", "**.example", "example.com:80", ""] {
+        for bad in [
+            "exa mple.com",
+            "a.*.example",
+            "*",
+            "*.",
+            "**.example",
+            "example.com:80",
+            "",
+        ] {
             let r = Routes::new(vec![respond(&[bad])]);
-            assert!(matches!(r, Err(EdgeError::InvalidName { .. })), "{bad:?}: {r:?}");
+            assert!(
+                matches!(r, Err(EdgeError::InvalidName { .. })),
+                "{bad:?}: {r:?}"
+            );
         }
         for status in [0, 100, 199, 600, 1000] {
             let site = Site::new(
@@ -243,7 +265,10 @@ mod tests {
                 },
             );
             let r = Routes::new(vec![site]);
-            assert!(matches!(r, Err(EdgeError::InvalidStatus { .. })), "{status}: {r:?}");
+            assert!(
+                matches!(r, Err(EdgeError::InvalidStatus { .. })),
+                "{status}: {r:?}"
+            );
         }
         let site = Site::new(
             vec!["a.example".to_owned()],

@@ -130,7 +130,12 @@ impl Edge {
         self.run(listener, shutdown, Scheme::Https).await;
     }
 
-    async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken, scheme: Scheme) {
+    async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        scheme: Scheme,
+    ) {
         let local = listener.local_addr().ok();
         info!(?local, scheme = scheme.as_str(), "listening");
         let connections = TaskTracker::new();
@@ -187,7 +192,10 @@ impl Edge {
             open = connections.len(),
             "stopped accepting; draining connections"
         );
-        if timeout(self.limits.drain_timeout, connections.wait()).await.is_err() {
+        if timeout(self.limits.drain_timeout, connections.wait())
+            .await
+            .is_err()
+        {
             warn!(
                 ?local,
                 open = connections.len(),
@@ -199,7 +207,12 @@ impl Edge {
         info!(?local, "listener stopped");
     }
 
-    async fn connection(self: &Arc<Self>, stream: TcpStream, scheme: Scheme, shutdown: &CancellationToken) {
+    async fn connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        scheme: Scheme,
+        shutdown: &CancellationToken,
+    ) {
         match scheme {
             Scheme::Http => self.serve(stream, Transport::Plain, shutdown).await,
             Scheme::Https => {
@@ -208,7 +221,8 @@ impl Edge {
                     .handshake(stream, &self.certs, &*self.challenges, &self.limits)
                     .await;
                 if let Handshake::Serve { stream, sni, key } = handshake {
-                    self.serve(stream, Transport::Tls { sni, key }, shutdown).await;
+                    self.serve(stream, Transport::Tls { sni, key }, shutdown)
+                        .await;
                 }
             }
         }

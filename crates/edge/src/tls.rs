@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{Acceptor, ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::server::{
+    Acceptor, ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache,
+};
 use rustls::sign::CertifiedKey;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -96,7 +98,12 @@ impl TlsConfigs {
         limits: &Limits,
     ) -> Handshake {
         let deadline = Instant::now() + limits.tls_handshake_timeout;
-        let start = match timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), stream)).await {
+        let start = match timeout_at(
+            deadline,
+            LazyConfigAcceptor::new(Acceptor::default(), stream),
+        )
+        .await
+        {
             Ok(Ok(start)) => start,
             Ok(Err(error)) => {
                 debug!(%error, "no valid ClientHello");
@@ -117,7 +124,10 @@ impl TlsConfigs {
 
         if wants_challenge {
             let lookup_by = deadline.min(Instant::now() + limits.challenge_timeout);
-            let key = timeout_at(lookup_by, challenges.tls_alpn01(&sni)).await.ok().flatten();
+            let key = timeout_at(lookup_by, challenges.tls_alpn01(&sni))
+                .await
+                .ok()
+                .flatten();
             let Some(key) = key else {
                 debug!(sni, "no TLS-ALPN-01 challenge for this name");
                 reject(start.io, Alert::UnrecognizedName, deadline).await;

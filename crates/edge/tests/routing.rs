@@ -23,11 +23,21 @@ async fn fixture() -> Fixture {
     let ca = Ca::new();
     let certs = Arc::new(CertMap::new());
     certs
-        .insert("old", ["old.test", "www.old.test"], ca.leaf(&["old.test", "www.old.test"]))
+        .insert(
+            "old",
+            ["old.test", "www.old.test"],
+            ca.leaf(&["old.test", "www.old.test"]),
+        )
         .unwrap();
-    certs.insert("promo", ["promo.test"], ca.leaf(&["promo.test"])).unwrap();
-    certs.insert("new", ["new.test"], ca.leaf(&["new.test"])).unwrap();
-    certs.insert("wild", ["*.wild.test"], ca.leaf(&["*.wild.test"])).unwrap();
+    certs
+        .insert("promo", ["promo.test"], ca.leaf(&["promo.test"]))
+        .unwrap();
+    certs
+        .insert("new", ["new.test"], ca.leaf(&["new.test"]))
+        .unwrap();
+    certs
+        .insert("wild", ["*.wild.test"], ca.leaf(&["*.wild.test"]))
+        .unwrap();
     let mut promo = redirect(&["promo.test"], "https://new.test/landing", 302, false);
     promo.https_redirect = false;
     let mut new = respond(&["new.test"], "welcome");
@@ -36,7 +46,12 @@ async fn fixture() -> Fixture {
         include_subdomains: true,
     });
     let sites = vec![
-        redirect(&["old.test", "www.old.test"], "https://new.test/", 301, true),
+        redirect(
+            &["old.test", "www.old.test"],
+            "https://new.test/",
+            301,
+            true,
+        ),
         promo,
         new,
         respond(&["*.wild.test"], "wild"),
@@ -49,16 +64,28 @@ async fn fixture() -> Fixture {
 async fn redirects_over_https_keep_or_replace_the_path() {
     let f = fixture().await;
     let root = f.ca.root_pem();
-    let r = https_get(f.edge.https, "old.test", "old.test", root, "/a/b?x=1&y=%20").await.unwrap();
+    let r = https_get(f.edge.https, "old.test", "old.test", root, "/a/b?x=1&y=%20")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(r.header("location"), Some("https://new.test/a/b?x=1&y=%20"));
     assert!(r.body.is_empty());
 
-    let r = https_get(f.edge.https, "www.old.test", "WWW.Old.Test.", root, "/").await.unwrap();
+    let r = https_get(f.edge.https, "www.old.test", "WWW.Old.Test.", root, "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(r.header("location"), Some("https://new.test/"));
 
-    let r = https_get(f.edge.https, "promo.test", "promo.test", root, "/sale?utm=1").await.unwrap();
+    let r = https_get(
+        f.edge.https,
+        "promo.test",
+        "promo.test",
+        root,
+        "/sale?utm=1",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, StatusCode::FOUND);
     assert_eq!(r.header("location"), Some("https://new.test/landing"));
 }
@@ -67,17 +94,33 @@ async fn redirects_over_https_keep_or_replace_the_path() {
 async fn plain_http_redirects_to_https_unless_the_site_opts_out() {
     let f = fixture().await;
     let port = f.edge.https.port();
-    let r = testkit::http_get(f.edge.http, "old.test", "/a/b?x=1").await.unwrap();
+    let r = testkit::http_get(f.edge.http, "old.test", "/a/b?x=1")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
-    assert_eq!(r.header("location"), Some(format!("https://old.test:{port}/a/b?x=1").as_str()));
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://old.test:{port}/a/b?x=1").as_str())
+    );
 
-    let r = testkit::http_get(f.edge.http, "New.Test:80", "/").await.unwrap();
+    let r = testkit::http_get(f.edge.http, "New.Test:80", "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
-    assert_eq!(r.header("location"), Some(format!("https://new.test:{port}/").as_str()));
-    assert_eq!(r.header("strict-transport-security"), None, "no HSTS over plain HTTP");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://new.test:{port}/").as_str())
+    );
+    assert_eq!(
+        r.header("strict-transport-security"),
+        None,
+        "no HSTS over plain HTTP"
+    );
 
     // promo.test opted out: its own action runs over HTTP.
-    let r = testkit::http_get(f.edge.http, "promo.test", "/x?y").await.unwrap();
+    let r = testkit::http_get(f.edge.http, "promo.test", "/x?y")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::FOUND);
     assert_eq!(r.header("location"), Some("https://new.test/landing"));
 }
@@ -86,7 +129,9 @@ async fn plain_http_redirects_to_https_unless_the_site_opts_out() {
 async fn fixed_response_with_hsts_and_wildcards() {
     let f = fixture().await;
     let root = f.ca.root_pem();
-    let r = https_get(f.edge.https, "new.test", "new.test", root, "/anything").await.unwrap();
+    let r = https_get(f.edge.https, "new.test", "new.test", root, "/anything")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(&r.body[..], b"welcome");
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
@@ -94,7 +139,9 @@ async fn fixed_response_with_hsts_and_wildcards() {
         r.header("strict-transport-security"),
         Some("max-age=31536000; includeSubDomains")
     );
-    let r = https_get(f.edge.https, "a.wild.test", "a.wild.test", root, "/").await.unwrap();
+    let r = https_get(f.edge.https, "a.wild.test", "a.wild.test", root, "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(&r.body[..], b"wild");
     assert_eq!(r.header("strict-transport-security"), None);
@@ -104,20 +151,30 @@ async fn fixed_response_with_hsts_and_wildcards() {
 async fn unknown_hosts_get_404_on_http_and_421_on_https() {
     let f = fixture().await;
     let root = f.ca.root_pem();
-    let r = testkit::http_get(f.edge.http, "nobody.test", "/").await.unwrap();
+    let r = testkit::http_get(f.edge.http, "nobody.test", "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(!r.body.is_empty());
-    let r = testkit::http_get(f.edge.http, "127.0.0.1", "/").await.unwrap();
+    let r = testkit::http_get(f.edge.http, "127.0.0.1", "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     // Host not served at all.
-    let r = https_get(f.edge.https, "new.test", "nobody.test", root, "/").await.unwrap();
+    let r = https_get(f.edge.https, "new.test", "nobody.test", root, "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
     // Host served, but with another certificate than this connection's.
-    let r = https_get(f.edge.https, "new.test", "old.test", root, "/").await.unwrap();
+    let r = https_get(f.edge.https, "new.test", "old.test", root, "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
     // Another name of the same certificate is fine (connection reuse).
-    let r = https_get(f.edge.https, "old.test", "www.old.test", root, "/p").await.unwrap();
+    let r = https_get(f.edge.https, "old.test", "www.old.test", root, "/p")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(r.header("location"), Some("https://new.test/p"));
 }
@@ -152,14 +209,20 @@ async fn invalid_or_missing_host_is_400() {
 #[tokio::test]
 async fn http01_challenges_are_answered_for_configured_hosts() {
     let f = fixture().await;
-    f.edge.challenges.add_http01("old.test", "tok_EN-1", "tok_EN-1.thumbprint");
+    f.edge
+        .challenges
+        .add_http01("old.test", "tok_EN-1", "tok_EN-1.thumbprint");
     let path = "/.well-known/acme-challenge/tok_EN-1";
-    let r = testkit::http_get(f.edge.http, "old.test", path).await.unwrap();
+    let r = testkit::http_get(f.edge.http, "old.test", path)
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.text(), "tok_EN-1.thumbprint");
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     // Host is normalised before the lookup.
-    let r = testkit::http_get(f.edge.http, "OLD.test.:80", path).await.unwrap();
+    let r = testkit::http_get(f.edge.http, "OLD.test.:80", path)
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::OK);
 
     // Unknown token, malformed token, unknown host: 404, never a redirect.
@@ -181,9 +244,13 @@ async fn routes_can_be_replaced() {
     let root = f.ca.root_pem();
     let routes = edge::Routes::new(vec![respond(&["old.test"], "now a page")]).unwrap();
     f.edge.edge.set_routes(routes);
-    let r = https_get(f.edge.https, "old.test", "old.test", root, "/").await.unwrap();
+    let r = https_get(f.edge.https, "old.test", "old.test", root, "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(&r.body[..], b"now a page");
-    let r = https_get(f.edge.https, "new.test", "new.test", root, "/").await.unwrap();
+    let r = https_get(f.edge.https, "new.test", "new.test", root, "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
 }

@@ -14,7 +14,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 async fn start(ca: &Ca) -> TestEdge {
     let certs = Arc::new(CertMap::new());
-    certs.insert("a", ["a.test", "b.test"], ca.leaf(&["a.test", "b.test"])).unwrap();
+    certs
+        .insert("a", ["a.test", "b.test"], ca.leaf(&["a.test", "b.test"]))
+        .unwrap();
     let sites = vec![respond(&["a.test"], "a"), respond(&["b.test"], "b")];
     TestEdge::start(sites, certs, Limits::default()).await
 }
@@ -30,7 +32,11 @@ async fn serves_a_verifiable_chain_for_the_exact_name() {
     assert!(info.leaf.dns_names.contains(&"a.test".to_owned()));
     // A client with another root refuses it: the chain really is verified.
     let other = Ca::new();
-    assert!(testkit::tls_handshake(edge.https, "a.test", other.root_pem(), &[]).await.is_err());
+    assert!(
+        testkit::tls_handshake(edge.https, "a.test", other.root_pem(), &[])
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -40,17 +46,23 @@ async fn unknown_or_missing_sni_fails_the_handshake_with_an_alert() {
     let config = tls_config(ca.root_pem(), &[b"http/1.1"]);
     let err = testkit::tls_connect(edge.https, "unknown.test", Arc::clone(&config))
         .await
-        .err()
-        .expect("handshake for an unknown name must fail");
-    assert_eq!(received_alert(&err), Some(AlertDescription::UnrecognisedName), "{err:#}");
+        .expect_err("handshake for an unknown name must fail");
+    assert_eq!(
+        received_alert(&err),
+        Some(AlertDescription::UnrecognisedName),
+        "{err:#}"
+    );
 
     // rustls sends no SNI for an IP address.
     let ip = edge.https.ip().to_string();
     let err = testkit::tls_connect(edge.https, &ip, config)
         .await
-        .err()
-        .expect("handshake without SNI must fail");
-    assert_eq!(received_alert(&err), Some(AlertDescription::HandshakeFailure), "{err:#}");
+        .expect_err("handshake without SNI must fail");
+    assert_eq!(
+        received_alert(&err),
+        Some(AlertDescription::HandshakeFailure),
+        "{err:#}"
+    );
 }
 
 #[tokio::test]
@@ -61,31 +73,48 @@ async fn tls_alpn_01_handshake_presents_the_challenge_certificate() {
     let challenge_a = self_signed("a.test");
     let challenge_new = self_signed("new.test");
     edge.challenges.add_alpn("a.test", Arc::clone(&challenge_a));
-    edge.challenges.add_alpn("new.test", Arc::clone(&challenge_new));
+    edge.challenges
+        .add_alpn("new.test", Arc::clone(&challenge_new));
 
     for (name, expected) in [("a.test", &challenge_a), ("new.test", &challenge_new)] {
         let config = any_cert_config(&[b"acme-tls/1"]);
-        let mut tls = testkit::tls_connect(edge.https, name, config).await.unwrap();
+        let mut tls = testkit::tls_connect(edge.https, name, config)
+            .await
+            .unwrap();
         let (_, session) = tls.get_ref();
         assert_eq!(session.alpn_protocol(), Some(&b"acme-tls/1"[..]));
         let served = session.peer_certificates().unwrap();
         assert_eq!(served.len(), 1);
-        assert_eq!(served[0], expected.cert[0], "{name}: challenge certificate served");
+        assert_eq!(
+            served[0], expected.cert[0],
+            "{name}: challenge certificate served"
+        );
         // The server closes right after the handshake.
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(DEADLINE, tls.read(&mut buf)).await.unwrap().unwrap_or(0);
-        assert_eq!(n, 0, "{name}: connection closed after the challenge handshake");
+        let n = tokio::time::timeout(DEADLINE, tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(
+            n, 0,
+            "{name}: connection closed after the challenge handshake"
+        );
     }
 
     // No challenge for the name: the handshake is refused.
     let err = testkit::tls_connect(edge.https, "b.test", any_cert_config(&[b"acme-tls/1"]))
         .await
-        .err()
-        .expect("no challenge: no handshake");
-    assert_eq!(received_alert(&err), Some(AlertDescription::UnrecognisedName), "{err:#}");
+        .expect_err("no challenge: no handshake");
+    assert_eq!(
+        received_alert(&err),
+        Some(AlertDescription::UnrecognisedName),
+        "{err:#}"
+    );
 
     // Without acme-tls/1 offered, the normal certificate is served.
-    let info = testkit::tls_handshake(edge.https, "a.test", ca.root_pem(), &[b"h2"]).await.unwrap();
+    let info = testkit::tls_handshake(edge.https, "a.test", ca.root_pem(), &[b"h2"])
+        .await
+        .unwrap();
     assert_eq!(info.peer_chain[0], ca_leaf_of(&edge, "a.test"));
 }
 
@@ -98,13 +127,20 @@ async fn swapped_certificate_serves_new_handshakes_and_keeps_open_connections() 
     let ca = Ca::new();
     let edge = start(&ca).await;
     let config = tls_config(ca.root_pem(), &[b"http/1.1"]);
-    let mut old_conn = Conn::open(edge.https, "a.test", Arc::clone(&config)).await.unwrap();
+    let mut old_conn = Conn::open(edge.https, "a.test", Arc::clone(&config))
+        .await
+        .unwrap();
     let old_cert = old_conn.peer_cert.clone();
-    assert_eq!(old_conn.get("a.test", "/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        old_conn.get("a.test", "/").await.unwrap().status,
+        StatusCode::OK
+    );
 
     // Renewal: same id, new key and certificate.
     let renewed = ca.leaf(&["a.test", "b.test"]);
-    edge.certs.insert("a", ["a.test", "b.test"], Arc::clone(&renewed)).unwrap();
+    edge.certs
+        .insert("a", ["a.test", "b.test"], Arc::clone(&renewed))
+        .unwrap();
 
     // A fresh client: with `config`, the handshake would resume the old session, whose
     // certificate is the old one (resumption skips the certificate; that is fine for a renewal).
@@ -112,7 +148,10 @@ async fn swapped_certificate_serves_new_handshakes_and_keeps_open_connections() 
     let mut new_conn = Conn::open(edge.https, "a.test", fresh).await.unwrap();
     assert_eq!(new_conn.peer_cert, renewed.cert[0]);
     assert_ne!(new_conn.peer_cert, old_cert);
-    assert_eq!(new_conn.get("a.test", "/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        new_conn.get("a.test", "/").await.unwrap().status,
+        StatusCode::OK
+    );
 
     // The connection opened before the swap still works.
     let r = old_conn.get("a.test", "/again").await.unwrap();
@@ -124,9 +163,19 @@ async fn swapped_certificate_serves_new_handshakes_and_keeps_open_connections() 
 
     // Removal: the name is no longer served to new handshakes, resumed ones included.
     assert!(edge.certs.remove("a"));
-    let err = testkit::tls_connect(edge.https, "a.test", config).await.err().unwrap();
-    assert_eq!(received_alert(&err), Some(AlertDescription::UnrecognisedName), "{err:#}");
-    assert_eq!(old_conn.get("a.test", "/third").await.unwrap().status, StatusCode::OK);
+    let err = testkit::tls_connect(edge.https, "a.test", config)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        received_alert(&err),
+        Some(AlertDescription::UnrecognisedName),
+        "{err:#}"
+    );
+    assert_eq!(
+        old_conn.get("a.test", "/third").await.unwrap().status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -149,7 +198,10 @@ async fn http2_by_alpn_with_connection_reuse_across_names() {
     // :authority is parsed as strictly as Host.
     let r = conn.get("a.test:99999", "/").await.unwrap();
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(conn.get("a.test", "/").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        conn.get("a.test", "/").await.unwrap().status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -158,15 +210,31 @@ async fn sessions_resume_with_tickets() {
     let edge = start(&ca).await;
     let config = tls_config(ca.root_pem(), &[b"http/1.1"]);
     // The TLS 1.3 tickets arrive after the handshake: make a request so they are read.
-    let mut first = Conn::open(edge.https, "a.test", Arc::clone(&config)).await.unwrap();
-    assert_eq!(first.get("a.test", "/").await.unwrap().status, StatusCode::OK);
-    let mut tls = testkit::tls_connect(edge.https, "a.test", config).await.unwrap();
+    let mut first = Conn::open(edge.https, "a.test", Arc::clone(&config))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.get("a.test", "/").await.unwrap().status,
+        StatusCode::OK
+    );
+    let mut tls = testkit::tls_connect(edge.https, "a.test", config)
+        .await
+        .unwrap();
     let (_, session) = tls.get_ref();
-    assert_eq!(session.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await.unwrap();
+    assert_eq!(
+        session.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut reply = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut reply)).await;
-    assert!(reply.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
 }
 
 #[tokio::test]
@@ -185,5 +253,8 @@ async fn silent_tls_client_is_dropped_after_the_handshake_timeout() {
     let closed = tokio::time::timeout(DEADLINE, read_to_close(&mut tcp)).await;
     assert!(closed.is_ok(), "connection still open after {DEADLINE:?}");
     let waited = started.elapsed();
-    assert!(waited >= std::time::Duration::from_millis(900), "closed too early: {waited:?}");
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
 }

@@ -162,7 +162,10 @@ impl TestEdge {
 impl Drop for TestEdge {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        for task in [self.http_task.take(), self.https_task.take()].into_iter().flatten() {
+        for task in [self.http_task.take(), self.https_task.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
@@ -229,7 +232,11 @@ pub struct Conn {
 
 impl Conn {
     /// Connects to `addr` as `sni`, verifying against `config`'s roots.
-    pub async fn open(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> anyhow::Result<Conn> {
+    pub async fn open(
+        addr: SocketAddr,
+        sni: &str,
+        config: Arc<ClientConfig>,
+    ) -> anyhow::Result<Conn> {
         let tls = testkit::tls_connect(addr, sni, config).await?;
         let (_, session) = tls.get_ref();
         let peer_cert = session
@@ -241,13 +248,29 @@ impl Conn {
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         let io = TokioIo::new(tls);
         let (client, closed) = if alpn.as_deref() == Some(b"h2") {
-            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            (Client::H2(send), tokio::spawn(async move { let _ = conn.await; }))
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            (
+                Client::H2(send),
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                }),
+            )
         } else {
             let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
-            (Client::H1(send), tokio::spawn(async move { let _ = conn.await; }))
+            (
+                Client::H1(send),
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                }),
+            )
         };
-        Ok(Conn { client, peer_cert, alpn, closed })
+        Ok(Conn {
+            client,
+            peer_cert,
+            alpn,
+            closed,
+        })
     }
 
     /// `GET https://host/path` on this connection.
@@ -285,7 +308,13 @@ impl Conn {
 }
 
 /// One `GET` over a fresh HTTPS connection with SNI `sni` and Host `host`.
-pub async fn https_get(addr: SocketAddr, sni: &str, host: &str, root_pem: &str, path: &str) -> anyhow::Result<Reply> {
+pub async fn https_get(
+    addr: SocketAddr,
+    sni: &str,
+    host: &str,
+    root_pem: &str,
+    path: &str,
+) -> anyhow::Result<Reply> {
     let mut conn = Conn::open(addr, sni, tls_config(root_pem, &[b"http/1.1"])).await?;
     conn.get(host, path).await
 }
@@ -323,7 +352,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -332,7 +366,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
