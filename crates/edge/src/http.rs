@@ -69,6 +69,8 @@ impl Handler {
             return text(StatusCode::NOT_FOUND, "unknown host\n");
         };
         if let Some(token) = challenge_token(req) {
+            // Not held across the responder's await: a long-lived guard slows arc-swap writers.
+            drop(routes);
             return self.http01(host, token).await;
         }
         if route.https_redirect {

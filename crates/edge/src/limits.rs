@@ -13,7 +13,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// A connection without any traffic for this long is shut down gracefully (HTTP/2 gets a
     /// GOAWAY; requests in flight finish). Checked every quarter of the timeout, so the close
-    /// happens up to 25 % later. Default 60 s.
+    /// happens up to 25 % later. An idle HTTP/1.1 connection meets `header_read_timeout` first
+    /// when that is shorter (see there). Default 60 s.
     pub idle_timeout: Duration,
     /// From accept to the end of the TLS handshake (including the ClientHello). Default 10 s.
     pub tls_handshake_timeout: Duration,

@@ -88,7 +88,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Arc::new(SharedChallenges(manager.challenges())),
             config.limits.clone(),
         )
-        .context("cannot set up the listeners' TLS")?,
+        .context("cannot set up the listeners' TLS")?
+        .with_https_port(config.listen_https.port()),
     );
 
     let http = TcpListener::bind(config.listen_http)

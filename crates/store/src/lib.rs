@@ -39,6 +39,7 @@ mod dir;
 mod key;
 mod lease;
 mod lock;
+mod sealed;
 
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ pub use dir::DirStore;
 pub use key::{KeyError, LockName, StorageKey, sanitize_segment};
 pub use lease::{FencingToken, Lease, LockHolder};
 pub use lock::{LeaseGuard, lock};
+pub use sealed::{SealKey, SealKeyError, SealedStore};
 
 /// One change to stored objects, as seen by [`Storage::subscribe`].
 #[derive(Debug, Clone, PartialEq, Eq)]

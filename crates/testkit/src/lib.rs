@@ -12,6 +12,7 @@ mod pebble;
 mod pki;
 mod poll;
 mod process;
+mod redis_server;
 mod tls_client;
 
 pub use address::{free_addr, free_port, loopback_ip};
@@ -22,6 +23,7 @@ pub use pebble::{Pebble, PebbleBuilder, STARTUP_DEADLINE};
 pub use pki::{CertInfo, LeafKey, TestPki, ca_and_leaf, ca_and_leaf_with, cert_info, pem_certs};
 pub use poll::{POLL_INTERVAL, wait_for, wait_for_ok};
 pub use process::{ChildGuard, Signal};
+pub use redis_server::{REDIS_STARTUP_DEADLINE, RedisServer, RedisServerBuilder};
 pub use tls_client::{
     HANDSHAKE_TIMEOUT, TlsInfo, client_config, tls_connect, tls_handshake, tls_info,
 };
