@@ -83,3 +83,8 @@ pub fn internal_ca() -> StorageKey {
 pub fn internal_ca_lock() -> LockName {
     LockName::new("internal-ca")
 }
+
+/// The prefixes whose objects hold private keys, sealed at rest when a sealing key is configured.
+pub fn sealed_prefixes() -> Vec<StorageKey> {
+    ["certs", "acme", "internal"].into_iter().map(|p| key(p.to_string())).collect()
+}

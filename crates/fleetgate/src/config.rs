@@ -88,6 +88,8 @@ struct RawStorage {
     kind: Spanned<String>,
     #[serde(default)]
     path: Option<String>,
+    #[serde(default)]
+    seal_key_file: Option<Spanned<String>>,
 }
 
 impl Default for RawStorage {
@@ -95,6 +97,7 @@ impl Default for RawStorage {
         RawStorage {
             kind: default_kind(),
             path: None,
+            seal_key_file: None,
         }
     }
 }
@@ -233,6 +236,8 @@ pub struct Config {
     pub listen_http: SocketAddr,
     pub listen_https: SocketAddr,
     pub storage: StorageConfig,
+    /// Where the sealing key comes from; `None` stores private keys unsealed.
+    pub seal_key: Option<SealKeySource>,
     pub acme: Option<AcmeSettings>,
     pub log: LogConfig,
     pub limits: edge::Limits,
@@ -242,6 +247,14 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageConfig {
     Dir { path: PathBuf },
+}
+
+/// The sealing key's origin. The key itself is read when the store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealKeySource {
+    File(PathBuf),
+    /// The `FLEETGATE_SEAL_KEY` environment variable.
+    Env,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +377,17 @@ impl Config {
                     format!("expected \"dir\", got {other:?}"),
                 ));
             }
+        };
+
+        let seal_key = match &raw.storage.seal_key_file {
+            Some(path) => {
+                let p = resolve(path.get_ref());
+                if !p.is_file() {
+                    return Err(ctx.err(Some(path.span()), "storage.seal_key_file", format!("no such file: {}", p.display())));
+                }
+                Some(SealKeySource::File(p))
+            }
+            None => None,
         };
 
         let mut acme_key_type = KeyType::default();
@@ -562,6 +586,7 @@ impl Config {
             listen_http,
             listen_https,
             storage,
+            seal_key,
             acme,
             log,
             limits,

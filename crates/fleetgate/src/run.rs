@@ -8,7 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, LogConfig, LogFormat, SiteAction, StorageConfig};
+use crate::config::{Config, LogConfig, LogFormat, SealKeySource, SiteAction, StorageConfig};
 use crate::deploy::{SharedChallenges, SniDeployer};
 
 pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
@@ -24,14 +24,30 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
-/// Open the configured storage backend.
+/// Open the configured storage backend, sealing private keys when a sealing key is configured
+/// (`storage.seal_key_file`, or the `FLEETGATE_SEAL_KEY` environment variable).
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn store::Storage>> {
-    match &config.storage {
-        StorageConfig::Dir { path } => {
-            let store = store::DirStore::open(path.clone())
-                .with_context(|| format!("cannot open the storage directory {}", path.display()))?;
-            Ok(Arc::new(store))
+    let backend: Arc<dyn store::Storage> = match &config.storage {
+        StorageConfig::Dir { path } => Arc::new(
+            store::DirStore::open(path.clone())
+                .with_context(|| format!("cannot open the storage directory {}", path.display()))?,
+        ),
+    };
+    let key_text = match &config.seal_key {
+        Some(SealKeySource::File(path)) => Some((
+            std::fs::read_to_string(path).with_context(|| format!("cannot read storage.seal_key_file {}", path.display()))?,
+            format!("storage.seal_key_file {}", path.display()),
+        )),
+        Some(SealKeySource::Env) | None => std::env::var("FLEETGATE_SEAL_KEY")
+            .ok()
+            .map(|k| (k, "FLEETGATE_SEAL_KEY".to_string())),
+    };
+    match key_text {
+        Some((text, origin)) => {
+            let key = store::SealKey::from_hex(&text).with_context(|| format!("{origin}"))?;
+            Ok(Arc::new(store::SealedStore::new(backend, &key, certs::layout::sealed_prefixes())))
         }
+        None => Ok(backend),
     }
 }
 

@@ -17,8 +17,9 @@
 //! milliseconds. The lease file is never deleted: a released lease keeps its token, so the next
 //! grant gets a larger one, also across restarts.
 //!
-//! **Change events** come from this process's writes only. Writes by other processes sharing the
-//! directory are found by the caller's periodic resync (a `notify`-based watcher can come later).
+//! **Change events** come from this process's writes at once, and from other processes sharing the
+//! directory through the change journal (`<root>/changes.log`, see `journal.rs`) within about
+//! 200 ms. Subscribers still resync periodically: the journal is best effort.
 //!
 //! Lease expiry and mutex staleness compare wall clocks: nodes sharing a directory need clocks in
 //! sync (NTP) to well under a second.
@@ -65,9 +66,13 @@ pub struct DirStore {
 }
 
 struct Inner {
+    root: PathBuf,
     objects: PathBuf,
     locks: PathBuf,
-    events: broadcast::Sender<Change>,
+    events: Arc<broadcast::Sender<Change>>,
+    /// Tells this process's journal lines from other processes'.
+    instance: String,
+    follower: std::sync::Once,
     timeout: Duration,
 }
 
@@ -96,11 +101,15 @@ impl DirStore {
                 .map_err(|e| io_err(dir, e))?;
         }
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let instance = format!("{}-{:016x}", std::process::id(), fastrand::u64(..));
         Ok(DirStore {
             inner: Arc::new(Inner {
+                root,
                 objects,
                 locks,
-                events,
+                events: Arc::new(events),
+                instance,
+                follower: std::sync::Once::new(),
                 timeout: DEFAULT_TIMEOUT,
             }),
         })
@@ -111,9 +120,12 @@ impl DirStore {
     /// background, so the store is left unchanged or with the complete write.
     pub fn with_timeout(self, timeout: Duration) -> DirStore {
         let inner = Inner {
+            root: self.inner.root.clone(),
             objects: self.inner.objects.clone(),
             locks: self.inner.locks.clone(),
             events: self.inner.events.clone(),
+            instance: self.inner.instance.clone(),
+            follower: std::sync::Once::new(),
             timeout,
         };
         DirStore {
@@ -148,6 +160,12 @@ impl DirStore {
         // An error only means nobody is subscribed.
         let _ = self.inner.events.send(change);
     }
+
+    /// Journal a change for other processes (runs on the blocking pool, inside the write's
+    /// closure, so the line is appended after the write is durable).
+    fn journal(inner: &Inner, change: &Change) {
+        crate::journal::append(&inner.root, &inner.instance, change);
+    }
 }
 
 #[async_trait::async_trait]
@@ -156,7 +174,9 @@ impl Storage for DirStore {
         let (k, value) = (key.clone(), value.to_vec());
         self.blocking(format!("put {key}"), move |inner| {
             let path = inner.object_path(&k);
-            write_atomic(&path, &value, None).map_err(|e| io_err(&path, e))
+            write_atomic(&path, &value, None).map_err(|e| io_err(&path, e))?;
+            DirStore::journal(inner, &Change::Put(k));
+            Ok(())
         })
         .await?;
         self.notify(Change::Put(key.clone()));
@@ -175,7 +195,10 @@ impl Storage for DirStore {
                     return Err(lease_lost(&lease));
                 }
                 let path = inner.object_path(&k);
-                write_atomic(&path, &value, Some(&mutex)).map_err(|e| io_err(&path, e))
+                write_atomic(&path, &value, Some(&mutex)).map_err(|e| io_err(&path, e))?;
+                drop(mutex);
+                DirStore::journal(inner, &Change::Put(k));
+                Ok(())
             },
         )
         .await?;
@@ -207,6 +230,7 @@ impl Storage for DirStore {
                     Err(e) => return Err(io_err(&path, e)),
                 }
                 inner.prune_empty_dirs(&path);
+                DirStore::journal(inner, &Change::Deleted(k));
                 Ok(true)
             })
             .await?;
@@ -338,7 +362,12 @@ impl Storage for DirStore {
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.inner.events.subscribe()
+        let receiver = self.inner.events.subscribe();
+        let inner = &self.inner;
+        inner.follower.call_once(|| {
+            crate::journal::spawn(inner.root.clone(), inner.instance.clone(), Arc::downgrade(&inner.events));
+        });
+        receiver
     }
 }
 

@@ -36,9 +36,12 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod dir;
+mod journal;
 mod key;
 mod lease;
 mod lock;
+mod postgres;
+mod redis_store;
 mod sealed;
 
 use std::time::Duration;
@@ -47,6 +50,8 @@ pub use dir::DirStore;
 pub use key::{KeyError, LockName, StorageKey, sanitize_segment};
 pub use lease::{FencingToken, Lease, LockHolder};
 pub use lock::{LeaseGuard, lock};
+pub use postgres::{InvalidPostgresUrl, PostgresOptions, PostgresStore, PostgresUrl};
+pub use redis_store::{RedisStore, RedisStoreBuilder};
 pub use sealed::{SealKey, SealKeyError, SealedStore};
 
 /// One change to stored objects, as seen by [`Storage::subscribe`].

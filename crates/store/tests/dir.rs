@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::{DirStore, LockName, Storage, StorageKey};
+use store::{Change, DirStore, LockName, Storage, StorageKey};
 
 /// Handles onto one DirStore in a temporary directory that lives as long as the closure.
 fn dir_backend() -> impl Fn() -> Arc<dyn Storage> {
@@ -209,4 +209,30 @@ async fn multi_process_child() {
     let store: Arc<dyn Storage> = Arc::new(DirStore::open(dir).unwrap());
     let (name, key) = counter();
     store::conformance::increment_locked(&store, &name, &key, &owner, INCREMENTS).await;
+}
+
+/// Two handles on one directory are two processes as far as the journal is concerned: a write
+/// through one reaches the other's subscribers without waiting for a resync.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_handles_hear_writes_through_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: Arc<dyn Storage> = Arc::new(DirStore::open(dir.path()).unwrap());
+    let b: Arc<dyn Storage> = Arc::new(DirStore::open(dir.path()).unwrap());
+    let mut events = b.subscribe();
+    // The follower starts at the journal's end; give it a moment to open it by writing until
+    // an event arrives (each attempt is a real write).
+    let key = StorageKey::new("certs/x.json").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        a.put(&key, b"v").await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
+            Ok(Ok(Change::Put(k))) if k == key => break,
+            Ok(Ok(other)) => panic!("unexpected event {other:?}"),
+            Ok(Err(e)) => panic!("channel error {e}"),
+            Err(_) => assert!(tokio::time::Instant::now() < deadline, "no event through the journal"),
+        }
+    }
+    a.delete(&key).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+    assert_eq!(got, Change::Deleted(key));
 }

@@ -11,6 +11,7 @@ mod http_client;
 mod pebble;
 mod pki;
 mod poll;
+mod postgres;
 mod process;
 mod redis_server;
 mod tls_client;
@@ -22,6 +23,7 @@ pub use http_client::{
 pub use pebble::{Pebble, PebbleBuilder, STARTUP_DEADLINE};
 pub use pki::{CertInfo, LeafKey, TestPki, ca_and_leaf, ca_and_leaf_with, cert_info, pem_certs};
 pub use poll::{POLL_INTERVAL, wait_for, wait_for_ok};
+pub use postgres::{POSTGRES_STARTUP_DEADLINE, Postgres};
 pub use process::{ChildGuard, Signal};
 pub use redis_server::{REDIS_STARTUP_DEADLINE, RedisServer, RedisServerBuilder};
 pub use tls_client::{

@@ -227,7 +227,9 @@ async fn probe(addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
         .await
         .context("INFO server timed out")??;
     ensure!(
-        server.lines().any(|l| l.trim() == format!("process_id:{pid}")),
+        server
+            .lines()
+            .any(|l| l.trim() == format!("process_id:{pid}")),
         "{addr} is answered by another process"
     );
     let persistence = tokio::time::timeout(PROBE_TIMEOUT, info(addr, "persistence"))
@@ -243,10 +245,7 @@ async fn probe(addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
 /// `INFO <section>` over a raw connection (RESP2 bulk string reply).
 async fn info(addr: SocketAddr, section: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;
-    let request = format!(
-        "*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n",
-        section.len()
-    );
+    let request = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
     stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::new();
     loop {
@@ -261,7 +260,9 @@ async fn info(addr: SocketAddr, section: &str) -> anyhow::Result<String> {
         let Some(len) = header.strip_prefix('$') else {
             bail!("unexpected reply {header:?}");
         };
-        let len: usize = len.parse().with_context(|| format!("reply header {header:?}"))?;
+        let len: usize = len
+            .parse()
+            .with_context(|| format!("reply header {header:?}"))?;
         let body = header_end + 2;
         if buf.len() >= body + len {
             return Ok(String::from_utf8_lossy(&buf[body..body + len]).into_owned());

@@ -1,0 +1,419 @@
+//! PostgreSQL from `initdb` in a temporary directory, on a private loopback address, killed on
+//! drop.
+//!
+//! The Debian `postgresql` package provides the programs under `/usr/lib/postgresql/<major>/bin`
+//! (the newest major found is used). The server runs with `fsync=off` (a test never survives a
+//! machine crash, only process kills) and trust authentication on loopback and a private socket
+//! directory. It has a superuser `postgres` and a database `fleetgate` owned by the ordinary
+//! role `fleetgate`, which [`Postgres::url`] connects as.
+//!
+//! **Running as root.** `initdb` and `postgres` refuse to run as root. Then both run as the
+//! `postgres` system user (created by the Debian package), by setting the child's uid and gid
+//! directly (`Command::uid`/`gid`, which also drops supplementary groups) rather than through
+//! `runuser`/`su`, which would stay in between as the parent: signals must reach the server
+//! itself. The temporary directory is chowned to that user. As any other user, both run as that
+//! user.
+//!
+//! The server is the leader of its own process group, so [`Postgres::pause`] freezes the
+//! postmaster *and* every backend (freezing the postmaster alone would leave open connections
+//! working), and [`Postgres::kill`] leaves no orphaned backend holding the data directory.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let mut pg = testkit::Postgres::start().await?;
+//! let url = pg.url(); // postgres://fleetgate@127.0.0.x:port/fleetgate
+//! pg.pause()?; // SIGSTOP: connections stay open, nothing answers
+//! pg.resume()?; // SIGCONT
+//! pg.kill().await?; // SIGKILL: connections are reset
+//! pg.restart().await?; // a new server on the same data directory and address
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use tempfile::TempDir;
+use tokio::process::Command;
+use tokio_postgres::NoTls;
+
+use crate::address::{free_addr, loopback_ip};
+use crate::poll::wait_for_ok;
+use crate::process::ChildGuard;
+
+/// How long [`Postgres::start`] and [`Postgres::restart`] wait for the server to answer.
+pub const POSTGRES_STARTUP_DEADLINE: Duration = Duration::from_secs(30);
+/// Bound on `initdb`.
+const INITDB_DEADLINE: Duration = Duration::from_secs(120);
+/// Bound on one readiness probe (connect and `SELECT 1`).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts when the server exits at startup because another process took its port.
+const START_ATTEMPTS: u32 = 3;
+/// How long [`Postgres::kill`] waits for the killed server to be reaped.
+const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+/// The ordinary role and database that [`Postgres::url`] names.
+const ROLE: &str = "fleetgate";
+const DATABASE: &str = "fleetgate";
+/// Where the Debian package installs one directory per major version.
+const VERSIONS_DIR: &str = "/usr/lib/postgresql";
+/// How postgres reports a taken port.
+const PORT_TAKEN: &str = "could not bind";
+
+/// A uid and gid to run the server as.
+#[derive(Debug, Clone, Copy)]
+struct Account {
+    uid: u32,
+    gid: u32,
+}
+
+/// A running PostgreSQL server; killed (with every backend) when dropped.
+#[derive(Debug)]
+pub struct Postgres {
+    // `None` between `kill` and `restart`.
+    server: Option<ChildGuard>,
+    addr: SocketAddr,
+    bin: PathBuf,
+    account: Option<Account>,
+    dir: TempDir,
+}
+
+impl Postgres {
+    /// Runs `initdb` in a fresh temporary directory, starts the server on a free port of a fresh
+    /// `127.0.0.x`, and creates the `fleetgate` role and database.
+    pub async fn start() -> anyhow::Result<Postgres> {
+        let bin = bin_dir()?;
+        let account = run_as()?;
+        let dir = tempfile::Builder::new()
+            .prefix("testkit-postgres-")
+            .tempdir()
+            .context("create a temporary directory")?;
+        if let Some(a) = account {
+            std::os::unix::fs::chown(dir.path(), Some(a.uid), Some(a.gid))
+                .with_context(|| format!("chown {} to the postgres user", dir.path().display()))?;
+        }
+        let mut initdb = command(&bin.join("initdb"), account, dir.path());
+        initdb
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", "postgres", "-A", "trust", "--no-locale", "-E", "UTF8"])
+            .args(["--no-sync", "--no-instructions"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(INITDB_DEADLINE, initdb.output())
+            .await
+            .map_err(|_| anyhow!("initdb still running after {INITDB_DEADLINE:?}"))?
+            .context("run initdb")?;
+        ensure!(
+            out.status.success(),
+            "initdb failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sockets = dir.path().join("sock");
+        std::fs::create_dir(&sockets).context("create the socket directory")?;
+        if let Some(a) = account {
+            std::os::unix::fs::chown(&sockets, Some(a.uid), Some(a.gid))
+                .context("chown the socket directory")?;
+        }
+
+        let mut pg = Postgres {
+            server: None,
+            addr: free_addr(loopback_ip()),
+            bin,
+            account,
+            dir,
+        };
+        let mut errors = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match pg.spawn_and_wait().await {
+                Ok(()) => {
+                    pg.create_role_and_database().await?;
+                    return Ok(pg);
+                }
+                Err(Start::PortTaken(e)) => {
+                    errors.push(e);
+                    pg.addr = free_addr(loopback_ip());
+                }
+                Err(Start::Failed(e)) => return Err(e),
+            }
+        }
+        Err(anyhow!("{errors:#?}").context(format!(
+            "postgres could not get a free port in {START_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// `postgres://fleetgate@<ip>:<port>/fleetgate`: the ordinary role that owns the database.
+    pub fn url(&self) -> String {
+        format!("postgres://{ROLE}@{}/{DATABASE}", self.addr)
+    }
+
+    /// `postgres://postgres@<ip>:<port>/fleetgate`: the superuser, for inspecting or breaking
+    /// things from a test.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@{}/{DATABASE}", self.addr)
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The data directory (kept across [`kill`](Self::kill) and [`restart`](Self::restart)).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Everything the server has logged so far (all its runs).
+    pub fn log_contents(&self) -> String {
+        std::fs::read(self.log_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A superuser connection to the `fleetgate` database, driven in the background.
+    pub async fn admin_client(&self) -> anyhow::Result<tokio_postgres::Client> {
+        connect(&self.admin_url()).await
+    }
+
+    /// Freezes the server and all its backends (`SIGSTOP` to its process group): connections
+    /// stay open, nothing answers.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal_group("STOP")
+    }
+
+    /// Resumes after [`pause`](Self::pause) (`SIGCONT`).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal_group("CONT")
+    }
+
+    /// Kills the server and all its backends (`SIGKILL`, like a crash; connections are reset)
+    /// and waits until the server process is gone. The data directory stays.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        let Some(mut server) = self.server.take() else {
+            return Ok(());
+        };
+        // A frozen group dies from SIGKILL too.
+        self.signal_group_of(&server, "KILL")?;
+        server.wait_exit(EXIT_DEADLINE).await?;
+        Ok(())
+    }
+
+    /// Starts the server again on the same data directory and address (killing it first if it
+    /// runs), after crash recovery, and waits until it answers.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await?;
+        // Backends killed with the postmaster may hold the data directory for a moment, and
+        // the port may still be taken by another process: try until the deadline.
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.spawn_and_wait().await {
+                Ok(()) => return Ok(()),
+                Err(Start::PortTaken(e) | Start::Failed(e)) => {
+                    if started.elapsed() >= POSTGRES_STARTUP_DEADLINE {
+                        return Err(e.context("restart postgres"));
+                    }
+                    self.server = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// Spawns the server and waits until it answers on [`admin_url`](Self::admin_url)'s
+    /// `postgres` database.
+    async fn spawn_and_wait(&mut self) -> Result<(), Start> {
+        let mut cmd = command(&self.bin.join("postgres"), self.account, self.dir.path());
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .arg("-k")
+            .arg(self.dir.path().join("sock"))
+            .arg("-p")
+            .arg(self.addr.port().to_string())
+            .arg("-c")
+            .arg(format!("listen_addresses={}", self.addr.ip()))
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            // Its own process group, so signals reach every backend (see the module docs).
+            .process_group(0);
+        let log_path = self.log_path();
+        let mut server = ChildGuard::spawn_logging_to(cmd, "postgres", &log_path)?;
+        let probe_url = format!("postgres://postgres@{}/postgres", self.addr);
+        let log_len_before = self.log_contents().len();
+        let result = wait_for_ok("postgres to accept connections", POSTGRES_STARTUP_DEADLINE, || {
+            let exited = server.try_exit_status();
+            let probe_url = probe_url.clone();
+            async move {
+                if let Ok(Some(status)) = exited {
+                    return Ok(Some(status));
+                }
+                let client = tokio::time::timeout(PROBE_TIMEOUT, connect(&probe_url))
+                    .await
+                    .map_err(|_| anyhow!("no answer within {PROBE_TIMEOUT:?}"))??;
+                client.simple_query("SELECT 1").await?;
+                Ok(None)
+            }
+        })
+        .await;
+        let log = self.log_contents();
+        let this_run = log.get(log_len_before..).unwrap_or(&log);
+        match result {
+            Ok(None) => {
+                self.server = Some(server);
+                Ok(())
+            }
+            Ok(Some(status)) => {
+                let err = anyhow!("postgres exited at startup ({status}); log:\n{this_run}");
+                if this_run.contains(PORT_TAKEN) {
+                    Err(Start::PortTaken(err))
+                } else {
+                    Err(Start::Failed(err))
+                }
+            }
+            Err(e) => {
+                let _ = self.signal_group_of(&server, "KILL");
+                Err(Start::Failed(e.context(format!("log of postgres:\n{this_run}"))))
+            }
+        }
+    }
+
+    async fn create_role_and_database(&self) -> anyhow::Result<()> {
+        let client = connect(&format!("postgres://postgres@{}/postgres", self.addr)).await?;
+        client
+            .batch_execute(&format!("CREATE ROLE {ROLE} LOGIN"))
+            .await
+            .context("create the fleetgate role")?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {DATABASE} OWNER {ROLE}"))
+            .await
+            .context("create the fleetgate database")?;
+        Ok(())
+    }
+
+    fn signal_group(&self, signal: &str) -> anyhow::Result<()> {
+        let server = self
+            .server
+            .as_ref()
+            .context("postgres is not running (killed and not restarted)")?;
+        self.signal_group_of(server, signal)
+    }
+
+    /// `kill -s <signal> -- -<pgid>`: the server leads its own process group.
+    fn signal_group_of(&self, server: &ChildGuard, signal: &str) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, "--"])
+            .arg(format!("-{}", server.pid()))
+            .stdin(Stdio::null())
+            .status()
+            .context("run kill(1)")?;
+        ensure!(
+            status.success(),
+            "kill -s {signal} -- -{} failed: {status}",
+            server.pid()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // The ChildGuard kills only the postmaster; take every backend with it.
+        if let Some(server) = &self.server {
+            let _ = self.signal_group_of(server, "KILL");
+        }
+    }
+}
+
+/// Why one start attempt failed.
+enum Start {
+    PortTaken(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Start {
+    fn from(e: anyhow::Error) -> Self {
+        Start::Failed(e)
+    }
+}
+
+/// Connect to `url` (plain TCP) and drive the connection in the background.
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    tokio::spawn(async move {
+        // Ends when the client is dropped or the server goes away; nothing to report.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A command for a PostgreSQL program, run as `account` (when set) in `dir`.
+fn command(program: &Path, account: Option<Account>, dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(dir);
+    if let Some(a) = account {
+        cmd.uid(a.uid).gid(a.gid);
+    }
+    cmd
+}
+
+/// The newest `/usr/lib/postgresql/<major>/bin` that has `postgres` and `initdb`.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let entries = std::fs::read_dir(VERSIONS_DIR).with_context(|| {
+        format!("read {VERSIONS_DIR}; is PostgreSQL installed (apt-get install postgresql)?")
+    })?;
+    let mut found: Vec<(u32, PathBuf)> = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("read {VERSIONS_DIR}"))?;
+        let Some(major) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let bin = entry.path().join("bin");
+        if bin.join("postgres").is_file() && bin.join("initdb").is_file() {
+            found.push((major, bin));
+        }
+    }
+    found.sort();
+    match found.pop() {
+        Some((_, bin)) => Ok(bin),
+        None => bail!(
+            "no {VERSIONS_DIR}/<major>/bin with postgres and initdb; \
+             is PostgreSQL installed (apt-get install postgresql)?"
+        ),
+    }
+}
+
+/// `None` when not root (run as ourselves); the `postgres` system user when root.
+fn run_as() -> anyhow::Result<Option<Account>> {
+    // The owner of /proc/self is this process's effective uid.
+    let euid = std::fs::metadata("/proc/self")
+        .context("stat /proc/self")?
+        .uid();
+    if euid != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").context("read /etc/passwd")?;
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if let [name, _, uid, gid, ..] = fields[..]
+            && name == "postgres"
+        {
+            return Ok(Some(Account {
+                uid: uid.parse().context("postgres uid in /etc/passwd")?,
+                gid: gid.parse().context("postgres gid in /etc/passwd")?,
+            }));
+        }
+    }
+    bail!(
+        "running as root, and there is no `postgres` user to run PostgreSQL as \
+         (initdb and postgres refuse root); is PostgreSQL installed (apt-get install postgresql)?"
+    )
+}
