@@ -52,13 +52,17 @@ struct TlsAlpn01Record {
 
 /// How long a lookup that found nothing is remembered, so random tokens cannot hammer the store.
 const MISS_TTL: Duration = Duration::from_secs(2);
+/// How long a TLS-ALPN-01 answer read from the store (published by a peer) is reused. Short: the
+/// peer may withdraw it and publish another for the same name with the next order.
+const PEER_ANSWER_TTL: Duration = Duration::from_secs(1);
 
 /// Challenge responses, published to the store and answered from memory or the store.
 #[derive(Debug)]
 pub struct Challenges {
     store: Arc<dyn Storage>,
     http: Mutex<HashMap<String, (String, String)>>,
-    alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// Our own published answers (no expiry) and peers' answers read from the store (expiring).
+    alpn: Mutex<HashMap<String, (Arc<CertifiedKey>, Option<Instant>)>>,
     misses: Mutex<HashMap<String, Instant>>,
 }
 
@@ -94,7 +98,7 @@ impl Challenges {
         let bytes = serde_json::to_vec(&record).map_err(|e| Error::Crypto(e.to_string()))?;
         self.store.put(&layout::tls_alpn01(domain), &bytes).await?;
         let cert = alpn_certificate(domain.as_str(), digest)?;
-        lock(&self.alpn).insert(domain.to_string(), cert);
+        lock(&self.alpn).insert(domain.to_string(), (cert, None));
         lock(&self.misses).clear();
         Ok(())
     }
@@ -142,8 +146,10 @@ impl Challenges {
 
     /// The acme-tls/1 certificate for `host`, if a TLS-ALPN-01 challenge is published for it.
     pub async fn tls_alpn01(&self, host: &str) -> Option<Arc<CertifiedKey>> {
-        if let Some(cert) = lock(&self.alpn).get(host) {
-            return Some(cert.clone());
+        if let Some((cert, loaded)) = lock(&self.alpn).get(host) {
+            if loaded.is_none_or(|at| at.elapsed() < PEER_ANSWER_TTL) {
+                return Some(cert.clone());
+            }
         }
         let miss_key = format!("a/{host}");
         if self.recent_miss(&miss_key) {
@@ -164,7 +170,7 @@ impl Challenges {
         };
         let digest = unhex(&rec.digest_hex)?;
         let cert = alpn_certificate(host, &digest).ok()?;
-        lock(&self.alpn).insert(host.to_string(), cert.clone());
+        lock(&self.alpn).insert(host.to_string(), (cert.clone(), Some(Instant::now())));
         Some(cert)
     }
 

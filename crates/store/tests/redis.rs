@@ -87,8 +87,8 @@ async fn wait_until_events_flow(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        let wait = recv_until(rx, &Change::Put(probe));
-        if tokio::time::timeout(Duration::from_millis(500), wait)
+        let want = Change::Put(probe);
+        if tokio::time::timeout(Duration::from_millis(500), recv_until(rx, &want))
             .await
             .is_ok()
         {
@@ -284,6 +284,28 @@ async fn key_layout_is_as_documented() {
     s.delete(&k).await.unwrap();
     let indexed: Vec<String> = raw.zrange("fleetgate:index", 0, -1).await.unwrap();
     assert!(indexed.is_empty());
+}
+
+/// Keys of the wrong type (outside tampering) are `Corrupt`, which is not retried, rather than
+/// `Unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_keys_are_corrupt() {
+    let server = RedisServer::start().await.unwrap();
+    let s = RedisStore::connect(&server.url(), RedisStore::DEFAULT_PREFIX)
+        .await
+        .unwrap();
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = raw.set("fleetgate:lease:tampered", "junk").await.unwrap();
+    let r = s.try_lock(&LockName::new("tampered"), "a", LONG_TTL).await;
+    assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+    let () = raw.set("fleetgate:index", "junk").await.unwrap();
+    let r = s.list(&key("certs")).await;
+    assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+    assert!(!r.unwrap_err().is_retryable());
 }
 
 /// Nothing listens on the address: `connect` reports `Unavailable` within its timeout.

@@ -7,6 +7,7 @@
 
 mod address;
 mod dns;
+mod haproxy;
 mod http_client;
 mod pebble;
 mod pki;
@@ -17,6 +18,7 @@ mod redis_server;
 mod tls_client;
 
 pub use address::{free_addr, free_port, loopback_ip};
+pub use haproxy::Haproxy;
 pub use http_client::{
     HttpResponse, REQUEST_TIMEOUT, http_get, http_request, https_get, https_request, raw_http,
 };

@@ -1,9 +1,10 @@
 //! redis-server on a private loopback address, in a temporary directory, killed on drop.
 //!
 //! By default it runs without persistence (`--save '' --appendonly no`): a restart loses every
-//! key, which is what outage tests of a careless deployment want. [`RedisServerBuilder::append_only`]
-//! turns on the append-only file with `appendfsync always`, the configuration fleetgate documents
-//! for production, so a restart keeps every acknowledged write.
+//! key, which is what outage tests of a careless deployment want.
+//! [`RedisServerBuilder::append_only`] turns on the append-only file with `appendfsync always`,
+//! the configuration fleetgate documents for production, so a restart keeps every acknowledged
+//! write.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

@@ -17,6 +17,8 @@ pub struct Node {
     pub config_path: PathBuf,
     pub data: PathBuf,
     pub child: Option<ChildGuard>,
+    /// The `[storage]` section; `None` means a `dir` store at `data`.
+    pub storage: Option<String>,
     runs: u32,
 }
 
@@ -37,6 +39,19 @@ impl Node {
         https_port: u16,
         body: &str,
     ) -> anyhow::Result<Node> {
+        Self::with_storage(dir, data, None, ip, http_port, https_port, body)
+    }
+
+    /// A node with an explicit `[storage]` section (`None`: a dir store at `data`).
+    pub fn with_storage(
+        dir: tempfile::TempDir,
+        data: PathBuf,
+        storage: Option<String>,
+        ip: Ipv4Addr,
+        http_port: u16,
+        https_port: u16,
+        body: &str,
+    ) -> anyhow::Result<Node> {
         let config_path = dir.path().join("fleetgate.toml");
         let node = Node {
             http: SocketAddr::from((ip, http_port)),
@@ -46,6 +61,7 @@ impl Node {
             data,
             dir,
             child: None,
+            storage,
             runs: 0,
         };
         node.write_config(body)?;
@@ -54,11 +70,12 @@ impl Node {
 
     /// Rewrite the config file (for SIGHUP reload tests).
     pub fn write_config(&self, body: &str) -> anyhow::Result<()> {
+        let storage = self.storage.clone().unwrap_or_else(|| {
+            format!("[storage]\nkind = \"dir\"\npath = \"{}\"\n", self.data.display())
+        });
         let text = format!(
-            "[listen]\nhttp = \"{}\"\nhttps = \"{}\"\n\n[storage]\nkind = \"dir\"\npath = \"{}\"\n\n[log]\nlevel = \"info,certs=debug\"\n\n{body}\n",
-            self.http,
-            self.https,
-            self.data.display()
+            "node = \"{}\"\n\n[listen]\nhttp = \"{}\"\nhttps = \"{}\"\n\n{storage}\n[log]\nlevel = \"info,certs=debug\"\n\n{body}\n",
+            self.ip, self.http, self.https,
         );
         std::fs::write(&self.config_path, text)?;
         Ok(())

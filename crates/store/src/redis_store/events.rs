@@ -80,15 +80,28 @@ impl Subscriber {
                     self.subscribed.send_replace(true);
                     let reason = self.forward(sink, stream).await;
                     self.subscribed.send_replace(false);
-                    tracing::warn!(channel = %self.channel, %reason, "change subscription lost; reconnecting");
+                    tracing::warn!(
+                        channel = %self.channel,
+                        %reason,
+                        "change subscription lost; reconnecting"
+                    );
                 }
                 Err(reason) => {
                     failures += 1;
                     // Loud once per outage, quiet while it lasts.
                     if failures == 1 {
-                        tracing::warn!(channel = %self.channel, %reason, "cannot subscribe to changes; retrying");
+                        tracing::warn!(
+                            channel = %self.channel,
+                            %reason,
+                            "cannot subscribe to changes; retrying"
+                        );
                     } else {
-                        tracing::debug!(channel = %self.channel, %reason, failures, "cannot subscribe to changes; retrying");
+                        tracing::debug!(
+                            channel = %self.channel,
+                            %reason,
+                            failures,
+                            "cannot subscribe to changes; retrying"
+                        );
                     }
                 }
             }
@@ -120,12 +133,7 @@ impl Subscriber {
                     let Some(msg) = msg else {
                         return "connection closed".to_string();
                     };
-                    match decode(msg.get_payload_bytes()) {
-                        Some((origin, _)) if origin == self.origin => {}
-                        // An error only means nobody is subscribed.
-                        Some((_, change)) => { let _ = self.events.send(change); }
-                        None => tracing::debug!(channel = %self.channel, "ignoring a foreign message"),
-                    }
+                    self.deliver(msg.get_payload_bytes());
                 }
                 _ = health.tick() => {
                     match tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await {
@@ -135,6 +143,20 @@ impl Subscriber {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Subscriber {
+    /// Pass a message on to this store's subscribers, unless this store wrote it.
+    fn deliver(&self, payload: &[u8]) {
+        match decode(payload) {
+            Some((origin, _)) if origin == self.origin => {}
+            Some((_, change)) => {
+                // An error only means nobody is subscribed.
+                let _ = self.events.send(change);
+            }
+            None => tracing::debug!(channel = %self.channel, "ignoring a foreign message"),
         }
     }
 }

@@ -10,8 +10,8 @@
 //! <prefix>changes        pub/sub channel of change events (see `events`)
 //! ```
 //!
-//! The prefix defaults to [`RedisStore::DEFAULT_PREFIX`]; several fleetgate clusters can share a Redis
-//! database with different prefixes.
+//! The prefix defaults to [`RedisStore::DEFAULT_PREFIX`]; several fleetgate clusters can share
+//! a Redis database with different prefixes, as long as no prefix starts with another.
 //!
 //! **Atomicity.** Every write is one Lua script (see `scripts`): object + index + change event
 //! in one step; `put_fenced` checks the lease (owner, token, unexpired by the server's clock)
@@ -98,8 +98,8 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Bound on every call (default [`RedisStore::DEFAULT_TIMEOUT`]); also the connect, response and
-    /// subscription health-check timeout.
+    /// Bound on every call (default [`RedisStore::DEFAULT_TIMEOUT`]); also the connect,
+    /// response and subscription health-check timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -284,10 +284,7 @@ impl Inner {
 /// [`Error::Corrupt`]: retrying will not help. Everything else (I/O, refused or dropped
 /// connections, a server loading, read-only or out of memory) is [`Error::Unavailable`].
 fn redis_error(what: String, e: RedisError) -> Error {
-    let corrupt = matches!(e.kind(), ErrorKind::UnexpectedReturnType | ErrorKind::Parse)
-        || e.code() == Some("WRONGTYPE")
-        || e.detail().is_some_and(|d| d.contains("user_script"));
-    if corrupt {
+    if is_data_error(&e) {
         Error::Corrupt {
             key: what,
             detail: e.to_string(),
@@ -298,6 +295,20 @@ fn redis_error(what: String, e: RedisError) -> Error {
             source: Some(Box::new(e)),
         }
     }
+}
+
+fn is_data_error(e: &RedisError) -> bool {
+    if matches!(e.kind(), ErrorKind::UnexpectedReturnType | ErrorKind::Parse) {
+        return true;
+    }
+    // Also inside pipelines. A failing script is `ERR user_script:<line>: ...`; errors of the
+    // commands it calls keep their own code (`READONLY ... script: ...` stays unavailable).
+    e.clone().into_server_errors().is_some_and(|errors| {
+        errors.iter().any(|(_, s)| {
+            s.code() == "WRONGTYPE"
+                || (s.code() == "ERR" && s.details().is_some_and(|d| d.starts_with("user_script")))
+        })
+    })
 }
 
 /// The key layout (see the module docs).
@@ -426,7 +437,8 @@ impl Storage for RedisStore {
             match StorageKey::new(member) {
                 Ok(key) => out.push(key),
                 Err(e) => {
-                    tracing::warn!(error = %e, index = %inner.keys.index(), "skipping an invalid key in the index")
+                    let index = inner.keys.index();
+                    tracing::warn!(error = %e, %index, "skipping an invalid key in the index");
                 }
             }
         }
@@ -557,11 +569,79 @@ fn lease_lost(lease: &Lease) -> Error {
     }
 }
 
-/// `d` in whole milliseconds, as a decimal string for a script argument.
-fn millis(d: Duration) -> String {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).to_string()
+/// Longer lease TTLs are cut to this, so that `now + ttl` stays exact in Lua (below 2^53 ms).
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A lease TTL in whole milliseconds (at most [`MAX_TTL`]), as a script argument.
+fn millis(ttl: Duration) -> String {
+    ttl.min(MAX_TTL).as_millis().to_string()
 }
 
 fn from_unix_millis(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn server_error(resp: &str) -> RedisError {
+        match redis::parse_redis_value(resp.as_bytes()).unwrap() {
+            redis::Value::ServerError(e) => RedisError::from(e),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_errors_are_corrupt_and_the_rest_unavailable() {
+        let corrupt = [
+            "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            "-ERR user_script:1: attempt to compare nil script: abc, on @user_script:1.\r\n",
+        ];
+        for resp in corrupt {
+            let e = redis_error("x".into(), server_error(resp));
+            assert!(matches!(e, Error::Corrupt { .. }), "{resp}: {e:?}");
+        }
+        let unavailable = [
+            "-READONLY You can't write against a read only replica. script: abc\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            "-NOPERM this user has no permissions to run the 'evalsha' command\r\n",
+        ];
+        for resp in unavailable {
+            let e = redis_error("x".into(), server_error(resp));
+            assert!(matches!(e, Error::Unavailable { .. }), "{resp}: {e:?}");
+            assert!(e.is_retryable());
+        }
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(
+            redis_error("x".into(), io),
+            Error::Unavailable { .. }
+        ));
+    }
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let keys = Keys {
+            prefix: RedisStore::DEFAULT_PREFIX.to_string(),
+        };
+        let (k, name) = (
+            StorageKey::new("certs/a.json").unwrap(),
+            LockName::new("cert-a"),
+        );
+        assert_eq!(keys.object(&k), "fleetgate:obj:certs/a.json");
+        assert_eq!(keys.index(), "fleetgate:index");
+        assert_eq!(keys.lease(&name), "fleetgate:lease:cert-a");
+        assert_eq!(keys.token(&name), "fleetgate:token:cert-a");
+        assert_eq!(keys.lock_names(), "fleetgate:locknames");
+        assert_eq!(keys.channel(), "fleetgate:changes");
+    }
+
+    #[test]
+    fn ttl_is_capped() {
+        assert_eq!(millis(Duration::from_millis(1500)), "1500");
+        assert_eq!(millis(Duration::MAX), MAX_TTL.as_millis().to_string());
+    }
 }

@@ -1,0 +1,383 @@
+//! The PostgreSQL backend against a real server from `initdb` (testkit): the conformance suite,
+//! change events between nodes, migrations, and outages (frozen and killed server).
+//!
+//! nextest runs each test in its own process, so each test starts its own server (~2 s).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use store::{
+    Change, Error, LockName, PostgresOptions, PostgresStore, PostgresUrl, Storage, StorageKey,
+};
+use testkit::{Postgres, wait_for_ok};
+use tokio::sync::broadcast;
+
+/// The per-call bound used by the outage tests.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The bound on waiting for any condition.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One server for the test; every call of the closure connects a new store to it (a new node).
+async fn postgres_backend() -> impl Fn() -> Arc<dyn Storage> {
+    let pg = Postgres::start().await.unwrap();
+    let url = pg.url();
+    move || {
+        let _server = &pg; // Lives as long as the closure.
+        // `make` is synchronous; the conformance tests run on a multi-thread runtime.
+        let store = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(PostgresStore::connect(&url))
+        })
+        .unwrap();
+        Arc::new(store) as Arc<dyn Storage>
+    }
+}
+
+store::conformance_tests!(postgres_backend().await);
+
+fn key(s: &str) -> StorageKey {
+    StorageKey::new(s).unwrap()
+}
+
+async fn connect(pg: &Postgres, timeout: Duration) -> PostgresStore {
+    let url: PostgresUrl = pg.url().parse().unwrap();
+    PostgresStore::connect_with(&url, PostgresOptions::default().timeout(timeout))
+        .await
+        .unwrap()
+}
+
+/// The next event, skipping over `Lagged`.
+async fn next_event(events: &mut broadcast::Receiver<Change>) -> Change {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match events.recv().await {
+                Ok(change) => return change,
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("an event within the deadline")
+}
+
+/// Wait up to `limit` for `want`, ignoring other events.
+async fn saw(events: &mut broadcast::Receiver<Change>, want: &Change, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        loop {
+            match events.recv().await {
+                Ok(got) if &got == want => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn assert_unavailable<T: std::fmt::Debug>(result: store::Result<T>, what: &str) {
+    match result {
+        Err(e @ Error::Unavailable { .. }) => assert!(e.is_retryable()),
+        other => panic!("{what}: expected Unavailable, got {other:?}"),
+    }
+}
+
+/// Puts on one node (plain, fenced) and deletes arrive as events on another node; each node
+/// sees its own changes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_other_nodes_once() {
+    let pg = Postgres::start().await.unwrap();
+    let (a, b) = (
+        connect(&pg, SHORT_TIMEOUT * 10).await,
+        connect(&pg, SHORT_TIMEOUT * 10).await,
+    );
+    let (mut on_a, mut on_b) = (a.subscribe(), b.subscribe());
+    let k = key("events/certs/a_b.json");
+
+    a.put(&k, b"1").await.unwrap();
+    assert_eq!(next_event(&mut on_b).await, Change::Put(k.clone()));
+    let lease = a
+        .try_lock(&LockName::new("events"), "a", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    a.put_fenced(&k, b"2", &lease).await.unwrap();
+    assert_eq!(next_event(&mut on_b).await, Change::Put(k.clone()));
+    a.delete(&k).await.unwrap();
+    assert_eq!(next_event(&mut on_b).await, Change::Deleted(k.clone()));
+    // Deleting a missing key changes nothing and reports nothing.
+    a.delete(&k).await.unwrap();
+
+    // A marker from b, delivered to a through LISTEN after every earlier notification: had a
+    // received its own changes through LISTEN as well, they would come before it.
+    let marker = key("events/marker");
+    b.put(&marker, b"m").await.unwrap();
+    let mut seen_by_a = Vec::new();
+    loop {
+        let change = next_event(&mut on_a).await;
+        let done = change == Change::Put(marker.clone());
+        seen_by_a.push(change);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        seen_by_a,
+        vec![
+            Change::Put(k.clone()),
+            Change::Put(k.clone()),
+            Change::Deleted(k.clone()),
+            Change::Put(marker.clone()),
+        ]
+    );
+    assert_eq!(next_event(&mut on_b).await, Change::Put(marker));
+    a.unlock(&lease).await.unwrap();
+}
+
+/// Eight nodes starting at once apply each migration exactly once; connecting again changes
+/// nothing; the tables belong to the ordinary role (no superuser needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_and_safe_concurrently() {
+    let pg = Postgres::start().await.unwrap();
+    let url: PostgresUrl = pg.url().parse().unwrap();
+    let mut starting = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        starting.spawn(async move { PostgresStore::connect_with(&url, PostgresOptions::default()).await });
+    }
+    let mut stores = Vec::new();
+    while let Some(store) = starting.join_next().await {
+        stores.push(store.unwrap().unwrap());
+    }
+    let admin = pg.admin_client().await.unwrap();
+    let versions = |rows: Vec<tokio_postgres::Row>| -> Vec<i32> {
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect()
+    };
+    let q = "SELECT version FROM fleetgate_schema ORDER BY version";
+    assert_eq!(versions(admin.query(q, &[]).await.unwrap()), vec![1]);
+
+    let again = PostgresStore::connect(&pg.url()).await.unwrap();
+    assert_eq!(versions(admin.query(q, &[]).await.unwrap()), vec![1]);
+    let owners: Vec<String> = admin
+        .query(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename LIKE 'fleetgate\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(owners, vec!["fleetgate"; 3]);
+
+    // Every node works on the one schema.
+    let k = key("migrations/value");
+    stores[0].put(&k, b"x").await.unwrap();
+    assert_eq!(again.get(&k).await.unwrap().as_deref(), Some(&b"x"[..]));
+}
+
+/// `list` escapes LIKE's wildcards: `_` in a prefix matches only `_`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_prefix_with_underscore_is_literal() {
+    let pg = Postgres::start().await.unwrap();
+    let store = connect(&pg, Duration::from_secs(10)).await;
+    for k in ["esc/a_b/x", "esc/axb/y", "esc/a_bc/z", "esc/a_b"] {
+        store.put(&key(k), b"v").await.unwrap();
+    }
+    let mut got: Vec<String> = store
+        .list(&key("esc/a_b"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["esc/a_b", "esc/a_b/x"]);
+}
+
+/// A frozen server (SIGSTOP): calls report Unavailable within the timeout instead of hanging;
+/// after SIGCONT the same stores work again and events flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_gives_unavailable_then_recovers() {
+    let pg = Postgres::start().await.unwrap();
+    let (a, b) = (
+        connect(&pg, SHORT_TIMEOUT).await,
+        connect(&pg, SHORT_TIMEOUT).await,
+    );
+    let k = key("outage/value");
+    a.put(&k, b"before").await.unwrap();
+
+    pg.pause().unwrap();
+    let limit = SHORT_TIMEOUT + Duration::from_millis(500);
+    let started = Instant::now();
+    assert_unavailable(a.get(&k).await, "get");
+    assert!(started.elapsed() < limit, "get took {:?}", started.elapsed());
+    let started = Instant::now();
+    let lock = LockName::new("outage-frozen");
+    assert_unavailable(
+        a.try_lock(&lock, "a", Duration::from_secs(1)).await,
+        "try_lock",
+    );
+    assert!(started.elapsed() < limit, "try_lock took {:?}", started.elapsed());
+    let started = Instant::now();
+    assert_unavailable(
+        PostgresStore::connect_with(
+            &pg.url().parse().unwrap(),
+            PostgresOptions::default().timeout(SHORT_TIMEOUT),
+        )
+        .await,
+        "connect",
+    );
+    assert!(started.elapsed() < limit, "connect took {:?}", started.elapsed());
+
+    pg.resume().unwrap();
+    let got = wait_for_ok("get after resume", DEADLINE, || async {
+        Ok(a.get(&k).await?)
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.as_deref(), Some(&b"before"[..]));
+    assert_events_flow(&a, &b).await;
+    assert_events_flow(&b, &a).await;
+}
+
+/// A killed server (SIGKILL, connections reset): calls report Unavailable at once; after a
+/// restart on the same data the same stores reconnect, data is there, and the listeners resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_gives_unavailable_then_reconnects() {
+    let mut pg = Postgres::start().await.unwrap();
+    let (a, b) = (
+        connect(&pg, SHORT_TIMEOUT * 2).await,
+        connect(&pg, SHORT_TIMEOUT * 2).await,
+    );
+    let k = key("outage/value");
+    a.put(&k, b"before").await.unwrap();
+    let lease = a
+        .try_lock(&LockName::new("outage-kill"), "a", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+
+    pg.kill().await.unwrap();
+    let started = Instant::now();
+    assert_unavailable(a.get(&k).await, "get");
+    assert_unavailable(a.put(&k, b"during").await, "put");
+    assert_unavailable(a.renew(&lease, Duration::from_secs(60)).await, "renew");
+    assert!(
+        started.elapsed() < SHORT_TIMEOUT * 2 * 3 + Duration::from_secs(1),
+        "calls took {:?}",
+        started.elapsed()
+    );
+
+    pg.restart().await.unwrap();
+    let got = wait_for_ok("get after restart", DEADLINE, || async {
+        Ok(a.get(&k).await?)
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.as_deref(), Some(&b"before"[..]));
+    // The lease survived the restart with the database, and so did its fencing.
+    let renewed = a.renew(&lease, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(renewed.token, lease.token);
+    let holder = b
+        .try_lock(&lease.name, "b", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((holder.owner.as_str(), holder.token), ("a", lease.token));
+    assert_events_flow(&a, &b).await;
+    assert_events_flow(&b, &a).await;
+    a.unlock(&renewed).await.unwrap();
+}
+
+/// Writes on `from` keep being made until `to` reports one of them: its listener is
+/// (re)connected. Polls with a deadline; a write made before the listener is back is missed,
+/// which the contract allows.
+async fn assert_events_flow(from: &PostgresStore, to: &PostgresStore) {
+    let events = tokio::sync::Mutex::new(to.subscribe());
+    let mut n = 0u32;
+    wait_for_ok("an event from another node", DEADLINE, || {
+        n += 1;
+        let marker = key(&format!("outage/marker-{n}"));
+        let events = &events;
+        async move {
+            from.put(&marker, b"m").await?;
+            let mut events = events.lock().await;
+            anyhow::ensure!(
+                saw(&mut events, &Change::Put(marker), Duration::from_millis(500)).await,
+                "not seen yet"
+            );
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+}
+
+const CHILD_URL_ENV: &str = "STORE_TEST_CHILD_POSTGRES_URL";
+const CHILD_OWNER_ENV: &str = "STORE_TEST_CHILD_OWNER";
+const PROCESSES: usize = 3;
+const INCREMENTS: usize = 25;
+
+fn counter() -> (LockName, StorageKey) {
+    (
+        LockName::new("counter"),
+        StorageKey::new("counter").unwrap(),
+    )
+}
+
+/// Three copies of this test binary, each running [`multi_process_child`], increment one
+/// counter under one lock in one database: no increment is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_process_exclusion() {
+    let pg = Postgres::start().await.unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|i| {
+            tokio::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "multi_process_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_URL_ENV, pg.url())
+                .env(CHILD_OWNER_ENV, format!("process-{i}"))
+                .kill_on_drop(true)
+                .output()
+        })
+        .collect();
+    for child in children {
+        let out = tokio::time::timeout(Duration::from_secs(120), child)
+            .await
+            .unwrap()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "child failed: {log}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(log.contains("1 passed"), "child did not run the worker: {log}");
+    }
+    let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&pg.url()).await.unwrap());
+    let (_, key) = counter();
+    let n = store::conformance::read_counter(&store, &key).await;
+    assert_eq!(n, (PROCESSES * INCREMENTS) as u64);
+}
+
+/// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_process_child() {
+    let (Ok(url), Ok(owner)) = (
+        std::env::var(CHILD_URL_ENV),
+        std::env::var(CHILD_OWNER_ENV),
+    ) else {
+        return;
+    };
+    let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let (name, key) = counter();
+    store::conformance::increment_locked(&store, &name, &key, &owner, INCREMENTS).await;
+}
