@@ -7,6 +7,7 @@
 //! challenges/http-01/<token>.json        HTTP-01 key authorization (+ domain)
 //! challenges/tls-alpn-01/<domain>.json   TLS-ALPN-01 key authorization digest
 //! internal/ca.json                       the built-in CA's root certificate and key
+//! nodes/<node>.json                      each node's heartbeat (for `fleetgate status`)
 //! ```
 //! Lock names: `cert-<cert-id>`, `account-<ca>`, `internal-ca`.
 
@@ -87,4 +88,17 @@ pub fn internal_ca_lock() -> LockName {
 /// The prefixes whose objects hold private keys, sealed at rest when a sealing key is configured.
 pub fn sealed_prefixes() -> Vec<StorageKey> {
     ["certs", "acme", "internal"].into_iter().map(|p| key(p.to_string())).collect()
+}
+
+/// Where node `name` writes its heartbeat.
+pub fn node(name: &str) -> StorageKey {
+    key(format!("nodes/{}.json", store::sanitize_segment(name)))
+}
+
+pub fn nodes_prefix() -> StorageKey {
+    key("nodes".to_string())
+}
+
+pub fn status_prefix() -> StorageKey {
+    key("status".to_string())
 }

@@ -170,6 +170,7 @@ struct Task {
 /// Keeps every configured certificate obtained, renewed and deployed.
 pub struct Manager {
     store: Arc<dyn Storage>,
+    cache: Option<Arc<dyn Storage>>,
     deployer: Arc<dyn Deployer>,
     challenges: Arc<Challenges>,
     internal: Arc<InternalCa>,
@@ -195,10 +196,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Manager {
     pub fn new(store: Arc<dyn Storage>, deployer: Arc<dyn Deployer>, node: String) -> Arc<Self> {
+        Self::with_cache(store, None, deployer, node)
+    }
+
+    /// Like [`Manager::new`], keeping a copy of every certificate it serves in `cache` (a store
+    /// local to this node), so it can serve them, and restart, while the shared store is down.
+    pub fn with_cache(
+        store: Arc<dyn Storage>,
+        cache: Option<Arc<dyn Storage>>,
+        deployer: Arc<dyn Deployer>,
+        node: String,
+    ) -> Arc<Self> {
         let challenges = Arc::new(Challenges::new(store.clone()));
         let internal = Arc::new(InternalCa::new(store.clone(), node.clone()));
         let manager = Arc::new(Manager {
             store,
+            cache,
             deployer,
             challenges,
             internal,
@@ -386,12 +399,16 @@ impl CertWorker {
         let mut deployed_serial: Option<String> = None;
         let mut backoff = Backoff::new();
         let mut stamp: Option<files::FileStamp> = None;
+        let mut cached_serial: Option<String> = None;
         loop {
             let next = match &self.cert.source {
                 CertSource::Files { cert, key } => {
                     self.files_step(cert, key, &mut deployed_serial, &mut stamp).await
                 }
-                _ => self.issued_step(&mut deployed_serial, &mut backoff).await,
+                _ => {
+                    self.issued_step(&mut deployed_serial, &mut cached_serial, &mut backoff)
+                        .await
+                }
             };
             let Next::Wait(delay) = next;
             tokio::select! {
@@ -449,6 +466,27 @@ impl CertWorker {
         Next::Wait(FILE_POLL)
     }
 
+    /// The copy in this node's local cache, if any.
+    async fn load_cached(&self) -> Option<CertBundle> {
+        let (cache, key) = (self.manager.cache.as_ref()?, self.cert.storage_key()?);
+        let bytes = cache.get(&key).await.ok()??;
+        CertBundle::from_json(&bytes).ok()
+    }
+
+    /// Keep the local cache in step with what is served (only when the serial changed).
+    async fn save_cached(&self, bundle: &CertBundle, cached_serial: &mut Option<String>) {
+        let (Some(cache), Some(key)) = (self.manager.cache.as_ref(), self.cert.storage_key()) else {
+            return;
+        };
+        if cached_serial.as_deref() == Some(bundle.meta.serial.as_str()) {
+            return;
+        }
+        match cache.put(&key, &bundle.to_json()).await {
+            Ok(()) => *cached_serial = Some(bundle.meta.serial.clone()),
+            Err(e) => debug!(error = %e, "could not update the local cache"),
+        }
+    }
+
     async fn load_stored(&self) -> Result<Option<CertBundle>> {
         let Some(key) = self.cert.storage_key() else {
             return Ok(None);
@@ -465,16 +503,34 @@ impl CertWorker {
         }
     }
 
-    async fn issued_step(&self, deployed_serial: &mut Option<String>, backoff: &mut Backoff) -> Next {
+    async fn issued_step(
+        &self,
+        deployed_serial: &mut Option<String>,
+        cached_serial: &mut Option<String>,
+        backoff: &mut Backoff,
+    ) -> Next {
         let now = now_unix();
         let stored = match self.load_stored().await {
             Ok(b) => b,
             Err(e) => {
+                // The shared store is down: keep serving, from the local cache if this node has
+                // nothing deployed yet (a restart during the outage), and retry with backoff.
+                if deployed_serial.is_none() {
+                    if let Some(bundle) = self.load_cached().await.filter(|b| self.cert.wants(b)) {
+                        info!(error = %e, "the store is unavailable; serving the locally cached certificate");
+                        let _ = self.deploy(&bundle, deployed_serial);
+                        *cached_serial = Some(bundle.meta.serial.clone());
+                        return Next::Wait(backoff_store(backoff));
+                    }
+                }
                 warn!(error = %e, "cannot read the store; serving what we have");
                 return Next::Wait(backoff_store(backoff));
             }
         };
         let current = stored.filter(|b| self.cert.wants(b));
+        if let Some(bundle) = &current {
+            self.save_cached(bundle, cached_serial).await;
+        }
         if let Some(bundle) = &current {
             if let Err(e) = self.deploy(bundle, deployed_serial) {
                 warn!(error = %e, "stored certificate cannot be served; ordering a new one");

@@ -30,6 +30,9 @@ pub enum EdgeError {
     /// A redirect target that is not an absolute http(s) URL usable as a Location prefix.
     #[error("redirect target {to:?}: {reason}")]
     InvalidRedirect { to: String, reason: &'static str },
+    /// A proxy site's settings cannot be used (upstream URL, timeouts, roots, health check).
+    #[error("proxy {what}: {reason}")]
+    InvalidProxy { what: String, reason: String },
     /// rustls refused the TLS configuration (for example no ticketer could be made).
     #[error("TLS configuration")]
     Tls(#[from] rustls::Error),

@@ -1,22 +1,25 @@
 //! The request handler: host checks, ACME HTTP-01, the HTTPS redirect and site actions.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::Full;
+use hyper::body::{Body as _, Incoming};
 use rustls::sign::CertifiedKey;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::host::Host;
+use crate::proxy::{AccessLog, Downstream, Forwarder};
 use crate::redirect::https_location;
 use crate::routes::{Prepared, Route};
 use crate::server::Edge;
 
-/// Response body type of every answer.
-pub(crate) type Body = Full<Bytes>;
+/// Response body type of every answer: fixed, or an upstream's streamed through.
+pub(crate) type Body = crate::proxy::ResponseBody;
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
@@ -35,10 +38,20 @@ pub(crate) enum Transport {
 pub(crate) struct Handler {
     pub(crate) edge: Arc<Edge>,
     pub(crate) transport: Transport,
+    /// The client's address (for X-Forwarded-For, Forwarded and ip_hash).
+    pub(crate) peer: SocketAddr,
+    /// The edge's shutdown (upgraded tunnels end with it).
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// A site action decided while the routes were borrowed, run after they were let go.
+enum Next {
+    Done(Response<Body>),
+    Proxy(Arc<Forwarder>, Option<AccessLog>),
 }
 
 impl Handler {
-    pub(crate) async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let host = match request_host(&req) {
             Ok(host) => host,
             Err(reason) => {
@@ -58,17 +71,17 @@ impl Handler {
             }
         };
         match &self.transport {
-            Transport::Plain => self.plain(&req, &host).await,
-            Transport::Tls { sni, key } => self.tls(&req, &host, sni, key),
+            Transport::Plain => self.plain(req, &host).await,
+            Transport::Tls { sni, key } => self.tls(req, &host, sni, key).await,
         }
     }
 
-    async fn plain<B>(&self, req: &Request<B>, host: &Host) -> Response<Body> {
+    async fn plain(&self, req: Request<Incoming>, host: &Host) -> Response<Body> {
         let routes = self.edge.routes.load();
         let Some(route) = host.name().and_then(|name| routes.lookup(name)) else {
             return text(StatusCode::NOT_FOUND, "unknown host\n");
         };
-        if let Some(token) = challenge_token(req) {
+        if let Some(token) = challenge_token(&req) {
             // Not held across the responder's await: a long-lived guard slows arc-swap writers.
             drop(routes);
             return self.http01(host, token).await;
@@ -79,12 +92,15 @@ impl Handler {
                 None => text(StatusCode::BAD_REQUEST, "bad request\n"),
             };
         }
-        act(route, req)
+        let next = prepare(route, &req, host);
+        // Not held while an upstream answers.
+        drop(routes);
+        self.run(next, req, false).await
     }
 
-    fn tls<B>(
+    async fn tls(
         &self,
-        req: &Request<B>,
+        req: Request<Incoming>,
         host: &Host,
         sni: &str,
         key: &Arc<CertifiedKey>,
@@ -107,13 +123,32 @@ impl Handler {
         let Some(route) = routes.lookup(name) else {
             return misdirected();
         };
-        let mut response = act(route, req);
-        if let Some(hsts) = &route.hsts {
+        let next = prepare(route, &req, host);
+        let hsts = route.hsts.clone();
+        drop(routes);
+        let mut response = self.run(next, req, true).await;
+        if let Some(hsts) = hsts {
             response
                 .headers_mut()
-                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
         }
         response
+    }
+
+    /// Finishes a site action: a ready answer, or the proxy's.
+    async fn run(&self, next: Next, req: Request<Incoming>, https: bool) -> Response<Body> {
+        match next {
+            Next::Done(response) => response,
+            Next::Proxy(forwarder, log) => {
+                let down = Downstream {
+                    peer: self.peer,
+                    https,
+                    shutdown: &self.shutdown,
+                    drain_timeout: self.edge.limits.drain_timeout,
+                };
+                forwarder.forward(req, &down, log).await
+            }
+        }
     }
 
     async fn http01(&self, host: &Host, token: &str) -> Response<Body> {
@@ -125,7 +160,7 @@ impl Handler {
         match timeout(self.edge.limits.challenge_timeout, lookup).await {
             Ok(Some(key_authorization)) => {
                 debug!(host = name, token, "answered HTTP-01 challenge");
-                let mut response = Response::new(Full::new(Bytes::from(key_authorization)));
+                let mut response = Response::new(Body::fixed(key_authorization));
                 response
                     .headers_mut()
                     .insert(header::CONTENT_TYPE, text_plain());
@@ -140,7 +175,24 @@ impl Handler {
     }
 }
 
-/// The site's own action.
+/// Starts the site's action: answers at once, or hands over to the proxy. With `access_log`
+/// on, a ready answer is logged here; the proxy logs its own.
+fn prepare<B>(route: &Route, req: &Request<B>, host: &Host) -> Next {
+    let log = route
+        .access_log
+        .then(|| AccessLog::start(req, host.as_str()));
+    if let Prepared::Proxy(forwarder) = &route.action {
+        return Next::Proxy(Arc::clone(forwarder), log);
+    }
+    let response = act(route, req);
+    if let Some(log) = log {
+        let bytes = response.body().size_hint().exact().unwrap_or(0);
+        log.finish(response.status().as_u16(), None, bytes);
+    }
+    Next::Done(response)
+}
+
+/// The site's own action (not the proxy's).
 fn act<B>(route: &Route, req: &Request<B>) -> Response<Body> {
     match &route.action {
         Prepared::Redirect(r) => match r.location(req.uri()) {
@@ -148,13 +200,15 @@ fn act<B>(route: &Route, req: &Request<B>) -> Response<Body> {
             None => text(StatusCode::BAD_REQUEST, "bad request\n"),
         },
         Prepared::Respond { status, body } => {
-            let mut response = Response::new(Full::new(body.clone()));
+            let mut response = Response::new(Body::fixed(body.clone()));
             *response.status_mut() = *status;
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, text_plain());
             response
         }
+        // Never reached: `prepare` hands proxied sites over before calling this.
+        Prepared::Proxy(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
     }
 }
 
@@ -193,7 +247,7 @@ fn request_host<B>(req: &Request<B>) -> Result<Host, &'static str> {
 }
 
 fn redirect(status: StatusCode, location: HeaderValue) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     response.headers_mut().insert(header::LOCATION, location);
     response
@@ -211,7 +265,7 @@ fn text_plain() -> HeaderValue {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut response = Response::new(Body::fixed(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response
         .headers_mut()

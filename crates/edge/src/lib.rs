@@ -1,6 +1,7 @@
 //! fleetgate's listeners: HTTP and HTTPS for many sites.
 //!
-//! - [`Routes`] maps hostnames to [`Site`]s and their [`Action`] (redirect or fixed response).
+//! - [`Routes`] maps hostnames to [`Site`]s and their [`Action`] (redirect, fixed response or
+//!   reverse [`Proxy`] to upstream web servers).
 //! - [`CertMap`] maps SNI names to certificates; rustls consults it on every handshake, writers
 //!   swap it atomically.
 //! - [`Edge`] runs the accept loops: TLS with rustls (aws-lc-rs), TLS-ALPN-01 on the HTTPS
@@ -17,6 +18,7 @@ mod host;
 mod http;
 mod idle;
 mod limits;
+mod proxy;
 mod redirect;
 mod resolver;
 mod routes;
@@ -27,6 +29,7 @@ pub use challenge::{ChallengeResponder, NoChallenges};
 pub use error::EdgeError;
 pub use host::{Host, HostError};
 pub use limits::Limits;
+pub use proxy::{HealthCheck, HostHeader, Policy, Proxy};
 pub use redirect::Redirect;
 pub use resolver::CertMap;
 pub use routes::{Action, Hsts, Routes, Site};

@@ -10,6 +10,7 @@ use http::header::HeaderValue;
 
 use crate::error::EdgeError;
 use crate::host::normalise_config_name;
+use crate::proxy::{Forwarder, Proxy};
 use crate::redirect::{PreparedRedirect, Redirect};
 
 /// One site: the hostnames it answers for and what it does with requests.
@@ -24,6 +25,9 @@ pub struct Site {
     pub https_redirect: bool,
     /// Strict-Transport-Security on HTTPS responses.
     pub hsts: Option<Hsts>,
+    /// One structured `tracing` event (target `access`) per request the site's action
+    /// handles. Default off.
+    pub access_log: bool,
 }
 
 impl Site {
@@ -34,6 +38,7 @@ impl Site {
             action,
             https_redirect: true,
             hsts: None,
+            access_log: false,
         }
     }
 }
@@ -48,6 +53,8 @@ pub enum Action {
         status: u16,
         body: Bytes,
     },
+    /// Forward to the site's upstream web servers.
+    Proxy(Proxy),
 }
 
 /// Strict-Transport-Security settings.
@@ -75,6 +82,8 @@ impl Hsts {
 pub(crate) enum Prepared {
     Redirect(PreparedRedirect),
     Respond { status: StatusCode, body: Bytes },
+    /// Shared with the requests in flight; its health checks stop when the last holder goes.
+    Proxy(Arc<Forwarder>),
 }
 
 /// A site as the request handler sees it.
@@ -83,6 +92,7 @@ pub(crate) struct Route {
     pub(crate) action: Prepared,
     pub(crate) https_redirect: bool,
     pub(crate) hsts: Option<HeaderValue>,
+    pub(crate) access_log: bool,
 }
 
 impl Route {
@@ -103,11 +113,13 @@ impl Route {
                     body: body.clone(),
                 }
             }
+            Action::Proxy(proxy) => Prepared::Proxy(Arc::new(Forwarder::new(proxy)?)),
         };
         Ok(Route {
             action,
             https_redirect: site.https_redirect,
             hsts: site.hsts.as_ref().map(Hsts::header_value),
+            access_log: site.access_log,
         })
     }
 }

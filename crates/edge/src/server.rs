@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,7 +180,7 @@ impl Edge {
                     let _permit = permit;
                     tokio::select! {
                         () = drop_all.cancelled() => debug!("dropped at drain timeout"),
-                        () = edge.connection(stream, scheme, &shutdown) => {}
+                        () = edge.connection(stream, peer, scheme, &shutdown) => {}
                     }
                 }
                 .instrument(span),
@@ -210,18 +211,19 @@ impl Edge {
     async fn connection(
         self: &Arc<Self>,
         stream: TcpStream,
+        peer: SocketAddr,
         scheme: Scheme,
         shutdown: &CancellationToken,
     ) {
         match scheme {
-            Scheme::Http => self.serve(stream, Transport::Plain, shutdown).await,
+            Scheme::Http => self.serve(stream, peer, Transport::Plain, shutdown).await,
             Scheme::Https => {
                 let handshake = self
                     .tls
                     .handshake(stream, &self.certs, &*self.challenges, &self.limits)
                     .await;
                 if let Handshake::Serve { stream, sni, key } = handshake {
-                    self.serve(stream, Transport::Tls { sni, key }, shutdown)
+                    self.serve(stream, peer, Transport::Tls { sni, key }, shutdown)
                         .await;
                 }
             }
@@ -229,15 +231,23 @@ impl Edge {
     }
 
     /// Serves HTTP/1.1 or HTTP/2 on one connection until the client leaves, the connection has
-    /// been quiet too long, or shutdown; the last two close it gracefully.
-    async fn serve<I>(self: &Arc<Self>, io: I, transport: Transport, shutdown: &CancellationToken)
-    where
+    /// been quiet too long, or shutdown; the last two close it gracefully. An HTTP/1.1 protocol
+    /// switch (WebSocket) hands the connection to the proxy's tunnel and ends this.
+    async fn serve<I>(
+        self: &Arc<Self>,
+        io: I,
+        peer: SocketAddr,
+        transport: Transport,
+        shutdown: &CancellationToken,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::default());
         let handler = Arc::new(Handler {
             edge: Arc::clone(self),
             transport,
+            peer,
+            shutdown: shutdown.clone(),
         });
         let service = {
             let activity = Arc::clone(&activity);
@@ -248,7 +258,7 @@ impl Edge {
             })
         };
         let io = TokioIo::new(Tracked::new(io, Arc::clone(&activity)));
-        let conn = self.http.serve_connection(io, service);
+        let conn = self.http.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let mut watchdog = Watchdog::new(
             activity,

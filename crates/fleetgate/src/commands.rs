@@ -12,6 +12,12 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     writeln!(out, "listen: http {} https {}", config.listen_http, config.listen_https)?;
     match &config.storage {
         crate::config::StorageConfig::Dir { path } => writeln!(out, "storage: dir {}", path.display())?,
+        crate::config::StorageConfig::Postgres { path, .. } => {
+            writeln!(out, "storage: postgres (local cache {})", path.display())?
+        }
+        crate::config::StorageConfig::Redis { prefix, path, .. } => {
+            writeln!(out, "storage: redis, prefix {prefix:?} (local cache {})", path.display())?
+        }
     }
     if let Some(acme) = &config.acme {
         let challenges: Vec<&str> = acme.challenges.iter().map(|c| c.as_str()).collect();
@@ -52,7 +58,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 
 /// `fleetgate certs`: one row per certificate, read from storage and files.
 pub async fn certs(config: &Config) -> anyhow::Result<()> {
-    let store = crate::run::open_store(config)?;
+    let (store, _) = crate::run::open_store(config).await?;
     let rows = certs::Manager::statuses(store.as_ref(), &config.managed_certs()).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut out = std::io::stdout().lock();
@@ -89,7 +95,7 @@ pub async fn certs(config: &Config) -> anyhow::Result<()> {
 
 /// `fleetgate ca export`: the built-in CA's root, PEM.
 pub async fn ca_export(config: &Config) -> anyhow::Result<()> {
-    let store = crate::run::open_store(config)?;
+    let (store, _) = crate::run::open_store(config).await?;
     let node = crate::run::node_name(config);
     let ca = certs::internal::InternalCa::new(store, node);
     let pem = ca.root_pem().await?;

@@ -89,6 +89,10 @@ struct RawStorage {
     #[serde(default)]
     path: Option<String>,
     #[serde(default)]
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
     seal_key_file: Option<Spanned<String>>,
 }
 
@@ -97,6 +101,8 @@ impl Default for RawStorage {
         RawStorage {
             kind: default_kind(),
             path: None,
+            url: None,
+            prefix: None,
             seal_key_file: None,
         }
     }
@@ -164,6 +170,8 @@ struct RawSite {
     https_redirect: Option<bool>,
     #[serde(default)]
     hsts: Option<Spanned<RawHsts>>,
+    #[serde(default)]
+    access_log: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,17 +252,20 @@ pub struct Config {
     pub sites: Vec<SiteConfig>,
 }
 
+/// Where the shared state lives. `path` is the store itself for `dir`, and this node's local
+/// cache (served from while the shared store is down) for `postgres` and `redis`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageConfig {
     Dir { path: PathBuf },
+    Postgres { url: String, path: PathBuf },
+    Redis { url: String, prefix: String, path: PathBuf },
 }
 
-/// The sealing key's origin. The key itself is read when the store is opened.
+/// The sealing key's origin when it is a file; without one, the `FLEETGATE_SEAL_KEY`
+/// environment variable is used if set. The key itself is read when the store is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SealKeySource {
     File(PathBuf),
-    /// The `FLEETGATE_SEAL_KEY` environment variable.
-    Env,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +301,8 @@ pub struct SiteConfig {
     pub key_type: KeyType,
     pub https_redirect: bool,
     pub hsts: Option<edge::Hsts>,
+    /// One structured log event per request the site's action handles.
+    pub access_log: bool,
 }
 
 /// Names per ACME order; larger sites are split into several certificates.
@@ -354,27 +367,37 @@ impl Config {
             return Err(ctx.err(Some(raw.listen.https.span()), "listen.https", "must differ from listen.http"));
         }
 
-        let storage = match raw.storage.kind.get_ref().as_str() {
-            "dir" => StorageConfig::Dir {
-                path: raw
-                    .storage
-                    .path
-                    .as_deref()
-                    .map(resolve)
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/fleetgate")),
-            },
-            "postgres" | "redis" => {
-                return Err(ctx.err(
-                    Some(raw.storage.kind.span()),
-                    "storage.kind",
-                    format!("{:?} is not available in this build yet; use \"dir\"", raw.storage.kind.get_ref()),
-                ));
+        let data_path = raw
+            .storage
+            .path
+            .as_deref()
+            .map(resolve)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/fleetgate"));
+        let url = |scheme: &[&str]| -> Result<String, ConfigError> {
+            let Some(url) = &raw.storage.url else {
+                return Err(ctx.err(Some(raw.storage.kind.span()), "storage.url", format!("storage.kind = {:?} needs a url", raw.storage.kind.get_ref())));
+            };
+            if !scheme.iter().any(|s| url.get_ref().starts_with(s)) {
+                return Err(ctx.err(Some(url.span()), "storage.url", format!("expected a URL starting with {}", scheme.join(" or "))));
             }
+            Ok(url.get_ref().clone())
+        };
+        let storage = match raw.storage.kind.get_ref().as_str() {
+            "dir" => StorageConfig::Dir { path: data_path },
+            "postgres" => StorageConfig::Postgres {
+                url: url(&["postgres://", "postgresql://"])?,
+                path: data_path,
+            },
+            "redis" => StorageConfig::Redis {
+                url: url(&["redis://", "rediss://", "unix://"])?,
+                prefix: raw.storage.prefix.clone().unwrap_or_else(|| "fleetgate:".to_string()),
+                path: data_path,
+            },
             other => {
                 return Err(ctx.err(
                     Some(raw.storage.kind.span()),
                     "storage.kind",
-                    format!("expected \"dir\", got {other:?}"),
+                    format!("expected \"dir\", \"postgres\" or \"redis\", got {other:?}"),
                 ));
             }
         };
@@ -577,6 +600,7 @@ impl Config {
                 key_type,
                 https_redirect: site.https_redirect.unwrap_or(true),
                 hsts,
+                access_log: site.access_log,
             });
         }
 
@@ -780,6 +804,8 @@ mod tests {
     fn bad_values_are_explained() {
         assert!(err("[listen]\nhttp = \"nonsense\"\n").contains(":2: listen.http: expected an address"));
         assert!(err("[storage]\nkind = \"s3\"\n").contains("storage.kind"));
+        assert!(err("[storage]\nkind = \"postgres\"\n").contains("storage.url"));
+        assert!(err("[storage]\nkind = \"redis\"\nurl = \"http://x\"\n").contains("storage.url"));
         assert!(err(&format!("{ACME}challenges = [\"dns-01\"]\n")).contains("acme.challenges"));
         assert!(err("[limits]\nidle_timeout = \"forever\"\n").contains("limits.idle_timeout"));
         assert!(err("[log]\nformat = \"xml\"\n").contains("log.format"));

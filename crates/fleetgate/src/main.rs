@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod deploy;
 mod run;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Cluster health: nodes seen recently, store health, pending orders, locks held and by whom.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// The built-in CA.
     Ca {
         #[command(subcommand)]
@@ -56,7 +62,10 @@ enum CaCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = match &cli.command {
-        Command::Run { config } | Command::Check { config } | Command::Certs { config } => config,
+        Command::Run { config }
+        | Command::Check { config }
+        | Command::Certs { config }
+        | Command::Status { config } => config,
         Command::Ca { command: CaCommand::Export { config } } => config,
     };
     let config = match config::Config::load(config_path) {
@@ -76,6 +85,7 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(run::run(config)))
         }
         Command::Certs { .. } => runtime().and_then(|rt| rt.block_on(commands::certs(&config))),
+        Command::Status { .. } => runtime().and_then(|rt| rt.block_on(status::status(&config))),
         Command::Ca { command: CaCommand::Export { .. } } => {
             runtime().and_then(|rt| rt.block_on(commands::ca_export(&config)))
         }

@@ -24,30 +24,70 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
-/// Open the configured storage backend, sealing private keys when a sealing key is configured
-/// (`storage.seal_key_file`, or the `FLEETGATE_SEAL_KEY` environment variable).
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn store::Storage>> {
-    let backend: Arc<dyn store::Storage> = match &config.storage {
-        StorageConfig::Dir { path } => Arc::new(
-            store::DirStore::open(path.clone())
-                .with_context(|| format!("cannot open the storage directory {}", path.display()))?,
-        ),
-    };
+/// The configured sealing key, if any: `storage.seal_key_file`, else `FLEETGATE_SEAL_KEY`.
+fn seal_key(config: &Config) -> anyhow::Result<Option<store::SealKey>> {
     let key_text = match &config.seal_key {
         Some(SealKeySource::File(path)) => Some((
-            std::fs::read_to_string(path).with_context(|| format!("cannot read storage.seal_key_file {}", path.display()))?,
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read storage.seal_key_file {}", path.display()))?,
             format!("storage.seal_key_file {}", path.display()),
         )),
-        Some(SealKeySource::Env) | None => std::env::var("FLEETGATE_SEAL_KEY")
+        None => std::env::var("FLEETGATE_SEAL_KEY")
             .ok()
             .map(|k| (k, "FLEETGATE_SEAL_KEY".to_string())),
     };
     match key_text {
-        Some((text, origin)) => {
-            let key = store::SealKey::from_hex(&text).with_context(|| format!("{origin}"))?;
-            Ok(Arc::new(store::SealedStore::new(backend, &key, certs::layout::sealed_prefixes())))
+        Some((text, origin)) => Ok(Some(store::SealKey::from_hex(&text).with_context(|| origin)?)),
+        None => Ok(None),
+    }
+}
+
+fn sealed(backend: Arc<dyn store::Storage>, key: &Option<store::SealKey>) -> Arc<dyn store::Storage> {
+    match key {
+        Some(key) => Arc::new(store::SealedStore::new(backend, key, certs::layout::sealed_prefixes())),
+        None => backend,
+    }
+}
+
+fn open_dir(path: &std::path::Path) -> anyhow::Result<Arc<dyn store::Storage>> {
+    Ok(Arc::new(
+        store::DirStore::open(path.to_path_buf())
+            .with_context(|| format!("cannot open the storage directory {}", path.display()))?,
+    ))
+}
+
+/// Open the configured storage backend (private keys sealed when a sealing key is configured),
+/// and for shared backends this node's local cache.
+pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>)> {
+    let key = seal_key(config)?;
+    let (backend, cache): (Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>) = match &config.storage {
+        StorageConfig::Dir { path } => (open_dir(path)?, None),
+        StorageConfig::Postgres { url, path } => {
+            let store = store::PostgresStore::connect(url)
+                .await
+                .with_context(|| format!("cannot connect to PostgreSQL (storage.url {})", redact(url)))?;
+            (Arc::new(store), Some(open_dir(&path.join("cache"))?))
         }
-        None => Ok(backend),
+        StorageConfig::Redis { url, prefix, path } => {
+            let store = store::RedisStore::builder(url.clone())
+                .prefix(prefix.clone())
+                .connect_lazy()
+                .with_context(|| format!("cannot use Redis (storage.url {})", redact(url)))?;
+            (Arc::new(store), Some(open_dir(&path.join("cache"))?))
+        }
+    };
+    Ok((sealed(backend, &key), cache.map(|c| sealed(c, &key))))
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -82,6 +122,7 @@ pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
             },
             https_redirect: site.https_redirect,
             hsts: site.hsts.clone(),
+            access_log: site.access_log,
         })
         .collect();
     edge::Routes::new(sites).map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))
@@ -89,11 +130,13 @@ pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = node_name(&config);
-    let store = open_store(&config)?;
+    let (store, cache) = open_store(&config).await?;
     let initial_routes = routes(&config)?;
     let cert_map = Arc::new(edge::CertMap::new());
-    let manager = certs::Manager::new(
+    let cert_map_for_status = cert_map.clone();
+    let manager = certs::Manager::with_cache(
         store.clone(),
+        cache,
         Arc::new(SniDeployer(cert_map.clone())),
         node.clone(),
     );
@@ -127,6 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     manager.apply(config.managed_certs());
+    let heartbeat = crate::status::spawn_heartbeat(store.clone(), &config, node.clone(), cert_map_for_status, shutdown.clone());
 
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
@@ -158,7 +202,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Stop accepting and drain in-flight requests (bounded by limits.drain_timeout inside the
     // edge), then stop certificate work and release this node's leases.
     shutdown.cancel();
-    let _ = tokio::join!(http_task, https_task);
+    let _ = tokio::join!(http_task, https_task, heartbeat);
     manager.shutdown().await;
     info!("stopped");
     Ok(())

@@ -145,7 +145,9 @@ async fn migrations_are_idempotent_and_safe_concurrently() {
     let mut starting = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let url = url.clone();
-        starting.spawn(async move { PostgresStore::connect_with(&url, PostgresOptions::default()).await });
+        starting.spawn(async move {
+            PostgresStore::connect_with(&url, PostgresOptions::default()).await
+        });
     }
     let mut stores = Vec::new();
     while let Some(store) = starting.join_next().await {
@@ -210,17 +212,25 @@ async fn frozen_server_gives_unavailable_then_recovers() {
     a.put(&k, b"before").await.unwrap();
 
     pg.pause().unwrap();
-    let limit = SHORT_TIMEOUT + Duration::from_millis(500);
+    let limit = SHORT_TIMEOUT + Duration::from_secs(1);
     let started = Instant::now();
     assert_unavailable(a.get(&k).await, "get");
-    assert!(started.elapsed() < limit, "get took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < limit,
+        "get took {:?}",
+        started.elapsed()
+    );
     let started = Instant::now();
     let lock = LockName::new("outage-frozen");
     assert_unavailable(
         a.try_lock(&lock, "a", Duration::from_secs(1)).await,
         "try_lock",
     );
-    assert!(started.elapsed() < limit, "try_lock took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < limit,
+        "try_lock took {:?}",
+        started.elapsed()
+    );
     let started = Instant::now();
     assert_unavailable(
         PostgresStore::connect_with(
@@ -230,7 +240,11 @@ async fn frozen_server_gives_unavailable_then_recovers() {
         .await,
         "connect",
     );
-    assert!(started.elapsed() < limit, "connect took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < limit,
+        "connect took {:?}",
+        started.elapsed()
+    );
 
     pg.resume().unwrap();
     let got = wait_for_ok("get after resume", DEADLINE, || async {
@@ -306,7 +320,12 @@ async fn assert_events_flow(from: &PostgresStore, to: &PostgresStore) {
             from.put(&marker, b"m").await?;
             let mut events = events.lock().await;
             anyhow::ensure!(
-                saw(&mut events, &Change::Put(marker), Duration::from_millis(500)).await,
+                saw(
+                    &mut events,
+                    &Change::Put(marker),
+                    Duration::from_millis(500)
+                )
+                .await,
                 "not seen yet"
             );
             Ok(())
@@ -360,7 +379,10 @@ async fn multi_process_exclusion() {
             "child failed: {log}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(log.contains("1 passed"), "child did not run the worker: {log}");
+        assert!(
+            log.contains("1 passed"),
+            "child did not run the worker: {log}"
+        );
     }
     let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&pg.url()).await.unwrap());
     let (_, key) = counter();
@@ -371,10 +393,8 @@ async fn multi_process_exclusion() {
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_process_child() {
-    let (Ok(url), Ok(owner)) = (
-        std::env::var(CHILD_URL_ENV),
-        std::env::var(CHILD_OWNER_ENV),
-    ) else {
+    let (Ok(url), Ok(owner)) = (std::env::var(CHILD_URL_ENV), std::env::var(CHILD_OWNER_ENV))
+    else {
         return;
     };
     let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&url).await.unwrap());

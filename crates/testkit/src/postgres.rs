@@ -3,8 +3,9 @@
 //!
 //! The Debian `postgresql` package provides the programs under `/usr/lib/postgresql/<major>/bin`
 //! (the newest major found is used). The server runs with `fsync=off` (a test never survives a
-//! machine crash, only process kills) and trust authentication on loopback and a private socket
-//! directory. It has a superuser `postgres` and a database `fleetgate` owned by the ordinary
+//! machine crash, only process kills) but `synchronous_commit` on (off, a [`Postgres::kill`]
+//! loses commits already acknowledged), and trust authentication on loopback and a private
+//! socket directory. It has a superuser `postgres` and a database `fleetgate` owned by the ordinary
 //! role `fleetgate`, which [`Postgres::url`] connects as.
 //!
 //! **Running as root.** `initdb` and `postgres` refuse to run as root. Then both run as the
@@ -14,9 +15,12 @@
 //! itself. The temporary directory is chowned to that user. As any other user, both run as that
 //! user.
 //!
-//! The server is the leader of its own process group, so [`Postgres::pause`] freezes the
-//! postmaster *and* every backend (freezing the postmaster alone would leave open connections
-//! working), and [`Postgres::kill`] leaves no orphaned backend holding the data directory.
+//! **Signals reach every server process.** Each backend is its own process group leader
+//! (PostgreSQL calls `setsid` in every child), so neither the postmaster's pid nor its group
+//! reaches them. [`Postgres::pause`] freezes the postmaster first (so it forks nothing more),
+//! then every process under it, found through `/proc`: freezing the postmaster alone would
+//! leave open connections working. [`Postgres::kill`] and drop kill them all the same way, so no
+//! orphaned backend holds the data directory.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -52,6 +56,10 @@ const INITDB_DEADLINE: Duration = Duration::from_secs(120);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts when the server exits at startup because another process took its port.
 const START_ATTEMPTS: u32 = 3;
+/// Pause between attempts of [`Postgres::restart`].
+const RESTART_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long [`Postgres::pause`] waits for the postmaster to be stopped.
+const FREEZE_DEADLINE: Duration = Duration::from_secs(5);
 /// How long [`Postgres::kill`] waits for the killed server to be reaped.
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 /// The ordinary role and database that [`Postgres::url`] names.
@@ -179,15 +187,19 @@ impl Postgres {
         connect(&self.admin_url()).await
     }
 
-    /// Freezes the server and all its backends (`SIGSTOP` to its process group): connections
-    /// stay open, nothing answers.
+    /// Freezes the server and all its backends (`SIGSTOP`): connections stay open, nothing
+    /// answers.
     pub fn pause(&self) -> anyhow::Result<()> {
-        self.signal_group("STOP")
+        freeze(self.running()?.pid())
     }
 
-    /// Resumes after [`pause`](Self::pause) (`SIGCONT`).
+    /// Resumes after [`pause`](Self::pause) (`SIGCONT`, backends first).
     pub fn resume(&self) -> anyhow::Result<()> {
-        self.signal_group("CONT")
+        let root = self.running()?.pid();
+        let mut all = tree(root);
+        all.reverse();
+        signal_all(&all, "CONT");
+        signal(root, "CONT")
     }
 
     /// Kills the server and all its backends (`SIGKILL`, like a crash; connections are reset)
@@ -196,8 +208,7 @@ impl Postgres {
         let Some(mut server) = self.server.take() else {
             return Ok(());
         };
-        // A frozen group dies from SIGKILL too.
-        self.signal_group_of(&server, "KILL")?;
+        kill_tree(server.pid());
         server.wait_exit(EXIT_DEADLINE).await?;
         Ok(())
     }
@@ -217,7 +228,7 @@ impl Postgres {
                         return Err(e.context("restart postgres"));
                     }
                     self.server = None;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(RESTART_RETRY_PAUSE).await;
                 }
             }
         }
@@ -239,28 +250,34 @@ impl Postgres {
             .arg(self.addr.port().to_string())
             .arg("-c")
             .arg(format!("listen_addresses={}", self.addr.ip()))
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            // fsync=off, but synchronous_commit stays on: a commit has reached the kernel before it
+            // is acknowledged, so SIGKILL (unlike a machine crash) loses nothing acknowledged.
+            .args(["-c", "fsync=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-            // Its own process group, so signals reach every backend (see the module docs).
+            // Keep terminal signals (Ctrl-C on a test run) to the test.
             .process_group(0);
         let log_path = self.log_path();
         let mut server = ChildGuard::spawn_logging_to(cmd, "postgres", &log_path)?;
         let probe_url = format!("postgres://postgres@{}/postgres", self.addr);
         let log_len_before = self.log_contents().len();
-        let result = wait_for_ok("postgres to accept connections", POSTGRES_STARTUP_DEADLINE, || {
-            let exited = server.try_exit_status();
-            let probe_url = probe_url.clone();
-            async move {
-                if let Ok(Some(status)) = exited {
-                    return Ok(Some(status));
+        let result = wait_for_ok(
+            "postgres to accept connections",
+            POSTGRES_STARTUP_DEADLINE,
+            || {
+                let exited = server.try_exit_status();
+                let probe_url = probe_url.clone();
+                async move {
+                    if let Ok(Some(status)) = exited {
+                        return Ok(Some(status));
+                    }
+                    let client = tokio::time::timeout(PROBE_TIMEOUT, connect(&probe_url))
+                        .await
+                        .map_err(|_| anyhow!("no answer within {PROBE_TIMEOUT:?}"))??;
+                    client.simple_query("SELECT 1").await?;
+                    Ok(None)
                 }
-                let client = tokio::time::timeout(PROBE_TIMEOUT, connect(&probe_url))
-                    .await
-                    .map_err(|_| anyhow!("no answer within {PROBE_TIMEOUT:?}"))??;
-                client.simple_query("SELECT 1").await?;
-                Ok(None)
-            }
-        })
+            },
+        )
         .await;
         let log = self.log_contents();
         let this_run = log.get(log_len_before..).unwrap_or(&log);
@@ -278,8 +295,10 @@ impl Postgres {
                 }
             }
             Err(e) => {
-                let _ = self.signal_group_of(&server, "KILL");
-                Err(Start::Failed(e.context(format!("log of postgres:\n{this_run}"))))
+                kill_tree(server.pid());
+                Err(Start::Failed(
+                    e.context(format!("log of postgres:\n{this_run}")),
+                ))
             }
         }
     }
@@ -297,28 +316,10 @@ impl Postgres {
         Ok(())
     }
 
-    fn signal_group(&self, signal: &str) -> anyhow::Result<()> {
-        let server = self
-            .server
+    fn running(&self) -> anyhow::Result<&ChildGuard> {
+        self.server
             .as_ref()
-            .context("postgres is not running (killed and not restarted)")?;
-        self.signal_group_of(server, signal)
-    }
-
-    /// `kill -s <signal> -- -<pgid>`: the server leads its own process group.
-    fn signal_group_of(&self, server: &ChildGuard, signal: &str) -> anyhow::Result<()> {
-        let status = std::process::Command::new("kill")
-            .args(["-s", signal, "--"])
-            .arg(format!("-{}", server.pid()))
-            .stdin(Stdio::null())
-            .status()
-            .context("run kill(1)")?;
-        ensure!(
-            status.success(),
-            "kill -s {signal} -- -{} failed: {status}",
-            server.pid()
-        );
-        Ok(())
+            .context("postgres is not running (killed and not restarted)")
     }
 }
 
@@ -326,7 +327,7 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         // The ChildGuard kills only the postmaster; take every backend with it.
         if let Some(server) = &self.server {
-            let _ = self.signal_group_of(server, "KILL");
+            kill_tree(server.pid());
         }
     }
 }
@@ -416,4 +417,96 @@ fn run_as() -> anyhow::Result<Option<Account>> {
         "running as root, and there is no `postgres` user to run PostgreSQL as \
          (initdb and postgres refuse root); is PostgreSQL installed (apt-get install postgresql)?"
     )
+}
+
+/// Freeze `root` (waiting until it is stopped, so it forks nothing more), then every process
+/// under it.
+fn freeze(root: u32) -> anyhow::Result<()> {
+    signal(root, "STOP")?;
+    let deadline = std::time::Instant::now() + FREEZE_DEADLINE;
+    while state(root) != Some('T') {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "postgres (pid {root}) not stopped after {FREEZE_DEADLINE:?}"
+        );
+        std::thread::yield_now();
+    }
+    signal_all(&tree(root)[1..], "STOP");
+    Ok(())
+}
+
+/// Kill `root` and every process under it (best effort: some may be gone already).
+fn kill_tree(root: u32) {
+    let _ = freeze(root);
+    signal_all(&tree(root), "KILL");
+}
+
+/// `kill -s <signal> <pid>`.
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .stdin(Stdio::null())
+        .status()
+        .context("run kill(1)")?;
+    ensure!(status.success(), "kill -s {signal} {pid} failed: {status}");
+    Ok(())
+}
+
+/// Signal each of `pids`, ignoring those that have exited meanwhile.
+fn signal_all(pids: &[u32], signal: &str) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-s", signal])
+        .args(pids.iter().map(u32::to_string))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `root` and every process under it, parents before children, from `/proc`.
+fn tree(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some((_, ppid)) = stat(pid) {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while let Some(&parent) = out.get(i) {
+        out.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// The state letter of `pid` (`T` when stopped), from `/proc/<pid>/stat`.
+fn state(pid: u32) -> Option<char> {
+    stat(pid).map(|(state, _)| state)
+}
+
+/// `(state, ppid)` from `/proc/<pid>/stat`: `pid (comm) state ppid ...`, where `comm` may hold
+/// spaces and parentheses, so the fields are counted from the last `)`.
+fn stat(pid: u32) -> Option<(char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = text.get(text.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }

@@ -36,8 +36,11 @@ pub(super) fn latest() -> i32 {
 /// Bring the schema up to [`latest`]. Returns the version found before.
 pub(super) async fn migrate(client: &mut Client) -> Result<i32, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1::bigint)", &[&MIGRATION_LOCK])
-        .await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1::bigint)",
+        &[&MIGRATION_LOCK],
+    )
+    .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS fleetgate_schema (
              version    integer PRIMARY KEY,

@@ -53,7 +53,10 @@ impl FromStr for PostgresUrl {
 
 /// `postgres://user@host:port/db`: what a log line or an error may show.
 fn show(config: &tokio_postgres::Config) -> String {
-    let user = config.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
     let ports = config.get_ports();
     let hosts: Vec<String> = config
         .get_hosts()
@@ -98,7 +101,10 @@ mod tests {
         let url: PostgresUrl = "postgres://fleetgate:s3cret@db.internal:5433/fleetgate"
             .parse()
             .unwrap();
-        assert_eq!(url.to_string(), "postgres://fleetgate@db.internal:5433/fleetgate");
+        assert_eq!(
+            url.to_string(),
+            "postgres://fleetgate@db.internal:5433/fleetgate"
+        );
         assert!(!format!("{url:?}").contains("s3cret"));
     }
 
@@ -108,12 +114,20 @@ mod tests {
             .parse::<PostgresUrl>()
             .unwrap_err();
         assert!(err.reason.contains("TLS"), "{err}");
-        assert!("postgres://u@h/db?sslmode=disable".parse::<PostgresUrl>().is_ok());
+        assert!(
+            "postgres://u@h/db?sslmode=disable"
+                .parse::<PostgresUrl>()
+                .is_ok()
+        );
     }
 
     #[test]
     fn garbage_and_missing_host_are_refused() {
-        assert!("postgres://u@h/db?nonsense=1".parse::<PostgresUrl>().is_err());
+        assert!(
+            "postgres://u@h/db?nonsense=1"
+                .parse::<PostgresUrl>()
+                .is_err()
+        );
         assert!("dbname=x".parse::<PostgresUrl>().is_err());
     }
 }

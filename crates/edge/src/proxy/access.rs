@@ -1,0 +1,43 @@
+//! The optional access log: one structured `tracing` event per request, target `access`, level
+//! INFO, with `method`, `host`, `path` (without the query, which often carries secrets),
+//! `status`, `upstream` (empty when the edge answered itself), `duration_ms` (until the response
+//! body was sent or the client left) and `bytes` (response body bytes sent).
+
+use http::{Method, Request};
+use tokio::time::Instant;
+use tracing::info;
+
+/// A request being logged; [`AccessLog::finish`] writes the line.
+#[derive(Debug)]
+pub(crate) struct AccessLog {
+    method: Method,
+    host: String,
+    path: String,
+    started: Instant,
+}
+
+impl AccessLog {
+    pub(crate) fn start<B>(req: &Request<B>, host: &str) -> AccessLog {
+        AccessLog {
+            method: req.method().clone(),
+            host: host.to_owned(),
+            path: req.uri().path().to_owned(),
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn finish(self, status: u16, upstream: Option<&str>, bytes: u64) {
+        let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        info!(
+            target: "access",
+            method = self.method.as_str(),
+            host = self.host.as_str(),
+            path = self.path.as_str(),
+            status,
+            upstream = upstream.unwrap_or(""),
+            duration_ms,
+            bytes,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! Bodies that stream through the proxy frame by frame: the request body (with its size limit)
+//! and the response body type of every answer the edge gives.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::proxy::access::AccessLog;
+use crate::proxy::balancer::InFlight;
+
+/// Why a request body stopped streaming to the upstream.
+#[derive(Debug)]
+pub(crate) enum RequestBodyError {
+    /// The client's body failed (it went away, or sent something broken).
+    Client(hyper::Error),
+    /// More than the site's `max_body` bytes.
+    TooLarge,
+}
+
+impl fmt::Display for RequestBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestBodyError::Client(_) => f.write_str("client request body failed"),
+            RequestBodyError::TooLarge => f.write_str("request body over the limit"),
+        }
+    }
+}
+
+impl StdError for RequestBodyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            RequestBodyError::Client(e) => Some(e),
+            RequestBodyError::TooLarge => None,
+        }
+    }
+}
+
+/// A request body on its way upstream: the client's, passed through as it arrives (hyper
+/// reads more only when the upstream connection took the previous frame), counted against
+/// the limit.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    inner: Option<Incoming>,
+    /// Bytes still allowed.
+    left: u64,
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            left: limit.unwrap_or(u64::MAX),
+        }
+    }
+
+    pub(crate) fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            left: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.left {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+                    }
+                    this.left -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(RequestBodyError::Client(e))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// The body of every response the edge sends: a fixed one, or an upstream's streamed through.
+#[derive(Debug)]
+pub(crate) enum ResponseBody {
+    Fixed(Full<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+impl ResponseBody {
+    pub(crate) fn fixed(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Fixed(Full::new(bytes.into()))
+    }
+
+    pub(crate) fn empty() -> ResponseBody {
+        ResponseBody::fixed(Bytes::new())
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Fixed(full) => match ready!(Pin::new(full).poll_frame(cx)) {
+                Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+                Some(Err(never)) => match never {},
+                None => Poll::Ready(None),
+            },
+            ResponseBody::Upstream(up) => Pin::new(up).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Fixed(full) => full.is_end_stream(),
+            ResponseBody::Upstream(up) => up.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Fixed(full) => full.size_hint(),
+            ResponseBody::Upstream(up) => up.inner.size_hint(),
+        }
+    }
+}
+
+/// An upstream's response body on its way to the client. Holds the upstream's in-flight count
+/// and the access log line until the body is through (or the client went away).
+#[derive(Debug)]
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    in_flight: InFlight,
+    log: Option<AccessLog>,
+    sent: u64,
+    status: u16,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        in_flight: InFlight,
+        log: Option<AccessLog>,
+        status: u16,
+    ) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            in_flight,
+            log,
+            sent: 0,
+            status,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.sent += data.len() as u64;
+        }
+        Poll::Ready(polled)
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let upstream = self.in_flight.upstream();
+            log.finish(self.status, Some(&upstream.name), self.sent);
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Header rewriting between client and upstream: hop-by-hop fields (RFC 9110 7.6.1),
+//! X-Forwarded-*, Forwarded (RFC 7239) and Via.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Fields that describe one connection, never forwarded (besides those `Connection` lists).
+/// `Proxy-*` fields and `Proxy` (httpoxy) go too, see [`strip_hop_by_hop`].
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    HTTP2_SETTINGS,
+];
+
+/// What the proxy knows about the client side of a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarding<'a> {
+    /// The client's address (the TCP peer).
+    pub(crate) client: IpAddr,
+    /// Whether the client came over TLS.
+    pub(crate) https: bool,
+    /// The host the client asked for, as sent (`Host` or `:authority`, port included).
+    pub(crate) host: Option<&'a HeaderValue>,
+}
+
+/// Rewrites a client's request headers for the upstream. `upgrade` is the client's `Upgrade`
+/// value when the request asks for a protocol switch that is being forwarded; `host` is the
+/// `Host` to send.
+pub(crate) fn to_upstream(
+    headers: &mut HeaderMap,
+    version: Version,
+    fwd: &Forwarding<'_>,
+    host: Option<HeaderValue>,
+    upgrade: Option<HeaderValue>,
+) {
+    strip_hop_by_hop(headers);
+    // The edge has answered `100-continue` itself (hyper does when the body is first read);
+    // the upstream gets the body as it streams.
+    headers.remove(header::EXPECT);
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+    if version == Version::HTTP_2 {
+        join_cookies(headers);
+    }
+
+    let client = fwd.client.to_canonical();
+    let proto = if fwd.https { "https" } else { "http" };
+
+    // X-Forwarded-For: earlier hops as received (joined on one line: many applications read
+    // only the first), then this client.
+    let mut xff = BytesMut::with_capacity(48);
+    append_list(&mut xff, headers.get_all(&X_FORWARDED_FOR));
+    // Writing to a BytesMut cannot fail.
+    let _ = write!((&mut xff).writer(), "{client}");
+    insert_bytes(headers, X_FORWARDED_FOR, xff.freeze());
+
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match fwd.host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+
+    // Forwarded: earlier elements, then ours: for=...;host=...;proto=...
+    let mut fwd_value = BytesMut::with_capacity(64);
+    append_list(&mut fwd_value, headers.get_all(&FORWARDED));
+    let mut element = String::with_capacity(48);
+    match client {
+        IpAddr::V4(v4) => {
+            let _ = write!(element, "for={v4}");
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(element, "for=\"[{v6}]\"");
+        }
+    }
+    if let Some(h) = fwd.host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=");
+        push_token_or_quoted(&mut element, h);
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
+    fwd_value.put_slice(element.as_bytes());
+    insert_bytes(headers, FORWARDED, fwd_value.freeze());
+
+    headers.append(header::VIA, via(version));
+    match host {
+        Some(h) => {
+            headers.insert(header::HOST, h);
+        }
+        None => {
+            headers.remove(header::HOST);
+        }
+    }
+}
+
+/// Rewrites an upstream's response headers for the client. `upgraded`: a 101 whose switch is
+/// being forwarded, which keeps `Connection: upgrade` and `Upgrade`.
+pub(crate) fn to_client(headers: &mut HeaderMap, version: Version, upgraded: bool) {
+    let upgrade = if upgraded {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+    headers.append(header::VIA, via(version));
+}
+
+/// Whether a request asks to switch protocols (HTTP/1.1 `Connection: upgrade` + `Upgrade`);
+/// returns the `Upgrade` value.
+pub(crate) fn upgrade_request(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let upgrade = headers.get(header::UPGRADE)?;
+    let asks = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    asks.then(|| upgrade.clone())
+}
+
+/// Removes hop-by-hop fields: the fixed set, `Proxy-*`, `Proxy`, `Upgrade` and whatever
+/// `Connection` lists.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Nothing is allocated unless a field other than the usual `keep-alive`/`close` is listed.
+    let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("upgrade")
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str() == "proxy" || k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// The comma-separated tokens of every `Connection` field (values that are not text are
+/// skipped).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = BytesMut::with_capacity(256);
+    for (i, v) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.put_slice(b"; ");
+        }
+        joined.put_slice(v.as_bytes());
+    }
+    insert_bytes(headers, header::COOKIE, joined.freeze());
+}
+
+/// Appends every value of a list field, each followed by `", "`.
+fn append_list(out: &mut BytesMut, values: header::GetAll<'_, HeaderValue>) {
+    for v in values {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            out.put_slice(v);
+            out.put_slice(b", ");
+        }
+    }
+}
+
+/// Inserts a value built from valid header values and ASCII text.
+fn insert_bytes(headers: &mut HeaderMap, name: HeaderName, value: Bytes) {
+    match HeaderValue::from_maybe_shared(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        // Cannot happen (every part was a valid value or printable ASCII); drop the field
+        // rather than forward something stale.
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// RFC 7239 values are tokens or quoted strings.
+fn push_token_or_quoted(out: &mut String, value: &str) {
+    let token = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token {
+        out.push_str(value);
+    } else {
+        out.push('"');
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+}
+
+/// `Via` for a message received with `version`.
+fn via(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_10 => "1.0 fleetgate",
+        Version::HTTP_2 => "2 fleetgate",
+        Version::HTTP_3 => "3 fleetgate",
+        _ => "1.1 fleetgate",
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    fn all(m: &HeaderMap, name: &str) -> Vec<String> {
+        m.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn request_rewrite() {
+        let mut h = map(&[
+            ("host", "example.com:8443"),
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy", "http://evil"),
+            ("upgrade", "h2c"),
+            ("expect", "100-continue"),
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("forwarded", "for=203.0.113.1"),
+            ("via", "1.1 lb"),
+            ("accept", "*/*"),
+        ]);
+        let host = h.get("host").cloned();
+        let fwd = Forwarding {
+            client: "192.0.2.9".parse().unwrap(),
+            https: true,
+            host: host.as_ref(),
+        };
+        to_upstream(&mut h, Version::HTTP_11, &fwd, host.clone(), None);
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+            "proxy",
+            "upgrade",
+            "expect",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(
+            all(&h, "x-forwarded-for"),
+            ["203.0.113.1, 198.51.100.2, 192.0.2.9"]
+        );
+        assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["example.com:8443"]);
+        assert_eq!(
+            all(&h, "forwarded"),
+            ["for=203.0.113.1, for=192.0.2.9;host=\"example.com:8443\";proto=https"]
+        );
+        assert_eq!(all(&h, "via"), ["1.1 lb", "1.1 fleetgate"]);
+        assert_eq!(all(&h, "host"), ["example.com:8443"]);
+        assert_eq!(all(&h, "accept"), ["*/*"]);
+    }
+
+    #[test]
+    fn ipv6_h2_cookies_and_upgrade() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        let fwd = Forwarding {
+            client: "2001:db8::7".parse().unwrap(),
+            https: false,
+            host: None,
+        };
+        to_upstream(
+            &mut h,
+            Version::HTTP_2,
+            &fwd,
+            Some(HeaderValue::from_static("10.0.0.5:8080")),
+            None,
+        );
+        assert_eq!(all(&h, "cookie"), ["a=1; b=2"]);
+        assert_eq!(all(&h, "forwarded"), ["for=\"[2001:db8::7]\";proto=http"]);
+        assert_eq!(all(&h, "x-forwarded-for"), ["2001:db8::7"]);
+        assert_eq!(all(&h, "via"), ["2 fleetgate"]);
+        assert_eq!(all(&h, "host"), ["10.0.0.5:8080"]);
+
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        let up = upgrade_request(&h, Version::HTTP_11);
+        assert_eq!(up, Some(HeaderValue::from_static("websocket")));
+        assert_eq!(upgrade_request(&h, Version::HTTP_2), None);
+        let fwd = Forwarding {
+            client: "::ffff:192.0.2.1".parse().unwrap(),
+            https: false,
+            host: None,
+        };
+        to_upstream(&mut h, Version::HTTP_11, &fwd, None, up);
+        assert_eq!(all(&h, "connection"), ["upgrade"]);
+        assert_eq!(all(&h, "upgrade"), ["websocket"]);
+        assert_eq!(all(&h, "sec-websocket-key"), ["k"]);
+        assert_eq!(all(&h, "x-forwarded-for"), ["192.0.2.1"]);
+        assert!(!h.contains_key("host"));
+        assert!(upgrade_request(&map(&[("upgrade", "websocket")]), Version::HTTP_11).is_none());
+    }
+
+    #[test]
+    fn response_rewrite() {
+        let mut h = map(&[
+            ("connection", "close, x-debug"),
+            ("x-debug", "1"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authenticate", "Basic"),
+            ("upgrade", "websocket"),
+            ("set-cookie", "a=1"),
+        ]);
+        to_client(&mut h, Version::HTTP_11, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(all(&h, "set-cookie"), ["a=1"]);
+        assert_eq!(all(&h, "via"), ["1.1 fleetgate"]);
+
+        let mut h = map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", "x"),
+        ]);
+        to_client(&mut h, Version::HTTP_11, true);
+        assert_eq!(all(&h, "connection"), ["upgrade"]);
+        assert_eq!(all(&h, "upgrade"), ["websocket"]);
+        assert_eq!(all(&h, "sec-websocket-accept"), ["x"]);
+    }
+}

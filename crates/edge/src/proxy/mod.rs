@@ -1,0 +1,392 @@
+//! The reverse proxy: a site's requests forwarded to its upstream web servers.
+//!
+//! - [`Proxy`] is the site's settings; [`Forwarder`] is what the routes hold: the upstreams
+//!   and their health ([`balancer`]), the pooled client ([`connector`]) and the active health
+//!   check task ([`health`]), which stops when the forwarder is dropped with its routes.
+//! - Bodies stream both ways frame by frame with hyper's backpressure ([`body`]); nothing is
+//!   buffered whole.
+//! - [`headers`] rewrites hop-by-hop fields, X-Forwarded-*, Forwarded and Via.
+//! - [`tunnel`] carries WebSocket and other HTTP/1.1 upgrades.
+
+mod access;
+mod balancer;
+mod body;
+mod config;
+mod connector;
+mod headers;
+mod health;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body as _, Incoming};
+use tokio::time::timeout;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, warn};
+
+pub(crate) use access::AccessLog;
+pub use config::{HealthCheck, HostHeader, Policy, Proxy};
+pub(crate) use body::ResponseBody;
+
+use crate::error::EdgeError;
+use balancer::{Balancer, InFlight, Tried, Upstream};
+use body::{RequestBody, RequestBodyError, UpstreamBody};
+use connector::{ClientSettings, UpstreamClient};
+use headers::Forwarding;
+
+impl Proxy {
+    /// Checks one upstream URL as [`crate::Routes::new`] will (`http[s]://host[:port]`, no
+    /// path), so a configuration can point at the faulty entry.
+    pub fn check_upstream(url: &str) -> Result<(), EdgeError> {
+        Upstream::parse(url).map(|_| ())
+    }
+}
+
+/// The client side of a request, as the connection saw it.
+pub(crate) struct Downstream<'a> {
+    pub(crate) peer: SocketAddr,
+    pub(crate) https: bool,
+    /// The edge's shutdown, which also ends upgraded tunnels (after `drain_timeout`).
+    pub(crate) shutdown: &'a CancellationToken,
+    pub(crate) drain_timeout: Duration,
+}
+
+/// `host_header` with the literal made into a header value once.
+#[derive(Debug)]
+enum HostPolicy {
+    Pass,
+    Upstream,
+    Literal(HeaderValue),
+}
+
+/// A proxy site ready to forward requests.
+pub(crate) struct Forwarder {
+    balancer: Arc<Balancer>,
+    client: UpstreamClient,
+    host: HostPolicy,
+    response_header_timeout: Duration,
+    max_body: Option<u64>,
+    retries: u32,
+    /// Cancels the health check task when the forwarder goes (with its routes).
+    _health: Option<DropGuard>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("balancer", &self.balancer)
+            .field("host", &self.host)
+            .field("response_header_timeout", &self.response_header_timeout)
+            .field("max_body", &self.max_body)
+            .field("retries", &self.retries)
+            .field("health", &self._health.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// Checks the settings, builds the client and, inside a tokio runtime, starts the health
+    /// checks. Outside a runtime (e.g. validating a configuration) nothing is started.
+    pub(crate) fn new(proxy: &Proxy) -> Result<Forwarder, EdgeError> {
+        let invalid = |what: &str, reason: &str| EdgeError::InvalidProxy {
+            what: what.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if proxy.upstreams.is_empty() {
+            return Err(invalid("upstreams", "at least one upstream is needed"));
+        }
+        let upstreams = proxy
+            .upstreams
+            .iter()
+            .map(|u| Upstream::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (what, value) in [
+            ("connect_timeout", proxy.connect_timeout),
+            ("response_header_timeout", proxy.response_header_timeout),
+            ("idle_timeout", proxy.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(what, "must be more than zero"));
+            }
+        }
+        let host = match &proxy.host_header {
+            HostHeader::Pass => HostPolicy::Pass,
+            HostHeader::Upstream => HostPolicy::Upstream,
+            HostHeader::Literal(value) => HostPolicy::Literal(
+                crate::host::Host::parse(value.as_bytes())
+                    .ok()
+                    .and_then(|_| HeaderValue::from_str(value).ok())
+                    .ok_or_else(|| invalid("host_header", "not a valid host[:port]"))?,
+            ),
+        };
+        if let Some(check) = &proxy.health {
+            if !check.path.starts_with('/') || check.path.parse::<PathAndQuery>().is_err() {
+                return Err(invalid("health.path", "expected an absolute path like /healthz"));
+            }
+            if check.interval.is_zero() || check.timeout.is_zero() {
+                return Err(invalid("health", "interval and timeout must be more than zero"));
+            }
+        }
+        let client = connector::client(&ClientSettings {
+            connect_timeout: proxy.connect_timeout,
+            idle_timeout: proxy.idle_timeout,
+            any_https: upstreams.iter().any(Upstream::is_https),
+            ca_root_pem: proxy.ca_root_pem.as_deref(),
+        })?;
+        let balancer = Arc::new(Balancer::new(
+            upstreams,
+            proxy.policy,
+            proxy.fail_after,
+            proxy.fail_timeout,
+        ));
+        let health = match (&proxy.health, tokio::runtime::Handle::try_current()) {
+            (Some(check), Ok(runtime)) => {
+                let stop = CancellationToken::new();
+                let checker = health::Checker {
+                    balancer: Arc::clone(&balancer),
+                    client: client.clone(),
+                    check: check.clone(),
+                    host_header: proxy.host_header.clone(),
+                };
+                runtime.spawn(checker.run(stop.clone()));
+                Some(stop.drop_guard())
+            }
+            _ => None,
+        };
+        Ok(Forwarder {
+            balancer,
+            client,
+            host,
+            response_header_timeout: proxy.response_header_timeout,
+            max_body: proxy.max_body,
+            retries: proxy.retries,
+            _health: health,
+        })
+    }
+
+    /// Forwards `req` to an upstream and returns its response, streaming, or answers 502 (no
+    /// upstream available, connection failed), 504 (no response head in time) or 413 (body
+    /// over the limit).
+    pub(crate) async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        down: &Downstream<'_>,
+        log: Option<AccessLog>,
+    ) -> Response<ResponseBody> {
+        if let Some(max) = self.max_body
+            && req.body().size_hint().lower() > max
+        {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", log);
+        }
+        let upgrade = headers::upgrade_request(req.headers(), req.version());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let original_host = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => parts.headers.get(header::HOST).cloned(),
+        };
+        let fwd = Forwarding {
+            client: down.peer.ip(),
+            https: down.https,
+            host: original_host.as_ref(),
+        };
+        let host = match &self.host {
+            HostPolicy::Pass => original_host.clone(),
+            // Set per attempt, for the upstream chosen.
+            HostPolicy::Upstream => None,
+            HostPolicy::Literal(value) => Some(value.clone()),
+        };
+        headers::to_upstream(&mut parts.headers, parts.version, &fwd, host, upgrade);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+
+        // Only a request that can be sent again unchanged is retried: idempotent, no body.
+        let mut retries_left = if is_idempotent(&parts.method) && body.is_end_stream() {
+            self.retries
+                .min(u32::try_from(self.balancer.len() - 1).unwrap_or(u32::MAX))
+        } else {
+            0
+        };
+        let mut body = Some(RequestBody::new(body, self.max_body));
+        let mut tried = Tried::default();
+        let mut client_upgrade = client_upgrade;
+        loop {
+            let Some(in_flight) = self.balancer.pick(down.peer.ip(), tried) else {
+                return error(StatusCode::BAD_GATEWAY, "no healthy upstream\n", log);
+            };
+            tried.add(in_flight.index());
+            let upstream = in_flight.upstream();
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(upstream.scheme.clone());
+            uri.authority = Some(upstream.authority.clone());
+            uri.path_and_query = Some(path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
+                return error(StatusCode::BAD_REQUEST, "bad request\n", log);
+            };
+            let mut out = Request::new(body.take().unwrap_or_else(RequestBody::empty));
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = uri;
+            *out.version_mut() = Version::HTTP_11;
+            *out.headers_mut() = if retries_left > 0 {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            if let HostPolicy::Upstream = self.host {
+                out.headers_mut()
+                    .insert(header::HOST, upstream.host_value.clone());
+            }
+
+            match timeout(self.response_header_timeout, self.client.request(out)).await {
+                Ok(Ok(response)) => {
+                    in_flight.succeeded();
+                    return respond(response, in_flight, client_upgrade.take(), down, log);
+                }
+                Ok(Err(err)) => {
+                    match body_error(&err) {
+                        Some(RequestBodyError::TooLarge) => {
+                            return error(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "request body too large\n",
+                                log,
+                            );
+                        }
+                        Some(RequestBodyError::Client(_)) => {
+                            debug!(error = %ErrorChain(&err), "client request body failed");
+                            return error(StatusCode::BAD_REQUEST, "bad request body\n", log);
+                        }
+                        None => {}
+                    }
+                    in_flight.failed();
+                    // Connecting failed, or the connection closed or reset before a response
+                    // head: an idempotent request without a body may go to another upstream.
+                    if retries_left > 0 {
+                        retries_left -= 1;
+                        debug!(
+                            upstream = %upstream.name,
+                            connect = err.is_connect(),
+                            error = %ErrorChain(&err),
+                            "upstream connection failed; trying another upstream"
+                        );
+                        continue;
+                    }
+                    warn!(upstream = %upstream.name, error = %ErrorChain(&err), "upstream request failed");
+                    return error(StatusCode::BAD_GATEWAY, "bad gateway\n", log);
+                }
+                Err(_) => {
+                    in_flight.failed();
+                    warn!(
+                        upstream = %upstream.name,
+                        timeout = ?self.response_header_timeout,
+                        "upstream response timed out"
+                    );
+                    return error(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", log);
+                }
+            }
+        }
+    }
+}
+
+/// The upstream's response on its way to the client; a 101 for a forwarded upgrade starts
+/// the tunnel.
+fn respond(
+    mut response: Response<Incoming>,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    down: &Downstream<'_>,
+    log: Option<AccessLog>,
+) -> Response<ResponseBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            warn!(upstream = %in_flight.upstream().name, "upstream switched protocols unasked");
+            return error(StatusCode::BAD_GATEWAY, "bad gateway\n", log);
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        headers::to_client(&mut parts.headers, parts.version, true);
+        parts.version = Version::HTTP_11;
+        if let Some(log) = log {
+            log.finish(101, Some(&in_flight.upstream().name), 0);
+        }
+        tunnel::spawn(
+            client_upgrade,
+            upstream_upgrade,
+            in_flight,
+            down.shutdown.clone(),
+            down.drain_timeout,
+        );
+        return Response::from_parts(parts, ResponseBody::empty());
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::to_client(&mut parts.headers, parts.version, false);
+    // The client's connection decides the version the edge answers with.
+    parts.version = Version::default();
+    let status = parts.status.as_u16();
+    Response::from_parts(
+        parts,
+        ResponseBody::Upstream(UpstreamBody::new(body, in_flight, log, status)),
+    )
+}
+
+/// A short text answer from the proxy itself, logged at once.
+fn error(
+    status: StatusCode,
+    body: &'static str,
+    log: Option<AccessLog>,
+) -> Response<ResponseBody> {
+    if let Some(log) = log {
+        log.finish(status.as_u16(), None, body.len() as u64);
+    }
+    let mut response = Response::new(ResponseBody::fixed(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// RFC 9110 9.2.2.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The request body's own error, if that is why the request failed.
+fn body_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a RequestBodyError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(body) = e.downcast_ref::<RequestBodyError>() {
+            return Some(body);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// An error with its causes, `: `-separated, for logs.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
