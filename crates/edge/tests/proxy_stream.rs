@@ -172,3 +172,47 @@ async fn websocket_echo_through_an_upgrade() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn https_upstream_verified_against_the_sites_own_root() {
+    let ip = testkit::loopback_ip();
+    let pki = testkit::ca_and_leaf_with(&[&ip.to_string()], testkit::LeafKey::default()).unwrap();
+    let nginx = Nginx::start_tls_on(ip, &pki.leaf_cert_pem, &pki.leaf_key_pem, "")
+        .await
+        .unwrap();
+    assert!(nginx.url().starts_with("https://"));
+    let mut trusted = Proxy::new(vec![nginx.url()]);
+    trusted.ca_root_pem = Some(pki.ca_pem.clone());
+    // Another CA's root: the upstream's certificate does not verify.
+    let other = testkit::ca_and_leaf_with(&["other.test"], testkit::LeafKey::default()).unwrap();
+    let mut untrusted = Proxy::new(vec![nginx.url()]);
+    untrusted.ca_root_pem = Some(other.ca_pem);
+    let edge = start(vec![
+        site(&["trusted.test"], trusted),
+        site(&["untrusted.test"], untrusted),
+    ])
+    .await;
+    for _ in 0..2 {
+        let reply = get(edge.http, "trusted.test", "/echo").await.unwrap();
+        assert_eq!(reply.status, 200, "{}", nginx.error_log());
+        assert_eq!(
+            String::from_utf8_lossy(&reply.body),
+            "nginx host=trusted.test xff=127.0.0.1 proto=http via=1.1 fleetgate\n"
+        );
+    }
+    let reply = get(edge.http, "untrusted.test", "/echo").await.unwrap();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+}
+
+#[test]
+fn bad_roots_and_upstreams_are_refused_when_routes_are_built() {
+    let mut proxy = Proxy::new(vec!["https://127.0.0.1:1".to_owned()]);
+    proxy.ca_root_pem = Some("not a certificate".to_owned());
+    let err = edge::Routes::new(vec![site(&["a.test"], proxy)]).unwrap_err();
+    assert!(err.to_string().contains("ca_root"), "{err}");
+    let err = edge::Routes::new(vec![site(&["a.test"], Proxy::new(vec![]))]).unwrap_err();
+    assert!(err.to_string().contains("upstreams"), "{err}");
+    let err = edge::Routes::new(vec![site(&["a.test"], Proxy::new(vec!["http://h/x".into()]))])
+        .unwrap_err();
+    assert!(err.to_string().contains("no path"), "{err}");
+}

@@ -163,6 +163,8 @@ struct RawSite {
     #[serde(default)]
     respond: Option<Spanned<RawRespond>>,
     #[serde(default)]
+    proxy: Option<Spanned<RawProxy>>,
+    #[serde(default)]
     tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     key_type: Option<Spanned<String>>,
@@ -202,6 +204,53 @@ struct RawRespond {
 
 fn default_respond_status() -> Spanned<u16> {
     Spanned::new(0..0, 200)
+}
+
+/// `proxy = { upstreams = [...], ... }` on a site; defaults come from [`edge::Proxy::new`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    upstreams: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    policy: Option<Spanned<String>>,
+    #[serde(default)]
+    health: Option<Spanned<RawHealth>>,
+    #[serde(default)]
+    host_header: Option<Spanned<String>>,
+    #[serde(default)]
+    connect_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    response_header_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    max_body: Option<Spanned<RawSize>>,
+    #[serde(default)]
+    fail_after: Option<u32>,
+    #[serde(default)]
+    fail_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    ca_root: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Spanned<String>,
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+}
+
+/// A byte size: an integer, or text like `"10MiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +340,8 @@ pub enum TlsChoice {
 pub enum SiteAction {
     Redirect { to: String, status: u16, keep_path: bool },
     Respond { status: u16, body: String },
+    /// `proxy.ca_root` is read (into `proxy.ca_root_pem`) when the routes are built.
+    Proxy { proxy: Box<edge::Proxy>, ca_root: Option<PathBuf> },
 }
 
 #[derive(Debug, Clone)]
@@ -517,13 +568,21 @@ impl Config {
                 }
                 domains.push(name);
             }
+            if let Some(p) = &site.proxy
+                && (site.redirect.is_some() || site.respond.is_some())
+            {
+                return Err(ctx.err(Some(p.span()), at("proxy"), "a site has one action: redirect, respond or proxy"));
+            }
             let action = match (&site.redirect, &site.respond) {
                 (Some(_), Some(r)) => {
                     return Err(ctx.err(Some(r.span()), at("respond"), "a site has one action: redirect or respond, not both"));
                 }
-                (None, None) => {
-                    return Err(ctx.err(Some(site_span), format!("site[{index}]"), "needs an action: redirect = { to = \"https://example.com\" } or respond = { status = 200, body = \"ok\" }"));
-                }
+                (None, None) => match &site.proxy {
+                    Some(p) => parse_proxy(&ctx, p, &at, &resolve)?,
+                    None => {
+                        return Err(ctx.err(Some(site_span), format!("site[{index}]"), "needs an action: redirect = { to = \"https://example.com\" }, respond = { status = 200, body = \"ok\" } or proxy = { upstreams = [\"http://10.0.0.5:8080\"] }"));
+                    }
+                },
                 (Some(r), None) => {
                     let r = r.get_ref();
                     let to = r.to.get_ref().trim().to_string();
@@ -687,6 +746,126 @@ fn key_at(text: &str, offset: usize) -> String {
     }
 }
 
+/// A site's `proxy` table: every key checked here with its line, the upstream URLs as the edge
+/// will parse them.
+fn parse_proxy(
+    ctx: &Ctx<'_>,
+    raw: &Spanned<RawProxy>,
+    at: &dyn Fn(&str) -> String,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<SiteAction, ConfigError> {
+    let p = raw.get_ref();
+    if p.upstreams.get_ref().is_empty() {
+        return Err(ctx.err(Some(p.upstreams.span()), at("proxy.upstreams"), "needs at least one upstream, like \"http://10.0.0.5:8080\""));
+    }
+    let mut upstreams = Vec::new();
+    for (i, u) in p.upstreams.get_ref().iter().enumerate() {
+        edge::Proxy::check_upstream(u.get_ref())
+            .map_err(|e| ctx.err(Some(u.span()), at(&format!("proxy.upstreams[{i}]")), e.to_string()))?;
+        upstreams.push(u.get_ref().trim().to_string());
+    }
+    let mut proxy = edge::Proxy::new(upstreams);
+    if let Some(policy) = &p.policy {
+        proxy.policy = match policy.get_ref().as_str() {
+            "round_robin" => edge::Policy::RoundRobin,
+            "least_conn" => edge::Policy::LeastConn,
+            "ip_hash" => edge::Policy::IpHash,
+            other => {
+                return Err(ctx.err(Some(policy.span()), at("proxy.policy"), format!("expected \"round_robin\", \"least_conn\" or \"ip_hash\", got {other:?}")));
+            }
+        };
+    }
+    let duration = |d: &Spanned<String>, key: &str| -> Result<Duration, ConfigError> {
+        parse_duration(d.get_ref())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| ctx.err(Some(d.span()), at(key), format!("expected a duration above zero like \"5s\" or \"500ms\", got {:?}", d.get_ref())))
+    };
+    if let Some(h) = &p.health {
+        let h_ref = h.get_ref();
+        let path = h_ref.path.get_ref();
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ctx.err(Some(h_ref.path.span()), at("proxy.health.path"), format!("expected an absolute path like \"/healthz\", got {path:?}")));
+        }
+        let mut check = edge::HealthCheck::new(path.clone(), Duration::from_secs(5));
+        if let Some(i) = &h_ref.interval {
+            check.interval = duration(i, "proxy.health.interval")?;
+        }
+        if let Some(t) = &h_ref.timeout {
+            check.timeout = duration(t, "proxy.health.timeout")?;
+        }
+        proxy.health = Some(check);
+    }
+    if let Some(h) = &p.host_header {
+        proxy.host_header = match h.get_ref().as_str() {
+            "pass" => edge::HostHeader::Pass,
+            "upstream" => edge::HostHeader::Upstream,
+            literal => {
+                if edge::Host::parse(literal.as_bytes()).is_err() {
+                    return Err(ctx.err(Some(h.span()), at("proxy.host_header"), format!("expected \"pass\", \"upstream\" or a host[:port], got {literal:?}")));
+                }
+                edge::HostHeader::Literal(literal.to_string())
+            }
+        };
+    }
+    if let Some(d) = &p.connect_timeout {
+        proxy.connect_timeout = duration(d, "proxy.connect_timeout")?;
+    }
+    if let Some(d) = &p.response_header_timeout {
+        proxy.response_header_timeout = duration(d, "proxy.response_header_timeout")?;
+    }
+    if let Some(d) = &p.idle_timeout {
+        proxy.idle_timeout = duration(d, "proxy.idle_timeout")?;
+    }
+    if let Some(d) = &p.fail_timeout {
+        proxy.fail_timeout = duration(d, "proxy.fail_timeout")?;
+    }
+    if let Some(size) = &p.max_body {
+        let bytes = match size.get_ref() {
+            RawSize::Bytes(n) => Some(*n),
+            RawSize::Text(t) => parse_size(t),
+        }
+        .ok_or_else(|| ctx.err(Some(size.span()), at("proxy.max_body"), "expected a size like \"10MiB\", \"1GiB\" or a number of bytes; 0 for no limit"))?;
+        proxy.max_body = (bytes > 0).then_some(bytes);
+    }
+    if let Some(n) = p.fail_after {
+        proxy.fail_after = n.max(1);
+    }
+    if let Some(n) = p.retries {
+        proxy.retries = n;
+    }
+    let ca_root = match &p.ca_root {
+        Some(path) => {
+            let file = resolve(path.get_ref());
+            if !file.is_file() {
+                return Err(ctx.err(Some(path.span()), at("proxy.ca_root"), format!("no such file: {}", file.display())));
+            }
+            Some(file)
+        }
+        None => None,
+    };
+    Ok(SiteAction::Proxy { proxy: Box::new(proxy), ca_root })
+}
+
+/// `"1048576"`, `"512KiB"`, `"10MiB"`, `"1GiB"` (also `k`/`m`/`g` as nginx writes them, binary),
+/// `"10MB"`, `"1GB"` (decimal), `"100B"`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "KiB" => 1 << 10,
+        "m" | "M" | "MiB" => 1 << 20,
+        "g" | "G" | "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
 fn parse_key_type(ctx: &Ctx<'_>, kt: &Spanned<String>, key: &str) -> Result<KeyType, ConfigError> {
     KeyType::parse(kt.get_ref()).ok_or_else(|| {
         ctx.err(Some(kt.span()), key, format!("expected \"ecdsa-p256\", \"ecdsa-p384\" or \"rsa-2048\", got {:?}", kt.get_ref()))
@@ -830,5 +1009,71 @@ mod tests {
         assert_eq!(parse_duration("365d"), Some(Duration::from_secs(365 * 86_400)));
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("s"), None);
+    }
+
+    #[test]
+    fn proxy_site_defaults_and_every_key() {
+        let config = parse("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nproxy = { upstreams = [\"http://10.0.0.5:8080\"] }\n").unwrap();
+        let SiteAction::Proxy { proxy, ca_root } = &config.sites[0].action else { panic!() };
+        assert_eq!(**proxy, edge::Proxy::new(vec!["http://10.0.0.5:8080".into()]));
+        assert_eq!(*ca_root, None);
+        assert!(!config.sites[0].access_log);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root.pem"), "").unwrap();
+        let text = "[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\naccess_log = true\nproxy = { upstreams = [\"http://10.0.0.5:8080\", \"https://app.internal\"], policy = \"ip_hash\", health = { path = \"/healthz\", interval = \"2s\", timeout = \"1s\" }, host_header = \"app.internal\", connect_timeout = \"1s\", response_header_timeout = \"30s\", idle_timeout = \"20s\", max_body = \"10MiB\", fail_after = 5, fail_timeout = \"3s\", retries = 2, ca_root = \"root.pem\" }\n";
+        let config = Config::parse(&dir.path().join("f.toml"), text).unwrap();
+        let SiteAction::Proxy { proxy, ca_root } = &config.sites[0].action else { panic!() };
+        assert_eq!(proxy.policy, edge::Policy::IpHash);
+        assert_eq!(proxy.health, Some(edge::HealthCheck { path: "/healthz".into(), interval: Duration::from_secs(2), timeout: Duration::from_secs(1) }));
+        assert_eq!(proxy.host_header, edge::HostHeader::Literal("app.internal".into()));
+        assert_eq!(proxy.connect_timeout, Duration::from_secs(1));
+        assert_eq!(proxy.response_header_timeout, Duration::from_secs(30));
+        assert_eq!(proxy.idle_timeout, Duration::from_secs(20));
+        assert_eq!(proxy.max_body, Some(10 << 20));
+        assert_eq!((proxy.fail_after, proxy.fail_timeout, proxy.retries), (5, Duration::from_secs(3), 2));
+        assert_eq!(ca_root.as_deref(), Some(dir.path().join("root.pem").as_path()));
+        assert!(config.sites[0].access_log);
+
+        let unlimited = parse("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nproxy = { upstreams = [\"http://h\"], max_body = 0, host_header = \"upstream\" }\n").unwrap();
+        let SiteAction::Proxy { proxy, .. } = &unlimited.sites[0].action else { panic!() };
+        assert_eq!(proxy.max_body, None);
+        assert_eq!(proxy.host_header, edge::HostHeader::Upstream);
+    }
+
+    #[test]
+    fn proxy_errors_name_the_key() {
+        let site = |proxy: &str| format!("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nproxy = {proxy}\n");
+        let cases = [
+            ("{ upstreams = [] }", "site[0].proxy.upstreams: needs at least one"),
+            ("{ upstreams = [\"10.0.0.5:80\"] }", "site[0].proxy.upstreams[0]"),
+            ("{ upstreams = [\"http://h/app\"] }", "no path"),
+            ("{ upstreams = [\"http://h\"], policy = \"random\" }", "site[0].proxy.policy"),
+            ("{ upstreams = [\"http://h\"], health = { path = \"healthz\" } }", "site[0].proxy.health.path"),
+            ("{ upstreams = [\"http://h\"], health = { path = \"/h\", interval = \"0s\" } }", "site[0].proxy.health.interval"),
+            ("{ upstreams = [\"http://h\"], connect_timeout = \"soon\" }", "site[0].proxy.connect_timeout"),
+            ("{ upstreams = [\"http://h\"], max_body = \"lots\" }", "site[0].proxy.max_body"),
+            ("{ upstreams = [\"http://h\"], host_header = \"a b\" }", "site[0].proxy.host_header"),
+            ("{ upstreams = [\"http://h\"], ca_root = \"/nonexistent.pem\" }", "site[0].proxy.ca_root"),
+            ("{ upstreams = [\"http://h\"], retry = 1 }", "unknown field"),
+        ];
+        for (proxy, expected) in cases {
+            let e = err(&site(proxy));
+            assert!(e.contains(":4: ") && e.contains(expected), "{proxy}: {e}");
+        }
+        let both = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\nproxy = { upstreams = [\"http://h\"] }\n");
+        assert!(both.contains("site[0].proxy: a site has one action"), "{both}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("512KiB"), Some(512 << 10));
+        assert_eq!(parse_size("10m"), Some(10 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size("MiB"), None);
+        assert_eq!(parse_size("1TiB"), None);
     }
 }

@@ -107,7 +107,7 @@ pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
     let sites = config
         .sites
         .iter()
-        .map(|site| edge::Site {
+        .map(|site| -> anyhow::Result<edge::Site> { Ok(edge::Site {
             names: site.domains.iter().map(|d| d.to_string()).collect(),
             action: match &site.action {
                 SiteAction::Redirect { to, status, keep_path } => edge::Action::Redirect(edge::Redirect {
@@ -119,12 +119,22 @@ pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
                     status: *status,
                     body: bytes::Bytes::from(body.clone()),
                 },
+                SiteAction::Proxy { proxy, ca_root } => {
+                    let mut proxy = edge::Proxy::clone(proxy);
+                    if let Some(path) = ca_root {
+                        proxy.ca_root_pem = Some(
+                            std::fs::read_to_string(path)
+                                .with_context(|| format!("cannot read proxy.ca_root {}", path.display()))?,
+                        );
+                    }
+                    edge::Action::Proxy(proxy)
+                }
             },
             https_redirect: site.https_redirect,
-            hsts: site.hsts.clone(),
+            hsts: site.hsts,
             access_log: site.access_log,
-        })
-        .collect();
+        }) })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     edge::Routes::new(sites).map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))
 }
 

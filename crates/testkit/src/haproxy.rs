@@ -27,9 +27,10 @@ impl Haproxy {
         for (i, (bind, backends)) in frontends.iter().enumerate() {
             cfg.push_str(&format!("frontend f{i}\n  bind {bind}\n  default_backend b{i}\n\nbackend b{i}\n  balance roundrobin\n"));
             for (j, backend) in backends.iter().enumerate() {
-                // Health checks, as any real deployment has: a node that is not up yet (or was
-                // killed) gets no traffic.
-                cfg.push_str(&format!("  server s{j} {backend} check inter 200ms fall 1 rise 1\n"));
+                // No active checks (a node not started yet would be marked down and miss its
+                // first validation); a refused connection is retried on the next node instead
+                // (`retries` + `option redispatch` above).
+                cfg.push_str(&format!("  server s{j} {backend}\n"));
             }
             cfg.push('\n');
         }

@@ -464,6 +464,7 @@ impl Blackhole {
 /// `X-Forwarded-For`, `X-Forwarded-Proto` and `Via` it received).
 pub struct Nginx {
     addr: SocketAddr,
+    tls: bool,
     dir: tempfile::TempDir,
     child: ChildGuard,
 }
@@ -476,6 +477,21 @@ impl Nginx {
 
     /// Starts nginx on `ip`; `extra` is added to its `server {}` block.
     pub async fn start_on(ip: Ipv4Addr, extra: &str) -> anyhow::Result<Nginx> {
+        Self::launch(ip, extra, None).await
+    }
+
+    /// Starts nginx serving HTTPS (only) on `ip` with this certificate chain and key (PEM); the
+    /// certificate should name `ip`.
+    pub async fn start_tls_on(
+        ip: Ipv4Addr,
+        cert_pem: &str,
+        key_pem: &str,
+        extra: &str,
+    ) -> anyhow::Result<Nginx> {
+        Self::launch(ip, extra, Some((cert_pem, key_pem))).await
+    }
+
+    async fn launch(ip: Ipv4Addr, extra: &str, tls: Option<(&str, &str)>) -> anyhow::Result<Nginx> {
         let binary = Path::new("/usr/sbin/nginx");
         if !binary.exists() {
             bail!("nginx is not installed (/usr/sbin/nginx; Debian package nginx)");
@@ -489,6 +505,14 @@ impl Nginx {
         }
         let addr = crate::address::free_addr(ip);
         let d = root.display();
+        let listen = match tls {
+            Some((cert, key)) => {
+                std::fs::write(root.join("cert.pem"), cert)?;
+                std::fs::write(root.join("key.pem"), key)?;
+                format!("listen {addr} ssl;\n        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;")
+            }
+            None => format!("listen {addr};"),
+        };
         let config = format!(
             r#"daemon off;
 master_process off;
@@ -507,7 +531,7 @@ http {{
     uwsgi_temp_path {d}/tmp/uwsgi;
     scgi_temp_path {d}/tmp/scgi;
     server {{
-        listen {addr};
+        {listen}
         root {www};
         location = /healthz {{ default_type text/plain; return 200 "ok\n"; }}
         location = /echo {{
@@ -530,7 +554,12 @@ http {{
             .arg("-e")
             .arg(root.join("error.log"));
         let child = ChildGuard::spawn_logging_to(cmd, "nginx", &root.join("nginx.log"))?;
-        let nginx = Nginx { addr, dir, child };
+        let nginx = Nginx {
+            addr,
+            tls: tls.is_some(),
+            dir,
+            child,
+        };
         let error_log = nginx.dir.path().join("error.log");
         wait_for_ok("nginx accepting connections", NGINX_STARTUP_DEADLINE, || async {
             TcpStream::connect(addr).await?;
@@ -545,9 +574,10 @@ http {{
         self.addr
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR`, or `https://ADDR` when started with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The document root.

@@ -1,7 +1,6 @@
 //! Header rewriting between client and upstream: hop-by-hop fields (RFC 9110 7.6.1),
 //! X-Forwarded-*, Forwarded (RFC 7239) and Via.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 
@@ -84,24 +83,19 @@ pub(crate) fn to_upstream(
     }
 
     // Forwarded: earlier elements, then ours: for=...;host=...;proto=...
-    let mut fwd_value = BytesMut::with_capacity(64);
+    let mut fwd_value = BytesMut::with_capacity(96);
     append_list(&mut fwd_value, headers.get_all(&FORWARDED));
-    let mut element = String::with_capacity(48);
-    match client {
-        IpAddr::V4(v4) => {
-            let _ = write!(element, "for={v4}");
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(element, "for=\"[{v6}]\"");
-        }
+    // Writing to a BytesMut cannot fail.
+    let _ = match client {
+        IpAddr::V4(v4) => write!((&mut fwd_value).writer(), "for={v4}"),
+        IpAddr::V6(v6) => write!((&mut fwd_value).writer(), "for=\"[{v6}]\""),
+    };
+    if let Some(h) = fwd.host {
+        fwd_value.put_slice(b";host=");
+        push_token_or_quoted(&mut fwd_value, h.as_bytes());
     }
-    if let Some(h) = fwd.host.and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=");
-        push_token_or_quoted(&mut element, h);
-    }
-    element.push_str(";proto=");
-    element.push_str(proto);
-    fwd_value.put_slice(element.as_bytes());
+    fwd_value.put_slice(b";proto=");
+    fwd_value.put_slice(proto.as_bytes());
     insert_bytes(headers, FORWARDED, fwd_value.freeze());
 
     headers.append(header::VIA, via(version));
@@ -225,22 +219,22 @@ fn insert_bytes(headers: &mut HeaderMap, name: HeaderName, value: Bytes) {
 }
 
 /// RFC 7239 values are tokens or quoted strings.
-fn push_token_or_quoted(out: &mut String, value: &str) {
+fn push_token_or_quoted(out: &mut BytesMut, value: &[u8]) {
     let token = !value.is_empty()
         && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
     if token {
-        out.push_str(value);
+        out.put_slice(value);
     } else {
-        out.push('"');
-        for c in value.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
+        out.put_u8(b'"');
+        for &b in value {
+            if b == b'"' || b == b'\\' {
+                out.put_u8(b'\\');
             }
-            out.push(c);
+            out.put_u8(b);
         }
-        out.push('"');
+        out.put_u8(b'"');
     }
 }
 
