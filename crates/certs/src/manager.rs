@@ -152,10 +152,23 @@ pub struct CertStatus {
     pub last_error: Option<String>,
 }
 
-/// How long a certificate lease lasts; renewed every third of it while an order runs.
-const LEASE_TTL: Duration = Duration::from_secs(30);
-/// How long a task sleeps at most before re-reading the store.
-const RESYNC: Duration = Duration::from_secs(60);
+/// Timings of the manager; the defaults suit production, tests shorten them.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// How long a certificate lease lasts; renewed every third of it while an order runs.
+    pub lease_ttl: Duration,
+    /// How long a task sleeps at most before re-reading the store.
+    pub resync: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            lease_ttl: Duration::from_secs(30),
+            resync: Duration::from_secs(60),
+        }
+    }
+}
 /// How often file-backed certificates are checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(1);
 /// How long to wait between looks while a peer holds the certificate's lease.
@@ -169,6 +182,7 @@ struct Task {
 
 /// Keeps every configured certificate obtained, renewed and deployed.
 pub struct Manager {
+    timings: Timings,
     store: Arc<dyn Storage>,
     cache: Option<Arc<dyn Storage>>,
     deployer: Arc<dyn Deployer>,
@@ -196,7 +210,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Manager {
     pub fn new(store: Arc<dyn Storage>, deployer: Arc<dyn Deployer>, node: String) -> Arc<Self> {
-        Self::with_cache(store, None, deployer, node)
+        Self::with_cache(store, None, deployer, node, Timings::default())
     }
 
     /// Like [`Manager::new`], keeping a copy of every certificate it serves in `cache` (a store
@@ -206,10 +220,12 @@ impl Manager {
         cache: Option<Arc<dyn Storage>>,
         deployer: Arc<dyn Deployer>,
         node: String,
+        timings: Timings,
     ) -> Arc<Self> {
         let challenges = Arc::new(Challenges::new(store.clone()));
         let internal = Arc::new(InternalCa::new(store.clone(), node.clone()));
         let manager = Arc::new(Manager {
+            timings,
             store,
             cache,
             deployer,
@@ -544,10 +560,10 @@ impl CertWorker {
             if due > now {
                 if let Some(next_ari) = self.maybe_check_ari(bundle, now).await {
                     let wait = (due.min(next_ari) - now).max(1) as u64;
-                    return Next::Wait(Duration::from_secs(wait).min(RESYNC));
+                    return Next::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
                 }
                 let wait = (due - now).max(1) as u64;
-                return Next::Wait(Duration::from_secs(wait).min(RESYNC));
+                return Next::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
             }
         }
         // Missing or due: obtain under the certificate's lease.
@@ -556,7 +572,7 @@ impl CertWorker {
             &self.manager.store,
             &lock_name,
             &self.manager.node,
-            LEASE_TTL,
+            self.manager.timings.lease_ttl,
             Duration::ZERO,
         )
         .await

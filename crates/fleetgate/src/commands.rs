@@ -29,7 +29,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
                 format!("redirect {status} to {to}{}", if *keep_path { " (keeping the path)" } else { "" })
             }
             SiteAction::Respond { status, .. } => format!("respond {status}"),
-            SiteAction::Proxy { proxy, .. } => format!("proxy ({:?}) to {}", proxy.policy, proxy.upstreams.join(", ")),
+            SiteAction::Proxy { proxy, .. } => format!("proxy ({}) to {}", proxy.policy.as_str(), proxy.upstreams.join(", ")),
         };
         let tls = match &site.tls {
             TlsChoice::Acme => "acme".to_string(),

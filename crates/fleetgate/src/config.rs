@@ -94,6 +94,10 @@ struct RawStorage {
     prefix: Option<String>,
     #[serde(default)]
     seal_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    lease_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    resync_interval: Option<Spanned<String>>,
 }
 
 impl Default for RawStorage {
@@ -104,6 +108,8 @@ impl Default for RawStorage {
             url: None,
             prefix: None,
             seal_key_file: None,
+            lease_ttl: None,
+            resync_interval: None,
         }
     }
 }
@@ -295,6 +301,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Where the sealing key comes from; `None` stores private keys unsealed.
     pub seal_key: Option<SealKeySource>,
+    /// Lease TTL and resync interval of the certificate manager.
+    pub timings: certs::Timings,
     pub acme: Option<AcmeSettings>,
     pub log: LogConfig,
     pub limits: edge::Limits,
@@ -463,6 +471,19 @@ impl Config {
             }
             None => None,
         };
+
+        let mut timings = certs::Timings::default();
+        for (raw_value, key, into) in [
+            (&raw.storage.lease_ttl, "storage.lease_ttl", &mut timings.lease_ttl),
+            (&raw.storage.resync_interval, "storage.resync_interval", &mut timings.resync),
+        ] {
+            if let Some(v) = raw_value {
+                let d = parse_duration(v.get_ref()).filter(|d| *d >= Duration::from_secs(1)).ok_or_else(|| {
+                    ctx.err(Some(v.span()), key, format!("expected a duration of at least 1s like \"30s\", got {:?}", v.get_ref()))
+                })?;
+                *into = d;
+            }
+        }
 
         let mut acme_key_type = KeyType::default();
         let acme = match &raw.acme {
@@ -670,6 +691,7 @@ impl Config {
             listen_https,
             storage,
             seal_key,
+            timings,
             acme,
             log,
             limits,

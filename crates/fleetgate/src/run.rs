@@ -149,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cache,
         Arc::new(SniDeployer(cert_map.clone())),
         node.clone(),
+        config.timings,
     );
     let edge = Arc::new(
         edge::Edge::new(

@@ -1,6 +1,7 @@
 //! The reverse proxy through the real binary: HTTPS with the built-in CA in front of testkit
 //! upstreams and nginx; balancing, forwarded headers, 100 MB each way with the binary's memory
 //! measured, WebSocket over TLS, the access log, and health checks ending on SIGHUP.
+#![allow(clippy::expect_used)]
 
 mod common;
 
@@ -105,7 +106,7 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
     let check = node.command(&["check"]);
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    assert!(stdout.contains("proxy (RoundRobin) to http://"), "{stdout}");
+    assert!(stdout.contains("proxy (round_robin) to http://"), "{stdout}");
 
     node.start().await?;
     let export = node.command(&["ca", "export"]);

@@ -78,6 +78,17 @@ pub enum Policy {
     IpHash,
 }
 
+impl Policy {
+    /// The configuration name: `round_robin`, `least_conn`, `ip_hash`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::LeastConn => "least_conn",
+            Policy::IpHash => "ip_hash",
+        }
+    }
+}
+
 /// Active health checks: `GET path` on every upstream every `interval`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
