@@ -68,6 +68,9 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("another node holds the lock for {name}")]
     Busy { name: String },
+    /// A cluster-wide issuance limit (see `limits`) would be passed; try after `retry_after`.
+    #[error("issuance limit reached: {what}")]
+    LimitReached { what: String, retry_after: Duration },
     #[error("cryptography: {0}")]
     Crypto(String),
 }
@@ -87,7 +90,8 @@ impl Error {
             | Error::Network { .. }
             | Error::Timeout { .. }
             | Error::Validation { .. }
-            | Error::Busy { .. } => true,
+            | Error::Busy { .. }
+            | Error::LimitReached { .. } => true,
             Error::Store(e) => e.is_retryable(),
         }
     }
@@ -96,6 +100,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::RateLimited { retry_after, .. } => *retry_after,
+            Error::LimitReached { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

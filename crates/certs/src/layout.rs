@@ -8,8 +8,9 @@
 //! challenges/tls-alpn-01/<domain>.json   TLS-ALPN-01 key authorization digest
 //! internal/ca.json                       the built-in CA's root certificate and key
 //! nodes/<node>.json                      each node's heartbeat (for `fleetgate status`)
+//! limits/{orders,certs,failures}/<name>  sliding-window counters of the cluster-wide limits
 //! ```
-//! Lock names: `cert-<cert-id>`, `account-<ca>`, `internal-ca`.
+//! Lock names: `cert-<cert-id>`, `account-<ca>`, `internal-ca`, `limits`.
 
 use store::{LockName, StorageKey};
 
@@ -101,4 +102,16 @@ pub fn nodes_prefix() -> StorageKey {
 
 pub fn status_prefix() -> StorageKey {
     key("status".to_string())
+}
+
+/// A limits counter: `what` is `orders/<ca>`, `certs/<domain>` or `failures/<name>`.
+pub fn limits_key(what: &str) -> StorageKey {
+    let mut parts = what.splitn(2, '/');
+    let kind = store::sanitize_segment(parts.next().unwrap_or("other"));
+    let name = store::sanitize_segment(parts.next().unwrap_or("_"));
+    key(format!("limits/{kind}/{name}.json"))
+}
+
+pub fn limits_lock() -> LockName {
+    LockName::new("limits")
 }

@@ -13,6 +13,7 @@ pub mod files;
 pub mod internal;
 mod keys;
 pub mod layout;
+pub mod limits;
 mod manager;
 pub mod renewal;
 

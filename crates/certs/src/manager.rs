@@ -159,6 +159,8 @@ pub struct Timings {
     pub lease_ttl: Duration,
     /// How long a task sleeps at most before re-reading the store.
     pub resync: Duration,
+    /// Cluster-wide issuance limits for ACME orders.
+    pub limits: crate::limits::ClusterLimits,
 }
 
 impl Default for Timings {
@@ -166,6 +168,7 @@ impl Default for Timings {
         Timings {
             lease_ttl: Duration::from_secs(30),
             resync: Duration::from_secs(60),
+            limits: crate::limits::ClusterLimits::default(),
         }
     }
 }
@@ -183,6 +186,7 @@ struct Task {
 /// Keeps every configured certificate obtained, renewed and deployed.
 pub struct Manager {
     timings: Timings,
+    limiter: crate::limits::Limiter,
     store: Arc<dyn Storage>,
     cache: Option<Arc<dyn Storage>>,
     deployer: Arc<dyn Deployer>,
@@ -224,8 +228,10 @@ impl Manager {
     ) -> Arc<Self> {
         let challenges = Arc::new(Challenges::new(store.clone()));
         let internal = Arc::new(InternalCa::new(store.clone(), node.clone()));
+        let limiter = crate::limits::Limiter::new(store.clone(), timings.limits, node.clone());
         let manager = Arc::new(Manager {
             timings,
+            limiter,
             store,
             cache,
             deployer,
@@ -647,7 +653,15 @@ impl CertWorker {
         match &self.cert.source {
             CertSource::Acme(settings) => {
                 let issuer = self.manager.issuer(settings);
-                issuer.issue(&self.cert.domains, self.cert.key_type, current).await
+                let limiter = &self.manager.limiter;
+                limiter.reserve_order(issuer.ca_id(), &self.cert.domains).await?;
+                let result = issuer.issue(&self.cert.domains, self.cert.key_type, current).await;
+                match &result {
+                    Ok(_) => limiter.record_issued(&self.cert.domains).await,
+                    Err(Error::Validation { domain, .. }) => limiter.record_failed_validation(domain).await,
+                    Err(_) => {}
+                }
+                result
             }
             CertSource::Internal => self.manager.internal.issue(&self.cert.domains, self.cert.key_type).await,
             CertSource::Files { cert, key } => files::load(cert, key),

@@ -46,7 +46,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     for (i, site) in config.sites.iter().enumerate() {
         if let TlsChoice::Files { cert, key } = &site.tls {
             if let Err(e) = certs::files::load(cert, key) {
-                writeln!(out, "site[{i}].tls: {e}")?;
+                writeln!(out, "site[{i}].tls: {:#}", anyhow::Error::from(e))?;
                 bad += 1;
             }
         }

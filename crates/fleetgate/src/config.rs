@@ -132,6 +132,12 @@ struct RawAcme {
     challenges: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     key_type: Option<Spanned<String>>,
+    #[serde(default)]
+    orders_per_3h: Option<u32>,
+    #[serde(default)]
+    certs_per_domain_per_week: Option<u32>,
+    #[serde(default)]
+    failed_validations_per_hour: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -515,6 +521,16 @@ impl Config {
                 };
                 if let Some(kt) = &acme.key_type {
                     acme_key_type = parse_key_type(&ctx, kt, "acme.key_type")?;
+                }
+                let limits = &mut timings.limits;
+                for (value, into) in [
+                    (acme.orders_per_3h, &mut limits.orders_per_3h),
+                    (acme.certs_per_domain_per_week, &mut limits.certs_per_domain_per_week),
+                    (acme.failed_validations_per_hour, &mut limits.failed_validations_per_hour),
+                ] {
+                    if let Some(v) = value {
+                        *into = v;
+                    }
                 }
                 let ca_root = match &acme.ca_root {
                     Some(path) => {

@@ -1,7 +1,9 @@
 //! The optional access log: one structured `tracing` event per request, target `access`, level
 //! INFO, with `method`, `host`, `path` (without the query, which often carries secrets),
 //! `status`, `upstream` (empty when the edge answered itself), `duration_ms` (until the response
-//! body was sent or the client left) and `bytes` (response body bytes sent).
+//! body was sent or the client left) and `bytes` (response body bytes sent). A request whose
+//! client went away before a response head is logged with status 499 (nginx's "client closed
+//! request").
 
 use http::{Method, Request};
 use tokio::time::Instant;
@@ -14,6 +16,7 @@ pub(crate) struct AccessLog {
     host: String,
     path: String,
     started: Instant,
+    done: bool,
 }
 
 impl AccessLog {
@@ -23,10 +26,16 @@ impl AccessLog {
             host: host.to_owned(),
             path: req.uri().path().to_owned(),
             started: Instant::now(),
+            done: false,
         }
     }
 
-    pub(crate) fn finish(self, status: u16, upstream: Option<&str>, bytes: u64) {
+    pub(crate) fn finish(mut self, status: u16, upstream: Option<&str>, bytes: u64) {
+        self.done = true;
+        self.emit(status, upstream, bytes);
+    }
+
+    fn emit(&self, status: u16, upstream: Option<&str>, bytes: u64) {
         let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         info!(
             target: "access",
@@ -39,5 +48,13 @@ impl AccessLog {
             bytes,
             "request"
         );
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if !self.done {
+            self.emit(499, None, 0);
+        }
     }
 }

@@ -178,6 +178,9 @@ impl Forwarder {
         down: &Downstream<'_>,
         log: Option<AccessLog>,
     ) -> Response<ResponseBody> {
+        if req.method() == Method::CONNECT {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", log);
+        }
         if let Some(max) = self.max_body
             && req.body().size_hint().lower() > max
         {
