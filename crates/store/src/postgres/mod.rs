@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
-use tokio::sync::broadcast;
+use tokio::sync::{OnceCell, broadcast};
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{NoTls, Row};
 
@@ -182,6 +182,10 @@ struct Inner {
     pool: Pool,
     timeout: Duration,
     forward: Forward,
+    /// Set once this store has brought the schema up to date: by [`PostgresStore::connect_with`]
+    /// before it returns, or by the first call that reaches the database of a store from
+    /// [`PostgresStore::connect_lazy_with`]. Migrations run at most once per store.
+    migrated: OnceCell<()>,
     // Stops listening when the last clone is dropped.
     _listener: AbortOnDrop<()>,
 }
@@ -223,54 +227,41 @@ impl PostgresStore {
         options: PostgresOptions,
     ) -> Result<PostgresStore> {
         let what = format!("connect to {url}");
-        let config = tune(url.config.clone(), options.timeout);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .build()
-            // Only fails for pool timeouts without a runtime; we set no pool timeouts.
-            .map_err(|e| Error::Unavailable {
-                what: format!("{what}: building the connection pool"),
-                source: Some(Box::new(e)),
-            })?;
-        let (events, _) = broadcast::channel(EVENT_CAPACITY);
-        let forward = Forward {
-            events,
-            origin: format!("{:016x}", fastrand::u64(..)),
-        };
+        let parts = Parts::new(url, &options)?;
         let first_session = bounded(options.timeout, &what, async {
-            let mut conn = checkout(&pool, &what).await?;
-            let found = schema::migrate(conn.client_mut())
-                .await
-                .map_err(|e| pg_error(&what, e))?;
-            conn.finish();
-            tracing::debug!(%url, found, latest = schema::latest(), "schema up to date");
-            Session::open(&config, &forward)
+            migrate(&parts.pool, url, &what).await?;
+            Session::open(&parts.config, &parts.forward)
                 .await
                 .map_err(|e| pg_error(&what, e))
         })
         .await?;
-        let listener = AbortOnDrop(tokio::spawn(listener::run(
-            config,
-            forward.clone(),
-            first_session,
-            options.timeout,
-        )));
-        Ok(PostgresStore {
-            inner: Arc::new(Inner {
-                url: url.clone(),
-                pool,
-                timeout: options.timeout,
-                forward,
-                _listener: listener,
-            }),
-        })
+        Ok(parts.into_store(Some(first_session), OnceCell::new_with(Some(()))))
+    }
+
+    /// A store that connects on first use, with default [`PostgresOptions`]. See
+    /// [`PostgresStore::connect_lazy_with`].
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (it spawns the change listener).
+    pub fn connect_lazy(url: &str) -> Result<PostgresStore> {
+        let url: PostgresUrl = url.parse()?;
+        PostgresStore::connect_lazy_with(&url, PostgresOptions::default())
+    }
+
+    /// A store that connects on first use: for starting while the database is down. Fails only
+    /// on an invalid URL; nothing is sent to the database here.
+    ///
+    /// Pending schema migrations are applied by the first call that reaches the database (once
+    /// per store; concurrent first calls wait for it); until then every call reports
+    /// [`Error::Unavailable`], like any call while the database is down. The change listener
+    /// connects in the background with backoff: other nodes' changes are reported once it is
+    /// up (this store's own writes always are).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (it spawns the change listener).
+    pub fn connect_lazy_with(url: &PostgresUrl, options: PostgresOptions) -> Result<PostgresStore> {
+        let parts = Parts::new(url, &options)?;
+        Ok(parts.into_store(None, OnceCell::new()))
     }
 
     async fn bounded<T>(
@@ -281,8 +272,14 @@ impl PostgresStore {
         bounded(self.inner.timeout, what, fut).await
     }
 
+    /// A pooled connection, once the schema is known to be current (see `Inner::migrated`).
     async fn checkout<'w>(&self, what: &'w str) -> Result<Checkout<'w>> {
-        checkout(&self.inner.pool, what).await
+        let inner = &self.inner;
+        inner
+            .migrated
+            .get_or_try_init(|| migrate(&inner.pool, &inner.url, what))
+            .await?;
+        checkout(&inner.pool, what).await
     }
 
     fn payload(&self, change: &Change) -> String {
@@ -514,6 +511,81 @@ impl Storage for PostgresStore {
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.inner.forward.events.subscribe()
     }
+}
+
+/// What both ways of connecting build before any I/O: the connection settings, the pool and
+/// the change channel.
+struct Parts {
+    url: PostgresUrl,
+    config: tokio_postgres::Config,
+    pool: Pool,
+    timeout: Duration,
+    forward: Forward,
+}
+
+impl Parts {
+    fn new(url: &PostgresUrl, options: &PostgresOptions) -> Result<Parts> {
+        let config = tune(url.config.clone(), options.timeout);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            // Only fails for pool timeouts without a runtime; we set no pool timeouts.
+            .map_err(|e| Error::Unavailable {
+                what: format!("connect to {url}: building the connection pool"),
+                source: Some(Box::new(e)),
+            })?;
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let forward = Forward {
+            events,
+            origin: format!("{:016x}", fastrand::u64(..)),
+        };
+        Ok(Parts {
+            url: url.clone(),
+            config,
+            pool,
+            timeout: options.timeout,
+            forward,
+        })
+    }
+
+    /// The store, its listener supervising `first` or (without one) connecting in the
+    /// background.
+    fn into_store(self, first: Option<Session>, migrated: OnceCell<()>) -> PostgresStore {
+        let listener = AbortOnDrop(tokio::spawn(listener::run(
+            self.config,
+            self.forward.clone(),
+            first,
+            self.timeout,
+        )));
+        PostgresStore {
+            inner: Arc::new(Inner {
+                url: self.url,
+                pool: self.pool,
+                timeout: self.timeout,
+                forward: self.forward,
+                migrated,
+                _listener: listener,
+            }),
+        }
+    }
+}
+
+/// Bring the schema up to date on a pooled connection.
+async fn migrate(pool: &Pool, url: &PostgresUrl, what: &str) -> Result<()> {
+    let mut conn = checkout(pool, what).await?;
+    let found = schema::migrate(conn.client_mut())
+        .await
+        .map_err(|e| pg_error(what, e))?;
+    conn.finish();
+    tracing::debug!(%url, found, latest = schema::latest(), "schema up to date");
+    Ok(())
 }
 
 /// A pooled connection used by one call. Unless [`Checkout::finish`] is called, dropping it
