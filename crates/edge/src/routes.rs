@@ -81,7 +81,10 @@ impl Hsts {
 #[derive(Debug)]
 pub(crate) enum Prepared {
     Redirect(PreparedRedirect),
-    Respond { status: StatusCode, body: Bytes },
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+    },
     /// Shared with the requests in flight; its health checks stop when the last holder goes.
     Proxy(Arc<Forwarder>),
 }

@@ -43,7 +43,12 @@ async fn round_robin_spreads_evenly_over_kept_alive_connections() {
     // back to the pool in a task of its own, so a busy machine may open a second one.)
     for u in &ups {
         assert_eq!(u.requests(), 10);
-        assert!(u.connections_opened() <= 2, "{}: {}", u.name(), u.connections_opened());
+        assert!(
+            u.connections_opened() <= 2,
+            "{}: {}",
+            u.name(),
+            u.connections_opened()
+        );
     }
 }
 
@@ -75,9 +80,11 @@ async fn least_conn_prefers_the_idle_upstream() {
     // One request held open by an upstream.
     let addr = edge.http;
     let held = tokio::spawn(async move { get(addr, "app.test", "/hang").await });
-    let busy = testkit::wait_for("the held request to reach an upstream", DEADLINE, || async {
-        ups.iter().position(|u| u.requests() == 1)
-    })
+    let busy = testkit::wait_for(
+        "the held request to reach an upstream",
+        DEADLINE,
+        || async { ups.iter().position(|u| u.requests() == 1) },
+    )
     .await
     .unwrap();
     let idle = 1 - busy;
@@ -128,7 +135,10 @@ async fn request_and_response_headers_are_rewritten() {
         "proxy",
         "transfer-encoding",
     ] {
-        assert!(seen.header(gone).is_none(), "{gone} reached the upstream: {seen:?}");
+        assert!(
+            seen.header(gone).is_none(),
+            "{gone} reached the upstream: {seen:?}"
+        );
     }
     assert_eq!(seen.all("host"), [host.as_str()]);
     assert_eq!(seen.all("x-forwarded-for"), ["203.0.113.1, 127.0.0.77"]);
@@ -136,7 +146,10 @@ async fn request_and_response_headers_are_rewritten() {
     assert_eq!(seen.all("x-forwarded-host"), [host.as_str()]);
     assert_eq!(
         seen.all("forwarded"),
-        [format!("for=203.0.113.1;proto=https, for=127.0.0.77;host=\"{host}\";proto=http").as_str()]
+        [
+            format!("for=203.0.113.1;proto=https, for=127.0.0.77;host=\"{host}\";proto=http")
+                .as_str()
+        ]
     );
     assert_eq!(seen.all("via"), ["1.1 balancer", "1.1 fleetgate"]);
     assert_eq!(seen.all("x-kept"), ["yes"]);
@@ -168,7 +181,10 @@ async fn host_header_pass_upstream_or_literal() {
     let reply = get(edge.http, "upstream.test", "/").await.unwrap();
     assert_eq!(host_seen(&reply), Some(ups[0].addr().to_string()));
     // X-Forwarded-Host still tells the upstream what the client asked for.
-    assert_eq!(echo(&reply).header("x-forwarded-host"), Some("upstream.test"));
+    assert_eq!(
+        echo(&reply).header("x-forwarded-host"),
+        Some("upstream.test")
+    );
     let reply = get(edge.http, "literal.test", "/").await.unwrap();
     assert_eq!(host_seen(&reply).as_deref(), Some("backend.internal:8080"));
 }
@@ -196,18 +212,29 @@ async fn https_and_http2_clients_are_proxied_over_http1() {
         let reply = h2.get("app.test", "/h2?x=1").await.unwrap();
         assert_eq!(reply.status, 200);
         assert_eq!(reply.version, http::Version::HTTP_2);
-        assert_eq!(reply.header("strict-transport-security"), Some("max-age=60"));
+        assert_eq!(
+            reply.header("strict-transport-security"),
+            Some("max-age=60")
+        );
         let seen = echo(&reply);
         assert_eq!(seen.request_line, "GET /h2?x=1 HTTP/1.1");
         assert_eq!(seen.all("host"), ["app.test"]);
         assert_eq!(seen.all("x-forwarded-proto"), ["https"]);
         assert_eq!(seen.all("via"), ["2 fleetgate"]);
     }
-    let mut h1 = Conn::open(edge.https, "app.test", tls_config(ca.root_pem(), &[b"http/1.1"]))
-        .await
-        .unwrap();
+    let mut h1 = Conn::open(
+        edge.https,
+        "app.test",
+        tls_config(ca.root_pem(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
     let reply = h1.get("app.test", "/h1").await.unwrap();
     assert_eq!(reply.status, 200);
     assert_eq!(echo(&reply).all("via"), ["1.1 fleetgate"]);
-    assert!(ups[0].connections_opened() <= 2, "{}", ups[0].connections_opened());
+    assert!(
+        ups[0].connections_opened() <= 2,
+        "{}",
+        ups[0].connections_opened()
+    );
 }

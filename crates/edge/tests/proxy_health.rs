@@ -7,7 +7,6 @@ mod proxy_support;
 
 use std::time::{Duration, Instant};
 
-
 use bytes::Bytes;
 use common::*;
 use edge::{HealthCheck, Proxy, Routes};
@@ -96,7 +95,10 @@ async fn no_healthy_upstream_is_a_502() {
         let reply = get(edge.http, "app.test", "/").await.unwrap();
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
         assert_eq!(reply.body, "bad gateway\n");
-        assert_eq!(reply.header("content-type"), Some("text/plain; charset=utf-8"));
+        assert_eq!(
+            reply.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
     }
     // Marked after fail_after (3) failures: not even tried now.
     let reply = get(edge.http, "app.test", "/").await.unwrap();
@@ -223,9 +225,11 @@ async fn idle_pooled_connections_are_closed_after_idle_timeout() {
     let edge = start(vec![site(&["app.test"], proxy)]).await;
     assert_eq!(get(edge.http, "app.test", "/").await.unwrap().status, 200);
     assert_eq!(u.connections_opened(), 1);
-    testkit::wait_for("the idle upstream connection to close", DEADLINE, || async {
-        (u.connections_open() == 0).then_some(())
-    })
+    testkit::wait_for(
+        "the idle upstream connection to close",
+        DEADLINE,
+        || async { (u.connections_open() == 0).then_some(()) },
+    )
     .await
     .unwrap();
     assert_eq!(get(edge.http, "app.test", "/").await.unwrap().status, 200);

@@ -51,7 +51,10 @@ async fn hundred_megabytes_each_way_stream_with_bounded_memory() {
     ])
     .await;
     // Warm up (thread stacks, pools, TLS-free code paths) before measuring.
-    assert_eq!(get(edge.http, "upload.test", "/").await.unwrap().status, 200);
+    assert_eq!(
+        get(edge.http, "upload.test", "/").await.unwrap().status,
+        200
+    );
     testkit::reset_peak_rss().unwrap();
     let baseline = testkit::proc_status_bytes(None, "VmHWM").unwrap();
 
@@ -69,9 +72,11 @@ async fn hundred_megabytes_each_way_stream_with_bounded_memory() {
     for _ in 0..8 {
         tx.send(chunk.clone()).await.unwrap();
     }
-    testkit::wait_for("the upstream to receive the start of the body", DEADLINE, || async {
-        (up.body_bytes() >= MB).then_some(())
-    })
+    testkit::wait_for(
+        "the upstream to receive the start of the body",
+        DEADLINE,
+        || async { (up.body_bytes() >= MB).then_some(()) },
+    )
     .await
     .unwrap();
     assert!(up.body_bytes() <= 8 * MB);
@@ -100,7 +105,11 @@ async fn hundred_megabytes_each_way_stream_with_bounded_memory() {
     // Everything (client, proxy, upstream) runs in this process: 200 MB went through it.
     let peak = testkit::proc_status_bytes(None, "VmHWM").unwrap();
     let grew = peak.saturating_sub(baseline);
-    eprintln!("peak RSS grew by {} KiB (baseline {} KiB)", grew / 1024, baseline / 1024);
+    eprintln!(
+        "peak RSS grew by {} KiB (baseline {} KiB)",
+        grew / 1024,
+        baseline / 1024
+    );
     assert!(
         grew < 40 * MB,
         "peak RSS grew by {} MiB while streaming 2 x 100 MiB",
@@ -133,7 +142,10 @@ async fn websocket_echo_through_an_upgrade() {
     let head = testkit::ws_handshake(&mut tcp, "app.test", "/chat")
         .await
         .unwrap();
-    assert!(head.to_ascii_lowercase().contains("via: 1.1 fleetgate"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("via: 1.1 fleetgate"),
+        "{head}"
+    );
     for (i, len) in [5usize, 200, 70_000].into_iter().enumerate() {
         let frame = WsFrame {
             opcode: if i == 0 { 1 } else { 2 },
@@ -212,7 +224,10 @@ fn bad_roots_and_upstreams_are_refused_when_routes_are_built() {
     assert!(err.to_string().contains("ca_root"), "{err}");
     let err = edge::Routes::new(vec![site(&["a.test"], Proxy::new(vec![]))]).unwrap_err();
     assert!(err.to_string().contains("upstreams"), "{err}");
-    let err = edge::Routes::new(vec![site(&["a.test"], Proxy::new(vec!["http://h/x".into()]))])
-        .unwrap_err();
+    let err = edge::Routes::new(vec![site(
+        &["a.test"],
+        Proxy::new(vec!["http://h/x".into()]),
+    )])
+    .unwrap_err();
     assert!(err.to_string().contains("no path"), "{err}");
 }

@@ -16,7 +16,11 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .with_context(|| format!("log.level {:?} is not a valid filter", log.level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -63,9 +67,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn store::Stora
     let (backend, cache): (Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>) = match &config.storage {
         StorageConfig::Dir { path } => (open_dir(path)?, None),
         StorageConfig::Postgres { url, path } => {
-            let store = store::PostgresStore::connect(url)
-                .await
-                .with_context(|| format!("cannot connect to PostgreSQL (storage.url {})", redact(url)))?;
+            // Lazy: a node starts (and serves from its local cache) while the database is down.
+            let store = store::PostgresStore::connect_lazy(url)
+                .with_context(|| format!("cannot use PostgreSQL (storage.url {})", redact(url)))?;
             (Arc::new(store), Some(open_dir(&path.join("cache"))?))
         }
         StorageConfig::Redis { url, prefix, path } => {

@@ -29,11 +29,11 @@ pub use poll::{POLL_INTERVAL, wait_for, wait_for_ok};
 pub use postgres::{POSTGRES_STARTUP_DEADLINE, Postgres};
 pub use process::{ChildGuard, Signal};
 pub use redis_server::{REDIS_STARTUP_DEADLINE, RedisServer, RedisServerBuilder};
+pub use tls_client::{
+    HANDSHAKE_TIMEOUT, TlsInfo, client_config, tls_connect, tls_handshake, tls_info,
+};
 pub use upstream::{
     Blackhole, ChannelBody, Echo, GeneratedBody, NGINX_STARTUP_DEADLINE, Nginx, Upstream, WsFrame,
     channel_body, chunk, proc_status_bytes, reset_peak_rss, ws_accept, ws_handshake, ws_read,
     ws_write,
-};
-pub use tls_client::{
-    HANDSHAKE_TIMEOUT, TlsInfo, client_config, tls_connect, tls_handshake, tls_info,
 };

@@ -226,7 +226,12 @@ async fn answer(mut req: Request<Incoming>, name: &str, stats: &Stats) -> Respon
         return response;
     }
 
-    let mut echo = format!("upstream {name}\nrequest {} {} {:?}\n", req.method(), req.uri(), req.version());
+    let mut echo = format!(
+        "upstream {name}\nrequest {} {} {:?}\n",
+        req.method(),
+        req.uri(),
+        req.version()
+    );
     for (k, v) in req.headers() {
         echo.push_str(k.as_str());
         echo.push_str(": ");
@@ -240,7 +245,9 @@ async fn answer(mut req: Request<Incoming>, name: &str, stats: &Stats) -> Respon
             Ok(frame) => {
                 if let Some(data) = frame.data_ref() {
                     received += data.len() as u64;
-                    stats.body_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    stats
+                        .body_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
             Err(_) => return fixed(StatusCode::BAD_REQUEST, name, "body failed\n"),
@@ -431,8 +438,7 @@ impl Blackhole {
         let mut fillers = Vec::new();
         // Fill the queue until a connection attempt hangs (proof the hole works).
         for _ in 0..16 {
-            match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
-            {
+            match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => fillers.push(stream),
                 Ok(Err(e)) => bail!("connecting to the blackhole {addr} failed: {e}"),
                 Err(_) => {
@@ -496,7 +502,9 @@ impl Nginx {
         if !binary.exists() {
             bail!("nginx is not installed (/usr/sbin/nginx; Debian package nginx)");
         }
-        let dir = tempfile::Builder::new().prefix("testkit-nginx-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("testkit-nginx-")
+            .tempdir()?;
         let root = dir.path();
         let www = root.join("www");
         std::fs::create_dir_all(&www)?;
@@ -509,7 +517,9 @@ impl Nginx {
             Some((cert, key)) => {
                 std::fs::write(root.join("cert.pem"), cert)?;
                 std::fs::write(root.join("key.pem"), key)?;
-                format!("listen {addr} ssl;\n        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;")
+                format!(
+                    "listen {addr} ssl;\n        ssl_certificate {d}/cert.pem;\n        ssl_certificate_key {d}/key.pem;"
+                )
             }
             None => format!("listen {addr};"),
         };
@@ -561,10 +571,14 @@ http {{
             child,
         };
         let error_log = nginx.dir.path().join("error.log");
-        wait_for_ok("nginx accepting connections", NGINX_STARTUP_DEADLINE, || async {
-            TcpStream::connect(addr).await?;
-            Ok(())
-        })
+        wait_for_ok(
+            "nginx accepting connections",
+            NGINX_STARTUP_DEADLINE,
+            || async {
+                TcpStream::connect(addr).await?;
+                Ok(())
+            },
+        )
         .await
         .with_context(|| std::fs::read_to_string(&error_log).unwrap_or_default())?;
         Ok(nginx)
@@ -627,7 +641,11 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for group in data.chunks(3) {
-        let b = [group[0], *group.get(1).unwrap_or(&0), *group.get(2).unwrap_or(&0)];
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= group.len() {
@@ -669,7 +687,13 @@ pub async fn ws_write<W: AsyncWrite + Unpin>(
     match mask {
         Some(key) => {
             out.extend_from_slice(&key);
-            out.extend(frame.payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            out.extend(
+                frame
+                    .payload
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[i % 4]),
+            );
         }
         None => out.extend_from_slice(&frame.payload),
     }
@@ -697,7 +721,9 @@ pub async fn ws_read<R: AsyncRead + Unpin>(io: &mut R) -> anyhow::Result<WsFrame
         io.read_exact(&mut key).await?;
     }
     let mut payload = vec![0u8; usize::try_from(len)?];
-    io.read_exact(&mut payload).await.context("read frame payload")?;
+    io.read_exact(&mut payload)
+        .await
+        .context("read frame payload")?;
     if masked {
         for (i, b) in payload.iter_mut().enumerate() {
             *b ^= key[i % 4];
@@ -788,7 +814,8 @@ pub fn proc_status_bytes(pid: Option<u32>, field: &str) -> anyhow::Result<u64> {
 /// Resets this process's peak resident set size (`VmHWM`) to its current size (Linux 4.0+:
 /// `5` written to `/proc/self/clear_refs`).
 pub fn reset_peak_rss() -> anyhow::Result<()> {
-    std::fs::write("/proc/self/clear_refs", "5").context("reset VmHWM through /proc/self/clear_refs")
+    std::fs::write("/proc/self/clear_refs", "5")
+        .context("reset VmHWM through /proc/self/clear_refs")
 }
 
 #[cfg(test)]
@@ -801,7 +828,7 @@ mod tests {
         // RFC 6455 section 1.3.
         assert_eq!(
             ws_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kK1TCgRRZOoXoo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
         assert_eq!(base64(b"f"), "Zg==");
         assert_eq!(base64(b"fo"), "Zm8=");

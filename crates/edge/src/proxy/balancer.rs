@@ -48,10 +48,7 @@ impl Upstream {
             .cloned()
             .filter(|s| *s == Scheme::HTTP || *s == Scheme::HTTPS)
             .ok_or_else(|| invalid("expected http:// or https://"))?;
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| invalid("no host"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
         if authority.as_str().contains('@') {
             return Err(invalid("user info is not allowed"));
         }
@@ -344,7 +341,10 @@ mod tests {
         b.failed(1);
         b.failed(1);
         for _ in 0..10 {
-            assert_ne!(b.pick(ip("192.0.2.1"), Tried::default()).unwrap().index(), 1);
+            assert_ne!(
+                b.pick(ip("192.0.2.1"), Tried::default()).unwrap().index(),
+                1
+            );
         }
         b.succeeded(1);
         let seen: Vec<_> = (0..3)
@@ -356,10 +356,15 @@ mod tests {
     #[test]
     fn ip_hash_is_sticky_and_falls_over() {
         let b = balancer(4, Policy::IpHash);
-        let first = b.pick(ip("198.51.100.7"), Tried::default()).unwrap().index();
+        let first = b
+            .pick(ip("198.51.100.7"), Tried::default())
+            .unwrap()
+            .index();
         for _ in 0..10 {
             assert_eq!(
-                b.pick(ip("198.51.100.7"), Tried::default()).unwrap().index(),
+                b.pick(ip("198.51.100.7"), Tried::default())
+                    .unwrap()
+                    .index(),
                 first
             );
         }
@@ -375,11 +380,16 @@ mod tests {
             .collect();
         assert!(spread.len() >= 3, "{spread:?}");
         b.checked(first, false);
-        let other = b.pick(ip("198.51.100.7"), Tried::default()).unwrap().index();
+        let other = b
+            .pick(ip("198.51.100.7"), Tried::default())
+            .unwrap()
+            .index();
         assert_ne!(other, first);
         b.checked(first, true);
         assert_eq!(
-            b.pick(ip("198.51.100.7"), Tried::default()).unwrap().index(),
+            b.pick(ip("198.51.100.7"), Tried::default())
+                .unwrap()
+                .index(),
             first
         );
     }

@@ -5,8 +5,8 @@ use std::io::Write as _;
 use std::net::IpAddr;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

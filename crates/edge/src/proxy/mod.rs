@@ -30,8 +30,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
 pub(crate) use access::AccessLog;
-pub use config::{HealthCheck, HostHeader, Policy, Proxy};
 pub(crate) use body::ResponseBody;
+pub use config::{HealthCheck, HostHeader, Policy, Proxy};
 
 use crate::error::EdgeError;
 use balancer::{Balancer, InFlight, Tried, Upstream};
@@ -126,10 +126,16 @@ impl Forwarder {
         };
         if let Some(check) = &proxy.health {
             if !check.path.starts_with('/') || check.path.parse::<PathAndQuery>().is_err() {
-                return Err(invalid("health.path", "expected an absolute path like /healthz"));
+                return Err(invalid(
+                    "health.path",
+                    "expected an absolute path like /healthz",
+                ));
             }
             if check.interval.is_zero() || check.timeout.is_zero() {
-                return Err(invalid("health", "interval and timeout must be more than zero"));
+                return Err(invalid(
+                    "health",
+                    "interval and timeout must be more than zero",
+                ));
             }
         }
         let client = connector::client(&ClientSettings {
@@ -184,7 +190,11 @@ impl Forwarder {
         if let Some(max) = self.max_body
             && req.body().size_hint().lower() > max
         {
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", log);
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+                log,
+            );
         }
         let upgrade = headers::upgrade_request(req.headers(), req.version());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -340,11 +350,7 @@ fn respond(
 }
 
 /// A short text answer from the proxy itself, logged at once.
-fn error(
-    status: StatusCode,
-    body: &'static str,
-    log: Option<AccessLog>,
-) -> Response<ResponseBody> {
+fn error(status: StatusCode, body: &'static str, log: Option<AccessLog>) -> Response<ResponseBody> {
     if let Some(log) = log {
         log.finish(status.as_u16(), None, body.len() as u64);
     }
@@ -366,9 +372,7 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// The request body's own error, if that is why the request failed.
-fn body_error<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a RequestBodyError> {
+fn body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a RequestBodyError> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cause {
         if let Some(body) = e.downcast_ref::<RequestBodyError>() {

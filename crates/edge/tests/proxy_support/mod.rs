@@ -31,7 +31,11 @@ pub async fn start(sites: Vec<Site>) -> TestEdge {
 
 /// Sends `req` on a new HTTP/1.1 connection to `addr`, from `from` (a loopback address) when
 /// given, and reads the whole response.
-pub async fn send<B>(from: Option<Ipv4Addr>, addr: SocketAddr, req: Request<B>) -> anyhow::Result<Reply>
+pub async fn send<B>(
+    from: Option<Ipv4Addr>,
+    addr: SocketAddr,
+    req: Request<B>,
+) -> anyhow::Result<Reply>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -90,7 +94,12 @@ pub async fn tally(addr: SocketAddr, host: &str, n: usize) -> BTreeMap<String, u
     let mut counts = BTreeMap::new();
     for _ in 0..n {
         let reply = get(addr, host, "/").await.unwrap();
-        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         *counts.entry(answered_by(&reply)).or_insert(0) += 1;
     }
     counts
