@@ -182,12 +182,15 @@ async fn short_lived_certificates_are_renewed_without_dropping_connections() -> 
     };
     let resp = sender.send_request(request()?).await?;
     assert_eq!(resp.status(), 301);
+    // Read each body to its end: hyper only reuses a connection whose last body was consumed.
+    http_body_util::BodyExt::collect(resp.into_body()).await?;
 
     // Keep using the connection (a request every poll) until a new certificate is served.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let second = loop {
         let resp = sender.send_request(request()?).await?;
         assert_eq!(resp.status(), 301, "the open connection broke");
+        http_body_util::BodyExt::collect(resp.into_body()).await?;
         if let Ok(serial) = served_serial(https, name, &s.root).await {
             if serial != first {
                 break serial;
