@@ -31,6 +31,6 @@ pub use host::{Host, HostError};
 pub use limits::Limits;
 pub use proxy::{HealthCheck, HostHeader, Policy, Proxy};
 pub use redirect::Redirect;
-pub use resolver::CertMap;
+pub use resolver::{CertMap, CertUpdate};
 pub use routes::{Action, Hsts, Routes, Site};
 pub use server::Edge;

@@ -19,6 +19,18 @@ struct Table {
     wildcard: HashMap<String, Arc<CertifiedKey>>,
 }
 
+/// One change for [`CertMap::apply`].
+pub enum CertUpdate {
+    Insert {
+        id: String,
+        names: Vec<String>,
+        key: Arc<CertifiedKey>,
+    },
+    Remove {
+        id: String,
+    },
+}
+
 /// One certificate as inserted.
 struct Entry {
     /// Insertion order: when two certificates claim a name, the later one serves it.
@@ -80,6 +92,41 @@ impl CertMap {
         entries.by_id.insert(id.into(), Entry { seq, names, key });
         self.publish(&entries);
         Ok(())
+    }
+
+    /// Applies many inserts and removals with one rebuild of the lookup tables: what a node does
+    /// at startup with thousands of certificates, where one rebuild per insert would be
+    /// quadratic. Each update's result is returned in order; a failed one changes nothing.
+    pub fn apply(&self, updates: Vec<CertUpdate>) -> Vec<Result<(), EdgeError>> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut results = Vec::with_capacity(updates.len());
+        let mut changed = false;
+        for update in updates {
+            match update {
+                CertUpdate::Insert { id, names, key } => {
+                    let parsed = names.iter().map(|n| parse_pattern(n)).collect::<Result<Vec<_>, _>>();
+                    match parsed {
+                        Ok(names) if names.is_empty() => results.push(Err(EdgeError::NoNames)),
+                        Ok(names) => {
+                            let seq = entries.next_seq;
+                            entries.next_seq += 1;
+                            entries.by_id.insert(id, Entry { seq, names, key });
+                            changed = true;
+                            results.push(Ok(()));
+                        }
+                        Err(e) => results.push(Err(e)),
+                    }
+                }
+                CertUpdate::Remove { id } => {
+                    changed |= entries.by_id.remove(&id).is_some();
+                    results.push(Ok(()));
+                }
+            }
+        }
+        if changed {
+            self.publish(&entries);
+        }
+        results
     }
 
     /// Stops serving the certificate inserted under `id`. Returns whether there was one.

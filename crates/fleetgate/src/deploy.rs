@@ -4,22 +4,55 @@
 use std::sync::Arc;
 
 use certs::{CertId, Challenges, Deployer, DomainName};
+use edge::CertUpdate;
 use rustls::sign::CertifiedKey;
+use tokio::sync::mpsc;
 
-/// Puts certificates from the manager into the edge's SNI map.
+/// How many queued updates are applied with one rebuild of the SNI tables.
+const BATCH: usize = 4096;
+
+/// Puts certificates from the manager into the edge's SNI map. Updates are queued and applied in
+/// batches by one task, so thousands of certificates deployed at startup cost one table rebuild
+/// per batch instead of one per certificate; a single update is applied within microseconds.
 #[derive(Debug)]
-pub struct SniDeployer(pub Arc<edge::CertMap>);
+pub struct SniDeployer {
+    queue: mpsc::UnboundedSender<CertUpdate>,
+}
+
+impl SniDeployer {
+    /// Must be called inside a tokio runtime; the applying task ends when the deployer is dropped.
+    pub fn new(map: Arc<edge::CertMap>) -> SniDeployer {
+        let (queue, mut updates) = mpsc::unbounded_channel::<CertUpdate>();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while updates.recv_many(&mut batch, BATCH).await > 0 {
+                let ids: Vec<String> = batch
+                    .iter()
+                    .map(|u| match u {
+                        CertUpdate::Insert { id, .. } | CertUpdate::Remove { id } => id.clone(),
+                    })
+                    .collect();
+                for (id, result) in ids.iter().zip(map.apply(std::mem::take(&mut batch))) {
+                    if let Err(e) = result {
+                        // Names were validated as DomainNames; a refusal is a bug worth a line.
+                        tracing::error!(cert = %id, error = %e, "the SNI map refused a certificate");
+                    }
+                }
+            }
+        });
+        SniDeployer { queue }
+    }
+}
 
 impl Deployer for SniDeployer {
     fn deploy(&self, id: &CertId, names: &[DomainName], key: Arc<CertifiedKey>) {
-        if let Err(e) = self.0.insert(id.clone(), names.iter().map(DomainName::as_str), key) {
-            // Names were validated as DomainNames; the edge refusing one is a bug worth a log line.
-            tracing::error!(cert = %id, error = %e, "the SNI map refused a certificate");
-        }
+        let names = names.iter().map(|n| n.to_string()).collect();
+        // Sending fails only once the runtime is shutting down.
+        let _ = self.queue.send(CertUpdate::Insert { id: id.clone(), names, key });
     }
 
     fn retract(&self, id: &CertId) {
-        self.0.remove(id);
+        let _ = self.queue.send(CertUpdate::Remove { id: id.clone() });
     }
 }
 

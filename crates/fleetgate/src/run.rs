@@ -151,7 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let manager = certs::Manager::with_cache(
         store.clone(),
         cache,
-        Arc::new(SniDeployer(cert_map.clone())),
+        Arc::new(SniDeployer::new(cert_map.clone())),
         node.clone(),
         config.timings,
     );
