@@ -176,6 +176,8 @@ impl Default for Timings {
 const FILE_POLL: Duration = Duration::from_secs(1);
 /// How long to wait between looks while a peer holds the certificate's lease.
 const PEER_WAIT: Duration = Duration::from_secs(2);
+/// At most this many of a peer's recorded failures are carried into a task's own backoff.
+const PEER_FAILURES_CARRIED: u32 = 16;
 
 struct Task {
     cert: ManagedCert,
@@ -290,11 +292,18 @@ impl Manager {
             if let Some(key) = cert.storage_key() {
                 lock(&self.watch).insert(key, kick.clone());
             }
+            // A files certificate that loads fine needs no status record: `fleetgate certs`
+            // reads the files themselves. Only its failures are recorded.
+            let last_record = match cert.source {
+                CertSource::Files { .. } => Some((CertState::Valid, None, 0)),
+                _ => None,
+            };
             let worker = CertWorker {
                 manager: self.clone(),
                 cert: cert.clone(),
                 cancel: cancel.clone(),
                 kick: kick.clone(),
+                last_record: Mutex::new(last_record),
             };
             let span = info_span!("cert", cert = %id, source = %cert.source.kind());
             self.tracker.spawn(worker.run().instrument(span));
@@ -378,6 +387,7 @@ impl Manager {
                 },
             };
             let bundle = bundle.filter(|b| cert.wants(b) || matches!(cert.source, CertSource::Files { .. }));
+            let record = record.filter(|_| !matches!(cert.source, CertSource::Files { .. }));
             let state = match (&bundle, &record) {
                 (Some(b), _) if b.meta.not_after <= now => CertState::Expired,
                 (_, Some(r)) if r.state == CertState::Failing => CertState::Failing,
@@ -408,6 +418,9 @@ struct CertWorker {
     cert: ManagedCert,
     cancel: CancellationToken,
     kick: Arc<Notify>,
+    /// What this worker last recorded (state, error, failures): unchanged records are not
+    /// written again, so thousands of quiet certificates cost no store writes.
+    last_record: Mutex<Option<(CertState, Option<String>, u32)>>,
 }
 
 /// What a worker does next.
@@ -425,10 +438,12 @@ impl CertWorker {
         loop {
             let next = match &self.cert.source {
                 CertSource::Files { cert, key } => {
-                    self.files_step(cert, key, &mut deployed_serial, &mut stamp).await
+                    Box::pin(self.files_step(cert, key, &mut deployed_serial, &mut stamp)).await
                 }
                 _ => {
-                    self.issued_step(&mut deployed_serial, &mut cached_serial, &mut backoff)
+                    // Boxed: the ordering future is large, and a node may run thousands of idle
+                    // workers; each then holds a pointer, not the whole state machine.
+                    Box::pin(self.issued_step(&mut deployed_serial, &mut cached_serial, &mut backoff))
                         .await
                 }
             };
@@ -473,7 +488,7 @@ impl CertWorker {
                     warn!(error = %e, "certificate files rejected; the previous pair stays in service");
                 }
                 *last_stamp = stamp.clone();
-                self.record(CertState::Valid, None, 0, None).await;
+                self.record(CertState::Valid, None, 0, None, None).await;
             }
             Err(e) => {
                 if deployed_serial.is_some() {
@@ -482,7 +497,7 @@ impl CertWorker {
                     warn!(error = %e, "certificate files rejected; nothing to serve for these names yet");
                 }
                 *last_stamp = stamp.clone();
-                self.record(CertState::Failing, Some(&e), 0, None).await;
+                self.record(CertState::Failing, Some(&e), 0, None, None).await;
             }
         }
         Next::Wait(FILE_POLL)
@@ -532,19 +547,21 @@ impl CertWorker {
         backoff: &mut Backoff,
     ) -> Next {
         let now = now_unix();
+        // Nothing served yet (this process just started): serve the local copy at once rather
+        // than after the store answers, which takes its whole timeout when the store is down or
+        // hung. A newer stored certificate replaces it below.
+        if deployed_serial.is_none()
+            && let Some(bundle) = self.load_cached().await.filter(|b| self.cert.wants(b))
+        {
+            info!(serial = %bundle.meta.serial, "serving the locally cached certificate until the store answers");
+            let _ = self.deploy(&bundle, deployed_serial);
+            *cached_serial = Some(bundle.meta.serial.clone());
+        }
         let stored = match self.load_stored().await {
             Ok(b) => b,
             Err(e) => {
-                // The shared store is down: keep serving, from the local cache if this node has
-                // nothing deployed yet (a restart during the outage), and retry with backoff.
-                if deployed_serial.is_none() {
-                    if let Some(bundle) = self.load_cached().await.filter(|b| self.cert.wants(b)) {
-                        info!(error = %e, "the store is unavailable; serving the locally cached certificate");
-                        let _ = self.deploy(&bundle, deployed_serial);
-                        *cached_serial = Some(bundle.meta.serial.clone());
-                        return Next::Wait(backoff_store(backoff));
-                    }
-                }
+                // The shared store is down: keep serving what we have (or the local copy, see
+                // above) and retry with backoff.
                 warn!(error = %e, "cannot read the store; serving what we have");
                 return Next::Wait(backoff_store(backoff));
             }
@@ -607,8 +624,15 @@ impl CertWorker {
                 return Next::Wait(backoff_store(backoff));
             }
         }
+        // A peer's failed attempt counts for the cluster: wait out the backoff it recorded, or
+        // every node would try in turn as soon as the lease is free.
+        if let Some(wait) = self.peer_backoff(backoff).await {
+            let _ = guard.release().await;
+            debug!(retry_in_secs = wait.as_secs(), "a peer's attempt failed recently; waiting out its backoff");
+            return Next::Wait(wait.min(self.manager.timings.resync));
+        }
         let state = if current.is_some() { CertState::Renewing } else { CertState::Pending };
-        self.record(state, None, backoff.failures(), None).await;
+        self.record(state, None, backoff.failures(), None, Some(&guard.lease())).await;
         let result = self.obtain(current.as_ref()).await;
         let outcome = match result {
             Ok(bundle) => {
@@ -623,7 +647,7 @@ impl CertWorker {
                         if let Err(e) = self.deploy(&bundle, deployed_serial) {
                             warn!(error = %e, "new certificate cannot be served");
                         }
-                        self.record(CertState::Valid, None, 0, None).await;
+                        self.record(CertState::Valid, None, 0, None, Some(&guard.lease())).await;
                         Next::Wait(Duration::ZERO)
                     }
                     Err(e) => {
@@ -632,7 +656,8 @@ impl CertWorker {
                         warn!(error = %e, "could not store the new certificate; discarding it");
                         backoff.record_failure();
                         let delay = backoff.delay_for(&e, fastrand::f64());
-                        self.record(CertState::Failing, Some(&e), backoff.failures(), Some(delay)).await;
+                        // Refused too when the lease was lost: the status is the new holder's.
+                        self.record(CertState::Failing, Some(&e), backoff.failures(), Some(delay), Some(&guard.lease())).await;
                         Next::Wait(delay)
                     }
                 }
@@ -641,7 +666,7 @@ impl CertWorker {
                 backoff.record_failure();
                 let delay = backoff.delay_for(&e, fastrand::f64());
                 warn!(error = %e, failures = backoff.failures(), retry_in_secs = delay.as_secs(), "obtaining the certificate failed");
-                self.record(CertState::Failing, Some(&e), backoff.failures(), Some(delay)).await;
+                self.record(CertState::Failing, Some(&e), backoff.failures(), Some(delay), Some(&guard.lease())).await;
                 Next::Wait(delay)
             }
         };
@@ -702,7 +727,40 @@ impl CertWorker {
         }
     }
 
-    async fn record(&self, state: CertState, error: Option<&Error>, failures: u32, retry_in: Option<Duration>) {
+    /// When the last attempt recorded in the store failed on a peer (or on an earlier run of
+    /// this node) and its backoff has not run out: how long is left. The recorded failure count
+    /// is carried into `backoff`, so the backoff escalates across the cluster. A failure of this
+    /// task itself is `backoff`'s business alone (a kick retries it at once).
+    async fn peer_backoff(&self, backoff: &mut Backoff) -> Option<Duration> {
+        let bytes = self.manager.store.get(&layout::status(&self.cert.id)).await.ok()??;
+        let record: StatusRecord = serde_json::from_slice(&bytes).ok()?;
+        if record.state != CertState::Failing || (record.node == self.manager.node && backoff.failures() > 0) {
+            return None;
+        }
+        // The schedule's last step is reached after a handful of failures; no need to count on.
+        while backoff.failures() < record.failures.min(PEER_FAILURES_CARRIED) {
+            backoff.record_failure();
+        }
+        let left = record.next_attempt? - now_unix();
+        u64::try_from(left).ok().filter(|l| *l > 0).map(Duration::from_secs)
+    }
+
+    /// Write the status record `fleetgate certs` shows. `lease`: the certificate's lease this
+    /// task holds, if it does; the record is then written under it (fenced), so a holder that
+    /// lost its lease cannot overwrite the status the new holder recorded.
+    async fn record(
+        &self,
+        state: CertState,
+        error: Option<&Error>,
+        failures: u32,
+        retry_in: Option<Duration>,
+        lease: Option<&store::Lease>,
+    ) {
+        let summary = (state, error.map(|e| e.to_string()), failures);
+        if lock(&self.last_record).as_ref() == Some(&summary) {
+            return;
+        }
+        *lock(&self.last_record) = Some(summary);
         let now = now_unix();
         let record = StatusRecord {
             state,
@@ -723,7 +781,12 @@ impl CertWorker {
             Ok(b) => b,
             Err(_) => return,
         };
-        if let Err(e) = self.manager.store.put(&layout::status(&self.cert.id), &bytes).await {
+        let key = layout::status(&self.cert.id);
+        let written = match lease {
+            Some(lease) => self.manager.store.put_fenced(&key, &bytes, lease).await,
+            None => self.manager.store.put(&key, &bytes).await,
+        };
+        if let Err(e) = written {
             debug!(error = %e, "could not record the certificate's status");
         }
     }
