@@ -554,3 +554,43 @@ async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
         Err(_) => panic!("condition not met within {limit:?}"),
     }
 }
+
+/// The environment variable naming a child's lock owner in [`run_child_processes`].
+pub const CHILD_OWNER_ENV: &str = "STORE_TEST_CHILD_OWNER";
+/// How many processes [`run_child_processes`] starts, and how many increments each makes.
+pub const CHILD_PROCESSES: usize = 3;
+pub const CHILD_INCREMENTS: usize = 25;
+
+/// The lock and counter key the multi-process exclusion check uses.
+pub fn child_counter() -> (LockName, StorageKey) {
+    (LockName::new("counter"), key("counter"))
+}
+
+/// Multi-process exclusion: re-run the current test binary [`CHILD_PROCESSES`] times as the test
+/// `child_test` (which must do [`CHILD_INCREMENTS`] locked increments of [`child_counter`] when
+/// [`CHILD_OWNER_ENV`] is set, and nothing otherwise), each with `env` and its own owner, and wait
+/// for all of them. The caller then checks the counter.
+pub async fn run_child_processes(child_test: &str, env: &[(&str, String)]) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let children: Vec<_> = (0..CHILD_PROCESSES)
+        .map(|i| {
+            let mut cmd = tokio::process::Command::new(&exe);
+            cmd.args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+                .env(CHILD_OWNER_ENV, format!("process-{i}"))
+                .kill_on_drop(true);
+            for (name, value) in env {
+                cmd.env(name, value);
+            }
+            cmd.output()
+        })
+        .collect();
+    for child in children {
+        let out = tokio::time::timeout(Duration::from_secs(120), child)
+            .await
+            .expect("a child process finished within 120 s")
+            .expect("a child process ran");
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "child failed: {log}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(log.contains("1 passed"), "child did not run the worker: {log}");
+    }
+}

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use store::conformance;
 use store::{Change, DirStore, LockName, Storage, StorageKey};
 
 /// Handles onto one DirStore in a temporary directory that lives as long as the closure.
@@ -143,58 +144,18 @@ async fn key_that_is_also_a_prefix_is_refused_not_lost() {
 }
 
 const CHILD_DIR_ENV: &str = "STORE_TEST_CHILD_DIR";
-const CHILD_OWNER_ENV: &str = "STORE_TEST_CHILD_OWNER";
-const PROCESSES: usize = 3;
-const INCREMENTS: usize = 25;
 
-fn counter() -> (LockName, StorageKey) {
-    (
-        LockName::new("counter"),
-        StorageKey::new("counter").unwrap(),
-    )
-}
 
 /// Three copies of this test binary, each running [`multi_process_child`], increment one
 /// counter under one lock in one directory: no increment is lost.
 #[tokio::test]
 async fn multi_process_exclusion() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..PROCESSES)
-        .map(|i| {
-            tokio::process::Command::new(&exe)
-                .args([
-                    "--exact",
-                    "multi_process_child",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_DIR_ENV, dir.path())
-                .env(CHILD_OWNER_ENV, format!("process-{i}"))
-                .kill_on_drop(true)
-                .output()
-        })
-        .collect();
-    for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(120), child)
-            .await
-            .unwrap()
-            .unwrap();
-        let log = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "child failed: {log}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            log.contains("1 passed"),
-            "child did not run the worker: {log}"
-        );
-    }
+        conformance::run_child_processes("multi_process_child", &[(CHILD_DIR_ENV, dir.path().display().to_string())]).await;
     let store: Arc<dyn Storage> = Arc::new(DirStore::open(dir.path()).unwrap());
-    let (_, key) = counter();
+    let (_, key) = conformance::child_counter();
     let n = store::conformance::read_counter(&store, &key).await;
-    assert_eq!(n, (PROCESSES * INCREMENTS) as u64);
+    assert_eq!(n, (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64);
 }
 
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
@@ -202,13 +163,13 @@ async fn multi_process_exclusion() {
 async fn multi_process_child() {
     let (Some(dir), Some(owner)) = (
         std::env::var_os(CHILD_DIR_ENV),
-        std::env::var(CHILD_OWNER_ENV).ok(),
+        std::env::var(conformance::CHILD_OWNER_ENV).ok(),
     ) else {
         return;
     };
     let store: Arc<dyn Storage> = Arc::new(DirStore::open(dir).unwrap());
-    let (name, key) = counter();
-    store::conformance::increment_locked(&store, &name, &key, &owner, INCREMENTS).await;
+    let (name, key) = conformance::child_counter();
+    store::conformance::increment_locked(&store, &name, &key, &owner, conformance::CHILD_INCREMENTS).await;
 }
 
 /// Two handles on one directory are two processes as far as the journal is concerned: a write

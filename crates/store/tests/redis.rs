@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use redis::AsyncCommands as _;
+use store::conformance;
 use store::{Change, Error, LockName, RedisStore, Storage, StorageKey};
 use testkit::RedisServer;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -426,9 +427,6 @@ async fn append_only_redis_keeps_data_across_restart() {
 
 const CHILD_URL_ENV: &str = "STORE_TEST_REDIS_URL";
 const CHILD_PREFIX_ENV: &str = "STORE_TEST_REDIS_PREFIX";
-const CHILD_OWNER_ENV: &str = "STORE_TEST_CHILD_OWNER";
-const PROCESSES: usize = 3;
-const INCREMENTS: usize = 25;
 
 fn counter() -> (LockName, StorageKey) {
     (LockName::new("counter"), key("counter"))
@@ -440,43 +438,11 @@ fn counter() -> (LockName, StorageKey) {
 async fn multi_process_exclusion() {
     let server = RedisServer::start().await.unwrap();
     let prefix = prefix();
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..PROCESSES)
-        .map(|i| {
-            tokio::process::Command::new(&exe)
-                .args([
-                    "--exact",
-                    "multi_process_child",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_URL_ENV, server.url())
-                .env(CHILD_PREFIX_ENV, &prefix)
-                .env(CHILD_OWNER_ENV, format!("process-{i}"))
-                .kill_on_drop(true)
-                .output()
-        })
-        .collect();
-    for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(120), child)
-            .await
-            .unwrap()
-            .unwrap();
-        let log = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "child failed: {log}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            log.contains("1 passed"),
-            "child did not run the worker: {log}"
-        );
-    }
+        conformance::run_child_processes("multi_process_child", &[(CHILD_URL_ENV, server.url()), (CHILD_PREFIX_ENV, prefix.clone())]).await;
     let store: Arc<dyn Storage> = Arc::new(store(&server, &prefix).await);
     let (_, counter) = counter();
     let n = store::conformance::read_counter(&store, &counter).await;
-    assert_eq!(n, (PROCESSES * INCREMENTS) as u64);
+    assert_eq!(n, (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64);
 }
 
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
@@ -485,11 +451,11 @@ async fn multi_process_child() {
     let (Ok(url), Ok(prefix), Ok(owner)) = (
         std::env::var(CHILD_URL_ENV),
         std::env::var(CHILD_PREFIX_ENV),
-        std::env::var(CHILD_OWNER_ENV),
+        std::env::var(conformance::CHILD_OWNER_ENV),
     ) else {
         return;
     };
     let store: Arc<dyn Storage> = Arc::new(RedisStore::connect(&url, &prefix).await.unwrap());
     let (name, counter) = counter();
-    store::conformance::increment_locked(&store, &name, &counter, &owner, INCREMENTS).await;
+    store::conformance::increment_locked(&store, &name, &counter, &owner, conformance::CHILD_INCREMENTS).await;
 }
