@@ -47,12 +47,48 @@ pub(crate) struct Handler {
 /// A site action decided while the routes were borrowed, run after they were let go.
 enum Next {
     Done(Response<Body>),
-    Proxy(Arc<Forwarder>, Option<AccessLog>),
+    /// An HTTP-01 challenge request for this token (empty if malformed).
+    Http01(Host, String),
+    Proxy {
+        forwarder: Arc<Forwarder>,
+        log: Option<AccessLog>,
+        https: bool,
+        hsts: Option<HeaderValue>,
+    },
 }
 
 impl Handler {
+    /// Everything but the proxy and the challenge lookup is decided without awaiting, so the
+    /// request is moved into a future only when one of those needs it.
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let host = match request_host(&req) {
+        match self.decide(&req) {
+            Next::Done(response) => response,
+            Next::Http01(host, token) => self.http01(&host, &token).await,
+            Next::Proxy {
+                forwarder,
+                log,
+                https,
+                hsts,
+            } => {
+                let down = Downstream {
+                    peer: self.peer,
+                    https,
+                    shutdown: &self.shutdown,
+                    drain_timeout: self.edge.limits.drain_timeout,
+                };
+                let mut response = forwarder.forward(req, &down, log).await;
+                if let Some(hsts) = hsts {
+                    response
+                        .headers_mut()
+                        .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+                }
+                response
+            }
+        }
+    }
+
+    fn decide(&self, req: &Request<Incoming>) -> Next {
+        let host = match request_host(req) {
             Ok(host) => host,
             Err(reason) => {
                 debug!(reason, "bad host");
@@ -67,46 +103,38 @@ impl Handler {
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                return response;
+                return Next::Done(response);
             }
         };
         match &self.transport {
-            Transport::Plain => self.plain(req, &host).await,
-            Transport::Tls { sni, key } => self.tls(req, &host, sni, key).await,
+            Transport::Plain => self.plain(req, host),
+            Transport::Tls { sni, key } => self.tls(req, &host, sni, key),
         }
     }
 
-    async fn plain(&self, req: Request<Incoming>, host: &Host) -> Response<Body> {
+    fn plain(&self, req: &Request<Incoming>, host: Host) -> Next {
         let routes = self.edge.routes.load();
         let Some(route) = host.name().and_then(|name| routes.lookup(name)) else {
-            return text(StatusCode::NOT_FOUND, "unknown host\n");
+            return Next::Done(text(StatusCode::NOT_FOUND, "unknown host\n"));
         };
-        if let Some(token) = challenge_token(&req) {
-            // Not held across the responder's await: a long-lived guard slows arc-swap writers.
-            drop(routes);
-            return self.http01(host, token).await;
+        if let Some(token) = challenge_token(req) {
+            // The responder is awaited after the routes guard is let go: a long-lived guard
+            // slows arc-swap writers.
+            return Next::Http01(host, token.to_owned());
         }
         if route.https_redirect {
-            return match https_location(host, self.edge.https_port, req.uri()) {
+            return Next::Done(match https_location(&host, self.edge.https_port, req.uri()) {
                 Some(location) => redirect(StatusCode::PERMANENT_REDIRECT, location),
                 None => text(StatusCode::BAD_REQUEST, "bad request\n"),
-            };
+            });
         }
-        let next = prepare(route, &req, host);
-        // Not held while an upstream answers.
-        drop(routes);
-        self.run(next, req, false).await
+        // The routes guard is let go on return, before an upstream answers.
+        prepare(route, req, &host, false, None)
     }
 
-    async fn tls(
-        &self,
-        req: Request<Incoming>,
-        host: &Host,
-        sni: &str,
-        key: &Arc<CertifiedKey>,
-    ) -> Response<Body> {
+    fn tls(&self, req: &Request<Incoming>, host: &Host, sni: &str, key: &Arc<CertifiedKey>) -> Next {
         let Some(name) = host.name() else {
-            return misdirected();
+            return Next::Done(misdirected());
         };
         // Another name on the same connection is fine only if the certificate presented in the
         // handshake is the one for that name too (HTTP/2 connection reuse, RFC 9113 9.1.1).
@@ -117,38 +145,13 @@ impl Handler {
                 .lookup(name)
                 .is_some_and(|k| Arc::ptr_eq(&k, key))
         {
-            return misdirected();
+            return Next::Done(misdirected());
         }
         let routes = self.edge.routes.load();
         let Some(route) = routes.lookup(name) else {
-            return misdirected();
+            return Next::Done(misdirected());
         };
-        let next = prepare(route, &req, host);
-        let hsts = route.hsts.clone();
-        drop(routes);
-        let mut response = self.run(next, req, true).await;
-        if let Some(hsts) = hsts {
-            response
-                .headers_mut()
-                .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
-        }
-        response
-    }
-
-    /// Finishes a site action: a ready answer, or the proxy's.
-    async fn run(&self, next: Next, req: Request<Incoming>, https: bool) -> Response<Body> {
-        match next {
-            Next::Done(response) => response,
-            Next::Proxy(forwarder, log) => {
-                let down = Downstream {
-                    peer: self.peer,
-                    https,
-                    shutdown: &self.shutdown,
-                    drain_timeout: self.edge.limits.drain_timeout,
-                };
-                forwarder.forward(req, &down, log).await
-            }
-        }
+        prepare(route, req, host, true, route.hsts.clone())
     }
 
     async fn http01(&self, host: &Host, token: &str) -> Response<Body> {
@@ -176,18 +179,34 @@ impl Handler {
 }
 
 /// Starts the site's action: answers at once, or hands over to the proxy. With `access_log`
-/// on, a ready answer is logged here; the proxy logs its own.
-fn prepare<B>(route: &Route, req: &Request<B>, host: &Host) -> Next {
+/// on, a ready answer is logged here; the proxy logs its own. `hsts` is added to the answer.
+fn prepare<B>(
+    route: &Route,
+    req: &Request<B>,
+    host: &Host,
+    https: bool,
+    hsts: Option<HeaderValue>,
+) -> Next {
     let log = route
         .access_log
         .then(|| AccessLog::start(req, host.as_str()));
     if let Prepared::Proxy(forwarder) = &route.action {
-        return Next::Proxy(Arc::clone(forwarder), log);
+        return Next::Proxy {
+            forwarder: Arc::clone(forwarder),
+            log,
+            https,
+            hsts,
+        };
     }
-    let response = act(route, req);
+    let mut response = act(route, req);
     if let Some(log) = log {
         let bytes = response.body().size_hint().exact().unwrap_or(0);
         log.finish(response.status().as_u16(), None, bytes);
+    }
+    if let Some(hsts) = hsts {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
     Next::Done(response)
 }

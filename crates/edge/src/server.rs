@@ -1,15 +1,17 @@
 //! [`Edge`]: the accept loops, per-connection limits and graceful shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -59,7 +61,8 @@ pub struct Edge {
     pub(crate) limits: Limits,
     pub(crate) https_port: u16,
     tls: TlsConfigs,
-    http: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
 }
 
@@ -73,12 +76,13 @@ impl Edge {
         limits: Limits,
     ) -> Result<Edge, EdgeError> {
         let tls = TlsConfigs::new(Arc::clone(&certs))?;
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER));
-        http.http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let permits = Arc::new(Semaphore::new(
@@ -91,7 +95,8 @@ impl Edge {
             limits,
             https_port: 443,
             tls,
-            http,
+            http1,
+            http2,
             permits,
         })
     }
@@ -216,21 +221,27 @@ impl Edge {
         shutdown: &CancellationToken,
     ) {
         match scheme {
-            Scheme::Http => self.serve(stream, peer, Transport::Plain, shutdown).await,
+            // Plain HTTP is HTTP/1.1 only (no h2c): no sniffing for the HTTP/2 preface.
+            Scheme::Http => {
+                self.serve(stream, peer, Transport::Plain, false, shutdown)
+                    .await;
+            }
             Scheme::Https => {
                 let handshake = self
                     .tls
                     .handshake(stream, &self.certs, &*self.challenges, &self.limits)
                     .await;
                 if let Handshake::Serve { stream, sni, key } = handshake {
-                    self.serve(stream, peer, Transport::Tls { sni, key }, shutdown)
+                    // ALPN decides the protocol (RFC 9113 3.2); without it, HTTP/1.1.
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    self.serve(stream, peer, Transport::Tls { sni, key }, h2, shutdown)
                         .await;
                 }
             }
         }
     }
 
-    /// Serves HTTP/1.1 or HTTP/2 on one connection until the client leaves, the connection has
+    /// Serves HTTP/2 (`h2`) or HTTP/1.1 on one connection until the client leaves, the connection has
     /// been quiet too long, or shutdown; the last two close it gracefully. An HTTP/1.1 protocol
     /// switch (WebSocket) hands the connection to the proxy's tunnel and ends this.
     async fn serve<I>(
@@ -238,6 +249,7 @@ impl Edge {
         io: I,
         peer: SocketAddr,
         transport: Transport,
+        h2: bool,
         shutdown: &CancellationToken,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -258,31 +270,73 @@ impl Edge {
             })
         };
         let io = TokioIo::new(Tracked::new(io, Arc::clone(&activity)));
-        let conn = self.http.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
-        let mut watchdog = Watchdog::new(
+        let watchdog = Watchdog::new(
             activity,
             self.limits.header_read_timeout,
             self.limits.idle_timeout,
         );
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(error) = result {
-                        debug!(%error, "connection ended with an error");
-                    }
-                    return;
+        if h2 {
+            let conn = self.http2.serve_connection(io, service);
+            supervise(conn, watchdog, shutdown).await;
+        } else {
+            let conn = self.http1.serve_connection(io, service).with_upgrades();
+            supervise(conn, watchdog, shutdown).await;
+        }
+    }
+}
+
+/// A hyper server connection that can be asked to finish gracefully.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
+where
+    Self: Future<Output = Result<(), hyper::Error>>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B, E> Graceful for http2::Connection<I, S, E>
+where
+    Self: Future<Output = Result<(), hyper::Error>>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Drives `conn` to its end; on shutdown or when the watchdog fires, closes it gracefully.
+async fn supervise<C: Graceful>(conn: C, mut watchdog: Watchdog, shutdown: &CancellationToken) {
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    debug!(%error, "connection ended with an error");
                 }
-                () = shutdown.cancelled(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                expiry = watchdog.expired(), if !closing => {
-                    debug!(?expiry, "closing quiet connection");
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            expiry = watchdog.expired(), if !closing => {
+                debug!(?expiry, "closing quiet connection");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
             }
         }
     }

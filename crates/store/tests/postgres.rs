@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use store::conformance;
 use store::{
     Change, Error, LockName, PostgresOptions, PostgresStore, PostgresUrl, Storage, StorageKey,
 };
@@ -335,69 +336,120 @@ async fn assert_events_flow(from: &PostgresStore, to: &PostgresStore) {
     .unwrap();
 }
 
-const CHILD_URL_ENV: &str = "STORE_TEST_CHILD_POSTGRES_URL";
-const CHILD_OWNER_ENV: &str = "STORE_TEST_CHILD_OWNER";
-const PROCESSES: usize = 3;
-const INCREMENTS: usize = 25;
-
-fn counter() -> (LockName, StorageKey) {
-    (
-        LockName::new("counter"),
-        StorageKey::new("counter").unwrap(),
-    )
+/// The schema versions recorded in the database.
+async fn schema_versions(pg: &Postgres) -> Vec<i32> {
+    let admin = pg.admin_client().await.unwrap();
+    admin
+        .query("SELECT version FROM fleetgate_schema ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i32>(0))
+        .collect()
 }
+
+/// A lazily connected store is created while the server is down (only the URL is checked),
+/// reports Unavailable until the server answers, then applies the migrations on its first
+/// successful call and hears other nodes' changes once its listener is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_store_starts_while_the_server_is_down() {
+    let mut pg = Postgres::start().await.unwrap();
+    pg.kill().await.unwrap();
+    let url: PostgresUrl = pg.url().parse().unwrap();
+    let started = Instant::now();
+    let lazy =
+        PostgresStore::connect_lazy_with(&url, PostgresOptions::default().timeout(SHORT_TIMEOUT))
+            .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "connect_lazy waited"
+    );
+    let k = key("lazy/value");
+    assert_unavailable(lazy.get(&k).await, "get while down");
+    assert_unavailable(lazy.put(&k, b"x").await, "put while down");
+    assert_unavailable(
+        lazy.try_lock(&LockName::new("lazy"), "a", Duration::from_secs(5))
+            .await,
+        "try_lock while down",
+    );
+
+    pg.restart().await.unwrap();
+    wait_for_ok("a put once the server is back", DEADLINE, || async {
+        Ok(lazy.put(&k, b"after").await?)
+    })
+    .await
+    .unwrap();
+    assert_eq!(lazy.get(&k).await.unwrap().as_deref(), Some(&b"after"[..]));
+    assert_eq!(schema_versions(&pg).await, vec![1]);
+
+    let eager = connect(&pg, SHORT_TIMEOUT * 10).await;
+    assert_events_flow(&eager, &lazy).await;
+    assert_events_flow(&lazy, &eager).await;
+}
+
+/// Migrations run once per store: many concurrent first calls wait for one run, and later calls
+/// never run them again (dropping the version table afterwards goes unnoticed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_store_migrates_once() {
+    let pg = Postgres::start().await.unwrap();
+    let lazy = PostgresStore::connect_lazy(&pg.url()).unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let lazy = lazy.clone();
+        calls.spawn(async move { lazy.put(&key(&format!("once/{i}")), b"v").await });
+    }
+    while let Some(result) = calls.join_next().await {
+        result.unwrap().unwrap();
+    }
+    assert_eq!(schema_versions(&pg).await, vec![1]);
+
+    let admin = pg.admin_client().await.unwrap();
+    admin
+        .batch_execute("DROP TABLE fleetgate_schema")
+        .await
+        .unwrap();
+    lazy.put(&key("once/later"), b"v").await.unwrap();
+    assert_eq!(lazy.list(&key("once")).await.unwrap().len(), 17);
+    let exists: bool = admin
+        .query_one("SELECT to_regclass('fleetgate_schema') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!exists, "a later call ran the migrations again");
+}
+
+/// Only the URL can make a lazy connect fail.
+#[tokio::test]
+async fn lazy_connect_rejects_an_invalid_url() {
+    for bad in ["mysql://fleetgate@127.0.0.1/db", "not a url"] {
+        let err = PostgresStore::connect_lazy(bad).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{bad}: {err:?}");
+    }
+}
+
+const CHILD_URL_ENV: &str = "STORE_TEST_CHILD_POSTGRES_URL";
+
 
 /// Three copies of this test binary, each running [`multi_process_child`], increment one
 /// counter under one lock in one database: no increment is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_process_exclusion() {
     let pg = Postgres::start().await.unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..PROCESSES)
-        .map(|i| {
-            tokio::process::Command::new(&exe)
-                .args([
-                    "--exact",
-                    "multi_process_child",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_URL_ENV, pg.url())
-                .env(CHILD_OWNER_ENV, format!("process-{i}"))
-                .kill_on_drop(true)
-                .output()
-        })
-        .collect();
-    for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(120), child)
-            .await
-            .unwrap()
-            .unwrap();
-        let log = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "child failed: {log}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            log.contains("1 passed"),
-            "child did not run the worker: {log}"
-        );
-    }
+        conformance::run_child_processes("multi_process_child", &[(CHILD_URL_ENV, pg.url())]).await;
     let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&pg.url()).await.unwrap());
-    let (_, key) = counter();
+    let (_, key) = conformance::child_counter();
     let n = store::conformance::read_counter(&store, &key).await;
-    assert_eq!(n, (PROCESSES * INCREMENTS) as u64);
+    assert_eq!(n, (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64);
 }
 
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_process_child() {
-    let (Ok(url), Ok(owner)) = (std::env::var(CHILD_URL_ENV), std::env::var(CHILD_OWNER_ENV))
+    let (Ok(url), Ok(owner)) = (std::env::var(CHILD_URL_ENV), std::env::var(conformance::CHILD_OWNER_ENV))
     else {
         return;
     };
     let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&url).await.unwrap());
-    let (name, key) = counter();
-    store::conformance::increment_locked(&store, &name, &key, &owner, INCREMENTS).await;
+    let (name, key) = conformance::child_counter();
+    store::conformance::increment_locked(&store, &name, &key, &owner, conformance::CHILD_INCREMENTS).await;
 }

@@ -224,31 +224,20 @@ impl PebbleBuilder {
                 .context("serialize pebble config")?,
         )?;
 
-        let mut cmd = Command::new("pebble");
-        cmd.arg("-config")
-            .arg(&config_path)
-            .arg("-dnsserver")
-            .arg(dns.to_string())
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", self.nonce_reject.to_string())
-            .env("PEBBLE_AUTHZREUSE", self.authz_reuse.to_string())
-            .current_dir(dir.path());
+        let cmd = pebble_command(
+            &config_path,
+            dns,
+            self.nonce_reject,
+            self.authz_reuse,
+            dir.path(),
+        );
         let mut pebble = ChildGuard::spawn_logging_to(cmd, "pebble", &log("pebble"))?;
-        let ca = pki.ca_pem.clone();
-        wait_until_serving(&mut pebble, || {
-            let ca = ca.clone();
-            async move {
-                let dir = https_get(listen, "127.0.0.1", &ca, "/dir").await?;
-                ensure!(dir.status == StatusCode::OK, "directory: {}", dir.status);
-                let roots = https_get(management, "127.0.0.1", &ca, "/roots/0").await?;
-                ensure!(roots.status == StatusCode::OK, "roots/0: {}", roots.status);
-                Ok(())
-            }
-        })
-        .await?;
+        wait_pebble_serving(&mut pebble, listen, management, &pki.ca_pem).await?;
 
         Ok(Pebble {
             pebble,
+            nonce_reject: self.nonce_reject,
+            authz_reuse: self.authz_reuse,
             challtestsrv,
             listen,
             management,
@@ -262,6 +251,46 @@ impl PebbleBuilder {
             dir,
         })
     }
+}
+
+/// The `pebble` command for a config file, DNS server and environment knobs.
+fn pebble_command(
+    config_path: &Path,
+    dns: SocketAddr,
+    nonce_reject: u8,
+    authz_reuse: u8,
+    dir: &Path,
+) -> Command {
+    let mut cmd = Command::new("pebble");
+    cmd.arg("-config")
+        .arg(config_path)
+        .arg("-dnsserver")
+        .arg(dns.to_string())
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", nonce_reject.to_string())
+        .env("PEBBLE_AUTHZREUSE", authz_reuse.to_string())
+        .current_dir(dir);
+    cmd
+}
+
+/// Waits until Pebble serves its directory and its management API's root.
+async fn wait_pebble_serving(
+    pebble: &mut ChildGuard,
+    listen: SocketAddr,
+    management: SocketAddr,
+    ca: &str,
+) -> Result<(), Start> {
+    wait_until_serving(pebble, || {
+        let ca = ca.to_owned();
+        async move {
+            let dir = https_get(listen, "127.0.0.1", &ca, "/dir").await?;
+            ensure!(dir.status == StatusCode::OK, "directory: {}", dir.status);
+            let roots = https_get(management, "127.0.0.1", &ca, "/roots/0").await?;
+            ensure!(roots.status == StatusCode::OK, "roots/0: {}", roots.status);
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Why one start attempt failed.
@@ -366,6 +395,8 @@ fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
 pub struct Pebble {
     // Children first: they are killed before their directory is removed.
     pebble: ChildGuard,
+    nonce_reject: u8,
+    authz_reuse: u8,
     challtestsrv: ChildGuard,
     listen: SocketAddr,
     management: SocketAddr,
@@ -504,6 +535,42 @@ impl Pebble {
     /// The Pebble process, e.g. to stop or kill it in a CA-outage test.
     pub fn pebble_process(&self) -> &ChildGuard {
         &self.pebble
+    }
+
+    /// Kill Pebble (if it still runs) and start it again with the same configuration: the same
+    /// addresses, listener certificate and DNS (challtestsrv keeps running). Pebble keeps
+    /// nothing on disk, so the new process has a new issuing root ([`issuing_root_pem`]) and
+    /// knows no account, order or authorization of the old one. Its log goes on in the same file.
+    ///
+    /// [`issuing_root_pem`]: Self::issuing_root_pem
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.pebble.kill();
+        // A kill of a process that already exited fails; either way, wait until it is gone.
+        self.pebble.wait_exit(STARTUP_DEADLINE).await?;
+        let cmd = pebble_command(
+            &self.dir.path().join("pebble-config.json"),
+            self.dns,
+            self.nonce_reject,
+            self.authz_reuse,
+            self.dir.path(),
+        );
+        let mut pebble =
+            ChildGuard::spawn_logging_to(cmd, "pebble", &self.dir.path().join("pebble.log"))?;
+        match wait_pebble_serving(
+            &mut pebble,
+            self.listen,
+            self.management,
+            &self.listener_ca_pem,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(Start::PortTaken(e) | Start::Failed(e)) => {
+                return Err(e.context("restart pebble on its old addresses"));
+            }
+        }
+        self.pebble = pebble;
+        Ok(())
     }
 
     async fn management_get(&self, path: &str) -> anyhow::Result<String> {

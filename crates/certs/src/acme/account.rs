@@ -7,7 +7,7 @@ use std::time::Duration;
 use instant_acme::{Account, AccountBuilder, AccountCredentials, ExternalAccountKey, NewAccount};
 use store::{Storage, StorageKey};
 
-use super::problem::call;
+use super::problem::{call, call_fresh_nonce};
 use super::{AcmeSettings, CALL_TIMEOUT};
 use crate::{Error, Result, layout};
 
@@ -135,12 +135,11 @@ async fn create(settings: &AcmeSettings) -> Result<(Account, AccountCredentials)
         terms_of_service_agreed: true,
         only_return_existing: false,
     };
-    let created = call(
+    let created = call_fresh_nonce!(
         "create the ACME account",
         CREATE_TIMEOUT,
         builder(settings)?.create(&new_account, settings.directory.clone(), eab.as_ref()),
-    )
-    .await?;
+    )?;
     Ok(created)
 }
 

@@ -10,7 +10,7 @@ use instant_acme::{
     OrderStatus, RetryPolicy,
 };
 
-use super::problem::{self, ALREADY_REPLACED, CaError, call};
+use super::problem::{self, ALREADY_REPLACED, CaError, call, call_fresh_nonce};
 use super::{AcmeSettings, CALL_TIMEOUT, certificate_id};
 use crate::{CertBundle, ChallengeKind, Challenges, DomainName, Error, KeyType, Result, SourceKind};
 
@@ -83,12 +83,11 @@ async fn new_order(account: &Account, identifiers: &[Identifier], replaces: Opti
         }
     });
     if let Some(id) = old {
-        let attempt = call(
+        let attempt = call_fresh_nonce!(
             "create the order",
             CALL_TIMEOUT,
             account.new_order(&NewOrder::new(identifiers).replaces(id.clone())),
-        )
-        .await;
+        );
         match attempt {
             Ok(order) => {
                 tracing::debug!(replaces = %id, "order replaces the current certificate (ARI)");
@@ -104,7 +103,7 @@ async fn new_order(account: &Account, identifiers: &[Identifier], replaces: Opti
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(call("create the order", CALL_TIMEOUT, account.new_order(&NewOrder::new(identifiers))).await?)
+    Ok(call_fresh_nonce!("create the order", CALL_TIMEOUT, account.new_order(&NewOrder::new(identifiers)))?)
 }
 
 /// Publish a response for every pending authorization, then tell the CA to validate it.
@@ -114,6 +113,10 @@ async fn solve(
     challenges: &Challenges,
     cleanup: &mut Cleanup,
 ) -> Result<()> {
+    // Authorizations already solved: after a `badNonce` the stream starts over (instant-acme
+    // keeps the ones it fetched and fetches the failed one again), skipping these.
+    let mut solved: Vec<String> = Vec::new();
+    let mut nonce_attempts = 1;
     let mut authorizations = order.authorizations();
     loop {
         let next = tokio::time::timeout(CALL_TIMEOUT, authorizations.next())
@@ -122,11 +125,26 @@ async fn solve(
                 what: "fetch an authorization (no answer from the CA)".to_string(),
             })?;
         let Some(next) = next else { break };
-        let mut authz = next.map_err(|err| CaError::Acme {
-            what: "fetch an authorization",
-            err,
-        })?;
+        let mut authz = match next {
+            Ok(authz) => authz,
+            Err(err) => {
+                let err = CaError::Acme {
+                    what: "fetch an authorization",
+                    err,
+                };
+                if err.is_bad_nonce() && nonce_attempts < problem::BAD_NONCE_ATTEMPTS {
+                    nonce_attempts += 1;
+                    tracing::debug!(attempt = nonce_attempts, "the CA refused our nonce again; fetching the authorizations once more");
+                    authorizations = order.authorizations();
+                    continue;
+                }
+                return Err(err.into());
+            }
+        };
         let name = authz.identifier().to_string();
+        if solved.contains(&name) {
+            continue;
+        }
         match authz.status {
             AuthorizationStatus::Pending => {}
             AuthorizationStatus::Valid => {
@@ -190,8 +208,9 @@ async fn solve(
                     .await?;
             }
         }
-        call("mark the challenge ready", CALL_TIMEOUT, challenge.set_ready()).await?;
+        call_fresh_nonce!("mark the challenge ready", CALL_TIMEOUT, challenge.set_ready())?;
         tracing::debug!(%domain, challenge = kind.as_str(), "challenge published and marked ready");
+        solved.push(name);
     }
     Ok(())
 }
@@ -203,12 +222,11 @@ async fn wait_ready(order: &mut Order) -> Result<()> {
         .initial_delay(POLL_FIRST)
         .backoff(POLL_BACKOFF)
         .timeout(READY_DEADLINE);
-    let polled = call(
+    let polled = call_fresh_nonce!(
         "wait for the CA to validate",
         READY_DEADLINE + CALL_TIMEOUT,
         order.poll_ready(&policy),
-    )
-    .await;
+    );
     match polled {
         Ok(OrderStatus::Ready) => Ok(()),
         // `poll_ready` only returns Ready or Invalid.
@@ -269,17 +287,16 @@ async fn finalize(order: &mut Order, domains: &[DomainName], key_type: KeyType) 
     // rcgen's default subject is "CN=rcgen self signed cert"; the CA takes names from the SANs.
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params.serialize_request(&key).map_err(crypto)?;
-    call("finalize the order", CALL_TIMEOUT, order.finalize_csr(csr.der())).await?;
+    call_fresh_nonce!("finalize the order", CALL_TIMEOUT, order.finalize_csr(csr.der()))?;
     let policy = RetryPolicy::new()
         .initial_delay(POLL_FIRST)
         .backoff(POLL_BACKOFF)
         .timeout(CERTIFICATE_DEADLINE);
-    let chain = call(
+    let chain = call_fresh_nonce!(
         "wait for the certificate",
         CERTIFICATE_DEADLINE + CALL_TIMEOUT,
         order.poll_certificate(&policy),
-    )
-    .await?;
+    )?;
     Ok((chain, key.serialize_pem()))
 }
 

@@ -14,6 +14,13 @@ pub(super) const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
 pub(super) const ACCOUNT_DOES_NOT_EXIST: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
 /// ARI (RFC 9773 §5): the certificate named in `replaces` was already replaced.
 pub(super) const ALREADY_REPLACED: &str = "urn:ietf:params:acme:error:alreadyReplaced";
+/// The CA refused the request's anti-replay nonce (RFC 8555 §6.5) before acting on it.
+pub(super) const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
+/// How many times [`call_fresh_nonce!`] sends one request while the CA answers `badNonce`.
+/// instant-acme tries each request 3 times itself, which a CA rejecting many nonces (Pebble's
+/// `PEBBLE_WFE_NONCEREJECT`, a CA behind a load balancer whose nodes do not share nonces) gets
+/// past only by luck: at 50 % rejection one request in 8 would fail, most orders with it.
+pub(super) const BAD_NONCE_ATTEMPTS: u32 = 8;
 
 /// A failed CA call: instant-acme's error, or our own deadline, with what we were doing.
 #[derive(Debug)]
@@ -23,6 +30,11 @@ pub(super) enum CaError {
 }
 
 impl CaError {
+    /// Whether the CA refused the request's nonce (and so did nothing): sending it again is safe.
+    pub(super) fn is_bad_nonce(&self) -> bool {
+        self.problem().is_some_and(|p| p.r#type.as_deref() == Some(BAD_NONCE))
+    }
+
     /// The CA's problem document, when the CA answered with one.
     pub(super) fn problem(&self) -> Option<&instant_acme::Problem> {
         match self {
@@ -48,6 +60,26 @@ pub(super) async fn call<T>(
         Err(_) => Err(CaError::Elapsed { what, after: limit }),
     }
 }
+
+/// `call(what, limit, fut)`, evaluating `fut` again (a new request, with a fresh nonce) while
+/// the CA answers `badNonce`, up to [`BAD_NONCE_ATTEMPTS`] times: RFC 8555 §6.5 has the client
+/// retry, and a request refused for its nonce was not acted on, so resending never repeats an
+/// action. A macro because `fut` borrows from the caller (`&mut Order`, a challenge handle).
+macro_rules! call_fresh_nonce {
+    ($what:expr, $limit:expr, $fut:expr $(,)?) => {{
+        let mut attempt = 1;
+        loop {
+            match $crate::acme::problem::call($what, $limit, $fut).await {
+                Err(e) if e.is_bad_nonce() && attempt < $crate::acme::problem::BAD_NONCE_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::debug!(what = $what, attempt, "the CA refused our nonce again; sending the request once more");
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(super) use call_fresh_nonce;
 
 impl From<CaError> for Error {
     fn from(e: CaError) -> Self {

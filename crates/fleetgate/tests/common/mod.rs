@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use testkit::{ChildGuard, Signal};
 
+pub mod cluster;
+
 /// A fleetgate process with its own config, data directory and addresses.
 pub struct Node {
     pub dir: tempfile::TempDir,

@@ -103,25 +103,32 @@ impl Session {
     }
 }
 
-/// Keep a session listening until the task is aborted: supervise `first`, and whenever the
-/// connection is lost, reconnect with backoff (each attempt bounded by `timeout`).
+/// Keep a session listening until the task is aborted: supervise `first` (or, without one,
+/// connect first), and whenever the connection is lost, reconnect with backoff (each attempt
+/// bounded by `timeout`).
 pub(super) async fn run(
     config: tokio_postgres::Config,
     forward: Forward,
-    first: Session,
+    first: Option<Session>,
     timeout: Duration,
 ) {
-    let mut session = Some(first);
+    let mut connected_before = first.is_some();
+    let mut session = first;
     let mut backoff = Backoff::new();
     loop {
         let current = match session.take() {
             Some(s) => s,
             None => match tokio::time::timeout(timeout, Session::open(&config, &forward)).await {
                 Ok(Ok(s)) => {
-                    tracing::info!(
-                        "change listener reconnected; changes made while it was down were \
-                         not reported (the periodic resync covers them)"
-                    );
+                    if connected_before {
+                        tracing::info!(
+                            "change listener reconnected; changes made while it was down were \
+                             not reported (the periodic resync covers them)"
+                        );
+                    } else {
+                        tracing::debug!("change listener connected");
+                    }
+                    connected_before = true;
                     backoff = Backoff::new();
                     s
                 }

@@ -34,6 +34,9 @@
 //! late answer can never be read by the next caller. Every call, including taking a connection
 //! from the pool and connecting, is bounded by [`PostgresOptions::timeout`]: a call that would
 //! hang (database stopped, network gone) reports [`Error::Unavailable`].
+//! [`PostgresStore::connect`] needs the database up; [`PostgresStore::connect_lazy`] does not
+//! (a node can start, and serve from its local cache, while the database is down): it applies
+//! the schema migrations on its first successful call.
 //!
 //! **TLS to the database is not supported yet** (the driver runs with `NoTls`; see
 //! [`PostgresUrl`]).
