@@ -760,7 +760,6 @@ impl CertWorker {
         if lock(&self.last_record).as_ref() == Some(&summary) {
             return;
         }
-        *lock(&self.last_record) = Some(summary);
         let now = now_unix();
         let record = StatusRecord {
             state,
@@ -786,8 +785,10 @@ impl CertWorker {
             Some(lease) => self.manager.store.put_fenced(&key, &bytes, lease).await,
             None => self.manager.store.put(&key, &bytes).await,
         };
-        if let Err(e) = written {
-            debug!(error = %e, "could not record the certificate's status");
+        match written {
+            // Remembered only once written: a failed write is tried again next time.
+            Ok(()) => *lock(&self.last_record) = Some(summary),
+            Err(e) => debug!(error = %e, "could not record the certificate's status"),
         }
     }
 }
