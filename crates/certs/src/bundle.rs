@@ -67,6 +67,10 @@ pub struct CertBundle {
     pub chain_pem: String,
     pub key_pem: String,
     pub meta: CertMeta,
+    /// The parsed form, kept from [`CertBundle::from_pem`] so deploying does not parse the key
+    /// again (loading a key validates it, which is most of the cost of loading thousands).
+    #[serde(skip)]
+    parsed: Option<Arc<CertifiedKey>>,
 }
 
 impl fmt::Debug for CertBundle {
@@ -101,12 +105,16 @@ impl CertBundle {
             chain_pem,
             key_pem,
             meta,
+            parsed: Some(Arc::new(certified)),
         })
     }
 
     /// The rustls form, ready for the SNI map.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>> {
-        certified_key(&self.chain_pem, &self.key_pem, None).map(Arc::new)
+        match &self.parsed {
+            Some(parsed) => Ok(parsed.clone()),
+            None => certified_key(&self.chain_pem, &self.key_pem, None).map(Arc::new),
+        }
     }
 
     pub fn to_json(&self) -> Vec<u8> {

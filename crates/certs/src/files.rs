@@ -27,15 +27,22 @@ use crate::{CertBundle, Error, Result, SourceKind};
 pub fn load(cert: &Path, key: &Path) -> Result<CertBundle> {
     let chain_pem = read(cert)?;
     let key_pem = read(key)?;
-    check_key(&key_pem, key)?;
-    // The key parses, so every error from here on is about the certificate file, except a key
-    // that belongs to another certificate, which names the key file.
-    CertBundle::from_pem(chain_pem, key_pem, SourceKind::Files, Some(cert)).map_err(|e| match e {
-        Error::KeyMismatch { .. } => Error::KeyMismatch {
-            path: Some(key.to_path_buf()),
-        },
-        other => other,
-    })
+    // The pair is parsed once on the way that succeeds; only a failure looks at the key file on
+    // its own, to name the right file in the error.
+    match CertBundle::from_pem(chain_pem, key_pem.clone(), SourceKind::Files, Some(cert)) {
+        Ok(bundle) => Ok(bundle),
+        Err(e) => {
+            check_key(&key_pem, key)?;
+            // The key parses, so the error is about the certificate file, except a key that
+            // belongs to another certificate, which names the key file.
+            Err(match e {
+                Error::KeyMismatch { .. } => Error::KeyMismatch {
+                    path: Some(key.to_path_buf()),
+                },
+                other => other,
+            })
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<String> {
