@@ -42,6 +42,11 @@ pub fn spawn_heartbeat(
     let (http, https) = (config.listen_http.to_string(), config.listen_https.to_string());
     tokio::spawn(async move {
         let key = certs::layout::node(&node);
+        // The first beat a moment after start, when stored certificates are deployed.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
         loop {
             let beat = Heartbeat {
                 node: node.clone(),
