@@ -123,16 +123,24 @@ impl Handler {
             return Next::Http01(host, token.to_owned());
         }
         if route.https_redirect {
-            return Next::Done(match https_location(&host, self.edge.https_port, req.uri()) {
-                Some(location) => redirect(StatusCode::PERMANENT_REDIRECT, location),
-                None => text(StatusCode::BAD_REQUEST, "bad request\n"),
-            });
+            return Next::Done(
+                match https_location(&host, self.edge.https_port, req.uri()) {
+                    Some(location) => redirect(StatusCode::PERMANENT_REDIRECT, location),
+                    None => text(StatusCode::BAD_REQUEST, "bad request\n"),
+                },
+            );
         }
         // The routes guard is let go on return, before an upstream answers.
         prepare(route, req, &host, false, None)
     }
 
-    fn tls(&self, req: &Request<Incoming>, host: &Host, sni: &str, key: &Arc<CertifiedKey>) -> Next {
+    fn tls(
+        &self,
+        req: &Request<Incoming>,
+        host: &Host,
+        sni: &str,
+        key: &Arc<CertifiedKey>,
+    ) -> Next {
         let Some(name) = host.name() else {
             return Next::Done(misdirected());
         };
