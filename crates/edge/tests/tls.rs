@@ -17,7 +17,13 @@ async fn start(ca: &Ca) -> TestEdge {
     certs
         .insert("a", ["a.test", "b.test"], ca.leaf(&["a.test", "b.test"]))
         .unwrap();
-    let sites = vec![respond(&["a.test"], "a"), respond(&["b.test"], "b")];
+    // new.test is configured but has no certificate yet: what a new domain looks like while its
+    // first order is being validated.
+    let sites = vec![
+        respond(&["a.test"], "a"),
+        respond(&["b.test"], "b"),
+        respond(&["new.test"], "new"),
+    ];
     TestEdge::start(sites, certs, Limits::default()).await
 }
 
@@ -75,6 +81,14 @@ async fn tls_alpn_01_handshake_presents_the_challenge_certificate() {
     edge.challenges.add_alpn("a.test", Arc::clone(&challenge_a));
     edge.challenges
         .add_alpn("new.test", Arc::clone(&challenge_new));
+
+    // A name we do not serve is refused before any challenge lookup.
+    edge.challenges.add_alpn("other.test", self_signed("other.test"));
+    let config = any_cert_config(&[b"acme-tls/1"]);
+    assert!(
+        testkit::tls_connect(edge.https, "other.test", config).await.is_err(),
+        "acme-tls/1 for an unconfigured name must fail"
+    );
 
     for (name, expected) in [("a.test", &challenge_a), ("new.test", &challenge_new)] {
         let config = any_cert_config(&[b"acme-tls/1"]);
