@@ -69,23 +69,6 @@ where
     Ok((parts, total, Bytes::from(kept)))
 }
 
-/// The log without terminal colour codes (`ESC [ ... m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
     Request::get(path)
@@ -193,7 +176,7 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
     drop(tls);
 
     // The access log: one structured line per request of the site that has it on.
-    let log = strip_ansi(&node.log());
+    let log = common::cluster::strip_ansi(&node.log());
     let access: Vec<&str> = log.lines().filter(|l| l.contains("access:")).collect();
     assert!(
         access.iter().any(|l| l.contains("method=\"GET\"")
