@@ -22,7 +22,7 @@ impl Haproxy {
     pub async fn tcp_round_robin(frontends: &[(SocketAddr, Vec<SocketAddr>)]) -> anyhow::Result<Haproxy> {
         let dir = tempfile::Builder::new().prefix("testkit-haproxy-").tempdir()?;
         let mut cfg = String::from(
-            "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch 1\n\n",
+            "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 500ms\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch 1\n\n",
         );
         for (i, (bind, backends)) in frontends.iter().enumerate() {
             cfg.push_str(&format!("frontend f{i}\n  bind {bind}\n  default_backend b{i}\n\nbackend b{i}\n  balance roundrobin\n"));

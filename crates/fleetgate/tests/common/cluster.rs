@@ -142,8 +142,13 @@ impl ClusterBuilder {
             (SocketAddr::from((lb_ip, https_port)), nodes.iter().map(|n| n.https).collect()),
         ];
         let balancer = Haproxy::tcp_round_robin(&frontends).await?;
+        // All nodes at once: a node that orders before its peers listen would have validations
+        // routed to a dead peer (HAProxy retries, but after a one-second turn-around each).
         for node in &mut nodes {
-            node.start().await?;
+            node.spawn()?;
+        }
+        for node in &nodes {
+            node.wait_listening().await?;
         }
         Ok(Cluster { pebble, balancer, nodes, root, acme, sites, _shared: shared })
     }

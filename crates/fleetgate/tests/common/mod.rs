@@ -89,12 +89,23 @@ impl Node {
 
     /// Start `fleetgate run` and wait until both listeners accept connections.
     pub async fn start(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_listening().await
+    }
+
+    /// Start `fleetgate run` without waiting (start several nodes at once, then wait for each).
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
         self.runs += 1;
         let mut cmd = tokio::process::Command::new(bin());
         cmd.arg("run").arg("--config").arg(&self.config_path);
         let log = self.dir.path().join(format!("fleetgate-{}.log", self.runs));
         let child = ChildGuard::spawn_logging_to(cmd, "fleetgate", &log)?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Wait until both listeners accept connections.
+    pub async fn wait_listening(&self) -> anyhow::Result<()> {
         let (http, https) = (self.http, self.https);
         testkit::wait_for_ok("fleetgate listening", Duration::from_secs(20), || async move {
             tokio::net::TcpStream::connect(http).await?;
