@@ -40,7 +40,10 @@ pub struct Eab {
 
 impl std::fmt::Debug for Eab {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Eab").field("kid", &self.kid).field("hmac_key", &"<redacted>").finish()
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"<redacted>")
+            .finish()
     }
 }
 
@@ -171,9 +174,15 @@ impl AcmeIssuer {
         replaces: Option<&CertBundle>,
     ) -> Result<CertBundle> {
         let mut seen = HashSet::new();
-        let domains: Vec<DomainName> = domains.iter().filter(|d| seen.insert(*d)).cloned().collect();
+        let domains: Vec<DomainName> = domains
+            .iter()
+            .filter(|d| seen.insert(*d))
+            .cloned()
+            .collect();
         if domains.is_empty() {
-            return Err(Error::Config("an order needs at least one domain".to_string()));
+            return Err(Error::Config(
+                "an order needs at least one domain".to_string(),
+            ));
         }
         if domains.len() > MAX_NAMES_PER_ORDER {
             return Err(Error::Config(format!(
@@ -187,12 +196,24 @@ impl AcmeIssuer {
             )));
         }
         if self.settings.challenges.is_empty() {
-            return Err(Error::Config("no ACME challenge types configured".to_string()));
+            return Err(Error::Config(
+                "no ACME challenge types configured".to_string(),
+            ));
         }
         let account = self.account().await?;
         let run = |account: Account| {
             let domains = &domains;
-            async move { order::run(&account, &self.settings, &self.challenges, domains, key_type, replaces).await }
+            async move {
+                order::run(
+                    &account,
+                    &self.settings,
+                    &self.challenges,
+                    domains,
+                    key_type,
+                    replaces,
+                )
+                .await
+            }
         };
         match run(account.clone()).await {
             // The CA lost the account (Pebble forgets everything on restart; an operator may have
@@ -218,7 +239,13 @@ impl AcmeIssuer {
             }
         };
         let account = self.account().await?;
-        match problem::call("fetch the renewal window", CALL_TIMEOUT, account.renewal_info(&id)).await {
+        match problem::call(
+            "fetch the renewal window",
+            CALL_TIMEOUT,
+            account.renewal_info(&id),
+        )
+        .await
+        {
             Ok((info, retry_after)) => Ok(Some(AriWindow {
                 start: info.suggested_window.start.unix_timestamp(),
                 end: info.suggested_window.end.unix_timestamp(),
@@ -239,7 +266,8 @@ impl AcmeIssuer {
         if let Some(account) = &*slot {
             return Ok(account.clone());
         }
-        let account = account::obtain(&self.settings, &self.ca_id, &self.store, &self.node, None).await?;
+        let account =
+            account::obtain(&self.settings, &self.ca_id, &self.store, &self.node, None).await?;
         *slot = Some(account.clone());
         Ok(account)
     }
@@ -254,15 +282,23 @@ impl AcmeIssuer {
             return Ok(current.clone());
         }
         *slot = None;
-        let account =
-            account::obtain(&self.settings, &self.ca_id, &self.store, &self.node, Some(stale.id())).await?;
+        let account = account::obtain(
+            &self.settings,
+            &self.ca_id,
+            &self.store,
+            &self.node,
+            Some(stale.id()),
+        )
+        .await?;
         *slot = Some(account.clone());
         Ok(account)
     }
 }
 
 /// The ARI identifier (authority key id + serial) of the bundle's leaf.
-fn certificate_id(bundle: &CertBundle) -> std::result::Result<CertificateIdentifier<'static>, String> {
+fn certificate_id(
+    bundle: &CertBundle,
+) -> std::result::Result<CertificateIdentifier<'static>, String> {
     let leaf = CertificateDer::pem_slice_iter(bundle.chain_pem.as_bytes())
         .next()
         .ok_or_else(|| "no certificate in the chain".to_string())?

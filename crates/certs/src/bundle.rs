@@ -152,8 +152,12 @@ pub(crate) fn certified_key(
     if chain.is_empty() {
         return Err(invalid(path, "no CERTIFICATE block found"));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| invalid(path, format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
+        invalid(
+            path,
+            format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
+        )
+    })?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let signing = provider
         .key_provider
@@ -173,7 +177,11 @@ pub(crate) fn certified_key(
     }
 }
 
-fn leaf_meta(leaf: &CertificateDer<'_>, source: SourceKind, path: Option<&Path>) -> Result<CertMeta> {
+fn leaf_meta(
+    leaf: &CertificateDer<'_>,
+    source: SourceKind,
+    path: Option<&Path>,
+) -> Result<CertMeta> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(leaf.as_ref())
         .map_err(|e| invalid(path, format!("cannot parse the leaf certificate: {e}")))?;

@@ -77,14 +77,22 @@ impl Challenges {
     }
 
     /// Publish an HTTP-01 response: in the store first (so every node can answer), then locally.
-    pub async fn publish_http01(&self, domain: &DomainName, token: &str, key_auth: &str) -> Result<()> {
+    pub async fn publish_http01(
+        &self,
+        domain: &DomainName,
+        token: &str,
+        key_auth: &str,
+    ) -> Result<()> {
         let record = Http01Record {
             domain: domain.to_string(),
             key_authorization: key_auth.to_string(),
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| Error::Crypto(e.to_string()))?;
         self.store.put(&layout::http01(token), &bytes).await?;
-        lock(&self.http).insert(token.to_string(), (domain.to_string(), key_auth.to_string()));
+        lock(&self.http).insert(
+            token.to_string(),
+            (domain.to_string(), key_auth.to_string()),
+        );
         lock(&self.misses).clear();
         Ok(())
     }
@@ -202,7 +210,10 @@ fn alpn_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>> {
         .key_provider
         .load_private_key(key_der)
         .map_err(|e| Error::Crypto(e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 fn hex(bytes: &[u8]) -> String {

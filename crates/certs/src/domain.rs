@@ -30,7 +30,9 @@ impl DomainName {
             return Err(err("longer than 253 bytes"));
         }
         if !name.is_ascii() {
-            return Err(err("not ASCII; write internationalised names in punycode (xn--)"));
+            return Err(err(
+                "not ASCII; write internationalised names in punycode (xn--)",
+            ));
         }
         let body = name.strip_prefix("*.").unwrap_or(&name);
         let labels: Vec<&str> = body.split('.').collect();
@@ -44,14 +46,20 @@ impl DomainName {
             if label.len() > 63 {
                 return Err(err("label longer than 63 bytes"));
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err(err("only letters, digits and '-' are allowed in a label"));
             }
             if label.starts_with('-') || label.ends_with('-') {
                 return Err(err("a label cannot start or end with '-'"));
             }
         }
-        if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        if labels
+            .last()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
             return Err(err("IP addresses are not domain names"));
         }
         Ok(DomainName(name))
@@ -97,14 +105,27 @@ mod tests {
 
     #[test]
     fn parses_and_normalises() {
-        assert_eq!(DomainName::parse("WWW.Example.COM.").unwrap().as_str(), "www.example.com");
+        assert_eq!(
+            DomainName::parse("WWW.Example.COM.").unwrap().as_str(),
+            "www.example.com"
+        );
         assert!(DomainName::parse("*.example.com").unwrap().is_wildcard());
         assert!(DomainName::parse("localhost").is_ok());
     }
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["", "com", "-a.com", "a-.com", "a..com", "a b.com", "1.2.3.4", "ex_ample.com", "é.com"] {
+        for bad in [
+            "",
+            "com",
+            "-a.com",
+            "a-.com",
+            "a..com",
+            "a b.com",
+            "1.2.3.4",
+            "ex_ample.com",
+            "é.com",
+        ] {
             assert!(DomainName::parse(bad).is_err(), "{bad} accepted");
         }
     }

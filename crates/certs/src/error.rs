@@ -48,7 +48,10 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("invalid certificate{}: {detail}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
-    InvalidCertificate { path: Option<PathBuf>, detail: String },
+    InvalidCertificate {
+        path: Option<PathBuf>,
+        detail: String,
+    },
     #[error("the private key{} does not match the certificate", .path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     KeyMismatch { path: Option<PathBuf> },
     #[error("the CA refused: {problem}")]
@@ -63,7 +66,10 @@ pub enum Error {
     #[error("timed out: {what}")]
     Timeout { what: String },
     #[error("validation failed for {domain}: {problem}")]
-    Validation { domain: String, problem: AcmeProblem },
+    Validation {
+        domain: String,
+        problem: AcmeProblem,
+    },
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error("another node holds the lock for {name}")]

@@ -68,7 +68,10 @@ pub fn status(cert_id: &str) -> StorageKey {
 }
 
 pub fn http01(token: &str) -> StorageKey {
-    key(format!("challenges/http-01/{}.json", store::sanitize_segment(token)))
+    key(format!(
+        "challenges/http-01/{}.json",
+        store::sanitize_segment(token)
+    ))
 }
 
 pub fn tls_alpn01(domain: &DomainName) -> StorageKey {
@@ -88,7 +91,10 @@ pub fn internal_ca_lock() -> LockName {
 
 /// The prefixes whose objects hold private keys, sealed at rest when a sealing key is configured.
 pub fn sealed_prefixes() -> Vec<StorageKey> {
-    ["certs", "acme", "internal"].into_iter().map(|p| key(p.to_string())).collect()
+    ["certs", "acme", "internal"]
+        .into_iter()
+        .map(|p| key(p.to_string()))
+        .collect()
 }
 
 /// Where node `name` writes its heartbeat.

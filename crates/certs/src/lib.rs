@@ -22,6 +22,8 @@ pub use challenge::{ChallengeKind, Challenges};
 pub use domain::{DomainError, DomainName};
 pub use error::{AcmeProblem, Error};
 pub use keys::KeyType;
-pub use manager::{CertId, CertSource, CertState, CertStatus, Deployer, ManagedCert, Manager, Timings};
+pub use manager::{
+    CertId, CertSource, CertState, CertStatus, Deployer, ManagedCert, Manager, Timings,
+};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -69,7 +69,11 @@ fn key(text: String) -> StorageKey {
 pub fn registered_domain(name: &DomainName) -> String {
     let labels: Vec<&str> = name.as_str().trim_start_matches("*.").split('.').collect();
     let n = labels.len();
-    if n <= 2 { labels.join(".") } else { labels[n - 2..].join(".") }
+    if n <= 2 {
+        labels.join(".")
+    } else {
+        labels[n - 2..].join(".")
+    }
 }
 
 /// Checks and records limits for one node; cheap to clone.
@@ -82,7 +86,11 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(store: Arc<dyn Storage>, limits: ClusterLimits, node: String) -> Self {
-        Limiter { store, limits, node }
+        Limiter {
+            store,
+            limits,
+            node,
+        }
     }
 
     async fn load(&self, key: &StorageKey) -> Result<Window> {
@@ -101,22 +109,38 @@ impl Limiter {
     /// Before placing an order for `domains` with the CA `ca`: refuse with
     /// [`Error::LimitReached`] if a limit would be passed, else count the order.
     pub async fn reserve_order(&self, ca: &str, domains: &[DomainName]) -> Result<()> {
-        let guard = store::lock(&self.store, &crate::layout::limits_lock(), &self.node, LOCK_TTL, LOCK_WAIT)
-            .await?
-            .ok_or_else(|| Error::Busy { name: "limits".into() })?;
+        let guard = store::lock(
+            &self.store,
+            &crate::layout::limits_lock(),
+            &self.node,
+            LOCK_TTL,
+            LOCK_WAIT,
+        )
+        .await?
+        .ok_or_else(|| Error::Busy {
+            name: "limits".into(),
+        })?;
         let result = self.reserve_locked(ca, domains, &guard.lease()).await;
         let _ = guard.release().await;
         result
     }
 
-    async fn reserve_locked(&self, ca: &str, domains: &[DomainName], lease: &store::Lease) -> Result<()> {
+    async fn reserve_locked(
+        &self,
+        ca: &str,
+        domains: &[DomainName],
+        lease: &store::Lease,
+    ) -> Result<()> {
         let now = now_unix();
         if self.limits.failed_validations_per_hour > 0 {
             for d in domains {
                 let mut w = self.load(&key(format!("failures/{}", d.as_str()))).await?;
                 w.prune(now, FAILURE_WINDOW);
                 if w.at.len() as u32 >= self.limits.failed_validations_per_hour {
-                    return Err(limit(format!("{} failed validations of {d} in the last hour", w.at.len()), w.frees_at(FAILURE_WINDOW) - now));
+                    return Err(limit(
+                        format!("{} failed validations of {d} in the last hour", w.at.len()),
+                        w.frees_at(FAILURE_WINDOW) - now,
+                    ));
                 }
             }
         }
@@ -130,7 +154,10 @@ impl Limiter {
                 let mut w = self.load(&key(format!("certs/{reg}"))).await?;
                 w.prune(now, CERT_WINDOW);
                 if w.at.len() as u32 >= self.limits.certs_per_domain_per_week {
-                    return Err(limit(format!("{} certificates for {reg} in the last week", w.at.len()), w.frees_at(CERT_WINDOW) - now));
+                    return Err(limit(
+                        format!("{} certificates for {reg} in the last week", w.at.len()),
+                        w.frees_at(CERT_WINDOW) - now,
+                    ));
                 }
                 seen.push(reg);
             }
@@ -140,7 +167,10 @@ impl Limiter {
             let mut w = self.load(&k).await?;
             w.prune(now, ORDER_WINDOW);
             if w.at.len() as u32 >= self.limits.orders_per_3h {
-                return Err(limit(format!("{} new orders with this CA in the last 3 hours", w.at.len()), w.frees_at(ORDER_WINDOW) - now));
+                return Err(limit(
+                    format!("{} new orders with this CA in the last 3 hours", w.at.len()),
+                    w.frees_at(ORDER_WINDOW) - now,
+                ));
             }
             w.at.push(now);
             self.save(&k, &w, lease).await?;
@@ -156,7 +186,12 @@ impl Limiter {
         let mut regs: Vec<String> = domains.iter().map(registered_domain).collect();
         regs.sort();
         regs.dedup();
-        self.record(regs.into_iter().map(|r| (format!("certs/{r}"), CERT_WINDOW)).collect()).await;
+        self.record(
+            regs.into_iter()
+                .map(|r| (format!("certs/{r}"), CERT_WINDOW))
+                .collect(),
+        )
+        .await;
     }
 
     /// After the CA refused a validation for `domain`.
@@ -164,14 +199,23 @@ impl Limiter {
         if self.limits.failed_validations_per_hour == 0 {
             return;
         }
-        self.record(vec![(format!("failures/{domain}"), FAILURE_WINDOW)]).await;
+        self.record(vec![(format!("failures/{domain}"), FAILURE_WINDOW)])
+            .await;
     }
 
     async fn record(&self, entries: Vec<(String, i64)>) {
         let result: Result<()> = async {
-            let guard = store::lock(&self.store, &crate::layout::limits_lock(), &self.node, LOCK_TTL, LOCK_WAIT)
-                .await?
-                .ok_or_else(|| Error::Busy { name: "limits".into() })?;
+            let guard = store::lock(
+                &self.store,
+                &crate::layout::limits_lock(),
+                &self.node,
+                LOCK_TTL,
+                LOCK_WAIT,
+            )
+            .await?
+            .ok_or_else(|| Error::Busy {
+                name: "limits".into(),
+            })?;
             let now = now_unix();
             for (k, width) in entries {
                 let k = key(k);
@@ -213,46 +257,91 @@ mod tests {
     #[tokio::test]
     async fn orders_are_counted_across_nodes() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = ClusterLimits { orders_per_3h: 3, ..ClusterLimits::default() };
+        let limits = ClusterLimits {
+            orders_per_3h: 3,
+            ..ClusterLimits::default()
+        };
         let a = limiter(dir.path(), limits);
         let b = limiter(dir.path(), limits);
         a.reserve_order("ca", &names(&["a.example"])).await.unwrap();
         b.reserve_order("ca", &names(&["b.example"])).await.unwrap();
         a.reserve_order("ca", &names(&["c.example"])).await.unwrap();
-        let err = b.reserve_order("ca", &names(&["d.example"])).await.unwrap_err();
+        let err = b
+            .reserve_order("ca", &names(&["d.example"]))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::LimitReached { .. }), "{err}");
         let wait = err.retry_after().unwrap();
-        assert!(wait > Duration::from_secs(3 * 3600 - 60) && wait <= Duration::from_secs(3 * 3600), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(3 * 3600 - 60) && wait <= Duration::from_secs(3 * 3600),
+            "{wait:?}"
+        );
         // Another CA has its own count.
-        b.reserve_order("other-ca", &names(&["d.example"])).await.unwrap();
+        b.reserve_order("other-ca", &names(&["d.example"]))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn failed_validations_pause_a_name() {
         let dir = tempfile::tempdir().unwrap();
-        let l = limiter(dir.path(), ClusterLimits { failed_validations_per_hour: 2, ..ClusterLimits::default() });
+        let l = limiter(
+            dir.path(),
+            ClusterLimits {
+                failed_validations_per_hour: 2,
+                ..ClusterLimits::default()
+            },
+        );
         l.record_failed_validation("bad.example").await;
-        l.reserve_order("ca", &names(&["bad.example"])).await.unwrap();
+        l.reserve_order("ca", &names(&["bad.example"]))
+            .await
+            .unwrap();
         l.record_failed_validation("bad.example").await;
-        let err = l.reserve_order("ca", &names(&["ok.example", "bad.example"])).await.unwrap_err();
+        let err = l
+            .reserve_order("ca", &names(&["ok.example", "bad.example"]))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("bad.example"), "{err}");
-        l.reserve_order("ca", &names(&["ok.example"])).await.unwrap();
+        l.reserve_order("ca", &names(&["ok.example"]))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn certificates_per_registered_domain() {
         let dir = tempfile::tempdir().unwrap();
-        let l = limiter(dir.path(), ClusterLimits { certs_per_domain_per_week: 1, ..ClusterLimits::default() });
-        l.record_issued(&names(&["www.shop.example", "shop.example"])).await;
-        let err = l.reserve_order("ca", &names(&["api.shop.example"])).await.unwrap_err();
+        let l = limiter(
+            dir.path(),
+            ClusterLimits {
+                certs_per_domain_per_week: 1,
+                ..ClusterLimits::default()
+            },
+        );
+        l.record_issued(&names(&["www.shop.example", "shop.example"]))
+            .await;
+        let err = l
+            .reserve_order("ca", &names(&["api.shop.example"]))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("shop.example"), "{err}");
-        l.reserve_order("ca", &names(&["other.example"])).await.unwrap();
+        l.reserve_order("ca", &names(&["other.example"]))
+            .await
+            .unwrap();
     }
 
     #[test]
     fn registered_domains() {
-        assert_eq!(registered_domain(&DomainName::parse("a.b.example.com").unwrap()), "example.com");
-        assert_eq!(registered_domain(&DomainName::parse("example.com").unwrap()), "example.com");
-        assert_eq!(registered_domain(&DomainName::parse("*.x.example.com").unwrap()), "example.com");
+        assert_eq!(
+            registered_domain(&DomainName::parse("a.b.example.com").unwrap()),
+            "example.com"
+        );
+        assert_eq!(
+            registered_domain(&DomainName::parse("example.com").unwrap()),
+            "example.com"
+        );
+        assert_eq!(
+            registered_domain(&DomainName::parse("*.x.example.com").unwrap()),
+            "example.com"
+        );
     }
 }

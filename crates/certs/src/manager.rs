@@ -23,7 +23,9 @@ use crate::acme::{AcmeIssuer, AcmeSettings};
 use crate::bundle::{LastError, now_unix};
 use crate::internal::InternalCa;
 use crate::renewal::{self, Backoff};
-use crate::{CertBundle, Challenges, DomainName, Error, KeyType, Result, SourceKind, files, layout};
+use crate::{
+    CertBundle, Challenges, DomainName, Error, KeyType, Result, SourceKind, files, layout,
+};
 
 /// The identity of a managed certificate: its site's first domain.
 pub type CertId = String;
@@ -44,10 +46,13 @@ impl PartialEq for CertSource {
                     && a.email == b.email
                     && a.ca_root == b.ca_root
                     && a.challenges == b.challenges
-                    && a.eab.as_ref().map(|e| (&e.kid, &e.hmac_key)) == b.eab.as_ref().map(|e| (&e.kid, &e.hmac_key))
+                    && a.eab.as_ref().map(|e| (&e.kid, &e.hmac_key))
+                        == b.eab.as_ref().map(|e| (&e.kid, &e.hmac_key))
             }
             (CertSource::Internal, CertSource::Internal) => true,
-            (CertSource::Files { cert: c1, key: k1 }, CertSource::Files { cert: c2, key: k2 }) => c1 == c2 && k1 == k2,
+            (CertSource::Files { cert: c1, key: k1 }, CertSource::Files { cert: c2, key: k2 }) => {
+                c1 == c2 && k1 == k2
+            }
             _ => false,
         }
     }
@@ -76,7 +81,10 @@ impl ManagedCert {
     /// The storage key of this certificate's bundle; `None` for files, which are not stored.
     pub fn storage_key(&self) -> Option<StorageKey> {
         match &self.source {
-            CertSource::Acme(s) => Some(layout::cert(&layout::issuer_acme(&layout::ca_id(&s.directory)), &self.id)),
+            CertSource::Acme(s) => Some(layout::cert(
+                &layout::issuer_acme(&layout::ca_id(&s.directory)),
+                &self.id,
+            )),
             CertSource::Internal => Some(layout::cert(layout::ISSUER_INTERNAL, &self.id)),
             CertSource::Files { .. } => None,
         }
@@ -205,7 +213,9 @@ pub struct Manager {
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("Manager")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -344,7 +354,9 @@ impl Manager {
                     _ = shutdown.cancelled() => return,
                     change = events.recv() => change,
                 };
-                let Some(manager) = weak.upgrade() else { return };
+                let Some(manager) = weak.upgrade() else {
+                    return;
+                };
                 match change {
                     Ok(Change::Put(key) | Change::Deleted(key)) => {
                         if let Some(kick) = lock(&manager.watch).get(&key) {
@@ -386,7 +398,8 @@ impl Manager {
                     None => (None, None),
                 },
             };
-            let bundle = bundle.filter(|b| cert.wants(b) || matches!(cert.source, CertSource::Files { .. }));
+            let bundle =
+                bundle.filter(|b| cert.wants(b) || matches!(cert.source, CertSource::Files { .. }));
             let record = record.filter(|_| !matches!(cert.source, CertSource::Files { .. }));
             let state = match (&bundle, &record) {
                 (Some(b), _) if b.meta.not_after <= now => CertState::Expired,
@@ -403,9 +416,8 @@ impl Manager {
                 issuer: bundle.as_ref().map(|b| b.meta.issuer.clone()),
                 not_after: bundle.as_ref().map(|b| b.meta.not_after),
                 state,
-                last_error: load_error.or_else(|| {
-                    record.and_then(|r| r.last_error).map(|e| e.message)
-                }),
+                last_error: load_error
+                    .or_else(|| record.and_then(|r| r.last_error).map(|e| e.message)),
             });
         }
         rows
@@ -443,8 +455,12 @@ impl CertWorker {
                 _ => {
                     // Boxed: the ordering future is large, and a node may run thousands of idle
                     // workers; each then holds a pointer, not the whole state machine.
-                    Box::pin(self.issued_step(&mut deployed_serial, &mut cached_serial, &mut backoff))
-                        .await
+                    Box::pin(self.issued_step(
+                        &mut deployed_serial,
+                        &mut cached_serial,
+                        &mut backoff,
+                    ))
+                    .await
                 }
             };
             let Next::Wait(delay) = next;
@@ -462,7 +478,9 @@ impl CertWorker {
             return Ok(());
         }
         let key = bundle.certified_key()?;
-        self.manager.deployer.deploy(&self.cert.id, &self.cert.domains, key);
+        self.manager
+            .deployer
+            .deploy(&self.cert.id, &self.cert.domains, key);
         info!(serial = %bundle.meta.serial, not_after = bundle.meta.not_after, "certificate deployed");
         *deployed_serial = Some(bundle.meta.serial.clone());
         Ok(())
@@ -497,7 +515,8 @@ impl CertWorker {
                     warn!(error = %e, "certificate files rejected; nothing to serve for these names yet");
                 }
                 *last_stamp = stamp.clone();
-                self.record(CertState::Failing, Some(&e), 0, None, None).await;
+                self.record(CertState::Failing, Some(&e), 0, None, None)
+                    .await;
             }
         }
         Next::Wait(FILE_POLL)
@@ -512,7 +531,8 @@ impl CertWorker {
 
     /// Keep the local cache in step with what is served (only when the serial changed).
     async fn save_cached(&self, bundle: &CertBundle, cached_serial: &mut Option<String>) {
-        let (Some(cache), Some(key)) = (self.manager.cache.as_ref(), self.cert.storage_key()) else {
+        let (Some(cache), Some(key)) = (self.manager.cache.as_ref(), self.cert.storage_key())
+        else {
             return;
         };
         if cached_serial.as_deref() == Some(bundle.meta.serial.as_str()) {
@@ -612,7 +632,11 @@ impl CertWorker {
         };
         // Re-check after acquiring: a peer may have finished just before we got the lease.
         match self.load_stored().await {
-            Ok(Some(fresh)) if self.cert.wants(&fresh) && renewal::renew_at(&fresh.meta, jitter_seed(&fresh.meta.serial)) > now_unix() => {
+            Ok(Some(fresh))
+                if self.cert.wants(&fresh)
+                    && renewal::renew_at(&fresh.meta, jitter_seed(&fresh.meta.serial))
+                        > now_unix() =>
+            {
                 let _ = guard.release().await;
                 let _ = self.deploy(&fresh, deployed_serial);
                 return Next::Wait(Duration::ZERO);
@@ -628,17 +652,30 @@ impl CertWorker {
         // every node would try in turn as soon as the lease is free.
         if let Some(wait) = self.peer_backoff(backoff).await {
             let _ = guard.release().await;
-            debug!(retry_in_secs = wait.as_secs(), "a peer's attempt failed recently; waiting out its backoff");
+            debug!(
+                retry_in_secs = wait.as_secs(),
+                "a peer's attempt failed recently; waiting out its backoff"
+            );
             return Next::Wait(wait.min(self.manager.timings.resync));
         }
-        let state = if current.is_some() { CertState::Renewing } else { CertState::Pending };
-        self.record(state, None, backoff.failures(), None, Some(&guard.lease())).await;
+        let state = if current.is_some() {
+            CertState::Renewing
+        } else {
+            CertState::Pending
+        };
+        self.record(state, None, backoff.failures(), None, Some(&guard.lease()))
+            .await;
         let result = self.obtain(current.as_ref()).await;
         let outcome = match result {
             Ok(bundle) => {
                 let key = self.cert.storage_key();
                 let written = match key {
-                    Some(key) => self.manager.store.put_fenced(&key, &bundle.to_json(), &guard.lease()).await.map_err(Error::from),
+                    Some(key) => self
+                        .manager
+                        .store
+                        .put_fenced(&key, &bundle.to_json(), &guard.lease())
+                        .await
+                        .map_err(Error::from),
                     None => Ok(()),
                 };
                 match written {
@@ -647,7 +684,8 @@ impl CertWorker {
                         if let Err(e) = self.deploy(&bundle, deployed_serial) {
                             warn!(error = %e, "new certificate cannot be served");
                         }
-                        self.record(CertState::Valid, None, 0, None, Some(&guard.lease())).await;
+                        self.record(CertState::Valid, None, 0, None, Some(&guard.lease()))
+                            .await;
                         Next::Wait(Duration::ZERO)
                     }
                     Err(e) => {
@@ -657,7 +695,14 @@ impl CertWorker {
                         backoff.record_failure();
                         let delay = backoff.delay_for(&e, fastrand::f64());
                         // Refused too when the lease was lost: the status is the new holder's.
-                        self.record(CertState::Failing, Some(&e), backoff.failures(), Some(delay), Some(&guard.lease())).await;
+                        self.record(
+                            CertState::Failing,
+                            Some(&e),
+                            backoff.failures(),
+                            Some(delay),
+                            Some(&guard.lease()),
+                        )
+                        .await;
                         Next::Wait(delay)
                     }
                 }
@@ -666,7 +711,14 @@ impl CertWorker {
                 backoff.record_failure();
                 let delay = backoff.delay_for(&e, fastrand::f64());
                 warn!(error = %e, failures = backoff.failures(), retry_in_secs = delay.as_secs(), "obtaining the certificate failed");
-                self.record(CertState::Failing, Some(&e), backoff.failures(), Some(delay), Some(&guard.lease())).await;
+                self.record(
+                    CertState::Failing,
+                    Some(&e),
+                    backoff.failures(),
+                    Some(delay),
+                    Some(&guard.lease()),
+                )
+                .await;
                 Next::Wait(delay)
             }
         };
@@ -679,16 +731,27 @@ impl CertWorker {
             CertSource::Acme(settings) => {
                 let issuer = self.manager.issuer(settings);
                 let limiter = &self.manager.limiter;
-                limiter.reserve_order(issuer.ca_id(), &self.cert.domains).await?;
-                let result = issuer.issue(&self.cert.domains, self.cert.key_type, current).await;
+                limiter
+                    .reserve_order(issuer.ca_id(), &self.cert.domains)
+                    .await?;
+                let result = issuer
+                    .issue(&self.cert.domains, self.cert.key_type, current)
+                    .await;
                 match &result {
                     Ok(_) => limiter.record_issued(&self.cert.domains).await,
-                    Err(Error::Validation { domain, .. }) => limiter.record_failed_validation(domain).await,
+                    Err(Error::Validation { domain, .. }) => {
+                        limiter.record_failed_validation(domain).await
+                    }
                     Err(_) => {}
                 }
                 result
             }
-            CertSource::Internal => self.manager.internal.issue(&self.cert.domains, self.cert.key_type).await,
+            CertSource::Internal => {
+                self.manager
+                    .internal
+                    .issue(&self.cert.domains, self.cert.key_type)
+                    .await
+            }
             CertSource::Files { cert, key } => files::load(cert, key),
         }
     }
@@ -709,7 +772,8 @@ impl CertWorker {
                 let mut updated = bundle.clone();
                 updated.meta.ari_window = Some((window.start, window.end));
                 updated.meta.ari_checked_at = Some(now);
-                let next = renewal::next_ari_check(now, Some(window.retry_after_secs), fastrand::f64());
+                let next =
+                    renewal::next_ari_check(now, Some(window.retry_after_secs), fastrand::f64());
                 updated.meta.ari_next_check = Some(next);
                 if let Some(key) = self.cert.storage_key() {
                     // Metadata only; a race with a peer's identical refresh is harmless.
@@ -732,9 +796,16 @@ impl CertWorker {
     /// is carried into `backoff`, so the backoff escalates across the cluster. A failure of this
     /// task itself is `backoff`'s business alone (a kick retries it at once).
     async fn peer_backoff(&self, backoff: &mut Backoff) -> Option<Duration> {
-        let bytes = self.manager.store.get(&layout::status(&self.cert.id)).await.ok()??;
+        let bytes = self
+            .manager
+            .store
+            .get(&layout::status(&self.cert.id))
+            .await
+            .ok()??;
         let record: StatusRecord = serde_json::from_slice(&bytes).ok()?;
-        if record.state != CertState::Failing || (record.node == self.manager.node && backoff.failures() > 0) {
+        if record.state != CertState::Failing
+            || (record.node == self.manager.node && backoff.failures() > 0)
+        {
             return None;
         }
         // The schedule's last step is reached after a handful of failures; no need to count on.
@@ -742,7 +813,10 @@ impl CertWorker {
             backoff.record_failure();
         }
         let left = record.next_attempt? - now_unix();
-        u64::try_from(left).ok().filter(|l| *l > 0).map(Duration::from_secs)
+        u64::try_from(left)
+            .ok()
+            .filter(|l| *l > 0)
+            .map(Duration::from_secs)
     }
 
     /// Write the status record `fleetgate certs` shows. `lease`: the certificate's lease this
@@ -771,7 +845,9 @@ impl CertWorker {
                 at: now,
                 message: e.to_string(),
                 problem: match e {
-                    Error::Acme { problem } | Error::RateLimited { problem, .. } | Error::Validation { problem, .. } => Some(problem.clone()),
+                    Error::Acme { problem }
+                    | Error::RateLimited { problem, .. }
+                    | Error::Validation { problem, .. } => Some(problem.clone()),
                     _ => None,
                 },
             }),

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail, ensure};
 use certs::acme::{AcmeIssuer, AcmeSettings, Eab};
-use certs::{CertBundle, ChallengeKind, Challenges, DomainName, Error, KeyType, SourceKind, layout};
+use certs::{
+    CertBundle, ChallengeKind, Challenges, DomainName, Error, KeyType, SourceKind, layout,
+};
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -69,7 +71,12 @@ impl Env {
 
     fn issuer(&self, settings: AcmeSettings, node: &str) -> AcmeIssuer {
         let challenges = Arc::new(Challenges::new(Arc::clone(&self.store)));
-        AcmeIssuer::new(settings, Arc::clone(&self.store), challenges, node.to_string())
+        AcmeIssuer::new(
+            settings,
+            Arc::clone(&self.store),
+            challenges,
+            node.to_string(),
+        )
     }
 
     /// Challenge responses left in the store.
@@ -83,7 +90,11 @@ fn names(list: &[&str]) -> Vec<DomainName> {
 }
 
 /// The chain must lead to Pebble's issuing root for every name, and the leaf name exactly those.
-async fn assert_valid_for(pebble: &Pebble, bundle: &CertBundle, domains: &[&str]) -> anyhow::Result<()> {
+async fn assert_valid_for(
+    pebble: &Pebble,
+    bundle: &CertBundle,
+    domains: &[&str],
+) -> anyhow::Result<()> {
     let root = pebble.issuing_root_pem().await?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in testkit::pem_certs(&root)? {
@@ -95,10 +106,20 @@ async fn assert_valid_for(pebble: &Pebble, bundle: &CertBundle, domains: &[&str]
     )
     .build()?;
     let chain = testkit::pem_certs(&bundle.chain_pem)?;
-    ensure!(chain.len() >= 2, "expected leaf + intermediate, got {} certificates", chain.len());
+    ensure!(
+        chain.len() >= 2,
+        "expected leaf + intermediate, got {} certificates",
+        chain.len()
+    );
     for name in domains {
         verifier
-            .verify_server_cert(&chain[0], &chain[1..], &ServerName::try_from(name.to_string())?, &[], UnixTime::now())
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &ServerName::try_from(name.to_string())?,
+                &[],
+                UnixTime::now(),
+            )
             .with_context(|| format!("chain does not verify for {name}"))?;
     }
     let mut got = testkit::cert_info(&chain[0])?.dns_names;
@@ -112,7 +133,11 @@ async fn assert_valid_for(pebble: &Pebble, bundle: &CertBundle, domains: &[&str]
     ensure!(bundle.meta.source == SourceKind::Acme);
     ensure!(bundle.meta.directory.as_deref() == Some(pebble.directory_url().as_str()));
     ensure!(
-        bundle.meta.order_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+        bundle
+            .meta
+            .order_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://")),
         "order url {:?}",
         bundle.meta.order_url
     );
@@ -129,14 +154,20 @@ async fn http01_issues_for_several_names_and_peers_reuse_the_account() -> anyhow
     assert_eq!(first.ca_id(), layout::ca_id(&env.pebble.directory_url()));
 
     let domains = ["www.shop.test", "shop.test", "old-brand.test"];
-    let bundle = first.issue(&names(&domains), KeyType::EcdsaP256, None).await?;
+    let bundle = first
+        .issue(&names(&domains), KeyType::EcdsaP256, None)
+        .await?;
     assert_valid_for(&env.pebble, &bundle, &domains).await?;
     assert!(bundle.key_pem.contains("PRIVATE KEY"));
     assert_eq!(env.leftover_challenges().await?, Vec::<StorageKey>::new());
 
     // The account is in the store, and it is the one this issuer uses.
     let account_key = layout::account(first.ca_id());
-    let stored = env.store.get(&account_key).await?.context("no account in the store")?;
+    let stored = env
+        .store
+        .get(&account_key)
+        .await?
+        .context("no account in the store")?;
     let stored_json: serde_json::Value = serde_json::from_slice(&stored)?;
     let account_id = first.account_id().await?;
     assert_eq!(stored_json["id"].as_str(), Some(account_id.as_str()));
@@ -149,7 +180,10 @@ async fn http01_issues_for_several_names_and_peers_reuse_the_account() -> anyhow
         .await?;
     assert_valid_for(&env.pebble, &renewed, &domains[..1]).await?;
     assert_ne!(renewed.meta.serial, bundle.meta.serial);
-    assert_eq!(env.store.get(&account_key).await?.as_deref(), Some(stored.as_slice()));
+    assert_eq!(
+        env.store.get(&account_key).await?.as_deref(),
+        Some(stored.as_slice())
+    );
 
     // Pebble 2.4 has no renewalInfo: no window, and `replaces` above was silently left out.
     assert_eq!(second.renewal_window(&renewed).await?, None);
@@ -161,7 +195,9 @@ async fn tls_alpn01_issues() -> anyhow::Result<()> {
     let env = Env::start().await?;
     let issuer = env.issuer(env.settings(&[ChallengeKind::TlsAlpn01]), "node-a");
     let domains = ["secure.shop.test"];
-    let bundle = issuer.issue(&names(&domains), KeyType::Rsa2048, None).await?;
+    let bundle = issuer
+        .issue(&names(&domains), KeyType::Rsa2048, None)
+        .await?;
     assert_valid_for(&env.pebble, &bundle, &domains).await?;
     assert_eq!(env.leftover_challenges().await?, Vec::<StorageKey>::new());
     Ok(())
@@ -186,7 +222,11 @@ async fn concurrent_first_use_creates_one_account() -> anyhow::Result<()> {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "several accounts: {ids:?}");
-    let stored = env.store.get(&layout::account(issuers[0].ca_id())).await?.context("no account stored")?;
+    let stored = env
+        .store
+        .get(&layout::account(issuers[0].ca_id()))
+        .await?
+        .context("no account stored")?;
     let stored: serde_json::Value = serde_json::from_slice(&stored)?;
     assert_eq!(stored["id"].as_str(), Some(ids[0].as_str()));
     Ok(())
@@ -200,16 +240,20 @@ async fn an_account_the_ca_lost_is_replaced() -> anyhow::Result<()> {
     let key = layout::account(first.ca_id());
     first.account_id().await?;
     // Keep the key, but point at an account URL the CA never issued (as after a CA reset).
-    let mut stored: serde_json::Value = serde_json::from_slice(&env.store.get(&key).await?.context("no account")?)?;
+    let mut stored: serde_json::Value =
+        serde_json::from_slice(&env.store.get(&key).await?.context("no account")?)?;
     let gone = format!("{}-gone", stored["id"].as_str().context("no id")?);
     stored["id"] = gone.clone().into();
     env.store.put(&key, &serde_json::to_vec(&stored)?).await?;
 
     let second = env.issuer(settings, "node-b");
     assert_eq!(second.account_id().await?, gone);
-    let bundle = second.issue(&names(&["again.shop.test"]), KeyType::EcdsaP256, None).await?;
+    let bundle = second
+        .issue(&names(&["again.shop.test"]), KeyType::EcdsaP256, None)
+        .await?;
     assert_valid_for(&env.pebble, &bundle, &["again.shop.test"]).await?;
-    let replaced: serde_json::Value = serde_json::from_slice(&env.store.get(&key).await?.context("no account")?)?;
+    let replaced: serde_json::Value =
+        serde_json::from_slice(&env.store.get(&key).await?.context("no account")?)?;
     let replaced = replaced["id"].as_str().context("no id")?.to_string();
     assert_ne!(replaced, gone);
     assert_eq!(second.account_id().await?, replaced);
@@ -225,16 +269,27 @@ async fn validation_failure_names_the_domain_and_the_problem() -> anyhow::Result
     let issuer = env.issuer(env.settings(&[ChallengeKind::Http01]), "node-a");
 
     let err = issuer
-        .issue(&names(&["up.shop.test", "down.shop.test"]), KeyType::EcdsaP256, None)
+        .issue(
+            &names(&["up.shop.test", "down.shop.test"]),
+            KeyType::EcdsaP256,
+            None,
+        )
         .await
         .expect_err("validation must fail");
     let Error::Validation { domain, problem } = &err else {
         bail!("expected Error::Validation, got {err:?}");
     };
     assert_eq!(domain, "down.shop.test");
-    assert_eq!(problem.r#type.as_deref(), Some("urn:ietf:params:acme:error:connection"), "{problem:?}");
+    assert_eq!(
+        problem.r#type.as_deref(),
+        Some("urn:ietf:params:acme:error:connection"),
+        "{problem:?}"
+    );
     let detail = problem.detail.as_deref().unwrap_or_default();
-    assert!(detail.contains(&nowhere.to_string()), "detail does not name the address: {detail}");
+    assert!(
+        detail.contains(&nowhere.to_string()),
+        "detail does not name the address: {detail}"
+    );
     assert!(err.is_retryable());
     // Failed or not, the order's challenge responses are withdrawn.
     assert_eq!(env.leftover_challenges().await?, Vec::<StorageKey>::new());
@@ -254,7 +309,10 @@ async fn external_account_binding() -> anyhow::Result<()> {
         ),
         other => bail!("expected externalAccountRequired, got {other:?}"),
     }
-    assert_eq!(env.store.get(&layout::account(without.ca_id())).await?, None);
+    assert_eq!(
+        env.store.get(&layout::account(without.ca_id())).await?,
+        None
+    );
 
     let mut settings = env.settings(&[ChallengeKind::Http01]);
     settings.eab = Some(Eab {
@@ -262,7 +320,9 @@ async fn external_account_binding() -> anyhow::Result<()> {
         hmac_key: EAB_KEY.to_string(),
     });
     let with = env.issuer(settings, "node-a");
-    let bundle = with.issue(&names(&["eab.shop.test"]), KeyType::EcdsaP256, None).await?;
+    let bundle = with
+        .issue(&names(&["eab.shop.test"]), KeyType::EcdsaP256, None)
+        .await?;
     assert_valid_for(&env.pebble, &bundle, &["eab.shop.test"]).await?;
     Ok(())
 }
@@ -279,16 +339,32 @@ async fn bad_requests_fail_before_reaching_the_ca() -> anyhow::Result<()> {
         eab: None,
         challenges: vec![ChallengeKind::Http01],
     };
-    let issuer = AcmeIssuer::new(settings, Arc::clone(&store), Arc::new(Challenges::new(store)), "n".into());
+    let issuer = AcmeIssuer::new(
+        settings,
+        Arc::clone(&store),
+        Arc::new(Challenges::new(store)),
+        "n".into(),
+    );
     for domains in [vec![], names(&["*.shop.test"])] {
-        let err = issuer.issue(&domains, KeyType::EcdsaP256, None).await.unwrap_err();
+        let err = issuer
+            .issue(&domains, KeyType::EcdsaP256, None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err:?}");
     }
-    let many: Vec<DomainName> = (0..101).map(|i| DomainName::parse(&format!("n{i}.shop.test")).unwrap()).collect();
-    let err = issuer.issue(&many, KeyType::EcdsaP256, None).await.unwrap_err();
+    let many: Vec<DomainName> = (0..101)
+        .map(|i| DomainName::parse(&format!("n{i}.shop.test")).unwrap())
+        .collect();
+    let err = issuer
+        .issue(&many, KeyType::EcdsaP256, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     // An unreachable CA is a network error, which the scheduler retries.
-    let err = issuer.issue(&many[..1], KeyType::EcdsaP256, None).await.unwrap_err();
+    let err = issuer
+        .issue(&many[..1], KeyType::EcdsaP256, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Network { .. }), "{err:?}");
     assert!(err.is_retryable());
     Ok(())
@@ -321,7 +397,11 @@ async fn answer_http01(mut tcp: TcpStream, challenges: Arc<Challenges>) -> anyho
     }
     let head = String::from_utf8_lossy(&head);
     let mut lines = head.split("\r\n");
-    let path = lines.next().and_then(|l| l.split(' ').nth(1)).unwrap_or_default().to_string();
+    let path = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or_default()
+        .to_string();
     let host = lines
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
@@ -338,7 +418,9 @@ async fn answer_http01(mut tcp: TcpStream, challenges: Arc<Challenges>) -> anyho
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{key_auth}",
             key_auth.len()
         ),
-        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+        None => {
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+        }
     };
     tcp.write_all(response.as_bytes()).await?;
     tcp.shutdown().await?;
@@ -356,13 +438,20 @@ async fn answer_tls_alpn01(tcp: TcpStream, challenges: Arc<Challenges>) -> anyho
     let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
     let hello = start.client_hello();
     let sni = hello.server_name().context("no SNI")?.to_string();
-    let offers_acme = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_1));
+    let offers_acme = hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_1));
     ensure!(offers_acme, "not an acme-tls/1 handshake");
-    let cert = challenges.tls_alpn01(&sni).await.context("no challenge for this name")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Fixed(cert)));
+    let cert = challenges
+        .tls_alpn01(&sni)
+        .await
+        .context("no challenge for this name")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(Fixed(cert)));
     config.alpn_protocols = vec![ACME_TLS_1.to_vec()];
     let mut tls = start.into_stream(Arc::new(config)).await?;
     tls.shutdown().await?;

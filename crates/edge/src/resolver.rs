@@ -104,7 +104,10 @@ impl CertMap {
         for update in updates {
             match update {
                 CertUpdate::Insert { id, names, key } => {
-                    let parsed = names.iter().map(|n| parse_pattern(n)).collect::<Result<Vec<_>, _>>();
+                    let parsed = names
+                        .iter()
+                        .map(|n| parse_pattern(n))
+                        .collect::<Result<Vec<_>, _>>();
                     match parsed {
                         Ok(names) if names.is_empty() => results.push(Err(EdgeError::NoNames)),
                         Ok(names) => {

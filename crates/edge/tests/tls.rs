@@ -83,10 +83,13 @@ async fn tls_alpn_01_handshake_presents_the_challenge_certificate() {
         .add_alpn("new.test", Arc::clone(&challenge_new));
 
     // A name we do not serve is refused before any challenge lookup.
-    edge.challenges.add_alpn("other.test", self_signed("other.test"));
+    edge.challenges
+        .add_alpn("other.test", self_signed("other.test"));
     let config = any_cert_config(&[b"acme-tls/1"]);
     assert!(
-        testkit::tls_connect(edge.https, "other.test", config).await.is_err(),
+        testkit::tls_connect(edge.https, "other.test", config)
+            .await
+            .is_err(),
         "acme-tls/1 for an unconfigured name must fail"
     );
 

@@ -9,15 +9,23 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     crate::run::routes(config)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: OK", config.file.display())?;
-    writeln!(out, "listen: http {} https {}", config.listen_http, config.listen_https)?;
+    writeln!(
+        out,
+        "listen: http {} https {}",
+        config.listen_http, config.listen_https
+    )?;
     match &config.storage {
-        crate::config::StorageConfig::Dir { path } => writeln!(out, "storage: dir {}", path.display())?,
+        crate::config::StorageConfig::Dir { path } => {
+            writeln!(out, "storage: dir {}", path.display())?
+        }
         crate::config::StorageConfig::Postgres { path, .. } => {
             writeln!(out, "storage: postgres (local cache {})", path.display())?
         }
-        crate::config::StorageConfig::Redis { prefix, path, .. } => {
-            writeln!(out, "storage: redis, prefix {prefix:?} (local cache {})", path.display())?
-        }
+        crate::config::StorageConfig::Redis { prefix, path, .. } => writeln!(
+            out,
+            "storage: redis, prefix {prefix:?} (local cache {})",
+            path.display()
+        )?,
     }
     if let Some(acme) = &config.acme {
         let challenges: Vec<&str> = acme.challenges.iter().map(|c| c.as_str()).collect();
@@ -25,16 +33,33 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     }
     for (i, site) in config.sites.iter().enumerate() {
         let action = match &site.action {
-            SiteAction::Redirect { to, status, keep_path } => {
-                format!("redirect {status} to {to}{}", if *keep_path { " (keeping the path)" } else { "" })
+            SiteAction::Redirect {
+                to,
+                status,
+                keep_path,
+            } => {
+                format!(
+                    "redirect {status} to {to}{}",
+                    if *keep_path {
+                        " (keeping the path)"
+                    } else {
+                        ""
+                    }
+                )
             }
             SiteAction::Respond { status, .. } => format!("respond {status}"),
-            SiteAction::Proxy { proxy, .. } => format!("proxy ({}) to {}", proxy.policy.as_str(), proxy.upstreams.join(", ")),
+            SiteAction::Proxy { proxy, .. } => format!(
+                "proxy ({}) to {}",
+                proxy.policy.as_str(),
+                proxy.upstreams.join(", ")
+            ),
         };
         let tls = match &site.tls {
             TlsChoice::Acme => "acme".to_string(),
             TlsChoice::Internal => "internal".to_string(),
-            TlsChoice::Files { cert, key } => format!("files {} + {}", cert.display(), key.display()),
+            TlsChoice::Files { cert, key } => {
+                format!("files {} + {}", cert.display(), key.display())
+            }
         };
         writeln!(out, "site[{i}]: {action}; tls {tls}")?;
         for d in &site.domains {
@@ -52,7 +77,10 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         }
     }
     if bad > 0 {
-        anyhow::bail!("{}: {bad} certificate file pair(s) cannot be used", config.file.display());
+        anyhow::bail!(
+            "{}: {bad} certificate file pair(s) cannot be used",
+            config.file.display()
+        );
     }
     Ok(())
 }
@@ -73,7 +101,10 @@ pub async fn certs(config: &Config) -> anyhow::Result<()> {
         let not_after = row
             .not_after
             .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| "-".to_string());
         let days = row
             .not_after

@@ -319,9 +319,18 @@ pub struct Config {
 /// cache (served from while the shared store is down) for `postgres` and `redis`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageConfig {
-    Dir { path: PathBuf },
-    Postgres { url: String, path: PathBuf },
-    Redis { url: String, prefix: String, path: PathBuf },
+    Dir {
+        path: PathBuf,
+    },
+    Postgres {
+        url: String,
+        path: PathBuf,
+    },
+    Redis {
+        url: String,
+        prefix: String,
+        path: PathBuf,
+    },
 }
 
 /// The sealing key's origin when it is a file; without one, the `FLEETGATE_SEAL_KEY`
@@ -352,10 +361,20 @@ pub enum TlsChoice {
 
 #[derive(Debug, Clone)]
 pub enum SiteAction {
-    Redirect { to: String, status: u16, keep_path: bool },
-    Respond { status: u16, body: String },
+    Redirect {
+        to: String,
+        status: u16,
+        keep_path: bool,
+    },
+    Respond {
+        status: u16,
+        body: String,
+    },
     /// `proxy.ca_root` is read (into `proxy.ca_root_pem`) when the routes are built.
-    Proxy { proxy: Box<edge::Proxy>, ca_root: Option<PathBuf> },
+    Proxy {
+        proxy: Box<edge::Proxy>,
+        ca_root: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -379,10 +398,18 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Option<std::ops::Range<usize>>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        let line = span
-            .filter(|s| !(s.start == 0 && s.end == 0))
-            .map(|s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1);
+    fn err(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let line = span.filter(|s| !(s.start == 0 && s.end == 0)).map(|s| {
+            self.text[..s.start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1
+        });
         ConfigError {
             file: self.file.to_path_buf(),
             line,
@@ -423,13 +450,24 @@ impl Config {
 
         let addr = |s: &Spanned<String>, key: &str| -> Result<SocketAddr, ConfigError> {
             s.get_ref().parse().map_err(|_| {
-                ctx.err(Some(s.span()), key, format!("expected an address like \"0.0.0.0:443\", got {:?}", s.get_ref()))
+                ctx.err(
+                    Some(s.span()),
+                    key,
+                    format!(
+                        "expected an address like \"0.0.0.0:443\", got {:?}",
+                        s.get_ref()
+                    ),
+                )
             })
         };
         let listen_http = addr(&raw.listen.http, "listen.http")?;
         let listen_https = addr(&raw.listen.https, "listen.https")?;
         if listen_http == listen_https {
-            return Err(ctx.err(Some(raw.listen.https.span()), "listen.https", "must differ from listen.http"));
+            return Err(ctx.err(
+                Some(raw.listen.https.span()),
+                "listen.https",
+                "must differ from listen.http",
+            ));
         }
 
         let data_path = raw
@@ -440,10 +478,21 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("/var/lib/fleetgate"));
         let url = |scheme: &[&str]| -> Result<String, ConfigError> {
             let Some(url) = &raw.storage.url else {
-                return Err(ctx.err(Some(raw.storage.kind.span()), "storage.url", format!("storage.kind = {:?} needs a url", raw.storage.kind.get_ref())));
+                return Err(ctx.err(
+                    Some(raw.storage.kind.span()),
+                    "storage.url",
+                    format!(
+                        "storage.kind = {:?} needs a url",
+                        raw.storage.kind.get_ref()
+                    ),
+                ));
             };
             if !scheme.iter().any(|s| url.get_ref().starts_with(s)) {
-                return Err(ctx.err(Some(url.span()), "storage.url", format!("expected a URL starting with {}", scheme.join(" or "))));
+                return Err(ctx.err(
+                    Some(url.span()),
+                    "storage.url",
+                    format!("expected a URL starting with {}", scheme.join(" or ")),
+                ));
             }
             Ok(url.get_ref().clone())
         };
@@ -455,7 +504,11 @@ impl Config {
             },
             "redis" => StorageConfig::Redis {
                 url: url(&["redis://", "rediss://", "unix://"])?,
-                prefix: raw.storage.prefix.clone().unwrap_or_else(|| "fleetgate:".to_string()),
+                prefix: raw
+                    .storage
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| "fleetgate:".to_string()),
                 path: data_path,
             },
             other => {
@@ -471,7 +524,11 @@ impl Config {
             Some(path) => {
                 let p = resolve(path.get_ref());
                 if !p.is_file() {
-                    return Err(ctx.err(Some(path.span()), "storage.seal_key_file", format!("no such file: {}", p.display())));
+                    return Err(ctx.err(
+                        Some(path.span()),
+                        "storage.seal_key_file",
+                        format!("no such file: {}", p.display()),
+                    ));
                 }
                 Some(SealKeySource::File(p))
             }
@@ -480,13 +537,30 @@ impl Config {
 
         let mut timings = certs::Timings::default();
         for (raw_value, key, into) in [
-            (&raw.storage.lease_ttl, "storage.lease_ttl", &mut timings.lease_ttl),
-            (&raw.storage.resync_interval, "storage.resync_interval", &mut timings.resync),
+            (
+                &raw.storage.lease_ttl,
+                "storage.lease_ttl",
+                &mut timings.lease_ttl,
+            ),
+            (
+                &raw.storage.resync_interval,
+                "storage.resync_interval",
+                &mut timings.resync,
+            ),
         ] {
             if let Some(v) = raw_value {
-                let d = parse_duration(v.get_ref()).filter(|d| *d >= Duration::from_secs(1)).ok_or_else(|| {
-                    ctx.err(Some(v.span()), key, format!("expected a duration of at least 1s like \"30s\", got {:?}", v.get_ref()))
-                })?;
+                let d = parse_duration(v.get_ref())
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        ctx.err(
+                            Some(v.span()),
+                            key,
+                            format!(
+                                "expected a duration of at least 1s like \"30s\", got {:?}",
+                                v.get_ref()
+                            ),
+                        )
+                    })?;
                 *into = d;
             }
         }
@@ -499,7 +573,11 @@ impl Config {
                 let acme = acme.get_ref();
                 let directory = acme.directory.get_ref().trim().to_string();
                 if !directory.starts_with("https://") && !directory.starts_with("http://") {
-                    return Err(ctx.err(Some(acme.directory.span()), "acme.directory", "expected an https:// URL of the CA's directory"));
+                    return Err(ctx.err(
+                        Some(acme.directory.span()),
+                        "acme.directory",
+                        "expected an https:// URL of the CA's directory",
+                    ));
                 }
                 let challenges = match &acme.challenges {
                     None => vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
@@ -507,14 +585,25 @@ impl Config {
                         let mut out = Vec::new();
                         for item in list {
                             let kind = ChallengeKind::parse(item.get_ref()).ok_or_else(|| {
-                                ctx.err(Some(item.span()), "acme.challenges", format!("expected \"http-01\" or \"tls-alpn-01\", got {:?}", item.get_ref()))
+                                ctx.err(
+                                    Some(item.span()),
+                                    "acme.challenges",
+                                    format!(
+                                        "expected \"http-01\" or \"tls-alpn-01\", got {:?}",
+                                        item.get_ref()
+                                    ),
+                                )
                             })?;
                             if !out.contains(&kind) {
                                 out.push(kind);
                             }
                         }
                         if out.is_empty() {
-                            return Err(ctx.err(Some(span), "acme.challenges", "needs at least one challenge type"));
+                            return Err(ctx.err(
+                                Some(span),
+                                "acme.challenges",
+                                "needs at least one challenge type",
+                            ));
                         }
                         out
                     }
@@ -525,8 +614,14 @@ impl Config {
                 let limits = &mut timings.limits;
                 for (value, into) in [
                     (acme.orders_per_3h, &mut limits.orders_per_3h),
-                    (acme.certs_per_domain_per_week, &mut limits.certs_per_domain_per_week),
-                    (acme.failed_validations_per_hour, &mut limits.failed_validations_per_hour),
+                    (
+                        acme.certs_per_domain_per_week,
+                        &mut limits.certs_per_domain_per_week,
+                    ),
+                    (
+                        acme.failed_validations_per_hour,
+                        &mut limits.failed_validations_per_hour,
+                    ),
                 ] {
                     if let Some(v) = value {
                         *into = v;
@@ -536,7 +631,11 @@ impl Config {
                     Some(path) => {
                         let p = resolve(path.get_ref());
                         if !p.is_file() {
-                            return Err(ctx.err(Some(path.span()), "acme.ca_root", format!("no such file: {}", p.display())));
+                            return Err(ctx.err(
+                                Some(path.span()),
+                                "acme.ca_root",
+                                format!("no such file: {}", p.display()),
+                            ));
                         }
                         Some(p)
                     }
@@ -556,29 +655,64 @@ impl Config {
         };
 
         let log = LogConfig {
-            format: match raw.log.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+            format: match raw
+                .log
+                .format
+                .as_ref()
+                .map(|f| (f.get_ref().as_str(), f.span()))
+            {
                 None | Some(("human", _)) => LogFormat::Human,
                 Some(("json", _)) => LogFormat::Json,
                 Some((other, span)) => {
-                    return Err(ctx.err(Some(span), "log.format", format!("expected \"human\" or \"json\", got {other:?}")));
+                    return Err(ctx.err(
+                        Some(span),
+                        "log.format",
+                        format!("expected \"human\" or \"json\", got {other:?}"),
+                    ));
                 }
             },
             level: raw.log.level.clone().unwrap_or_else(|| "info".to_string()),
         };
 
         let mut limits = edge::Limits::default();
-        let dur = |d: &Option<Spanned<String>>, key: &str, into: &mut Duration| -> Result<(), ConfigError> {
+        let dur = |d: &Option<Spanned<String>>,
+                   key: &str,
+                   into: &mut Duration|
+         -> Result<(), ConfigError> {
             if let Some(d) = d {
                 *into = parse_duration(d.get_ref()).ok_or_else(|| {
-                    ctx.err(Some(d.span()), key, format!("expected a duration like \"10s\", \"500ms\" or \"2m\", got {:?}", d.get_ref()))
+                    ctx.err(
+                        Some(d.span()),
+                        key,
+                        format!(
+                            "expected a duration like \"10s\", \"500ms\" or \"2m\", got {:?}",
+                            d.get_ref()
+                        ),
+                    )
                 })?;
             }
             Ok(())
         };
-        dur(&raw.limits.header_read_timeout, "limits.header_read_timeout", &mut limits.header_read_timeout)?;
-        dur(&raw.limits.idle_timeout, "limits.idle_timeout", &mut limits.idle_timeout)?;
-        dur(&raw.limits.tls_handshake_timeout, "limits.tls_handshake_timeout", &mut limits.tls_handshake_timeout)?;
-        dur(&raw.limits.drain_timeout, "limits.drain_timeout", &mut limits.drain_timeout)?;
+        dur(
+            &raw.limits.header_read_timeout,
+            "limits.header_read_timeout",
+            &mut limits.header_read_timeout,
+        )?;
+        dur(
+            &raw.limits.idle_timeout,
+            "limits.idle_timeout",
+            &mut limits.idle_timeout,
+        )?;
+        dur(
+            &raw.limits.tls_handshake_timeout,
+            "limits.tls_handshake_timeout",
+            &mut limits.tls_handshake_timeout,
+        )?;
+        dur(
+            &raw.limits.drain_timeout,
+            "limits.drain_timeout",
+            &mut limits.drain_timeout,
+        )?;
         if let Some(n) = raw.limits.max_connections {
             limits.max_connections = n.max(1);
         }
@@ -590,12 +724,17 @@ impl Config {
             let site_span = site.span();
             let site = site.get_ref();
             if site.domains.get_ref().is_empty() {
-                return Err(ctx.err(Some(site.domains.span()), at("domains"), "needs at least one domain"));
+                return Err(ctx.err(
+                    Some(site.domains.span()),
+                    at("domains"),
+                    "needs at least one domain",
+                ));
             }
             let mut domains = Vec::new();
             for (i, d) in site.domains.get_ref().iter().enumerate() {
-                let name = DomainName::parse(d.get_ref())
-                    .map_err(|e| ctx.err(Some(d.span()), at(&format!("domains[{i}]")), e.to_string()))?;
+                let name = DomainName::parse(d.get_ref()).map_err(|e| {
+                    ctx.err(Some(d.span()), at(&format!("domains[{i}]")), e.to_string())
+                })?;
                 if let Some(other) = seen.insert(name.to_string(), index) {
                     return Err(ctx.err(
                         Some(d.span()),
@@ -608,11 +747,19 @@ impl Config {
             if let Some(p) = &site.proxy
                 && (site.redirect.is_some() || site.respond.is_some())
             {
-                return Err(ctx.err(Some(p.span()), at("proxy"), "a site has one action: redirect, respond or proxy"));
+                return Err(ctx.err(
+                    Some(p.span()),
+                    at("proxy"),
+                    "a site has one action: redirect, respond or proxy",
+                ));
             }
             let action = match (&site.redirect, &site.respond) {
                 (Some(_), Some(r)) => {
-                    return Err(ctx.err(Some(r.span()), at("respond"), "a site has one action: redirect or respond, not both"));
+                    return Err(ctx.err(
+                        Some(r.span()),
+                        at("respond"),
+                        "a site has one action: redirect or respond, not both",
+                    ));
                 }
                 (None, None) => match &site.proxy {
                     Some(p) => parse_proxy(&ctx, p, &at, &resolve)?,
@@ -623,11 +770,23 @@ impl Config {
                 (Some(r), None) => {
                     let r = r.get_ref();
                     let to = r.to.get_ref().trim().to_string();
-                    if !(to.starts_with("https://") || to.starts_with("http://")) || to.len() <= "https://".len() {
-                        return Err(ctx.err(Some(r.to.span()), at("redirect.to"), format!("expected an absolute URL like \"https://example.com\", got {to:?}")));
+                    if !(to.starts_with("https://") || to.starts_with("http://"))
+                        || to.len() <= "https://".len()
+                    {
+                        return Err(ctx.err(
+                            Some(r.to.span()),
+                            at("redirect.to"),
+                            format!(
+                                "expected an absolute URL like \"https://example.com\", got {to:?}"
+                            ),
+                        ));
                     }
                     if !matches!(*r.status.get_ref(), 301 | 302 | 307 | 308) {
-                        return Err(ctx.err(Some(r.status.span()), at("redirect.status"), format!("expected 301, 302, 307 or 308, got {}", r.status.get_ref())));
+                        return Err(ctx.err(
+                            Some(r.status.span()),
+                            at("redirect.status"),
+                            format!("expected 301, 302, 307 or 308, got {}", r.status.get_ref()),
+                        ));
                     }
                     SiteAction::Redirect {
                         to,
@@ -638,7 +797,14 @@ impl Config {
                 (None, Some(r)) => {
                     let r = r.get_ref();
                     if !(200..=599).contains(r.status.get_ref()) {
-                        return Err(ctx.err(Some(r.status.span()), at("respond.status"), format!("expected a status from 200 to 599, got {}", r.status.get_ref())));
+                        return Err(ctx.err(
+                            Some(r.status.span()),
+                            at("respond.status"),
+                            format!(
+                                "expected a status from 200 to 599, got {}",
+                                r.status.get_ref()
+                            ),
+                        ));
                     }
                     SiteAction::Respond {
                         status: *r.status.get_ref(),
@@ -682,7 +848,11 @@ impl Config {
                 Some((RawHsts::Settings(s), span)) => Some(edge::Hsts {
                     max_age: match &s.max_age {
                         Some(m) => parse_duration(m).ok_or_else(|| {
-                            ctx.err(Some(span), at("hsts.max_age"), format!("expected a duration like \"365d\", got {m:?}"))
+                            ctx.err(
+                                Some(span),
+                                at("hsts.max_age"),
+                                format!("expected a duration like \"365d\", got {m:?}"),
+                            )
                         })?,
                         None => default_max_age,
                     },
@@ -754,7 +924,10 @@ fn key_at(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = text[offset..].find('\n').map(|i| offset + i).unwrap_or(text.len());
+    let line_end = text[offset..]
+        .find('\n')
+        .map(|i| offset + i)
+        .unwrap_or(text.len());
     let line = text[line_start..line_end].trim();
     let mut table = String::new();
     let mut site_index: Option<usize> = None;
@@ -794,12 +967,21 @@ fn parse_proxy(
 ) -> Result<SiteAction, ConfigError> {
     let p = raw.get_ref();
     if p.upstreams.get_ref().is_empty() {
-        return Err(ctx.err(Some(p.upstreams.span()), at("proxy.upstreams"), "needs at least one upstream, like \"http://10.0.0.5:8080\""));
+        return Err(ctx.err(
+            Some(p.upstreams.span()),
+            at("proxy.upstreams"),
+            "needs at least one upstream, like \"http://10.0.0.5:8080\"",
+        ));
     }
     let mut upstreams = Vec::new();
     for (i, u) in p.upstreams.get_ref().iter().enumerate() {
-        edge::Proxy::check_upstream(u.get_ref())
-            .map_err(|e| ctx.err(Some(u.span()), at(&format!("proxy.upstreams[{i}]")), e.to_string()))?;
+        edge::Proxy::check_upstream(u.get_ref()).map_err(|e| {
+            ctx.err(
+                Some(u.span()),
+                at(&format!("proxy.upstreams[{i}]")),
+                e.to_string(),
+            )
+        })?;
         upstreams.push(u.get_ref().trim().to_string());
     }
     let mut proxy = edge::Proxy::new(upstreams);
@@ -809,20 +991,39 @@ fn parse_proxy(
             "least_conn" => edge::Policy::LeastConn,
             "ip_hash" => edge::Policy::IpHash,
             other => {
-                return Err(ctx.err(Some(policy.span()), at("proxy.policy"), format!("expected \"round_robin\", \"least_conn\" or \"ip_hash\", got {other:?}")));
+                return Err(ctx.err(
+                    Some(policy.span()),
+                    at("proxy.policy"),
+                    format!(
+                        "expected \"round_robin\", \"least_conn\" or \"ip_hash\", got {other:?}"
+                    ),
+                ));
             }
         };
     }
     let duration = |d: &Spanned<String>, key: &str| -> Result<Duration, ConfigError> {
         parse_duration(d.get_ref())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| ctx.err(Some(d.span()), at(key), format!("expected a duration above zero like \"5s\" or \"500ms\", got {:?}", d.get_ref())))
+            .ok_or_else(|| {
+                ctx.err(
+                    Some(d.span()),
+                    at(key),
+                    format!(
+                        "expected a duration above zero like \"5s\" or \"500ms\", got {:?}",
+                        d.get_ref()
+                    ),
+                )
+            })
     };
     if let Some(h) = &p.health {
         let h_ref = h.get_ref();
         let path = h_ref.path.get_ref();
         if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ctx.err(Some(h_ref.path.span()), at("proxy.health.path"), format!("expected an absolute path like \"/healthz\", got {path:?}")));
+            return Err(ctx.err(
+                Some(h_ref.path.span()),
+                at("proxy.health.path"),
+                format!("expected an absolute path like \"/healthz\", got {path:?}"),
+            ));
         }
         let mut check = edge::HealthCheck::new(path.clone(), Duration::from_secs(5));
         if let Some(i) = &h_ref.interval {
@@ -839,7 +1040,13 @@ fn parse_proxy(
             "upstream" => edge::HostHeader::Upstream,
             literal => {
                 if edge::Host::parse(literal.as_bytes()).is_err() {
-                    return Err(ctx.err(Some(h.span()), at("proxy.host_header"), format!("expected \"pass\", \"upstream\" or a host[:port], got {literal:?}")));
+                    return Err(ctx.err(
+                        Some(h.span()),
+                        at("proxy.host_header"),
+                        format!(
+                            "expected \"pass\", \"upstream\" or a host[:port], got {literal:?}"
+                        ),
+                    ));
                 }
                 edge::HostHeader::Literal(literal.to_string())
             }
@@ -862,7 +1069,13 @@ fn parse_proxy(
             RawSize::Bytes(n) => Some(*n),
             RawSize::Text(t) => parse_size(t),
         }
-        .ok_or_else(|| ctx.err(Some(size.span()), at("proxy.max_body"), "expected a size like \"10MiB\", \"1GiB\" or a number of bytes; 0 for no limit"))?;
+        .ok_or_else(|| {
+            ctx.err(
+                Some(size.span()),
+                at("proxy.max_body"),
+                "expected a size like \"10MiB\", \"1GiB\" or a number of bytes; 0 for no limit",
+            )
+        })?;
         proxy.max_body = (bytes > 0).then_some(bytes);
     }
     if let Some(n) = p.fail_after {
@@ -875,20 +1088,29 @@ fn parse_proxy(
         Some(path) => {
             let file = resolve(path.get_ref());
             if !file.is_file() {
-                return Err(ctx.err(Some(path.span()), at("proxy.ca_root"), format!("no such file: {}", file.display())));
+                return Err(ctx.err(
+                    Some(path.span()),
+                    at("proxy.ca_root"),
+                    format!("no such file: {}", file.display()),
+                ));
             }
             Some(file)
         }
         None => None,
     };
-    Ok(SiteAction::Proxy { proxy: Box::new(proxy), ca_root })
+    Ok(SiteAction::Proxy {
+        proxy: Box::new(proxy),
+        ca_root,
+    })
 }
 
 /// `"1048576"`, `"512KiB"`, `"10MiB"`, `"1GiB"` (also `k`/`m`/`g` as nginx writes them, binary),
 /// `"10MB"`, `"1GB"` (decimal), `"100B"`.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let n: u64 = num.parse().ok()?;
     let factor: u64 = match unit.trim() {
@@ -906,7 +1128,14 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 fn parse_key_type(ctx: &Ctx<'_>, kt: &Spanned<String>, key: &str) -> Result<KeyType, ConfigError> {
     KeyType::parse(kt.get_ref()).ok_or_else(|| {
-        ctx.err(Some(kt.span()), key, format!("expected \"ecdsa-p256\", \"ecdsa-p384\" or \"rsa-2048\", got {:?}", kt.get_ref()))
+        ctx.err(
+            Some(kt.span()),
+            key,
+            format!(
+                "expected \"ecdsa-p256\", \"ecdsa-p384\" or \"rsa-2048\", got {:?}",
+                kt.get_ref()
+            ),
+        )
     })
 }
 
@@ -952,11 +1181,21 @@ mod tests {
         let config = parse(&text).unwrap();
         assert_eq!(config.sites.len(), 2);
         assert_eq!(config.sites[0].domains[0].as_str(), "example.net");
-        assert!(matches!(config.sites[0].action, SiteAction::Redirect { status: 308, keep_path: false, .. }));
+        assert!(matches!(
+            config.sites[0].action,
+            SiteAction::Redirect {
+                status: 308,
+                keep_path: false,
+                ..
+            }
+        ));
         assert_eq!(config.sites[0].tls, TlsChoice::Acme);
         assert_eq!(
             config.sites[1].tls,
-            TlsChoice::Files { cert: "/etc/fleetgate/a.pem".into(), key: "/etc/fleetgate/a.key".into() }
+            TlsChoice::Files {
+                cert: "/etc/fleetgate/a.pem".into(),
+                key: "/etc/fleetgate/a.key".into()
+            }
         );
         assert!(config.sites[1].hsts.is_some());
         assert_eq!(config.listen_https, "0.0.0.0:443".parse().unwrap());
@@ -968,33 +1207,58 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = err("[listen]\nhttp = \"127.0.0.1:80\"\nhtps = \"127.0.0.1:443\"\n");
-        assert!(e.starts_with("/etc/fleetgate/test.toml:3: listen.htps: unknown field"), "{e}");
-        let e = err("[[site]]\ndomains = [\"a.example\"]\nrespond = {}\n[[site]]\ndomains = [\"b.example\"]\nredirects = 1\n");
-        assert!(e.starts_with("/etc/fleetgate/test.toml:6: site[1].redirects: unknown field"), "{e}");
+        assert!(
+            e.starts_with("/etc/fleetgate/test.toml:3: listen.htps: unknown field"),
+            "{e}"
+        );
+        let e = err(
+            "[[site]]\ndomains = [\"a.example\"]\nrespond = {}\n[[site]]\ndomains = [\"b.example\"]\nredirects = 1\n",
+        );
+        assert!(
+            e.starts_with("/etc/fleetgate/test.toml:6: site[1].redirects: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_domain_names_site_index_and_line() {
-        let e = err("[[site]]\ndomains = [\"ok.example\"]\ntls = \"internal\"\nrespond = {}\n\n[[site]]\ndomains = [\"bad_name.example\"]\ntls = \"internal\"\nrespond = {}\n");
-        assert!(e.starts_with("/etc/fleetgate/test.toml:7: site[1].domains[0]:"), "{e}");
+        let e = err(
+            "[[site]]\ndomains = [\"ok.example\"]\ntls = \"internal\"\nrespond = {}\n\n[[site]]\ndomains = [\"bad_name.example\"]\ntls = \"internal\"\nrespond = {}\n",
+        );
+        assert!(
+            e.starts_with("/etc/fleetgate/test.toml:7: site[1].domains[0]:"),
+            "{e}"
+        );
         assert!(e.contains("bad_name.example"), "{e}");
     }
 
     #[test]
     fn duplicate_domain_across_sites() {
-        let e = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\n[[site]]\ndomains = [\"A.example\"]\ntls = \"internal\"\nrespond = {}\n");
-        assert!(e.contains("site[1].domains[0]") && e.contains("already in site[0]"), "{e}");
+        let e = err(
+            "[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\n[[site]]\ndomains = [\"A.example\"]\ntls = \"internal\"\nrespond = {}\n",
+        );
+        assert!(
+            e.contains("site[1].domains[0]") && e.contains("already in site[0]"),
+            "{e}"
+        );
     }
 
     #[test]
     fn redirect_status_must_be_a_redirect() {
-        let e = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nredirect = { to = \"https://b.example\", status = 200 }\n");
-        assert!(e.contains(":4: site[0].redirect.status: expected 301, 302, 307 or 308"), "{e}");
+        let e = err(
+            "[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nredirect = { to = \"https://b.example\", status = 200 }\n",
+        );
+        assert!(
+            e.contains(":4: site[0].redirect.status: expected 301, 302, 307 or 308"),
+            "{e}"
+        );
     }
 
     #[test]
     fn redirect_target_must_be_absolute() {
-        let e = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nredirect = { to = \"b.example\" }\n");
+        let e = err(
+            "[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nredirect = { to = \"b.example\" }\n",
+        );
         assert!(e.contains("site[0].redirect.to"), "{e}");
     }
 
@@ -1006,37 +1270,58 @@ mod tests {
 
     #[test]
     fn acme_rejects_wildcards() {
-        let e = err(&format!("{ACME}[[site]]\ndomains = [\"*.a.example\"]\nrespond = {{}}\n"));
+        let e = err(&format!(
+            "{ACME}[[site]]\ndomains = [\"*.a.example\"]\nrespond = {{}}\n"
+        ));
         assert!(e.contains("wildcard"), "{e}");
     }
 
     #[test]
     fn site_needs_exactly_one_action() {
-        assert!(err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\n").contains("needs an action"));
-        let both = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\nredirect = { to = \"https://b.example\" }\n");
+        assert!(
+            err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\n")
+                .contains("needs an action")
+        );
+        let both = err(
+            "[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\nredirect = { to = \"https://b.example\" }\n",
+        );
         assert!(both.contains("not both"), "{both}");
     }
 
     #[test]
     fn bad_values_are_explained() {
-        assert!(err("[listen]\nhttp = \"nonsense\"\n").contains(":2: listen.http: expected an address"));
+        assert!(
+            err("[listen]\nhttp = \"nonsense\"\n").contains(":2: listen.http: expected an address")
+        );
         assert!(err("[storage]\nkind = \"s3\"\n").contains("storage.kind"));
         assert!(err("[storage]\nkind = \"postgres\"\n").contains("storage.url"));
         assert!(err("[storage]\nkind = \"redis\"\nurl = \"http://x\"\n").contains("storage.url"));
         assert!(err(&format!("{ACME}challenges = [\"dns-01\"]\n")).contains("acme.challenges"));
         assert!(err("[limits]\nidle_timeout = \"forever\"\n").contains("limits.idle_timeout"));
         assert!(err("[log]\nformat = \"xml\"\n").contains("log.format"));
-        assert!(err("[[site]]\ndomains = []\ntls = \"internal\"\nrespond = {}\n").contains("at least one domain"));
-        assert!(err("[[site]]\ndomains = [\"a.example\"]\ntls = \"magic\"\nrespond = {}\n").contains("site[0].tls"));
+        assert!(
+            err("[[site]]\ndomains = []\ntls = \"internal\"\nrespond = {}\n")
+                .contains("at least one domain")
+        );
+        assert!(
+            err("[[site]]\ndomains = [\"a.example\"]\ntls = \"magic\"\nrespond = {}\n")
+                .contains("site[0].tls")
+        );
         assert!(err("not toml at all").starts_with("/etc/fleetgate/test.toml:1"));
     }
 
     #[test]
     fn big_sites_are_split_into_several_certificates() {
         let names: Vec<String> = (0..250).map(|i| format!("\"d{i}.example\"")).collect();
-        let text = format!("[[site]]\ndomains = [{}]\ntls = \"internal\"\nrespond = {{}}\n", names.join(","));
+        let text = format!(
+            "[[site]]\ndomains = [{}]\ntls = \"internal\"\nrespond = {{}}\n",
+            names.join(",")
+        );
         let certs = parse(&text).unwrap().managed_certs();
-        assert_eq!(certs.iter().map(|c| c.domains.len()).collect::<Vec<_>>(), vec![100, 100, 50]);
+        assert_eq!(
+            certs.iter().map(|c| c.domains.len()).collect::<Vec<_>>(),
+            vec![100, 100, 50]
+        );
     }
 
     #[test]
@@ -1044,7 +1329,10 @@ mod tests {
         assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("365d"), Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(
+            parse_duration("365d"),
+            Some(Duration::from_secs(365 * 86_400))
+        );
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("s"), None);
     }
@@ -1052,8 +1340,13 @@ mod tests {
     #[test]
     fn proxy_site_defaults_and_every_key() {
         let config = parse("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nproxy = { upstreams = [\"http://10.0.0.5:8080\"] }\n").unwrap();
-        let SiteAction::Proxy { proxy, ca_root } = &config.sites[0].action else { panic!() };
-        assert_eq!(**proxy, edge::Proxy::new(vec!["http://10.0.0.5:8080".into()]));
+        let SiteAction::Proxy { proxy, ca_root } = &config.sites[0].action else {
+            panic!()
+        };
+        assert_eq!(
+            **proxy,
+            edge::Proxy::new(vec!["http://10.0.0.5:8080".into()])
+        );
         assert_eq!(*ca_root, None);
         assert!(!config.sites[0].access_log);
 
@@ -1061,46 +1354,100 @@ mod tests {
         std::fs::write(dir.path().join("root.pem"), "").unwrap();
         let text = "[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\naccess_log = true\nproxy = { upstreams = [\"http://10.0.0.5:8080\", \"https://app.internal\"], policy = \"ip_hash\", health = { path = \"/healthz\", interval = \"2s\", timeout = \"1s\" }, host_header = \"app.internal\", connect_timeout = \"1s\", response_header_timeout = \"30s\", idle_timeout = \"20s\", max_body = \"10MiB\", fail_after = 5, fail_timeout = \"3s\", retries = 2, ca_root = \"root.pem\" }\n";
         let config = Config::parse(&dir.path().join("f.toml"), text).unwrap();
-        let SiteAction::Proxy { proxy, ca_root } = &config.sites[0].action else { panic!() };
+        let SiteAction::Proxy { proxy, ca_root } = &config.sites[0].action else {
+            panic!()
+        };
         assert_eq!(proxy.policy, edge::Policy::IpHash);
-        assert_eq!(proxy.health, Some(edge::HealthCheck { path: "/healthz".into(), interval: Duration::from_secs(2), timeout: Duration::from_secs(1) }));
-        assert_eq!(proxy.host_header, edge::HostHeader::Literal("app.internal".into()));
+        assert_eq!(
+            proxy.health,
+            Some(edge::HealthCheck {
+                path: "/healthz".into(),
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(
+            proxy.host_header,
+            edge::HostHeader::Literal("app.internal".into())
+        );
         assert_eq!(proxy.connect_timeout, Duration::from_secs(1));
         assert_eq!(proxy.response_header_timeout, Duration::from_secs(30));
         assert_eq!(proxy.idle_timeout, Duration::from_secs(20));
         assert_eq!(proxy.max_body, Some(10 << 20));
-        assert_eq!((proxy.fail_after, proxy.fail_timeout, proxy.retries), (5, Duration::from_secs(3), 2));
-        assert_eq!(ca_root.as_deref(), Some(dir.path().join("root.pem").as_path()));
+        assert_eq!(
+            (proxy.fail_after, proxy.fail_timeout, proxy.retries),
+            (5, Duration::from_secs(3), 2)
+        );
+        assert_eq!(
+            ca_root.as_deref(),
+            Some(dir.path().join("root.pem").as_path())
+        );
         assert!(config.sites[0].access_log);
 
         let unlimited = parse("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nproxy = { upstreams = [\"http://h\"], max_body = 0, host_header = \"upstream\" }\n").unwrap();
-        let SiteAction::Proxy { proxy, .. } = &unlimited.sites[0].action else { panic!() };
+        let SiteAction::Proxy { proxy, .. } = &unlimited.sites[0].action else {
+            panic!()
+        };
         assert_eq!(proxy.max_body, None);
         assert_eq!(proxy.host_header, edge::HostHeader::Upstream);
     }
 
     #[test]
     fn proxy_errors_name_the_key() {
-        let site = |proxy: &str| format!("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nproxy = {proxy}\n");
+        let site = |proxy: &str| {
+            format!("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nproxy = {proxy}\n")
+        };
         let cases = [
-            ("{ upstreams = [] }", "site[0].proxy.upstreams: needs at least one"),
-            ("{ upstreams = [\"10.0.0.5:80\"] }", "site[0].proxy.upstreams[0]"),
+            (
+                "{ upstreams = [] }",
+                "site[0].proxy.upstreams: needs at least one",
+            ),
+            (
+                "{ upstreams = [\"10.0.0.5:80\"] }",
+                "site[0].proxy.upstreams[0]",
+            ),
             ("{ upstreams = [\"http://h/app\"] }", "no path"),
-            ("{ upstreams = [\"http://h\"], policy = \"random\" }", "site[0].proxy.policy"),
-            ("{ upstreams = [\"http://h\"], health = { path = \"healthz\" } }", "site[0].proxy.health.path"),
-            ("{ upstreams = [\"http://h\"], health = { path = \"/h\", interval = \"0s\" } }", "site[0].proxy.health.interval"),
-            ("{ upstreams = [\"http://h\"], connect_timeout = \"soon\" }", "site[0].proxy.connect_timeout"),
-            ("{ upstreams = [\"http://h\"], max_body = \"lots\" }", "site[0].proxy.max_body"),
-            ("{ upstreams = [\"http://h\"], host_header = \"a b\" }", "site[0].proxy.host_header"),
-            ("{ upstreams = [\"http://h\"], ca_root = \"/nonexistent.pem\" }", "site[0].proxy.ca_root"),
+            (
+                "{ upstreams = [\"http://h\"], policy = \"random\" }",
+                "site[0].proxy.policy",
+            ),
+            (
+                "{ upstreams = [\"http://h\"], health = { path = \"healthz\" } }",
+                "site[0].proxy.health.path",
+            ),
+            (
+                "{ upstreams = [\"http://h\"], health = { path = \"/h\", interval = \"0s\" } }",
+                "site[0].proxy.health.interval",
+            ),
+            (
+                "{ upstreams = [\"http://h\"], connect_timeout = \"soon\" }",
+                "site[0].proxy.connect_timeout",
+            ),
+            (
+                "{ upstreams = [\"http://h\"], max_body = \"lots\" }",
+                "site[0].proxy.max_body",
+            ),
+            (
+                "{ upstreams = [\"http://h\"], host_header = \"a b\" }",
+                "site[0].proxy.host_header",
+            ),
+            (
+                "{ upstreams = [\"http://h\"], ca_root = \"/nonexistent.pem\" }",
+                "site[0].proxy.ca_root",
+            ),
             ("{ upstreams = [\"http://h\"], retry = 1 }", "unknown field"),
         ];
         for (proxy, expected) in cases {
             let e = err(&site(proxy));
             assert!(e.contains(":4: ") && e.contains(expected), "{proxy}: {e}");
         }
-        let both = err("[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\nproxy = { upstreams = [\"http://h\"] }\n");
-        assert!(both.contains("site[0].proxy: a site has one action"), "{both}");
+        let both = err(
+            "[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\nproxy = { upstreams = [\"http://h\"] }\n",
+        );
+        assert!(
+            both.contains("site[0].proxy: a site has one action"),
+            "{both}"
+        );
     }
 
     #[test]

@@ -48,7 +48,11 @@ impl Deployer for SniDeployer {
     fn deploy(&self, id: &CertId, names: &[DomainName], key: Arc<CertifiedKey>) {
         let names = names.iter().map(|n| n.to_string()).collect();
         // Sending fails only once the runtime is shutting down.
-        let _ = self.queue.send(CertUpdate::Insert { id: id.clone(), names, key });
+        let _ = self.queue.send(CertUpdate::Insert {
+            id: id.clone(),
+            names,
+            key,
+        });
     }
 
     fn retract(&self, id: &CertId) {

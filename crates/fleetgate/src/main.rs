@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "fleetgate", version, about = "Serve many domains over HTTP and HTTPS on a fleet of nodes, with certificates from ACME, files or a built-in CA")]
+#[command(
+    name = "fleetgate",
+    version,
+    about = "Serve many domains over HTTP and HTTPS on a fleet of nodes, with certificates from ACME, files or a built-in CA"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +70,9 @@ fn main() -> ExitCode {
         | Command::Check { config }
         | Command::Certs { config }
         | Command::Status { config } => config,
-        Command::Ca { command: CaCommand::Export { config } } => config,
+        Command::Ca {
+            command: CaCommand::Export { config },
+        } => config,
     };
     let config = match config::Config::load(config_path) {
         Ok(config) => config,
@@ -86,9 +92,9 @@ fn main() -> ExitCode {
         }
         Command::Certs { .. } => runtime().and_then(|rt| rt.block_on(commands::certs(&config))),
         Command::Status { .. } => runtime().and_then(|rt| rt.block_on(status::status(&config))),
-        Command::Ca { command: CaCommand::Export { .. } } => {
-            runtime().and_then(|rt| rt.block_on(commands::ca_export(&config)))
-        }
+        Command::Ca {
+            command: CaCommand::Export { .. },
+        } => runtime().and_then(|rt| rt.block_on(commands::ca_export(&config))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,5 +106,7 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

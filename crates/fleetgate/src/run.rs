@@ -41,14 +41,23 @@ fn seal_key(config: &Config) -> anyhow::Result<Option<store::SealKey>> {
             .map(|k| (k, "FLEETGATE_SEAL_KEY".to_string())),
     };
     match key_text {
-        Some((text, origin)) => Ok(Some(store::SealKey::from_hex(&text).with_context(|| origin)?)),
+        Some((text, origin)) => Ok(Some(
+            store::SealKey::from_hex(&text).with_context(|| origin)?,
+        )),
         None => Ok(None),
     }
 }
 
-fn sealed(backend: Arc<dyn store::Storage>, key: &Option<store::SealKey>) -> Arc<dyn store::Storage> {
+fn sealed(
+    backend: Arc<dyn store::Storage>,
+    key: &Option<store::SealKey>,
+) -> Arc<dyn store::Storage> {
     match key {
-        Some(key) => Arc::new(store::SealedStore::new(backend, key, certs::layout::sealed_prefixes())),
+        Some(key) => Arc::new(store::SealedStore::new(
+            backend,
+            key,
+            certs::layout::sealed_prefixes(),
+        )),
         None => backend,
     }
 }
@@ -62,9 +71,13 @@ fn open_dir(path: &std::path::Path) -> anyhow::Result<Arc<dyn store::Storage>> {
 
 /// Open the configured storage backend (private keys sealed when a sealing key is configured),
 /// and for shared backends this node's local cache.
-pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>)> {
+pub async fn open_store(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>)> {
     let key = seal_key(config)?;
-    let (backend, cache): (Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>) = match &config.storage {
+    let (backend, cache): (Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>) = match &config
+        .storage
+    {
         StorageConfig::Dir { path } => (open_dir(path)?, None),
         StorageConfig::Postgres { url, path } => {
             // Lazy: a node starts (and serves from its local cache) while the database is down.
@@ -111,33 +124,39 @@ pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
     let sites = config
         .sites
         .iter()
-        .map(|site| -> anyhow::Result<edge::Site> { Ok(edge::Site {
-            names: site.domains.iter().map(|d| d.to_string()).collect(),
-            action: match &site.action {
-                SiteAction::Redirect { to, status, keep_path } => edge::Action::Redirect(edge::Redirect {
-                    to: to.clone(),
-                    status: *status,
-                    keep_path: *keep_path,
-                }),
-                SiteAction::Respond { status, body } => edge::Action::Respond {
-                    status: *status,
-                    body: bytes::Bytes::from(body.clone()),
-                },
-                SiteAction::Proxy { proxy, ca_root } => {
-                    let mut proxy = edge::Proxy::clone(proxy);
-                    if let Some(path) = ca_root {
-                        proxy.ca_root_pem = Some(
-                            std::fs::read_to_string(path)
-                                .with_context(|| format!("cannot read proxy.ca_root {}", path.display()))?,
-                        );
+        .map(|site| -> anyhow::Result<edge::Site> {
+            Ok(edge::Site {
+                names: site.domains.iter().map(|d| d.to_string()).collect(),
+                action: match &site.action {
+                    SiteAction::Redirect {
+                        to,
+                        status,
+                        keep_path,
+                    } => edge::Action::Redirect(edge::Redirect {
+                        to: to.clone(),
+                        status: *status,
+                        keep_path: *keep_path,
+                    }),
+                    SiteAction::Respond { status, body } => edge::Action::Respond {
+                        status: *status,
+                        body: bytes::Bytes::from(body.clone()),
+                    },
+                    SiteAction::Proxy { proxy, ca_root } => {
+                        let mut proxy = edge::Proxy::clone(proxy);
+                        if let Some(path) = ca_root {
+                            proxy.ca_root_pem =
+                                Some(std::fs::read_to_string(path).with_context(|| {
+                                    format!("cannot read proxy.ca_root {}", path.display())
+                                })?);
+                        }
+                        edge::Action::Proxy(proxy)
                     }
-                    edge::Action::Proxy(proxy)
-                }
-            },
-            https_redirect: site.https_redirect,
-            hsts: site.hsts,
-            access_log: site.access_log,
-        }) })
+                },
+                https_redirect: site.https_redirect,
+                hsts: site.hsts,
+                access_log: site.access_log,
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     edge::Routes::new(sites).map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))
 }
@@ -185,7 +204,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     manager.apply(config.managed_certs());
-    let heartbeat = crate::status::spawn_heartbeat(store.clone(), &config, node.clone(), cert_map_for_status, shutdown.clone());
+    let heartbeat = crate::status::spawn_heartbeat(
+        store.clone(),
+        &config,
+        node.clone(),
+        cert_map_for_status,
+        shutdown.clone(),
+    );
 
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;

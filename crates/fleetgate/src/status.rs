@@ -27,7 +27,10 @@ pub struct Heartbeat {
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Write this node's heartbeat every [`HEARTBEAT`] until `shutdown`.
@@ -39,7 +42,10 @@ pub fn spawn_heartbeat(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let started_at = now();
-    let (http, https) = (config.listen_http.to_string(), config.listen_https.to_string());
+    let (http, https) = (
+        config.listen_http.to_string(),
+        config.listen_https.to_string(),
+    );
     tokio::spawn(async move {
         let key = certs::layout::node(&node);
         // The first beat a moment after start, when stored certificates are deployed.
@@ -77,7 +83,11 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
     let now = now();
 
     let started = Instant::now();
-    let probe = tokio::time::timeout(Duration::from_secs(10), store.list(&certs::layout::nodes_prefix())).await;
+    let probe = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.list(&certs::layout::nodes_prefix()),
+    )
+    .await;
     let node_keys = match probe {
         Ok(Ok(keys)) => {
             writeln!(out, "store: ok ({} ms)", started.elapsed().as_millis())?;
@@ -94,10 +104,18 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
     };
 
     writeln!(out, "\nnodes:")?;
-    writeln!(out, "  {:<24} {:<6} {:>9} {:>6} {:<22} {:<22}", "NODE", "STATE", "LAST SEEN", "CERTS", "HTTP", "HTTPS")?;
+    writeln!(
+        out,
+        "  {:<24} {:<6} {:>9} {:>6} {:<22} {:<22}",
+        "NODE", "STATE", "LAST SEEN", "CERTS", "HTTP", "HTTPS"
+    )?;
     for key in node_keys {
-        let Ok(Some(bytes)) = store.get(&key).await else { continue };
-        let Ok(beat) = serde_json::from_slice::<Heartbeat>(&bytes) else { continue };
+        let Ok(Some(bytes)) = store.get(&key).await else {
+            continue;
+        };
+        let Ok(beat) = serde_json::from_slice::<Heartbeat>(&bytes) else {
+            continue;
+        };
         let age = now - beat.last_seen;
         let state = if age <= NODE_GONE_AFTER { "up" } else { "gone" };
         writeln!(
@@ -112,7 +130,13 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
     let mut any = false;
     for row in rows.iter().filter(|r| r.state != certs::CertState::Valid) {
         any = true;
-        writeln!(out, "  {:<40} {:<9} {}", row.id, row.state.to_string(), row.last_error.as_deref().unwrap_or("-"))?;
+        writeln!(
+            out,
+            "  {:<40} {:<9} {}",
+            row.id,
+            row.state.to_string(),
+            row.last_error.as_deref().unwrap_or("-")
+        )?;
     }
     if !any {
         writeln!(out, "  none ({} valid)", rows.len())?;
@@ -129,7 +153,13 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
             .duration_since(SystemTime::now())
             .map(|d| format!("{:.1}s", d.as_secs_f64()))
             .unwrap_or_else(|_| "expired".to_string());
-        writeln!(out, "  {:<40} held by {:<24} token {:<14} expires in {left}", lock.name.to_string(), lock.owner, lock.token.to_string())?;
+        writeln!(
+            out,
+            "  {:<40} held by {:<24} token {:<14} expires in {left}",
+            lock.name.to_string(),
+            lock.owner,
+            lock.token.to_string()
+        )?;
     }
     Ok(())
 }

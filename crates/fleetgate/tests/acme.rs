@@ -21,7 +21,10 @@ struct Setup {
 async fn setup(challenge: &str, validity: Option<Duration>) -> anyhow::Result<Setup> {
     let ip = testkit::loopback_ip();
     let (http_port, https_port) = (testkit::free_port(), testkit::free_port());
-    let mut builder = Pebble::builder().http_port(http_port).tls_port(https_port).resolve_to(ip);
+    let mut builder = Pebble::builder()
+        .http_port(http_port)
+        .tls_port(https_port)
+        .resolve_to(ip);
     if let Some(v) = validity {
         builder = builder.validity(v);
     }
@@ -79,9 +82,11 @@ const ACME_NAMES: [&str; 5] = [
 async fn check_all_sites(s: &Setup) -> anyhow::Result<()> {
     let https = s.node.https;
     for name in ACME_NAMES {
-        testkit::wait_for_ok(&format!("a valid certificate for {name}"), ISSUE_DEADLINE, || {
-            served_serial(https, name, &s.root)
-        })
+        testkit::wait_for_ok(
+            &format!("a valid certificate for {name}"),
+            ISSUE_DEADLINE,
+            || served_serial(https, name, &s.root),
+        )
         .await
         .map_err(|e| e.context(s.node.log()))?;
     }
@@ -93,10 +98,16 @@ async fn check_all_sites(s: &Setup) -> anyhow::Result<()> {
     // Redirects over HTTPS.
     let r = testkit::https_get(https, "www.old.fleet.test", &s.root, "/path/x?q=1").await?;
     assert_eq!(r.status, 301);
-    assert_eq!(r.header("location"), Some("https://main.fleet.test/path/x?q=1"));
+    assert_eq!(
+        r.header("location"),
+        Some("https://main.fleet.test/path/x?q=1")
+    );
     let r = testkit::https_get(https, "typo.fleet.test", &s.root, "/anything?z").await?;
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location"), Some("https://main.fleet.test/welcome"));
+    assert_eq!(
+        r.header("location"),
+        Some("https://main.fleet.test/welcome")
+    );
 
     // Over plain HTTP: first to HTTPS on the same host.
     let r = testkit::http_get(s.node.http, "older.fleet.test", "/p?q").await?;
@@ -107,7 +118,11 @@ async fn check_all_sites(s: &Setup) -> anyhow::Result<()> {
     // `fleetgate certs` reports the Pebble-issued certificates as valid.
     let out = s.node.command(&["certs"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(table.matches(" valid ").count(), 3, "{table}");
     assert!(table.contains("acme") && table.contains("files"), "{table}");
     Ok(())
@@ -145,20 +160,34 @@ async fn restart_serves_from_storage_and_places_no_order() -> anyhow::Result<()>
     let issued_before = s.node.log().matches("certificate issued").count();
     assert_eq!(issued_before, 2, "one order per site:\n{}", s.node.log());
     let orders_before = s.pebble.pebble_log().matches("POST /order-plz").count();
-    assert!(orders_before >= 2, "Pebble's log shows no orders:\n{}", s.pebble.pebble_log());
+    assert!(
+        orders_before >= 2,
+        "Pebble's log shows no orders:\n{}",
+        s.pebble.pebble_log()
+    );
 
     let status = s.node.stop().await?;
     assert!(status.success(), "{status:?}");
     s.node.start().await?;
     for (name, serial) in ACME_NAMES.iter().zip(&before) {
-        let after = testkit::wait_for_ok(&format!("{name} after restart"), Duration::from_secs(20), || {
-            served_serial(https, name, &s.root)
-        })
+        let after = testkit::wait_for_ok(
+            &format!("{name} after restart"),
+            Duration::from_secs(20),
+            || served_serial(https, name, &s.root),
+        )
         .await?;
         assert_eq!(&after, serial, "{name} was re-issued after a restart");
     }
-    assert_eq!(s.node.log().matches("certificate issued").count(), issued_before, "{}", s.node.log());
-    assert_eq!(s.pebble.pebble_log().matches("POST /order-plz").count(), orders_before);
+    assert_eq!(
+        s.node.log().matches("certificate issued").count(),
+        issued_before,
+        "{}",
+        s.node.log()
+    );
+    assert_eq!(
+        s.pebble.pebble_log().matches("POST /order-plz").count(),
+        orders_before
+    );
     Ok(())
 }
 
@@ -168,12 +197,16 @@ async fn short_lived_certificates_are_renewed_without_dropping_connections() -> 
     let s = setup("http-01", Some(Duration::from_secs(30))).await?;
     let https = s.node.https;
     let name = "old.fleet.test";
-    let first = testkit::wait_for_ok("the first certificate", ISSUE_DEADLINE, || served_serial(https, name, &s.root)).await?;
+    let first = testkit::wait_for_ok("the first certificate", ISSUE_DEADLINE, || {
+        served_serial(https, name, &s.root)
+    })
+    .await?;
 
     // An open keep-alive connection from before the renewal.
     let config = std::sync::Arc::new(testkit::client_config(&s.root, &[b"http/1.1"])?);
     let tls = testkit::tls_connect(https, name, config).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     let request = || {
         http::Request::get("/before")
@@ -196,7 +229,11 @@ async fn short_lived_certificates_are_renewed_without_dropping_connections() -> 
                 break serial;
             }
         }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "no renewal within 90 s:\n{}", s.node.log());
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no renewal within 90 s:\n{}",
+            s.node.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_ne!(first, second);

@@ -21,11 +21,18 @@ async fn three_nodes_share_a_directory_behind_haproxy_tls_alpn01() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
     let pg = testkit::Postgres::start().await?;
-    let cluster = Cluster::builder().backend(Backend::Postgres(pg.url())).start().await?;
+    let cluster = Cluster::builder()
+        .backend(Backend::Postgres(pg.url()))
+        .start()
+        .await?;
     check_cluster(&cluster).await?;
     let status = cluster.nodes[0].command(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "{text}{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     assert_eq!(text.matches(" up ").count(), 3, "{text}");
     Ok(())
 }
@@ -33,6 +40,10 @@ async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_share_redis_behind_haproxy() -> anyhow::Result<()> {
     let redis = testkit::RedisServer::start().await?;
-    let cluster = Cluster::builder().challenge("tls-alpn-01").backend(Backend::Redis(redis.url())).start().await?;
+    let cluster = Cluster::builder()
+        .challenge("tls-alpn-01")
+        .backend(Backend::Redis(redis.url()))
+        .start()
+        .await?;
     check_cluster(&cluster).await
 }

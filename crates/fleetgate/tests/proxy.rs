@@ -44,7 +44,12 @@ proxy = {{ upstreams = ["{}"], max_body = "1MiB" }}
 
 /// One request over a new HTTPS (HTTP/1.1) connection; the response body is counted as it
 /// streams, and kept only when it is small.
-async fn https<B>(addr: SocketAddr, root: &str, host: &str, req: Request<B>) -> anyhow::Result<(http::response::Parts, u64, Bytes)>
+async fn https<B>(
+    addr: SocketAddr,
+    root: &str,
+    host: &str,
+    req: Request<B>,
+) -> anyhow::Result<(http::response::Parts, u64, Bytes)>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -69,7 +74,6 @@ where
     Ok((parts, total, Bytes::from(kept)))
 }
 
-
 fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
     Request::get(path)
         .header(header::HOST, host)
@@ -84,40 +88,72 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
     let nginx = Nginx::start("").await?;
     nginx.write_file("big.bin", BIG)?;
     let ip = testkit::loopback_ip();
-    let mut node = Node::new(ip, testkit::free_port(), testkit::free_port(), &config(&a, &b, &nginx))?;
+    let mut node = Node::new(
+        ip,
+        testkit::free_port(),
+        testkit::free_port(),
+        &config(&a, &b, &nginx),
+    )?;
 
     let check = node.command(&["check"]);
     let stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    assert!(stdout.contains("proxy (round_robin) to http://"), "{stdout}");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        stdout.contains("proxy (round_robin) to http://"),
+        "{stdout}"
+    );
 
     node.start().await?;
     let export = node.command(&["ca", "export"]);
-    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
     let root = String::from_utf8(export.stdout)?;
     for name in ["app.localhost", "static.localhost"] {
-        testkit::wait_for_ok(&format!("a certificate for {name}"), Duration::from_secs(20), || {
-            served_serial(node.https, name, &root)
-        })
+        testkit::wait_for_ok(
+            &format!("a certificate for {name}"),
+            Duration::from_secs(20),
+            || served_serial(node.https, name, &root),
+        )
         .await?;
     }
-    testkit::wait_for("health checks on both upstreams", Duration::from_secs(10), || async {
-        (a.health_checks() > 0 && b.health_checks() > 0).then_some(())
-    })
+    testkit::wait_for(
+        "health checks on both upstreams",
+        Duration::from_secs(10),
+        || async { (a.health_checks() > 0 && b.health_checks() > 0).then_some(()) },
+    )
     .await?;
 
     // Round robin over both, with the forwarded headers.
     let mut by = std::collections::BTreeMap::new();
     for _ in 0..6 {
-        let (parts, _, body) = https(node.https, &root, "app.localhost", get("app.localhost", "/hello?x=1")).await?;
+        let (parts, _, body) = https(
+            node.https,
+            &root,
+            "app.localhost",
+            get("app.localhost", "/hello?x=1"),
+        )
+        .await?;
         assert_eq!(parts.status, 200);
-        assert_eq!(parts.headers.get("via").and_then(|v| v.to_str().ok()), Some("1.1 fleetgate"));
+        assert_eq!(
+            parts.headers.get("via").and_then(|v| v.to_str().ok()),
+            Some("1.1 fleetgate")
+        );
         let echo = Echo::parse(&String::from_utf8_lossy(&body))?;
         assert_eq!(echo.request_line, "GET /hello?x=1 HTTP/1.1");
         assert_eq!(echo.all("host"), ["app.localhost"]);
         assert_eq!(echo.all("x-forwarded-proto"), ["https"]);
         assert_eq!(echo.all("x-forwarded-for"), ["127.0.0.1"]);
-        assert_eq!(echo.all("forwarded"), ["for=127.0.0.1;host=app.localhost;proto=https"]);
+        assert_eq!(
+            echo.all("forwarded"),
+            ["for=127.0.0.1;host=app.localhost;proto=https"]
+        );
         *by.entry(echo.upstream).or_insert(0) += 1;
     }
     assert_eq!(by.values().copied().collect::<Vec<_>>(), [3, 3], "{by:?}");
@@ -128,7 +164,9 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
 
     // 100 MB up to a testkit upstream, streamed from a channel.
     let (tx, body) = testkit::channel_body(4);
-    let upload = Request::post("/upload").header(header::HOST, "app.localhost").body(body)?;
+    let upload = Request::post("/upload")
+        .header(header::HOST, "app.localhost")
+        .body(body)?;
     let (addr, root2) = (node.https, root.clone());
     let upload = tokio::spawn(async move { https(addr, &root2, "app.localhost", upload).await });
     let chunk = testkit::chunk(MB as usize);
@@ -136,14 +174,27 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
         tx.send(chunk.clone()).await.context("upload aborted")?;
     }
     drop(tx);
-    let (parts, _, _) = tokio::time::timeout(Duration::from_secs(60), upload).await??.map_err(|e| e.context(node.log()))?;
+    let (parts, _, _) = tokio::time::timeout(Duration::from_secs(60), upload)
+        .await??
+        .map_err(|e| e.context(node.log()))?;
     assert_eq!(parts.status, 200);
-    assert_eq!(parts.headers.get("x-body-bytes").and_then(|v| v.to_str().ok()), Some(BIG.to_string().as_str()));
+    assert_eq!(
+        parts
+            .headers
+            .get("x-body-bytes")
+            .and_then(|v| v.to_str().ok()),
+        Some(BIG.to_string().as_str())
+    );
 
     // 100 MB down from nginx.
     let (parts, bytes, _) = tokio::time::timeout(
         Duration::from_secs(60),
-        https(node.https, &root, "static.localhost", get("static.localhost", "/big.bin")),
+        https(
+            node.https,
+            &root,
+            "static.localhost",
+            get("static.localhost", "/big.bin"),
+        ),
     )
     .await??;
     assert_eq!(parts.status, 200);
@@ -169,9 +220,13 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
     let config = Arc::new(testkit::client_config(&root, &[b"http/1.1"])?);
     let mut tls = testkit::tls_connect(node.https, "app.localhost", config).await?;
     testkit::ws_handshake(&mut tls, "app.localhost", "/ws").await?;
-    let frame = WsFrame { opcode: 1, payload: b"hello through fleetgate".to_vec() };
+    let frame = WsFrame {
+        opcode: 1,
+        payload: b"hello through fleetgate".to_vec(),
+    };
     testkit::ws_write(&mut tls, &frame, Some([1, 2, 3, 4])).await?;
-    let echoed = tokio::time::timeout(Duration::from_secs(10), testkit::ws_read(&mut tls)).await??;
+    let echoed =
+        tokio::time::timeout(Duration::from_secs(10), testkit::ws_read(&mut tls)).await??;
     assert_eq!(echoed, frame);
     drop(tls);
 
@@ -189,7 +244,10 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
         "{log}"
     );
     assert!(access.iter().any(|l| l.contains("status=101")), "{log}");
-    assert!(!access.iter().any(|l| l.contains("static.localhost")), "{log}");
+    assert!(
+        !access.iter().any(|l| l.contains("static.localhost")),
+        "{log}"
+    );
 
     // SIGHUP with the proxy site gone: its health checks stop, its pooled connections close.
     node.write_config(&format!(
@@ -197,13 +255,21 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
         nginx.url()
     ))?;
     node.signal(Signal::Hup)?;
-    testkit::wait_for("the old site's upstream connections to close", Duration::from_secs(10), || async {
-        (a.connections_open() == 0 && b.connections_open() == 0).then_some(())
-    })
+    testkit::wait_for(
+        "the old site's upstream connections to close",
+        Duration::from_secs(10),
+        || async { (a.connections_open() == 0 && b.connections_open() == 0).then_some(()) },
+    )
     .await
     .map_err(|e| e.context(node.log()))?;
     let checks = (a.health_checks(), b.health_checks());
-    let (parts, _, _) = https(node.https, &root, "static.localhost", get("static.localhost", "/echo")).await?;
+    let (parts, _, _) = https(
+        node.https,
+        &root,
+        "static.localhost",
+        get("static.localhost", "/echo"),
+    )
+    .await?;
     assert_eq!(parts.status, 200);
     assert_eq!((a.health_checks(), b.health_checks()), checks);
 

@@ -590,7 +590,14 @@ pub async fn run_child_processes(child_test: &str, env: &[(&str, String)]) {
             .expect("a child process finished within 120 s")
             .expect("a child process ran");
         let log = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "child failed: {log}{}", String::from_utf8_lossy(&out.stderr));
-        assert!(log.contains("1 passed"), "child did not run the worker: {log}");
+        assert!(
+            out.status.success(),
+            "child failed: {log}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            log.contains("1 passed"),
+            "child did not run the worker: {log}"
+        );
     }
 }

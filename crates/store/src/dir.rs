@@ -365,7 +365,11 @@ impl Storage for DirStore {
         let receiver = self.inner.events.subscribe();
         let inner = &self.inner;
         inner.follower.call_once(|| {
-            crate::journal::spawn(inner.root.clone(), inner.instance.clone(), Arc::downgrade(&inner.events));
+            crate::journal::spawn(
+                inner.root.clone(),
+                inner.instance.clone(),
+                Arc::downgrade(&inner.events),
+            );
         });
         receiver
     }

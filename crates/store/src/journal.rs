@@ -120,13 +120,16 @@ impl Follower {
         while let Some(end) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=end).collect();
             let mut parts = line.trim_end().splitn(3, ' ');
-            let (Some(op), Some(instance), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(op), Some(instance), Some(key)) = (parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
             if instance == self.instance {
                 continue;
             }
-            let Ok(key) = StorageKey::new(key) else { continue };
+            let Ok(key) = StorageKey::new(key) else {
+                continue;
+            };
             match op {
                 "P" => out.push(Change::Put(key)),
                 "D" => out.push(Change::Deleted(key)),
@@ -154,15 +157,18 @@ pub(crate) fn spawn(root: PathBuf, instance: String, events: Weak<broadcast::Sen
         return;
     };
     handle.spawn(async move {
-        let mut follower = match tokio::task::spawn_blocking(move || Follower::new(root, instance)).await {
-            Ok(f) => f,
-            Err(_) => return,
-        };
+        let mut follower =
+            match tokio::task::spawn_blocking(move || Follower::new(root, instance)).await {
+                Ok(f) => f,
+                Err(_) => return,
+            };
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(sender) = events.upgrade() else { return };
+            let Some(sender) = events.upgrade() else {
+                return;
+            };
             let polled = tokio::task::spawn_blocking(move || {
                 let changes = follower.poll();
                 (follower, changes)

@@ -69,7 +69,11 @@ impl SealedStore {
         // AES-256-GCM takes any 32-byte key; `SealKey` always holds exactly 32 bytes.
         #[allow(clippy::expect_used)]
         let key = RandomizedNonceKey::new(&AES_256_GCM, &key.0).expect("a 32-byte AES-256 key");
-        SealedStore { inner, key, prefixes }
+        SealedStore {
+            inner,
+            key,
+            prefixes,
+        }
     }
 
     fn sealed(&self, key: &StorageKey) -> bool {
@@ -186,23 +190,45 @@ mod tests {
         let seal = SealKey::from_hex(&"ab".repeat(32)).unwrap();
         let sealed = SealedStore::new(raw.clone(), &seal, vec![key("certs")]);
 
-        sealed.put(&key("certs/a.json"), b"-----BEGIN PRIVATE KEY-----").await.unwrap();
+        sealed
+            .put(&key("certs/a.json"), b"-----BEGIN PRIVATE KEY-----")
+            .await
+            .unwrap();
         sealed.put(&key("status/a.json"), b"plain").await.unwrap();
         let at_rest = raw.get(&key("certs/a.json")).await.unwrap().unwrap();
         assert!(at_rest.starts_with(MAGIC));
         assert!(!at_rest.windows(7).any(|w| w == b"PRIVATE"));
-        assert_eq!(raw.get(&key("status/a.json")).await.unwrap().unwrap(), b"plain");
-        assert_eq!(sealed.get(&key("certs/a.json")).await.unwrap().unwrap(), b"-----BEGIN PRIVATE KEY-----");
+        assert_eq!(
+            raw.get(&key("status/a.json")).await.unwrap().unwrap(),
+            b"plain"
+        );
+        assert_eq!(
+            sealed.get(&key("certs/a.json")).await.unwrap().unwrap(),
+            b"-----BEGIN PRIVATE KEY-----"
+        );
 
         // A value moved to another key, or read with another key, does not open.
         raw.put(&key("certs/b.json"), &at_rest).await.unwrap();
-        assert!(matches!(sealed.get(&key("certs/b.json")).await, Err(Error::Corrupt { .. })));
-        let other = SealedStore::new(raw.clone(), &SealKey::from_hex(&"cd".repeat(32)).unwrap(), vec![key("certs")]);
-        assert!(matches!(other.get(&key("certs/a.json")).await, Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            sealed.get(&key("certs/b.json")).await,
+            Err(Error::Corrupt { .. })
+        ));
+        let other = SealedStore::new(
+            raw.clone(),
+            &SealKey::from_hex(&"cd".repeat(32)).unwrap(),
+            vec![key("certs")],
+        );
+        assert!(matches!(
+            other.get(&key("certs/a.json")).await,
+            Err(Error::Corrupt { .. })
+        ));
 
         // Values written before sealing was turned on stay readable.
         raw.put(&key("certs/old.json"), b"legacy").await.unwrap();
-        assert_eq!(sealed.get(&key("certs/old.json")).await.unwrap().unwrap(), b"legacy");
+        assert_eq!(
+            sealed.get(&key("certs/old.json")).await.unwrap().unwrap(),
+            b"legacy"
+        );
     }
 
     #[test]

@@ -145,17 +145,23 @@ async fn key_that_is_also_a_prefix_is_refused_not_lost() {
 
 const CHILD_DIR_ENV: &str = "STORE_TEST_CHILD_DIR";
 
-
 /// Three copies of this test binary, each running [`multi_process_child`], increment one
 /// counter under one lock in one directory: no increment is lost.
 #[tokio::test]
 async fn multi_process_exclusion() {
     let dir = tempfile::tempdir().unwrap();
-        conformance::run_child_processes("multi_process_child", &[(CHILD_DIR_ENV, dir.path().display().to_string())]).await;
+    conformance::run_child_processes(
+        "multi_process_child",
+        &[(CHILD_DIR_ENV, dir.path().display().to_string())],
+    )
+    .await;
     let store: Arc<dyn Storage> = Arc::new(DirStore::open(dir.path()).unwrap());
     let (_, key) = conformance::child_counter();
     let n = store::conformance::read_counter(&store, &key).await;
-    assert_eq!(n, (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64);
+    assert_eq!(
+        n,
+        (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64
+    );
 }
 
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
@@ -169,7 +175,14 @@ async fn multi_process_child() {
     };
     let store: Arc<dyn Storage> = Arc::new(DirStore::open(dir).unwrap());
     let (name, key) = conformance::child_counter();
-    store::conformance::increment_locked(&store, &name, &key, &owner, conformance::CHILD_INCREMENTS).await;
+    store::conformance::increment_locked(
+        &store,
+        &name,
+        &key,
+        &owner,
+        conformance::CHILD_INCREMENTS,
+    )
+    .await;
 }
 
 /// Two handles on one directory are two processes as far as the journal is concerned: a write
@@ -190,10 +203,16 @@ async fn other_handles_hear_writes_through_the_journal() {
             Ok(Ok(Change::Put(k))) if k == key => break,
             Ok(Ok(other)) => panic!("unexpected event {other:?}"),
             Ok(Err(e)) => panic!("channel error {e}"),
-            Err(_) => assert!(tokio::time::Instant::now() < deadline, "no event through the journal"),
+            Err(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no event through the journal"
+            ),
         }
     }
     a.delete(&key).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, Change::Deleted(key));
 }

@@ -429,27 +429,38 @@ async fn lazy_connect_rejects_an_invalid_url() {
 
 const CHILD_URL_ENV: &str = "STORE_TEST_CHILD_POSTGRES_URL";
 
-
 /// Three copies of this test binary, each running [`multi_process_child`], increment one
 /// counter under one lock in one database: no increment is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_process_exclusion() {
     let pg = Postgres::start().await.unwrap();
-        conformance::run_child_processes("multi_process_child", &[(CHILD_URL_ENV, pg.url())]).await;
+    conformance::run_child_processes("multi_process_child", &[(CHILD_URL_ENV, pg.url())]).await;
     let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&pg.url()).await.unwrap());
     let (_, key) = conformance::child_counter();
     let n = store::conformance::read_counter(&store, &key).await;
-    assert_eq!(n, (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64);
+    assert_eq!(
+        n,
+        (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64
+    );
 }
 
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_process_child() {
-    let (Ok(url), Ok(owner)) = (std::env::var(CHILD_URL_ENV), std::env::var(conformance::CHILD_OWNER_ENV))
-    else {
+    let (Ok(url), Ok(owner)) = (
+        std::env::var(CHILD_URL_ENV),
+        std::env::var(conformance::CHILD_OWNER_ENV),
+    ) else {
         return;
     };
     let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&url).await.unwrap());
     let (name, key) = conformance::child_counter();
-    store::conformance::increment_locked(&store, &name, &key, &owner, conformance::CHILD_INCREMENTS).await;
+    store::conformance::increment_locked(
+        &store,
+        &name,
+        &key,
+        &owner,
+        conformance::CHILD_INCREMENTS,
+    )
+    .await;
 }

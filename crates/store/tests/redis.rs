@@ -438,11 +438,21 @@ fn counter() -> (LockName, StorageKey) {
 async fn multi_process_exclusion() {
     let server = RedisServer::start().await.unwrap();
     let prefix = prefix();
-        conformance::run_child_processes("multi_process_child", &[(CHILD_URL_ENV, server.url()), (CHILD_PREFIX_ENV, prefix.clone())]).await;
+    conformance::run_child_processes(
+        "multi_process_child",
+        &[
+            (CHILD_URL_ENV, server.url()),
+            (CHILD_PREFIX_ENV, prefix.clone()),
+        ],
+    )
+    .await;
     let store: Arc<dyn Storage> = Arc::new(store(&server, &prefix).await);
     let (_, counter) = counter();
     let n = store::conformance::read_counter(&store, &counter).await;
-    assert_eq!(n, (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64);
+    assert_eq!(
+        n,
+        (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64
+    );
 }
 
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
@@ -457,5 +467,12 @@ async fn multi_process_child() {
     };
     let store: Arc<dyn Storage> = Arc::new(RedisStore::connect(&url, &prefix).await.unwrap());
     let (name, counter) = counter();
-    store::conformance::increment_locked(&store, &name, &counter, &owner, conformance::CHILD_INCREMENTS).await;
+    store::conformance::increment_locked(
+        &store,
+        &name,
+        &counter,
+        &owner,
+        conformance::CHILD_INCREMENTS,
+    )
+    .await;
 }

@@ -19,8 +19,12 @@ pub struct Haproxy {
 impl Haproxy {
     /// Balance each frontend address over its backends, round robin per TCP connection (so
     /// TLS passes through untouched and every new connection may land on another node).
-    pub async fn tcp_round_robin(frontends: &[(SocketAddr, Vec<SocketAddr>)]) -> anyhow::Result<Haproxy> {
-        let dir = tempfile::Builder::new().prefix("testkit-haproxy-").tempdir()?;
+    pub async fn tcp_round_robin(
+        frontends: &[(SocketAddr, Vec<SocketAddr>)],
+    ) -> anyhow::Result<Haproxy> {
+        let dir = tempfile::Builder::new()
+            .prefix("testkit-haproxy-")
+            .tempdir()?;
         let mut cfg = String::from(
             "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 500ms\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch 1\n\n",
         );

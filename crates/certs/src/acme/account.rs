@@ -119,12 +119,18 @@ async fn load(settings: &AcmeSettings, stored: Stored) -> Result<Account> {
 }
 
 async fn create(settings: &AcmeSettings) -> Result<(Account, AccountCredentials)> {
-    let contact = settings.email.as_ref().map(|email| format!("mailto:{email}"));
+    let contact = settings
+        .email
+        .as_ref()
+        .map(|email| format!("mailto:{email}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
     let eab = match &settings.eab {
         Some(eab) => {
             let key = decode_base64url(&eab.hmac_key).ok_or_else(|| {
-                Error::Config(format!("the EAB HMAC key for kid {} is not base64url", eab.kid))
+                Error::Config(format!(
+                    "the EAB HMAC key for kid {} is not base64url",
+                    eab.kid
+                ))
             })?;
             Some(ExternalAccountKey::new(eab.kid.clone(), &key))
         }
@@ -147,7 +153,10 @@ async fn create(settings: &AcmeSettings) -> Result<(Account, AccountCredentials)
 fn builder(settings: &AcmeSettings) -> Result<AccountBuilder> {
     match &settings.ca_root {
         Some(path) => Account::builder_with_root(path).map_err(|e| {
-            Error::Config(format!("cannot use {} as the CA's TLS root: {e}", path.display()))
+            Error::Config(format!(
+                "cannot use {} as the CA's TLS root: {e}",
+                path.display()
+            ))
         }),
         None => Account::builder()
             .map_err(|e| Error::Config(format!("cannot load the platform's TLS roots: {e}"))),

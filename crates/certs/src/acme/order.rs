@@ -12,7 +12,9 @@ use instant_acme::{
 
 use super::problem::{self, ALREADY_REPLACED, CaError, call, call_fresh_nonce};
 use super::{AcmeSettings, CALL_TIMEOUT, certificate_id};
-use crate::{CertBundle, ChallengeKind, Challenges, DomainName, Error, KeyType, Result, SourceKind};
+use crate::{
+    CertBundle, ChallengeKind, Challenges, DomainName, Error, KeyType, Result, SourceKind,
+};
 
 /// How long the CA may take to validate every authorization of an order.
 const READY_DEADLINE: Duration = Duration::from_secs(90);
@@ -33,7 +35,10 @@ pub(super) async fn run(
     key_type: KeyType,
     replaces: Option<&CertBundle>,
 ) -> Result<CertBundle> {
-    let identifiers: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.to_string())).collect();
+    let identifiers: Vec<Identifier> = domains
+        .iter()
+        .map(|d| Identifier::Dns(d.to_string()))
+        .collect();
     let mut order = new_order(account, &identifiers, replaces).await?;
     let order_url = order.url().to_string();
     tracing::Span::current().record("order", order_url.as_str());
@@ -74,7 +79,11 @@ pub(super) async fn run(
 /// newOrder, with `replaces` (ARI) when the old certificate can be identified and the CA offers
 /// ARI. instant-acme refuses `replaces` locally, before any request, when the directory has no
 /// renewalInfo, so "does the CA support ARI" costs nothing to ask.
-async fn new_order(account: &Account, identifiers: &[Identifier], replaces: Option<&CertBundle>) -> Result<Order> {
+async fn new_order(
+    account: &Account,
+    identifiers: &[Identifier],
+    replaces: Option<&CertBundle>,
+) -> Result<Order> {
     let old = replaces.and_then(|bundle| match certificate_id(bundle) {
         Ok(id) => Some(id),
         Err(e) => {
@@ -97,13 +106,20 @@ async fn new_order(account: &Account, identifiers: &[Identifier], replaces: Opti
                 err: instant_acme::Error::Unsupported(_),
                 ..
             }) => tracing::debug!("the CA offers no ARI; ordering without `replaces`"),
-            Err(e) if e.problem().is_some_and(|p| p.r#type.as_deref() == Some(ALREADY_REPLACED)) => {
+            Err(e)
+                if e.problem()
+                    .is_some_and(|p| p.r#type.as_deref() == Some(ALREADY_REPLACED)) =>
+            {
                 tracing::warn!(replaces = %id, "the CA says this certificate was already replaced; ordering without `replaces`")
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(call_fresh_nonce!("create the order", CALL_TIMEOUT, account.new_order(&NewOrder::new(identifiers)))?)
+    Ok(call_fresh_nonce!(
+        "create the order",
+        CALL_TIMEOUT,
+        account.new_order(&NewOrder::new(identifiers))
+    )?)
 }
 
 /// Publish a response for every pending authorization, then tell the CA to validate it.
@@ -134,7 +150,10 @@ async fn solve(
                 };
                 if err.is_bad_nonce() && nonce_attempts < problem::BAD_NONCE_ATTEMPTS {
                     nonce_attempts += 1;
-                    tracing::debug!(attempt = nonce_attempts, "the CA refused our nonce again; fetching the authorizations once more");
+                    tracing::debug!(
+                        attempt = nonce_attempts,
+                        "the CA refused our nonce again; fetching the authorizations once more"
+                    );
                     authorizations = order.authorizations();
                     continue;
                 }
@@ -153,8 +172,9 @@ async fn solve(
             }
             AuthorizationStatus::Invalid => {
                 return Err(Error::Validation {
-                    problem: failed_challenge(&authz)
-                        .unwrap_or_else(|| problem::local_problem("the authorization is invalid".to_string())),
+                    problem: failed_challenge(&authz).unwrap_or_else(|| {
+                        problem::local_problem("the authorization is invalid".to_string())
+                    }),
                     domain: name,
                 });
             }
@@ -169,12 +189,17 @@ async fn solve(
         let domain = DomainName::parse(&name).map_err(|e| Error::Acme {
             problem: problem::local_problem(format!("the CA asks to authorize {name:?}: {e}")),
         })?;
-        let Some(kind) = preferences
-            .iter()
-            .copied()
-            .find(|kind| authz.challenges.iter().any(|c| c.r#type == challenge_type(*kind)))
-        else {
-            let offered: Vec<String> = authz.challenges.iter().map(|c| format!("{:?}", c.r#type)).collect();
+        let Some(kind) = preferences.iter().copied().find(|kind| {
+            authz
+                .challenges
+                .iter()
+                .any(|c| c.r#type == challenge_type(*kind))
+        }) else {
+            let offered: Vec<String> = authz
+                .challenges
+                .iter()
+                .map(|c| format!("{:?}", c.r#type))
+                .collect();
             let wanted: Vec<&str> = preferences.iter().map(|k| k.as_str()).collect();
             return Err(Error::Config(format!(
                 "the CA offers {} for {domain}, none of the configured challenge types ({})",
@@ -185,7 +210,10 @@ async fn solve(
         // `kind` was picked from this authorization's own challenge list just above.
         let Some(mut challenge) = authz.challenge(challenge_type(kind)) else {
             return Err(Error::Acme {
-                problem: problem::local_problem(format!("no {} challenge for {domain}", kind.as_str())),
+                problem: problem::local_problem(format!(
+                    "no {} challenge for {domain}",
+                    kind.as_str()
+                )),
             });
         };
         let key_auth = challenge.key_authorization();
@@ -208,7 +236,11 @@ async fn solve(
                     .await?;
             }
         }
-        call_fresh_nonce!("mark the challenge ready", CALL_TIMEOUT, challenge.set_ready())?;
+        call_fresh_nonce!(
+            "mark the challenge ready",
+            CALL_TIMEOUT,
+            challenge.set_ready()
+        )?;
         tracing::debug!(%domain, challenge = kind.as_str(), "challenge published and marked ready");
         solved.push(name);
     }
@@ -241,7 +273,9 @@ async fn wait_ready(order: &mut Order) -> Result<()> {
 async fn explain_invalid(order: &mut Order, original: Option<CaError>) -> Error {
     let mut authorizations = order.authorizations();
     loop {
-        let Ok(Some(Ok(mut authz))) = tokio::time::timeout(CALL_TIMEOUT, authorizations.next()).await else {
+        let Ok(Some(Ok(mut authz))) =
+            tokio::time::timeout(CALL_TIMEOUT, authorizations.next()).await
+        else {
             break;
         };
         if call("refresh an authorization", CALL_TIMEOUT, async {
@@ -255,15 +289,24 @@ async fn explain_invalid(order: &mut Order, original: Option<CaError>) -> Error 
         if authz.status == AuthorizationStatus::Invalid {
             let domain = authz.identifier().to_string();
             let problem = failed_challenge(&authz)
-                .or_else(|| original.as_ref().and_then(CaError::problem).map(problem::convert))
-                .unwrap_or_else(|| problem::local_problem("the authorization is invalid".to_string()));
+                .or_else(|| {
+                    original
+                        .as_ref()
+                        .and_then(CaError::problem)
+                        .map(problem::convert)
+                })
+                .unwrap_or_else(|| {
+                    problem::local_problem("the authorization is invalid".to_string())
+                });
             return Error::Validation { domain, problem };
         }
     }
     match original {
         Some(e) => e.into(),
         None => Error::Acme {
-            problem: problem::local_problem("the order became invalid and no authorization says why".to_string()),
+            problem: problem::local_problem(
+                "the order became invalid and no authorization says why".to_string(),
+            ),
         },
     }
 }
@@ -278,16 +321,28 @@ fn failed_challenge(state: &AuthorizationState) -> Option<crate::AcmeProblem> {
 }
 
 /// A fresh key and CSR for exactly `domains`; the chain (PEM) and the key (PKCS#8 PEM).
-async fn finalize(order: &mut Order, domains: &[DomainName], key_type: KeyType) -> Result<(String, String)> {
+async fn finalize(
+    order: &mut Order,
+    domains: &[DomainName],
+    key_type: KeyType,
+) -> Result<(String, String)> {
     let crypto = |e: rcgen::Error| Error::Crypto(e.to_string());
     let key = key_type.generate()?;
-    let mut params =
-        rcgen::CertificateParams::new(domains.iter().map(DomainName::to_string).collect::<Vec<_>>())
-            .map_err(crypto)?;
+    let mut params = rcgen::CertificateParams::new(
+        domains
+            .iter()
+            .map(DomainName::to_string)
+            .collect::<Vec<_>>(),
+    )
+    .map_err(crypto)?;
     // rcgen's default subject is "CN=rcgen self signed cert"; the CA takes names from the SANs.
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params.serialize_request(&key).map_err(crypto)?;
-    call_fresh_nonce!("finalize the order", CALL_TIMEOUT, order.finalize_csr(csr.der()))?;
+    call_fresh_nonce!(
+        "finalize the order",
+        CALL_TIMEOUT,
+        order.finalize_csr(csr.der())
+    )?;
     let policy = RetryPolicy::new()
         .initial_delay(POLL_FIRST)
         .backoff(POLL_BACKOFF)
@@ -338,7 +393,10 @@ impl Drop for Cleanup {
             Ok(runtime) => {
                 runtime.spawn(async move { withdraw_all(&challenges, published).await });
             }
-            Err(_) => tracing::warn!(?published, "order dropped outside a runtime; challenges left in the store"),
+            Err(_) => tracing::warn!(
+                ?published,
+                "order dropped outside a runtime; challenges left in the store"
+            ),
         }
     }
 }

@@ -25,14 +25,21 @@ pub(super) const BAD_NONCE_ATTEMPTS: u32 = 8;
 /// A failed CA call: instant-acme's error, or our own deadline, with what we were doing.
 #[derive(Debug)]
 pub(super) enum CaError {
-    Acme { what: &'static str, err: instant_acme::Error },
-    Elapsed { what: &'static str, after: Duration },
+    Acme {
+        what: &'static str,
+        err: instant_acme::Error,
+    },
+    Elapsed {
+        what: &'static str,
+        after: Duration,
+    },
 }
 
 impl CaError {
     /// Whether the CA refused the request's nonce (and so did nothing): sending it again is safe.
     pub(super) fn is_bad_nonce(&self) -> bool {
-        self.problem().is_some_and(|p| p.r#type.as_deref() == Some(BAD_NONCE))
+        self.problem()
+            .is_some_and(|p| p.r#type.as_deref() == Some(BAD_NONCE))
     }
 
     /// The CA's problem document, when the CA answered with one.
@@ -70,9 +77,15 @@ macro_rules! call_fresh_nonce {
         let mut attempt = 1;
         loop {
             match $crate::acme::problem::call($what, $limit, $fut).await {
-                Err(e) if e.is_bad_nonce() && attempt < $crate::acme::problem::BAD_NONCE_ATTEMPTS => {
+                Err(e)
+                    if e.is_bad_nonce() && attempt < $crate::acme::problem::BAD_NONCE_ATTEMPTS =>
+                {
                     attempt += 1;
-                    tracing::debug!(what = $what, attempt, "the CA refused our nonce again; sending the request once more");
+                    tracing::debug!(
+                        what = $what,
+                        attempt,
+                        "the CA refused our nonce again; sending the request once more"
+                    );
                 }
                 other => break other,
             }
@@ -85,7 +98,10 @@ impl From<CaError> for Error {
     fn from(e: CaError) -> Self {
         match e {
             CaError::Elapsed { what, after } => Error::Timeout {
-                what: format!("{what} (no answer from the CA within {} s)", after.as_secs()),
+                what: format!(
+                    "{what} (no answer from the CA within {} s)",
+                    after.as_secs()
+                ),
             },
             CaError::Acme { what, err } => from_acme(what, err),
         }
@@ -205,14 +221,21 @@ pub(super) fn retry_after_from_detail(detail: &str, now: i64) -> Option<Duration
     }
     let num = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<u16>().ok();
     let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
-    let date = time::Date::from_calendar_date(i32::from(num(0..4)?), month, u8::try_from(num(8..10)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(
+        i32::from(num(0..4)?),
+        month,
+        u8::try_from(num(8..10)?).ok()?,
+    )
+    .ok()?;
     let clock = time::Time::from_hms(
         u8::try_from(num(11..13)?).ok()?,
         u8::try_from(num(14..16)?).ok()?,
         u8::try_from(num(17..19)?).ok()?,
     )
     .ok()?;
-    let at = time::PrimitiveDateTime::new(date, clock).assume_utc().unix_timestamp();
+    let at = time::PrimitiveDateTime::new(date, clock)
+        .assume_utc()
+        .unix_timestamp();
     Some(Duration::from_secs(u64::try_from(at - now).unwrap_or(0)))
 }
 
@@ -233,13 +256,20 @@ mod tests {
         );
         // 2025-01-20 15:00:00 UTC
         let now = 1_737_385_200;
-        let Error::RateLimited { problem, retry_after } = from_problem(&p) else {
+        let Error::RateLimited {
+            problem,
+            retry_after,
+        } = from_problem(&p)
+        else {
             panic!("not RateLimited");
         };
         // That time has passed by now: wait zero, but do report it.
         assert_eq!(retry_after, Some(Duration::ZERO));
         assert_eq!(problem.status, Some(429));
-        assert_eq!(retry_after_from_detail(p.detail.as_deref().unwrap(), now), Some(Duration::from_secs(370)));
+        assert_eq!(
+            retry_after_from_detail(p.detail.as_deref().unwrap(), now),
+            Some(Duration::from_secs(370))
+        );
         assert_eq!(
             retry_after_from_detail(p.detail.as_deref().unwrap(), now + 1000),
             Some(Duration::ZERO)
@@ -248,7 +278,12 @@ mod tests {
 
     #[test]
     fn retry_after_ignores_other_text() {
-        for detail in ["", "retry after", "retry after tomorrow please!!", "retry after 2025-13-01 00:00:00 UTC"] {
+        for detail in [
+            "",
+            "retry after",
+            "retry after tomorrow please!!",
+            "retry after 2025-13-01 00:00:00 UTC",
+        ] {
             assert_eq!(retry_after_from_detail(detail, 0), None, "{detail}");
         }
     }
@@ -265,7 +300,9 @@ mod tests {
         };
         assert_eq!(
             problem.subproblems,
-            vec!["bad.example: urn:ietf:params:acme:error:rejectedIdentifier: forbidden".to_string()]
+            vec![
+                "bad.example: urn:ietf:params:acme:error:rejectedIdentifier: forbidden".to_string()
+            ]
         );
         assert!(Error::Acme { problem }.is_retryable());
     }
@@ -289,7 +326,9 @@ mod tests {
             err: instant_acme::Error::Other("connection refused".into()),
         }
         .into();
-        assert!(matches!(e, Error::Network { ref detail } if detail.contains("connection refused")));
+        assert!(
+            matches!(e, Error::Network { ref detail } if detail.contains("connection refused"))
+        );
         let e: Error = CaError::Acme {
             what: "x",
             err: instant_acme::Error::Str("no order URL found"),

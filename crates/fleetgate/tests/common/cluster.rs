@@ -78,13 +78,15 @@ impl ClusterBuilder {
 
     /// `storage.lease_ttl` (default 30 s in fleetgate).
     pub fn lease_ttl(mut self, ttl: &str) -> Self {
-        self.storage_extra.push_str(&format!("lease_ttl = \"{ttl}\"\n"));
+        self.storage_extra
+            .push_str(&format!("lease_ttl = \"{ttl}\"\n"));
         self
     }
 
     /// `storage.resync_interval` (default 60 s in fleetgate).
     pub fn resync_interval(mut self, interval: &str) -> Self {
-        self.storage_extra.push_str(&format!("resync_interval = \"{interval}\"\n"));
+        self.storage_extra
+            .push_str(&format!("resync_interval = \"{interval}\"\n"));
         self
     }
 
@@ -113,7 +115,11 @@ impl ClusterBuilder {
             self.challenge
         );
         let sites: Vec<Vec<String>> = (0..self.sites)
-            .map(|s| (0..self.names_per_site).map(|n| format!("d{s}n{n}.cluster.test")).collect())
+            .map(|s| {
+                (0..self.names_per_site)
+                    .map(|n| format!("d{s}n{n}.cluster.test"))
+                    .collect()
+            })
             .collect();
 
         let shared = tempfile::tempdir()?;
@@ -125,21 +131,43 @@ impl ClusterBuilder {
             let dir = tempfile::tempdir()?;
             let local = dir.path().join("local");
             let storage = match &self.backend {
-                Backend::Dir => format!("[storage]\nkind = \"dir\"\npath = \"{}\"\n", data.display()),
+                Backend::Dir => {
+                    format!("[storage]\nkind = \"dir\"\npath = \"{}\"\n", data.display())
+                }
                 Backend::Postgres(url) => {
-                    format!("[storage]\nkind = \"postgres\"\nurl = \"{url}\"\npath = \"{}\"\n", local.display())
+                    format!(
+                        "[storage]\nkind = \"postgres\"\nurl = \"{url}\"\npath = \"{}\"\n",
+                        local.display()
+                    )
                 }
                 Backend::Redis(url) => {
-                    format!("[storage]\nkind = \"redis\"\nurl = \"{url}\"\npath = \"{}\"\n", local.display())
+                    format!(
+                        "[storage]\nkind = \"redis\"\nurl = \"{url}\"\npath = \"{}\"\n",
+                        local.display()
+                    )
                 }
             };
             let storage = format!("{storage}{}", self.storage_extra);
             let body = site_config(&acme, &sites);
-            nodes.push(Node::with_storage(dir, data.clone(), Some(storage), ip, node_http, node_https, &body)?);
+            nodes.push(Node::with_storage(
+                dir,
+                data.clone(),
+                Some(storage),
+                ip,
+                node_http,
+                node_https,
+                &body,
+            )?);
         }
         let frontends = vec![
-            (SocketAddr::from((lb_ip, http_port)), nodes.iter().map(|n| n.http).collect()),
-            (SocketAddr::from((lb_ip, https_port)), nodes.iter().map(|n| n.https).collect()),
+            (
+                SocketAddr::from((lb_ip, http_port)),
+                nodes.iter().map(|n| n.http).collect(),
+            ),
+            (
+                SocketAddr::from((lb_ip, https_port)),
+                nodes.iter().map(|n| n.https).collect(),
+            ),
         ];
         let balancer = Haproxy::tcp_round_robin(&frontends).await?;
         // All nodes at once: a node that orders before its peers listen would have validations
@@ -150,7 +178,15 @@ impl ClusterBuilder {
         for node in &nodes {
             node.wait_listening().await?;
         }
-        Ok(Cluster { pebble, balancer, nodes, root, acme, sites, _shared: shared })
+        Ok(Cluster {
+            pebble,
+            balancer,
+            nodes,
+            root,
+            acme,
+            sites,
+            _shared: shared,
+        })
     }
 }
 
@@ -193,7 +229,8 @@ impl Cluster {
 
     /// Add a site with `domains` to every node's config and send SIGHUP to every running node.
     pub fn add_site(&mut self, domains: &[&str]) -> anyhow::Result<()> {
-        self.sites.push(domains.iter().map(|d| d.to_string()).collect());
+        self.sites
+            .push(domains.iter().map(|d| d.to_string()).collect());
         let body = site_config(&self.acme, &self.sites);
         for node in &self.nodes {
             node.write_config(&body)?;
@@ -219,8 +256,11 @@ impl Cluster {
 
     /// Every node's log, for failure messages.
     pub fn logs(&self) -> String {
-        let logs: Vec<String> =
-            self.nodes.iter().map(|n| format!("==== node {} ====\n{}", n.ip, n.log())).collect();
+        let logs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("==== node {} ====\n{}", n.ip, n.log()))
+            .collect();
         logs.join("\n")
     }
 
@@ -240,7 +280,11 @@ impl Cluster {
 
     /// Who holds lock `name` according to `fleetgate status` run with node `via`'s config:
     /// `(owner, token)`, or `None` when nobody does. Fails when the store does not answer.
-    pub async fn lock_holder(&self, via: usize, name: &str) -> anyhow::Result<Option<(String, u64)>> {
+    pub async fn lock_holder(
+        &self,
+        via: usize,
+        name: &str,
+    ) -> anyhow::Result<Option<(String, u64)>> {
         let out = tokio::process::Command::new(super::bin())
             .arg("status")
             .arg("--config")
@@ -249,8 +293,15 @@ impl Cluster {
             .output()
             .await?;
         let text = String::from_utf8_lossy(&out.stdout);
-        anyhow::ensure!(out.status.success(), "fleetgate status failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-        let locks = text.split("locks held:").nth(1).context("no \"locks held\" section")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "fleetgate status failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let locks = text
+            .split("locks held:")
+            .nth(1)
+            .context("no \"locks held\" section")?;
         for line in locks.lines() {
             // `  NAME  held by OWNER  token TOKEN  expires in LEFT`
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -282,11 +333,15 @@ impl Cluster {
     /// `objects/certs/<issuer>/<id>.json`, a `CertBundle` whose `meta.serial` is hex.
     pub fn stored_serial(&self, id: &str) -> anyhow::Result<Option<String>> {
         let certs = self.nodes[0].data.join("objects").join("certs");
-        for issuer in std::fs::read_dir(&certs).with_context(|| format!("read {}", certs.display()))? {
+        for issuer in
+            std::fs::read_dir(&certs).with_context(|| format!("read {}", certs.display()))?
+        {
             let path = issuer?.path().join(format!("{id}.json"));
             if let Ok(bytes) = std::fs::read(&path) {
                 let bundle: serde_json::Value = serde_json::from_slice(&bytes)?;
-                let serial = bundle["meta"]["serial"].as_str().context("no meta.serial in the stored bundle")?;
+                let serial = bundle["meta"]["serial"]
+                    .as_str()
+                    .context("no meta.serial in the stored bundle")?;
                 return Ok(Some(normalize_serial(serial)));
             }
         }
@@ -298,7 +353,11 @@ impl Cluster {
     pub fn cached(&self, i: usize, id: &str) -> bool {
         let certs = self.nodes[i].dir.path().join("local/cache/objects/certs");
         std::fs::read_dir(certs)
-            .map(|issuers| issuers.flatten().any(|issuer| issuer.path().join(format!("{id}.json")).is_file()))
+            .map(|issuers| {
+                issuers
+                    .flatten()
+                    .any(|issuer| issuer.path().join(format!("{id}.json")).is_file())
+            })
             .unwrap_or(false)
     }
 
@@ -376,9 +435,17 @@ pub async fn wait_served(
                 if first_seen.lock().await.contains_key(&key) {
                     continue;
                 }
-                let (addr, name, root, seen) = (cluster.nodes[i].https, name.clone(), root.to_string(), first_seen.clone());
+                let (addr, name, root, seen) = (
+                    cluster.nodes[i].https,
+                    name.clone(),
+                    root.to_string(),
+                    first_seen.clone(),
+                );
                 tasks.push(tokio::spawn(async move {
-                    if testkit::tls_handshake(addr, &name, &root, &[]).await.is_ok() {
+                    if testkit::tls_handshake(addr, &name, &root, &[])
+                        .await
+                        .is_ok()
+                    {
                         seen.lock().await.insert(key, Instant::now());
                     }
                 }));
@@ -404,7 +471,10 @@ pub async fn wait_served(
     let seen = first_seen.lock().await;
     let mut spread = HashMap::new();
     for name in names {
-        let times: Vec<Instant> = nodes.iter().filter_map(|&i| seen.get(&(i, name.clone())).copied()).collect();
+        let times: Vec<Instant> = nodes
+            .iter()
+            .filter_map(|&i| seen.get(&(i, name.clone())).copied())
+            .collect();
         if let (Some(min), Some(max)) = (times.iter().min(), times.iter().max()) {
             spread.insert(name.clone(), *max - *min);
         }
@@ -413,7 +483,10 @@ pub async fn wait_served(
 }
 
 /// [`wait_served`] for every node and every configured name.
-pub async fn wait_all_served(cluster: &Cluster, deadline: Duration) -> anyhow::Result<HashMap<String, Duration>> {
+pub async fn wait_all_served(
+    cluster: &Cluster,
+    deadline: Duration,
+) -> anyhow::Result<HashMap<String, Duration>> {
     let all: Vec<usize> = (0..cluster.nodes.len()).collect();
     wait_served(cluster, &all, &cluster.names(), &cluster.root, deadline).await
 }
@@ -424,16 +497,30 @@ pub async fn check_cluster(cluster: &Cluster) -> anyhow::Result<()> {
     let spread = wait_all_served(cluster, Duration::from_secs(180)).await?;
     let worst = spread.values().max().copied().unwrap_or_default();
     eprintln!("propagation: worst spread between nodes {worst:?}");
-    assert!(worst <= Duration::from_secs(2), "a name took {worst:?} to reach every node: {spread:?}");
+    assert!(
+        worst <= Duration::from_secs(2),
+        "a name took {worst:?} to reach every node: {spread:?}"
+    );
 
     let sites = cluster.sites.len();
     let issued = cluster.log_lines(&["certificate issued"]).len();
     assert_eq!(issued, sites, "one certificate per site across the cluster");
     let failures = cluster.log_lines(&["obtaining the certificate failed"]);
-    assert!(failures.is_empty(), "every certificate on its first attempt, but:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "every certificate on its first attempt, but:\n{}",
+        failures.join("\n")
+    );
     let finalized = cluster.ca_issued_serials().len();
-    assert!(finalized > 0, "Pebble's log format changed? {}", cluster.pebble.pebble_log());
-    assert_eq!(finalized, sites, "exactly one order finalized per certificate");
+    assert!(
+        finalized > 0,
+        "Pebble's log format changed? {}",
+        cluster.pebble.pebble_log()
+    );
+    assert_eq!(
+        finalized, sites,
+        "exactly one order finalized per certificate"
+    );
     Ok(())
 }
 
@@ -466,7 +553,11 @@ pub struct LoadReport {
 impl HandshakeLoad {
     /// `workers` loops, each cycling over every (active node, name) pair; `targets` are the
     /// nodes' HTTPS addresses, `names` pairs of (name, root PEM).
-    pub fn start(targets: Vec<SocketAddr>, names: Vec<(String, String)>, workers: usize) -> HandshakeLoad {
+    pub fn start(
+        targets: Vec<SocketAddr>,
+        names: Vec<(String, String)>,
+        workers: usize,
+    ) -> HandshakeLoad {
         let state = Arc::new(LoadState {
             stop: AtomicBool::new(false),
             active: targets.iter().map(|_| AtomicBool::new(true)).collect(),
@@ -478,7 +569,11 @@ impl HandshakeLoad {
             targets
                 .iter()
                 .enumerate()
-                .flat_map(|(i, addr)| names.iter().map(move |(name, root)| (i, *addr, name.clone(), root.clone())))
+                .flat_map(|(i, addr)| {
+                    names
+                        .iter()
+                        .map(move |(name, root)| (i, *addr, name.clone(), root.clone()))
+                })
                 .collect(),
         );
         let workers = (0..workers)
@@ -498,7 +593,11 @@ impl HandshakeLoad {
                                 }
                                 Err(e) => {
                                     let at = unix_time_ms();
-                                    state.failures.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{at} {addr} {name}: {e:#}"));
+                                    state
+                                        .failures
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .push(format!("{at} {addr} {name}: {e:#}"));
                                 }
                             }
                         }
@@ -515,10 +614,14 @@ impl HandshakeLoad {
     pub async fn exclude(&self, i: usize) -> anyhow::Result<()> {
         self.state.active[i].store(false, Ordering::SeqCst);
         let state = self.state.clone();
-        testkit::wait_for("handshakes in flight to finish", Duration::from_secs(15), || {
-            let n = state.in_flight[i].load(Ordering::SeqCst);
-            async move { (n == 0).then_some(()) }
-        })
+        testkit::wait_for(
+            "handshakes in flight to finish",
+            Duration::from_secs(15),
+            || {
+                let n = state.in_flight[i].load(Ordering::SeqCst);
+                async move { (n == 0).then_some(()) }
+            },
+        )
         .await
     }
 
@@ -538,14 +641,25 @@ impl HandshakeLoad {
         for w in self.workers {
             let _ = w.await;
         }
-        let failures = std::mem::take(&mut *self.state.failures.lock().unwrap_or_else(|p| p.into_inner()));
-        LoadReport { ok: self.state.ok.load(Ordering::Relaxed), failures }
+        let failures = std::mem::take(
+            &mut *self
+                .state
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        LoadReport {
+            ok: self.state.ok.load(Ordering::Relaxed),
+            failures,
+        }
     }
 }
 
 /// Seconds since the epoch with milliseconds, to line failures up with node logs.
 fn unix_time_ms() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     format!("{}.{:03}", now.as_secs(), now.subsec_millis())
 }
 
@@ -588,19 +702,28 @@ impl SerialWatch {
     }
 
     /// Wait until the latest handshake with each of `targets` showed `serial`.
-    pub async fn wait_serving(&self, targets: &[SocketAddr], serial: &str, deadline: Duration) -> anyhow::Result<()> {
-        testkit::wait_for_ok("every node to serve the serial (as sampled)", deadline, || {
-            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let behind: Vec<String> = targets
-                .iter()
-                .filter(|t| state.latest.get(t).map(String::as_str) != Some(serial))
-                .map(|t| format!("{t} serves {:?}", state.latest.get(t)))
-                .collect();
-            async move {
-                anyhow::ensure!(behind.is_empty(), "{}", behind.join(", "));
-                Ok(())
-            }
-        })
+    pub async fn wait_serving(
+        &self,
+        targets: &[SocketAddr],
+        serial: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
+        testkit::wait_for_ok(
+            "every node to serve the serial (as sampled)",
+            deadline,
+            || {
+                let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let behind: Vec<String> = targets
+                    .iter()
+                    .filter(|t| state.latest.get(t).map(String::as_str) != Some(serial))
+                    .map(|t| format!("{t} serves {:?}", state.latest.get(t)))
+                    .collect();
+                async move {
+                    anyhow::ensure!(behind.is_empty(), "{}", behind.join(", "));
+                    Ok(())
+                }
+            },
+        )
         .await
     }
 
@@ -608,6 +731,10 @@ impl SerialWatch {
     pub async fn stop(self) -> HashSet<String> {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).seen.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .clone()
     }
 }

@@ -73,7 +73,10 @@ impl Node {
     /// Rewrite the config file (for SIGHUP reload tests).
     pub fn write_config(&self, body: &str) -> anyhow::Result<()> {
         let storage = self.storage.clone().unwrap_or_else(|| {
-            format!("[storage]\nkind = \"dir\"\npath = \"{}\"\n", self.data.display())
+            format!(
+                "[storage]\nkind = \"dir\"\npath = \"{}\"\n",
+                self.data.display()
+            )
         });
         let text = format!(
             "node = \"{}\"\n\n[listen]\nhttp = \"{}\"\nhttps = \"{}\"\n\n{storage}\n[log]\nlevel = \"info,certs=debug\"\n\n{body}\n",
@@ -107,11 +110,15 @@ impl Node {
     /// Wait until both listeners accept connections.
     pub async fn wait_listening(&self) -> anyhow::Result<()> {
         let (http, https) = (self.http, self.https);
-        testkit::wait_for_ok("fleetgate listening", Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(http).await?;
-            tokio::net::TcpStream::connect(https).await?;
-            Ok(())
-        })
+        testkit::wait_for_ok(
+            "fleetgate listening",
+            Duration::from_secs(20),
+            || async move {
+                tokio::net::TcpStream::connect(http).await?;
+                tokio::net::TcpStream::connect(https).await?;
+                Ok(())
+            },
+        )
         .await
         .with_context(|| self.log())?;
         Ok(())
