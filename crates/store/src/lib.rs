@@ -33,6 +33,7 @@
 //! - **Timeouts.** Backends bound each call; a call that would hang reports
 //!   [`Error::Unavailable`], which is retryable.
 
+mod backoff;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod dir;

@@ -21,11 +21,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::{Error, Lease, LockName, Result, Storage};
 
 /// The retry schedule while waiting for a busy lock: exponential, jittered to `[d/2, d]`.
 const RETRY_FIRST: Duration = Duration::from_millis(5);
-const RETRY_FACTOR: u32 = 2;
 const RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// Take `name` for `ttl`, retrying [`Storage::try_lock`] with jittered backoff until `wait` has
@@ -41,7 +41,7 @@ pub async fn lock(
     wait: Duration,
 ) -> Result<Option<LeaseGuard>> {
     let deadline = Instant::now() + wait;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     loop {
         match store.try_lock(name, owner, ttl).await {
             Ok(Ok(lease)) => return Ok(Some(LeaseGuard::new(Arc::clone(store), lease, ttl))),
@@ -60,24 +60,6 @@ pub async fn lock(
             .next()
             .min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
-    }
-}
-
-/// Jittered exponential backoff over the `RETRY_*` constants.
-#[derive(Debug, Clone)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff { next: RETRY_FIRST }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * RETRY_FACTOR).min(RETRY_MAX);
-        d / 2 + (d / 2).mul_f64(fastrand::f64())
     }
 }
 

@@ -13,15 +13,15 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+use crate::backoff::Backoff;
 use crate::{Change, StorageKey};
 
 /// The notification channel.
 pub(super) const CHANNEL: &str = "fleetgate_changes";
 
-/// The reconnect schedule: exponential from `FIRST` by `FACTOR` up to `MAX`, jittered to
+/// The reconnect schedule (see `crate::backoff`): doubling from `FIRST` up to `MAX`, jittered to
 /// `[d/2, d]`.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_FACTOR: u32 = 2;
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often an idle listener checks that its connection still answers (a frozen or
 /// unreachable server sends no error, only silence).
@@ -114,7 +114,7 @@ pub(super) async fn run(
 ) {
     let mut connected_before = first.is_some();
     let mut session = first;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
     loop {
         let current = match session.take() {
             Some(s) => s,
@@ -129,7 +129,7 @@ pub(super) async fn run(
                         tracing::debug!("change listener connected");
                     }
                     connected_before = true;
-                    backoff = Backoff::new();
+                    backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
                     s
                 }
                 Ok(Err(e)) => {
@@ -172,25 +172,6 @@ async fn supervise(mut session: Session, timeout: Duration) -> String {
     }
 }
 
-/// Jittered exponential backoff over the `BACKOFF_*` constants.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff {
-            next: BACKOFF_FIRST,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * BACKOFF_FACTOR).min(BACKOFF_MAX);
-        d / 2 + (d / 2).mul_f64(fastrand::f64())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -208,14 +189,5 @@ mod tests {
         assert_eq!(parse("X:n1:a", "n2"), None);
         assert_eq!(parse("P:n1:../etc", "n2"), None);
         assert_eq!(parse("garbage", "n2"), None);
-    }
-
-    #[test]
-    fn backoff_stays_within_bounds() {
-        let mut b = Backoff::new();
-        for _ in 0..20 {
-            let d = b.next();
-            assert!(d >= BACKOFF_FIRST / 2 && d <= BACKOFF_MAX, "{d:?}");
-        }
     }
 }

@@ -17,14 +17,14 @@ use futures_util::StreamExt as _;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{broadcast, watch};
 
+use crate::backoff::Backoff;
 use crate::{Change, StorageKey};
 
 /// How often the subscription connection is checked with `PING`.
 const HEALTH_EVERY: Duration = Duration::from_secs(5);
-/// The reconnect schedule: exponential from `FIRST` by `FACTOR` up to `MAX`, jittered to
+/// The reconnect schedule (see `crate::backoff`): doubling from `FIRST` up to `MAX`, jittered to
 /// `[d/2, d]`.
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
-const RECONNECT_FACTOR: u32 = 2;
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 const PUT: &str = "put";
@@ -67,7 +67,7 @@ pub(super) struct Subscriber {
 impl Subscriber {
     /// Subscribe, forward, reconnect; forever (the store aborts the task when dropped).
     pub async fn run(self) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
         let mut failures = 0u32;
         loop {
             match self.connect().await {
@@ -76,7 +76,7 @@ impl Subscriber {
                         tracing::info!(channel = %self.channel, "change subscription restored");
                     }
                     failures = 0;
-                    backoff = Backoff::new();
+                    backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
                     self.subscribed.send_replace(true);
                     let reason = self.forward(sink, stream).await;
                     self.subscribed.send_replace(false);
@@ -161,26 +161,6 @@ impl Subscriber {
     }
 }
 
-/// Jittered exponential backoff over the `RECONNECT_*` constants.
-#[derive(Debug, Clone)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff {
-            next: RECONNECT_FIRST,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * RECONNECT_FACTOR).min(RECONNECT_MAX);
-        d / 2 + (d / 2).mul_f64(fastrand::f64())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -198,20 +178,5 @@ mod tests {
         assert_eq!(decode(b"x put ../a"), None);
         assert_eq!(decode(b"x put"), None);
         assert_eq!(decode(&[0xff, b' ', b'p']), None);
-    }
-
-    #[test]
-    fn backoff_stays_within_bounds() {
-        let mut b = Backoff::new();
-        let mut upper = RECONNECT_FIRST;
-        for _ in 0..20 {
-            let d = b.next();
-            assert!(
-                d >= upper / 2 && d <= upper,
-                "{d:?} outside [{:?}, {upper:?}]",
-                upper / 2
-            );
-            upper = (upper * RECONNECT_FACTOR).min(RECONNECT_MAX);
-        }
     }
 }
