@@ -9,7 +9,7 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use store::Storage;
 
-use crate::{DomainName, Error, Result, layout};
+use crate::{DomainName, Error, Result, layout, lock};
 
 /// The ACME challenge types fleetgate solves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -189,11 +189,6 @@ impl Challenges {
         }
         misses.get(key).is_some_and(|at| at.elapsed() < MISS_TTL)
     }
-}
-
-/// A poisoned mutex only means another thread panicked while holding it; the maps stay usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A self-signed certificate for `domain` with the acmeIdentifier extension (RFC 8737).

@@ -27,3 +27,9 @@ pub use manager::{
 };
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A poisoned mutex only means another thread panicked while holding it; the maps behind this
+/// crate's mutexes stay consistent enough to use, so the guard is taken anyway.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

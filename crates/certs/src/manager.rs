@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::acme::{AcmeIssuer, AcmeSettings};
 use crate::bundle::{LastError, now_unix};
 use crate::internal::InternalCa;
+use crate::lock;
 use crate::renewal::{self, Backoff};
 use crate::{
     CertBundle, Challenges, DomainName, Error, KeyType, Result, SourceKind, files, layout,
@@ -217,11 +218,6 @@ impl std::fmt::Debug for Manager {
             .field("node", &self.node)
             .finish_non_exhaustive()
     }
-}
-
-/// A poisoned mutex only means a panic elsewhere; the maps stay consistent enough to use.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Manager {
@@ -435,12 +431,6 @@ struct CertWorker {
     last_record: Mutex<Option<(CertState, Option<String>, u32)>>,
 }
 
-/// What a worker does next.
-enum Next {
-    /// Sleep this long (or until kicked or cancelled).
-    Wait(Duration),
-}
-
 impl CertWorker {
     async fn run(self) {
         let mut deployed_serial: Option<String> = None;
@@ -448,7 +438,8 @@ impl CertWorker {
         let mut stamp: Option<files::FileStamp> = None;
         let mut cached_serial: Option<String> = None;
         loop {
-            let next = match &self.cert.source {
+            // Each step returns how long to sleep (or until kicked or cancelled).
+            let delay = match &self.cert.source {
                 CertSource::Files { cert, key } => {
                     Box::pin(self.files_step(cert, key, &mut deployed_serial, &mut stamp)).await
                 }
@@ -463,7 +454,6 @@ impl CertWorker {
                     .await
                 }
             };
-            let Next::Wait(delay) = next;
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 // A kick (SIGHUP, a change event) re-reads everything, files included.
@@ -492,11 +482,11 @@ impl CertWorker {
         key: &std::path::Path,
         deployed_serial: &mut Option<String>,
         last_stamp: &mut Option<files::FileStamp>,
-    ) -> Next {
+    ) -> Duration {
         // Only re-parse when the files changed.
         let stamp = files::stamp(cert, key);
         if stamp.is_some() && stamp == *last_stamp {
-            return Next::Wait(FILE_POLL);
+            return FILE_POLL;
         }
         match files::load(cert, key) {
             Ok(bundle) => {
@@ -519,7 +509,7 @@ impl CertWorker {
                     .await;
             }
         }
-        Next::Wait(FILE_POLL)
+        FILE_POLL
     }
 
     /// The copy in this node's local cache, if any.
@@ -565,7 +555,7 @@ impl CertWorker {
         deployed_serial: &mut Option<String>,
         cached_serial: &mut Option<String>,
         backoff: &mut Backoff,
-    ) -> Next {
+    ) -> Duration {
         let now = now_unix();
         // Nothing served yet (this process just started): serve the local copy at once rather
         // than after the store answers, which takes its whole timeout when the store is down or
@@ -583,7 +573,7 @@ impl CertWorker {
                 // The shared store is down: keep serving what we have (or the local copy, see
                 // above) and retry with backoff.
                 warn!(error = %e, "cannot read the store; serving what we have");
-                return Next::Wait(backoff_store(backoff));
+                return backoff_store(backoff);
             }
         };
         let current = stored.filter(|b| self.cert.wants(b));
@@ -603,10 +593,10 @@ impl CertWorker {
             if due > now {
                 if let Some(next_ari) = self.maybe_check_ari(bundle, now).await {
                     let wait = (due.min(next_ari) - now).max(1) as u64;
-                    return Next::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
+                    return Duration::from_secs(wait).min(self.manager.timings.resync);
                 }
                 let wait = (due - now).max(1) as u64;
-                return Next::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
+                return Duration::from_secs(wait).min(self.manager.timings.resync);
             }
         }
         // Missing or due: obtain under the certificate's lease.
@@ -623,11 +613,11 @@ impl CertWorker {
             Ok(Some(guard)) => guard,
             Ok(None) => {
                 debug!("a peer holds the certificate's lease; waiting for its result");
-                return Next::Wait(PEER_WAIT);
+                return PEER_WAIT;
             }
             Err(e) => {
                 warn!(error = %e, "cannot take the certificate's lease");
-                return Next::Wait(backoff_store(backoff));
+                return backoff_store(backoff);
             }
         };
         // Re-check after acquiring: a peer may have finished just before we got the lease.
@@ -639,13 +629,13 @@ impl CertWorker {
             {
                 let _ = guard.release().await;
                 let _ = self.deploy(&fresh, deployed_serial);
-                return Next::Wait(Duration::ZERO);
+                return Duration::ZERO;
             }
             Ok(_) => {}
             Err(e) => {
                 let _ = guard.release().await;
                 warn!(error = %e, "cannot read the store; will retry");
-                return Next::Wait(backoff_store(backoff));
+                return backoff_store(backoff);
             }
         }
         // A peer's failed attempt counts for the cluster: wait out the backoff it recorded, or
@@ -656,7 +646,7 @@ impl CertWorker {
                 retry_in_secs = wait.as_secs(),
                 "a peer's attempt failed recently; waiting out its backoff"
             );
-            return Next::Wait(wait.min(self.manager.timings.resync));
+            return wait.min(self.manager.timings.resync);
         }
         let state = if current.is_some() {
             CertState::Renewing
@@ -686,7 +676,7 @@ impl CertWorker {
                         }
                         self.record(CertState::Valid, None, 0, None, Some(&guard.lease()))
                             .await;
-                        Next::Wait(Duration::ZERO)
+                        Duration::ZERO
                     }
                     Err(e) => {
                         // Lease lost (we stalled past the TTL) or the store failed: never serve
@@ -703,7 +693,7 @@ impl CertWorker {
                             Some(&guard.lease()),
                         )
                         .await;
-                        Next::Wait(delay)
+                        delay
                     }
                 }
             }
@@ -719,7 +709,7 @@ impl CertWorker {
                     Some(&guard.lease()),
                 )
                 .await;
-                Next::Wait(delay)
+                delay
             }
         };
         let _ = guard.release().await;
