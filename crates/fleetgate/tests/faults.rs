@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use common::cluster::{
     Backend, Cluster, HandshakeLoad, SerialWatch, cert_lock, check_cluster, issued_serials,
-    normalize_serial, strip_ansi, wait_all_served, wait_served,
+    normalize_serial, wait_all_served, wait_served,
 };
 use testkit::{Postgres, RedisServer, Signal, wait_for, wait_for_ok};
 
@@ -411,7 +411,7 @@ async fn store_outage(mut store: SharedStore) -> anyhow::Result<()> {
     wait_served(&cluster, &[restarted], &names, &cluster.root, STORE_OUTAGE).await?;
     let to_serve = started.elapsed();
     load.include(restarted);
-    let log = strip_ansi(&cluster.nodes[restarted].log());
+    let log = cluster.nodes[restarted].log();
     assert!(
         log.contains("serving the locally cached certificate"),
         "{log}"

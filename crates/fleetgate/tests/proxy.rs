@@ -231,7 +231,7 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
     drop(tls);
 
     // The access log: one structured line per request of the site that has it on.
-    let log = common::cluster::strip_ansi(&node.log());
+    let log = node.log();
     let access: Vec<&str> = log.lines().filter(|l| l.contains("access:")).collect();
     assert!(
         access.iter().any(|l| l.contains("method=\"GET\"")

@@ -264,12 +264,12 @@ impl Cluster {
         logs.join("\n")
     }
 
-    /// Log lines of every node that contain all of `needles` (colours removed).
+    /// Log lines of every node that contain all of `needles`.
     pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
         self.nodes
             .iter()
             .flat_map(|n| {
-                strip_ansi(&n.log())
+                n.log()
                     .lines()
                     .filter(|l| needles.iter().all(|needle| l.contains(needle)))
                     .map(|l| format!("{}: {l}", n.ip))
@@ -386,29 +386,9 @@ pub fn normalize_serial(serial: &str) -> String {
     if s.is_empty() { "0".to_string() } else { s }
 }
 
-/// `text` without ANSI colour sequences (`ESC [ ... m`), which fleetgate's human log format
-/// puts around field names when it thinks it writes to a terminal.
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The serials in `certificate issued ... serial=...` lines of `log` for orders of `domain`.
 pub fn issued_serials(log: &str, domain: &str) -> Vec<String> {
-    strip_ansi(log)
-        .lines()
+    log.lines()
         .filter(|l| l.contains("certificate issued") && l.contains(domain))
         .filter_map(|l| l.split("serial=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next())
