@@ -225,19 +225,28 @@ async fn prefixes_isolate_clusters() {
     b.unlock(&lease_b).await.unwrap();
 }
 
+/// A store with the default prefix and a plain connection to the same server, to look at or
+/// tamper with the raw keys.
+async fn store_and_raw_connection(
+    server: &RedisServer,
+) -> (RedisStore, redis::aio::MultiplexedConnection) {
+    let store = RedisStore::connect(&server.url(), RedisStore::DEFAULT_PREFIX)
+        .await
+        .unwrap();
+    let raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    (store, raw)
+}
+
 /// The key layout the module docs promise to operators: plain object keys, an index, a lease
 /// hash that expires by itself, a token counter that outlives the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_layout_is_as_documented() {
     let server = RedisServer::start().await.unwrap();
-    let s = RedisStore::connect(&server.url(), RedisStore::DEFAULT_PREFIX)
-        .await
-        .unwrap();
-    let mut raw = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (s, mut raw) = store_and_raw_connection(&server).await;
     let k = key("certs/acme/example.com.json");
     s.put(&k, b"pem").await.unwrap();
     let value: Vec<u8> = raw
@@ -292,14 +301,7 @@ async fn key_layout_is_as_documented() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_keys_are_corrupt() {
     let server = RedisServer::start().await.unwrap();
-    let s = RedisStore::connect(&server.url(), RedisStore::DEFAULT_PREFIX)
-        .await
-        .unwrap();
-    let mut raw = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (s, mut raw) = store_and_raw_connection(&server).await;
     let () = raw.set("fleetgate:lease:tampered", "junk").await.unwrap();
     let r = s.try_lock(&LockName::new("tampered"), "a", LONG_TTL).await;
     assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
