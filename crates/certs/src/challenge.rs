@@ -57,12 +57,15 @@ const MISS_TTL: Duration = Duration::from_secs(2);
 const PEER_ANSWER_TTL: Duration = Duration::from_secs(1);
 
 /// Challenge responses, published to the store and answered from memory or the store.
+/// An acme-tls/1 certificate, with when it was read from the store (`None`: we published it).
+type AlpnAnswer = (Arc<CertifiedKey>, Option<Instant>);
+
 #[derive(Debug)]
 pub struct Challenges {
     store: Arc<dyn Storage>,
     http: Mutex<HashMap<String, (String, String)>>,
     /// Our own published answers (no expiry) and peers' answers read from the store (expiring).
-    alpn: Mutex<HashMap<String, (Arc<CertifiedKey>, Option<Instant>)>>,
+    alpn: Mutex<HashMap<String, AlpnAnswer>>,
     misses: Mutex<HashMap<String, Instant>>,
 }
 
@@ -154,10 +157,10 @@ impl Challenges {
 
     /// The acme-tls/1 certificate for `host`, if a TLS-ALPN-01 challenge is published for it.
     pub async fn tls_alpn01(&self, host: &str) -> Option<Arc<CertifiedKey>> {
-        if let Some((cert, loaded)) = lock(&self.alpn).get(host) {
-            if loaded.is_none_or(|at| at.elapsed() < PEER_ANSWER_TTL) {
-                return Some(cert.clone());
-            }
+        if let Some((cert, loaded)) = lock(&self.alpn).get(host)
+            && loaded.is_none_or(|at| at.elapsed() < PEER_ANSWER_TTL)
+        {
+            return Some(cert.clone());
         }
         let miss_key = format!("a/{host}");
         if self.recent_miss(&miss_key) {
@@ -216,7 +219,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -495,7 +495,7 @@ impl CertWorker {
                 if let Err(e) = self.deploy(&bundle, deployed_serial) {
                     warn!(error = %e, "certificate files rejected; the previous pair stays in service");
                 }
-                *last_stamp = stamp.clone();
+                *last_stamp = stamp;
                 self.record(CertState::Valid, None, 0, None, None).await;
             }
             Err(e) => {
@@ -504,7 +504,7 @@ impl CertWorker {
                 } else {
                     warn!(error = %e, "certificate files rejected; nothing to serve for these names yet");
                 }
-                *last_stamp = stamp.clone();
+                *last_stamp = stamp;
                 self.record(CertState::Failing, Some(&e), 0, None, None)
                     .await;
             }
@@ -580,24 +580,24 @@ impl CertWorker {
         if let Some(bundle) = &current {
             self.save_cached(bundle, cached_serial).await;
         }
-        if let Some(bundle) = &current {
-            if let Err(e) = self.deploy(bundle, deployed_serial) {
-                warn!(error = %e, "stored certificate cannot be served; ordering a new one");
-            }
+        if let Some(bundle) = &current
+            && let Err(e) = self.deploy(bundle, deployed_serial)
+        {
+            warn!(error = %e, "stored certificate cannot be served; ordering a new one");
         }
         let due = current
             .as_ref()
             .map(|b| renewal::renew_at(&b.meta, jitter_seed(&b.meta.serial)))
             .unwrap_or(now);
-        if let Some(bundle) = &current {
-            if due > now {
-                if let Some(next_ari) = self.maybe_check_ari(bundle, now).await {
-                    let wait = (due.min(next_ari) - now).max(1) as u64;
-                    return Duration::from_secs(wait).min(self.manager.timings.resync);
-                }
-                let wait = (due - now).max(1) as u64;
+        if let Some(bundle) = &current
+            && due > now
+        {
+            if let Some(next_ari) = self.maybe_check_ari(bundle, now).await {
+                let wait = (due.min(next_ari) - now).max(1) as u64;
                 return Duration::from_secs(wait).min(self.manager.timings.resync);
             }
+            let wait = (due - now).max(1) as u64;
+            return Duration::from_secs(wait).min(self.manager.timings.resync);
         }
         // Missing or due: obtain under the certificate's lease.
         let lock_name = layout::cert_lock(&self.cert.id);
@@ -751,10 +751,10 @@ impl CertWorker {
         let CertSource::Acme(settings) = &self.cert.source else {
             return None;
         };
-        if let Some(next) = bundle.meta.ari_next_check {
-            if next > now {
-                return Some(next);
-            }
+        if let Some(next) = bundle.meta.ari_next_check
+            && next > now
+        {
+            return Some(next);
         }
         let issuer = self.manager.issuer(settings);
         match issuer.renewal_window(bundle).await {

@@ -69,11 +69,11 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     // Purchased certificates must load now, not at 3 a.m. on the next reload.
     let mut bad = 0;
     for (i, site) in config.sites.iter().enumerate() {
-        if let TlsChoice::Files { cert, key } = &site.tls {
-            if let Err(e) = certs::files::load(cert, key) {
-                writeln!(out, "site[{i}].tls: {:#}", anyhow::Error::from(e))?;
-                bad += 1;
-            }
+        if let TlsChoice::Files { cert, key } = &site.tls
+            && let Err(e) = certs::files::load(cert, key)
+        {
+            writeln!(out, "site[{i}].tls: {:#}", anyhow::Error::from(e))?;
+            bad += 1;
         }
     }
     if bad > 0 {

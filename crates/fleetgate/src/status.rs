@@ -63,10 +63,10 @@ pub fn spawn_heartbeat(
                 listen_https: https.clone(),
                 certificates: certificates.ids().len(),
             };
-            if let Ok(bytes) = serde_json::to_vec(&beat) {
-                if let Err(e) = store.put(&key, &bytes).await {
-                    tracing::debug!(error = %e, "heartbeat not written");
-                }
+            if let Ok(bytes) = serde_json::to_vec(&beat)
+                && let Err(e) = store.put(&key, &bytes).await
+            {
+                tracing::debug!(error = %e, "heartbeat not written");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

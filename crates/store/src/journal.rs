@@ -78,11 +78,11 @@ impl Follower {
             partial: String::new(),
         };
         // Start at the end: history before this process subscribed is not replayed.
-        if let Ok(mut file) = File::open(path(&follower.root)) {
-            if let (Ok(end), Ok(meta)) = (file.seek(SeekFrom::End(0)), file.metadata()) {
-                follower.reader = Some((BufReader::new(file), meta.ino()));
-                let _ = end;
-            }
+        if let Ok(mut file) = File::open(path(&follower.root))
+            && let (Ok(end), Ok(meta)) = (file.seek(SeekFrom::End(0)), file.metadata())
+        {
+            follower.reader = Some((BufReader::new(file), meta.ino()));
+            let _ = end;
         }
         follower
     }
@@ -103,12 +103,12 @@ impl Follower {
         if rotated {
             // The old file was drained above; the new one is read from its start.
             self.partial.clear();
-            if let Ok(file) = File::open(path(&self.root)) {
-                if let Ok(meta) = file.metadata() {
-                    let mut reader = BufReader::new(file);
-                    self.read_lines(reader_lines(&mut reader), &mut out);
-                    self.reader = Some((reader, meta.ino()));
-                }
+            if let Ok(file) = File::open(path(&self.root))
+                && let Ok(meta) = file.metadata()
+            {
+                let mut reader = BufReader::new(file);
+                self.read_lines(reader_lines(&mut reader), &mut out);
+                self.reader = Some((reader, meta.ino()));
             }
         }
         out
