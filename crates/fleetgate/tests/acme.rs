@@ -221,6 +221,9 @@ async fn short_lived_certificates_are_renewed_without_dropping_connections() -> 
     // Keep using the connection (a request every poll) until a new certificate is served.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let second = loop {
+        // hyper marks the connection ready for the next request only once its task has seen
+        // the end of the previous response: wait for that instead of racing it.
+        sender.ready().await?;
         let resp = sender.send_request(request()?).await?;
         assert_eq!(resp.status(), 301, "the open connection broke");
         http_body_util::BodyExt::collect(resp.into_body()).await?;
@@ -240,6 +243,7 @@ async fn short_lived_certificates_are_renewed_without_dropping_connections() -> 
     assert!(s.node.log().contains("certificate issued"));
 
     // The connection opened before the renewal still works.
+    sender.ready().await?;
     let resp = sender.send_request(request()?).await?;
     assert_eq!(resp.status(), 301);
     Ok(())
