@@ -51,6 +51,8 @@ struct Stats {
     connections_open: AtomicU64,
     body_bytes: AtomicU64,
     unhealthy: AtomicBool,
+    /// Wakes every connection task to close its connection.
+    close_all: tokio::sync::Notify,
 }
 
 /// A small HTTP/1.1 + HTTP/2 server on a loopback address; stopped (every connection cut) by
@@ -127,6 +129,12 @@ impl Upstream {
         self.stats.unhealthy.store(!healthy, Ordering::Relaxed);
     }
 
+    /// Closes every open connection (as an upstream's keep-alive timeout closes idle ones) and
+    /// keeps accepting new ones.
+    pub fn close_connections(&self) {
+        self.stats.close_all.notify_waiters();
+    }
+
     /// Stops at once: the listener closes (connections are refused) and every open connection
     /// is cut, as when the process dies.
     pub fn kill(&self) {
@@ -154,17 +162,25 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, stats: Arc<Stats>) {
         let open = OpenConnection(Arc::clone(&stats));
         let name = Arc::clone(&name);
         let stats = Arc::clone(&stats);
+        let close_stats = Arc::clone(&stats);
         connections.spawn(async move {
             let _open = open;
+            // Registered before serving, so a close_connections() from now on reaches it.
+            let close = close_stats.close_all.notified();
+            tokio::pin!(close);
+            close.as_mut().enable();
             let _ = stream.set_nodelay(true);
             let service = service_fn(move |req| {
                 let name = Arc::clone(&name);
                 let stats = Arc::clone(&stats);
                 async move { Ok::<_, Infallible>(answer(req, &name, &stats).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let serve = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = serve => {}
+                () = close => {}
+            }
         });
     }
 }

@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::proxy::access::AccessLog;
 use crate::proxy::balancer::InFlight;
+use crate::proxy::pool::PooledBody;
 
 /// Why a request body stopped streaming to the upstream.
 #[derive(Debug)]
@@ -163,7 +164,7 @@ impl Body for ResponseBody {
 /// and the access log line until the body is through (or the client went away).
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
-    inner: Incoming,
+    inner: PooledBody,
     in_flight: InFlight,
     log: Option<AccessLog>,
     sent: u64,
@@ -172,7 +173,7 @@ pub(crate) struct UpstreamBody {
 
 impl UpstreamBody {
     pub(crate) fn new(
-        inner: Incoming,
+        inner: PooledBody,
         in_flight: InFlight,
         log: Option<AccessLog>,
         status: u16,

@@ -1,5 +1,5 @@
 //! Connections to upstreams: TCP (and TLS for https upstreams, with the site's own roots or the
-//! system's) under one connect deadline, pooled and kept alive by hyper-util's client.
+//! system's) under one connect deadline. [`super::pool`] keeps them alive.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,34 +9,27 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use tokio::net::TcpStream;
 
 use crate::error::EdgeError;
-use crate::proxy::body::RequestBody;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The pooled client of one proxy site.
-pub(crate) type UpstreamClient = Client<Connector, RequestBody>;
-
-/// What a proxy site's client needs to know.
+/// What a proxy site's connector needs to know.
 pub(crate) struct ClientSettings<'a> {
     pub(crate) connect_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
     /// Whether any upstream is https (system roots are loaded only then).
     pub(crate) any_https: bool,
     pub(crate) ca_root_pem: Option<&'a str>,
 }
 
-/// Builds the site's client: HTTP/1.1 only, keep-alive with idle connections closed after
-/// `idle_timeout`, `Host` left as the proxy set it.
-pub(crate) fn client(settings: &ClientSettings<'_>) -> Result<UpstreamClient, EdgeError> {
+/// Builds the site's connector: TCP with no Nagle delay, then TLS for https upstreams.
+pub(crate) fn connector(settings: &ClientSettings<'_>) -> Result<Connector, EdgeError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -52,16 +45,10 @@ pub(crate) fn client(settings: &ClientSettings<'_>) -> Result<UpstreamClient, Ed
         (None, false) => builder.with_tls_config(tls_config(provider, RootCertStore::empty())?),
     };
     let https = builder.https_or_http().enable_http1().wrap_connector(http);
-    let connector = Connector {
+    Ok(Connector {
         inner: https,
         timeout: settings.connect_timeout,
-    };
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(settings.idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false)
-        .build(connector))
+    })
 }
 
 fn invalid(what: &str, reason: String) -> EdgeError {

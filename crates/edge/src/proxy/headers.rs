@@ -17,8 +17,9 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Fields that describe one connection, never forwarded (besides those `Connection` lists).
+/// `Upgrade` is forwarded only as part of a switch the proxy carries (set again then).
 /// `Proxy-*` fields and `Proxy` (httpoxy) go too, see [`strip_hop_by_hop`].
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -26,6 +27,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     HTTP2_SETTINGS,
+    header::UPGRADE,
 ];
 
 /// What the proxy knows about the client side of a request.
@@ -64,13 +66,14 @@ pub(crate) fn to_upstream(
     let client = fwd.client.to_canonical();
     let proto = if fwd.https { "https" } else { "http" };
 
+    // Both list fields are written into one buffer and split off it: one allocation.
+    let mut buf = BytesMut::with_capacity(160);
+
     // X-Forwarded-For: earlier hops as received (joined on one line: many applications read
     // only the first), then this client.
-    let mut xff = BytesMut::with_capacity(48);
-    append_list(&mut xff, headers.get_all(&X_FORWARDED_FOR));
-    // Writing to a BytesMut cannot fail.
-    let _ = write!((&mut xff).writer(), "{client}");
-    insert_bytes(headers, X_FORWARDED_FOR, xff.freeze());
+    append_list(&mut buf, headers.get_all(&X_FORWARDED_FOR));
+    push_ip(&mut buf, client);
+    insert_bytes(headers, X_FORWARDED_FOR, buf.split().freeze());
 
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match fwd.host {
@@ -83,13 +86,19 @@ pub(crate) fn to_upstream(
     }
 
     // Forwarded: earlier elements, then ours: for=...;host=...;proto=...
-    let mut fwd_value = BytesMut::with_capacity(96);
+    let mut fwd_value = buf;
     append_list(&mut fwd_value, headers.get_all(&FORWARDED));
-    // Writing to a BytesMut cannot fail.
-    let _ = match client {
-        IpAddr::V4(v4) => write!((&mut fwd_value).writer(), "for={v4}"),
-        IpAddr::V6(v6) => write!((&mut fwd_value).writer(), "for=\"[{v6}]\""),
-    };
+    match client {
+        IpAddr::V4(_) => {
+            fwd_value.put_slice(b"for=");
+            push_ip(&mut fwd_value, client);
+        }
+        IpAddr::V6(_) => {
+            fwd_value.put_slice(b"for=\"[");
+            push_ip(&mut fwd_value, client);
+            fwd_value.put_slice(b"]\"");
+        }
+    }
     if let Some(h) = fwd.host {
         fwd_value.put_slice(b";host=");
         push_token_or_quoted(&mut fwd_value, h.as_bytes());
@@ -136,32 +145,75 @@ pub(crate) fn upgrade_request(headers: &HeaderMap, version: Version) -> Option<H
     asks.then(|| upgrade.clone())
 }
 
-/// Removes hop-by-hop fields: the fixed set, `Proxy-*`, `Proxy`, `Upgrade` and whatever
-/// `Connection` lists.
+/// Removes hop-by-hop fields: the fixed set, `Proxy-*`, `Proxy` and whatever `Connection`
+/// lists.
+///
+/// One pass over the names finds what is there, and only that is removed: most messages carry
+/// none of these fields, or only `Connection`, and nothing is allocated for them.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Nothing is allocated unless a field other than the usual `keep-alive`/`close` is listed.
-    let listed: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|t| {
-            !t.eq_ignore_ascii_case("keep-alive")
-                && !t.eq_ignore_ascii_case("close")
-                && !t.eq_ignore_ascii_case("upgrade")
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    let mut present: u16 = 0;
+    let mut proxy = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name.as_str() == "proxy" || name.as_str().starts_with("proxy-") {
+            proxy = true;
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present & 1 != 0 {
+        // Nothing is allocated unless a field other than `keep-alive`/`close`/`upgrade` is
+        // listed.
+        let listed: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::UPGRADE);
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str() == "proxy" || k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if proxy {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str() == "proxy" || k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Writes an address the way `Display` does (IPv4 without the formatting machinery: it is on
+/// every proxied request).
+fn push_ip(out: &mut BytesMut, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.put_u8(b'.');
+                }
+                if octet >= 100 {
+                    out.put_u8(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.put_u8(b'0' + octet / 10 % 10);
+                }
+                out.put_u8(b'0' + octet % 10);
+            }
+        }
+        // Writing to a BytesMut cannot fail.
+        IpAddr::V6(v6) => {
+            let _ = write!(out.writer(), "{v6}");
+        }
     }
 }
 
@@ -269,6 +321,18 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap().to_owned())
             .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn push_ip_writes_what_display_does(v4 in proptest::prelude::any::<u32>(), v6 in proptest::prelude::any::<u128>()) {
+            for ip in [IpAddr::from(v4.to_be_bytes()), IpAddr::from(v6.to_be_bytes())] {
+                let mut out = BytesMut::new();
+                push_ip(&mut out, ip);
+                let shown = ip.to_string();
+                proptest::prop_assert_eq!(&out[..], shown.as_bytes());
+            }
+        }
     }
 
     #[test]

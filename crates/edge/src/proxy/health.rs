@@ -17,7 +17,7 @@ use crate::proxy::HostHeader;
 use crate::proxy::balancer::Balancer;
 use crate::proxy::body::RequestBody;
 use crate::proxy::config::HealthCheck;
-use crate::proxy::connector::UpstreamClient;
+use crate::proxy::pool::{UpstreamClient, UpstreamError};
 
 /// Most of a health response body that is read (so the connection can be reused); a longer
 /// body is dropped with its connection.
@@ -66,12 +66,7 @@ impl Checker {
     /// One `GET` of the health path: a 2xx or 3xx answer within the timeout passes.
     async fn probe(&self, index: usize) -> bool {
         let upstream = self.balancer.get(index);
-        let uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(self.check.path.as_str())
-            .build();
-        let Ok(uri) = uri else {
+        let Ok(uri) = Uri::try_from(self.check.path.as_str()) else {
             return false;
         };
         let host = match &self.host_header {
@@ -91,12 +86,12 @@ impl Checker {
         };
         let deadline = self.check.timeout.min(self.check.interval);
         let outcome = timeout(deadline, async {
-            let resp = self.client.request(req).await?;
+            let resp = self.client.send(index, upstream, req, true).await?;
             let status = resp.status();
             let _ = http_body_util::Limited::new(resp.into_body(), MAX_HEALTH_BODY)
                 .collect()
                 .await;
-            Ok::<_, hyper_util::client::legacy::Error>(status)
+            Ok::<_, UpstreamError>(status)
         })
         .await;
         match outcome {
@@ -108,7 +103,7 @@ impl Checker {
                 ok
             }
             Ok(Err(error)) => {
-                debug!(upstream = %upstream.name, %error, "health check failed");
+                debug!(upstream = %upstream.name, error = %super::ErrorChain(&error), "health check failed");
                 false
             }
             Err(_) => {

@@ -1,8 +1,9 @@
 //! The reverse proxy: a site's requests forwarded to its upstream web servers.
 //!
 //! - [`Proxy`] is the site's settings; [`Forwarder`] is what the routes hold: the upstreams
-//!   and their health ([`balancer`]), the pooled client ([`connector`]) and the active health
-//!   check task ([`health`]), which stops when the forwarder is dropped with its routes.
+//!   and their health ([`balancer`]), the keep-alive connections ([`pool`], dialled by
+//!   [`connector`]) and the background tasks (active health checks, [`health`]; the idle
+//!   connection sweep), which stop when the forwarder is dropped with its routes.
 //! - Bodies stream both ways frame by frame with hyper's backpressure ([`body`]); nothing is
 //!   buffered whole.
 //! - [`headers`] rewrites hop-by-hop fields, X-Forwarded-*, Forwarded and Via.
@@ -15,6 +16,7 @@ mod config;
 mod connector;
 mod headers;
 mod health;
+mod pool;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -25,7 +27,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
-use tokio::time::timeout;
+use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
@@ -36,8 +38,9 @@ pub use config::{HealthCheck, HostHeader, Policy, Proxy};
 use crate::error::EdgeError;
 use balancer::{Balancer, InFlight, Tried, Upstream};
 use body::{RequestBody, RequestBodyError, UpstreamBody};
-use connector::{ClientSettings, UpstreamClient};
+use connector::ClientSettings;
 use headers::Forwarding;
+use pool::{PooledBody, UpstreamClient, UpstreamError};
 
 impl Proxy {
     /// Checks one upstream URL as [`crate::Routes::new`] will (`http[s]://host[:port]`, no
@@ -72,8 +75,8 @@ pub(crate) struct Forwarder {
     response_header_timeout: Duration,
     max_body: Option<u64>,
     retries: u32,
-    /// Cancels the health check task when the forwarder goes (with its routes).
-    _health: Option<DropGuard>,
+    /// Cancels the background tasks when the forwarder goes (with its routes).
+    _tasks: Option<DropGuard>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -84,7 +87,7 @@ impl std::fmt::Debug for Forwarder {
             .field("response_header_timeout", &self.response_header_timeout)
             .field("max_body", &self.max_body)
             .field("retries", &self.retries)
-            .field("health", &self._health.is_some())
+            .field("tasks", &self._tasks.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -138,21 +141,21 @@ impl Forwarder {
                 ));
             }
         }
-        let client = connector::client(&ClientSettings {
+        let connector = connector::connector(&ClientSettings {
             connect_timeout: proxy.connect_timeout,
-            idle_timeout: proxy.idle_timeout,
             any_https: upstreams.iter().any(Upstream::is_https),
             ca_root_pem: proxy.ca_root_pem.as_deref(),
         })?;
+        let client = UpstreamClient::new(connector, upstreams.len(), proxy.idle_timeout);
         let balancer = Arc::new(Balancer::new(
             upstreams,
             proxy.policy,
             proxy.fail_after,
             proxy.fail_timeout,
         ));
-        let health = match (&proxy.health, tokio::runtime::Handle::try_current()) {
-            (Some(check), Ok(runtime)) => {
-                let stop = CancellationToken::new();
+        let tasks = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let stop = CancellationToken::new();
+            if let Some(check) = &proxy.health {
                 let checker = health::Checker {
                     balancer: Arc::clone(&balancer),
                     client: client.clone(),
@@ -160,10 +163,10 @@ impl Forwarder {
                     host_header: proxy.host_header.clone(),
                 };
                 runtime.spawn(checker.run(stop.clone()));
-                Some(stop.drop_guard())
             }
-            _ => None,
-        };
+            runtime.spawn(sweep(client.clone(), stop.clone()));
+            stop.drop_guard()
+        });
         Ok(Forwarder {
             balancer,
             client,
@@ -171,7 +174,7 @@ impl Forwarder {
             response_header_timeout: proxy.response_header_timeout,
             max_body: proxy.max_body,
             retries: proxy.retries,
-            _health: health,
+            _tasks: tasks,
         })
     }
 
@@ -197,6 +200,7 @@ impl Forwarder {
             );
         }
         let upgrade = headers::upgrade_request(req.headers(), req.version());
+        let is_upgrade = upgrade.is_some();
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let original_host = match parts.uri.authority() {
@@ -237,16 +241,10 @@ impl Forwarder {
             };
             tried.add(in_flight.index());
             let upstream = in_flight.upstream();
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(upstream.scheme.clone());
-            uri.authority = Some(upstream.authority.clone());
-            uri.path_and_query = Some(path_and_query.clone());
-            let Ok(uri) = Uri::from_parts(uri) else {
-                return error(StatusCode::BAD_REQUEST, "bad request\n", log);
-            };
             let mut out = Request::new(body.take().unwrap_or_else(RequestBody::empty));
             *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = uri;
+            // Origin-form: the connection already names the upstream.
+            *out.uri_mut() = Uri::from(path_and_query.clone());
             *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = if retries_left > 0 {
                 parts.headers.clone()
@@ -258,7 +256,21 @@ impl Forwarder {
                     .insert(header::HOST, upstream.host_value.clone());
             }
 
-            match timeout(self.response_header_timeout, self.client.request(out)).await {
+            let index = in_flight.index();
+            let exchange = async {
+                if is_upgrade {
+                    return self.client.send_upgrade(upstream, out).await;
+                }
+                match self.client.send(index, upstream, out, true).await {
+                    // A kept-alive connection the upstream had closed: once more on a new one.
+                    Err(UpstreamError::Stale { source, retry }) => {
+                        debug!(upstream = %upstream.name, error = %source, "reused upstream connection was closed; sending again");
+                        self.client.send(index, upstream, *retry, false).await
+                    }
+                    result => result,
+                }
+            };
+            match timeout(self.response_header_timeout, exchange).await {
                 Ok(Ok(response)) => {
                     in_flight.succeeded();
                     return respond(response, in_flight, client_upgrade.take(), down, log);
@@ -311,7 +323,7 @@ impl Forwarder {
 /// The upstream's response on its way to the client; a 101 for a forwarded upgrade starts
 /// the tunnel.
 fn respond(
-    mut response: Response<Incoming>,
+    mut response: Response<PooledBody>,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     down: &Downstream<'_>,
@@ -322,7 +334,13 @@ fn respond(
             warn!(upstream = %in_flight.upstream().name, "upstream switched protocols unasked");
             return error(StatusCode::BAD_GATEWAY, "bad gateway\n", log);
         };
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let Some(upstream_upgrade) = response
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+        else {
+            warn!(upstream = %in_flight.upstream().name, "upstream switched protocols on a pooled connection");
+            return error(StatusCode::BAD_GATEWAY, "bad gateway\n", log);
+        };
         let (mut parts, _) = response.into_parts();
         headers::to_client(&mut parts.headers, parts.version, true);
         parts.version = Version::HTTP_11;
@@ -347,6 +365,18 @@ fn respond(
         parts,
         ResponseBody::Upstream(UpstreamBody::new(body, in_flight, log, status)),
     )
+}
+
+/// Closes idle upstream connections past the idle timeout, every half timeout, until `stop`.
+async fn sweep(client: UpstreamClient, stop: CancellationToken) {
+    let mut ticks = interval((client.idle_timeout() / 2).max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => client.sweep(),
+        }
+    }
 }
 
 /// A short text answer from the proxy itself, logged at once.
