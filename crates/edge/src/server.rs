@@ -142,8 +142,11 @@ impl Edge {
         shutdown: CancellationToken,
         scheme: Scheme,
     ) {
-        let local = listener.local_addr().ok();
-        info!(?local, scheme = scheme.as_str(), "listening");
+        // For logs: the address, or why it is unknown (never a Debug `Some(..)`).
+        let local = listener
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |addr| addr.to_string());
+        info!(%local, scheme = scheme.as_str(), "listening");
         let connections = TaskTracker::new();
         let drop_all = CancellationToken::new();
         loop {
@@ -194,7 +197,7 @@ impl Edge {
         drop(listener);
         connections.close();
         info!(
-            ?local,
+            %local,
             open = connections.len(),
             "stopped accepting; draining connections"
         );
@@ -203,14 +206,14 @@ impl Edge {
             .is_err()
         {
             warn!(
-                ?local,
+                %local,
                 open = connections.len(),
                 "drain timeout reached; dropping connections"
             );
             drop_all.cancel();
             connections.wait().await;
         }
-        info!(?local, "listener stopped");
+        info!(%local, "listener stopped");
     }
 
     async fn connection(

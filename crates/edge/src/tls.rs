@@ -69,6 +69,10 @@ impl TlsConfigs {
         main.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         main.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         main.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        // One TLS 1.3 ticket per handshake (rustls sends two by default), as Go's TLS stack
+        // does: a client resuming spends one ticket per connection and every resumed handshake
+        // brings a fresh one, so the second ticket is encryption work that mostly goes unused.
+        main.send_tls13_tickets = 1;
         Ok(TlsConfigs {
             provider,
             main: Arc::new(main),

@@ -61,9 +61,11 @@ async fn pooled_connections_the_upstream_closed_are_replaced_unnoticed() {
         // The upstream closes the idle kept-alive connection, as its keep-alive timeout would;
         // the next request notices when it takes the connection and dials a new one.
         u.close_connections();
-        testkit::wait_for("the upstream to close its connections", DEADLINE, || async {
-            (u.connections_open() == 0).then_some(())
-        })
+        testkit::wait_for(
+            "the upstream to close its connections",
+            DEADLINE,
+            || async { (u.connections_open() == 0).then_some(()) },
+        )
         .await
         .unwrap();
     }

@@ -237,7 +237,12 @@ impl UpstreamClient {
         self.inner.idle_timeout
     }
 
-    fn wrap(&self, index: usize, lease: Lease, response: Response<Incoming>) -> Response<PooledBody> {
+    fn wrap(
+        &self,
+        index: usize,
+        lease: Lease,
+        response: Response<Incoming>,
+    ) -> Response<PooledBody> {
         response.map(|inner| PooledBody {
             inner,
             ended: false,
