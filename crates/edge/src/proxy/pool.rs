@@ -97,7 +97,7 @@ struct Lease {
 }
 
 struct Idle {
-    lease: Lease,
+    lease: Box<Lease>,
     since: Instant,
 }
 
@@ -240,7 +240,7 @@ impl UpstreamClient {
     fn wrap(
         &self,
         index: usize,
-        lease: Lease,
+        lease: Box<Lease>,
         response: Response<Incoming>,
     ) -> Response<PooledBody> {
         response.map(|inner| PooledBody {
@@ -255,7 +255,7 @@ impl UpstreamClient {
 
 impl Pool {
     /// The most recently used idle connection of upstream `index` that is ready for a request.
-    async fn checkout(&self, index: usize) -> Option<Lease> {
+    async fn checkout(&self, index: usize) -> Option<Box<Lease>> {
         loop {
             let mut idle = {
                 let mut idle = lock(&self.idle[index]);
@@ -270,7 +270,7 @@ impl Pool {
         }
     }
 
-    fn checkin(&self, index: usize, mut lease: Lease) {
+    fn checkin(&self, index: usize, mut lease: Box<Lease>) {
         let now = Instant::now();
         lease.idle_for = None;
         let mut idle = lock(&self.idle[index]);
@@ -304,16 +304,17 @@ impl Pool {
             .map_err(UpstreamError::Connect)
     }
 
-    async fn connect(&self, upstream: &Upstream) -> Result<Lease, UpstreamError> {
+    /// A new connection; boxed once, as it moves between the pool and response bodies.
+    async fn connect(&self, upstream: &Upstream) -> Result<Box<Lease>, UpstreamError> {
         let io = self.dial(upstream).await?;
         let (sender, conn) = http1::handshake(io)
             .await
             .map_err(UpstreamError::Handshake)?;
-        Ok(Lease {
+        Ok(Box::new(Lease {
             sender,
             conn: Some(Box::pin(conn)),
             idle_for: None,
-        })
+        }))
     }
 }
 
@@ -323,7 +324,7 @@ pub(crate) struct PooledBody {
     inner: Incoming,
     /// The body was read to its end (a chunked body says so only by ending).
     ended: bool,
-    lease: Option<Lease>,
+    lease: Option<Box<Lease>>,
     pool: Arc<Pool>,
     index: usize,
 }
