@@ -257,20 +257,23 @@ impl Forwarder {
             }
 
             let index = in_flight.index();
-            let exchange = async {
+            // Futures are awaited where they are made (a future held in a local first is
+            // stored twice in this one's state), and the cold paths are boxed: the state of
+            // this future is moved on every request.
+            let exchange = timeout(self.response_header_timeout, async {
                 if is_upgrade {
-                    return self.client.send_upgrade(upstream, out).await;
+                    return Box::pin(self.client.send_upgrade(upstream, out)).await;
                 }
                 match self.client.send(index, upstream, out, true).await {
                     // A kept-alive connection the upstream had closed: once more on a new one.
                     Err(UpstreamError::Stale { source, retry }) => {
                         debug!(upstream = %upstream.name, error = %source, "reused upstream connection was closed; sending again");
-                        self.client.send(index, upstream, *retry, false).await
+                        Box::pin(self.client.send(index, upstream, *retry, false)).await
                     }
                     result => result,
                 }
-            };
-            match timeout(self.response_header_timeout, exchange).await {
+            });
+            match exchange.await {
                 Ok(Ok(response)) => {
                     in_flight.succeeded();
                     return respond(response, in_flight, client_upgrade.take(), down, log);

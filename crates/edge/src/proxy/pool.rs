@@ -187,7 +187,9 @@ impl UpstreamClient {
                 },
             }
         }
-        let mut lease = self.inner.connect(upstream).await?;
+        // Boxed: dialling (TCP, TLS, handshake) is the cold path, and its state would make
+        // every request's future larger.
+        let mut lease = Box::pin(self.inner.connect(upstream)).await?;
         match lease.exchange(req).await {
             Ok(response) => Ok(self.wrap(index, lease, response)),
             Err(err) => Err(UpstreamError::Request(err.into_error())),
