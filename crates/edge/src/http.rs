@@ -1,7 +1,11 @@
 //! The request handler: host checks, ACME HTTP-01, the HTTPS redirect and site actions.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -44,6 +48,27 @@ pub(crate) struct Handler {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// The future of one request's answer: ready at once, or the proxy's or challenge lookup's.
+pub(crate) enum Reply {
+    Ready(Option<Response<Body>>),
+    Pending(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Future for Reply {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            // Polled again after it was ready only if hyper broke the Future contract; an
+            // empty 500 beats a panic.
+            Reply::Ready(response) => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")))),
+            Reply::Pending(future) => future.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
 /// A site action decided while the routes were borrowed, run after they were let go.
 enum Next {
     Done(Response<Body>),
@@ -58,10 +83,18 @@ enum Next {
 }
 
 impl Handler {
-    /// Everything but the proxy and the challenge lookup is decided without awaiting, so the
-    /// request is moved into a future only when one of those needs it.
-    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Answers a request. Everything but the proxy and the challenge lookup is decided without
+    /// awaiting, and answered with a ready future; only those two get a (boxed) future of their
+    /// own, so the many requests answered at once do not carry the proxy's state around.
+    pub(crate) fn call(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         match self.decide(&req) {
+            Next::Done(response) => Reply::Ready(Some(response)),
+            next => Reply::Pending(Box::pin(async move { self.finish(next, req).await })),
+        }
+    }
+
+    async fn finish(&self, next: Next, req: Request<Incoming>) -> Response<Body> {
+        match next {
             Next::Done(response) => response,
             Next::Http01(host, token) => self.http01(&host, &token).await,
             Next::Proxy {

@@ -1,6 +1,5 @@
 //! [`Edge`]: the accept loops, per-connection limits and graceful shutdown.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -274,8 +273,7 @@ impl Edge {
             let activity = Arc::clone(&activity);
             service_fn(move |req| {
                 activity.request_started();
-                let handler = Arc::clone(&handler);
-                async move { Ok::<_, Infallible>(handler.handle(req).await) }
+                Arc::clone(&handler).call(req)
             })
         };
         let io = TokioIo::new(Tracked::new(io, Arc::clone(&activity)));
