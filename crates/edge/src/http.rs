@@ -164,7 +164,7 @@ impl Handler {
             );
         }
         // The routes guard is let go on return, before an upstream answers.
-        prepare(route, req, &host, false, None)
+        prepare(route, req, &host, self.peer, false, None)
     }
 
     fn tls(
@@ -192,7 +192,7 @@ impl Handler {
         let Some(route) = routes.lookup(name) else {
             return Next::Done(misdirected());
         };
-        prepare(route, req, host, true, route.hsts.clone())
+        prepare(route, req, host, self.peer, true, route.hsts.clone())
     }
 
     async fn http01(&self, host: &Host, token: &str) -> Response<Body> {
@@ -225,12 +225,13 @@ fn prepare<B>(
     route: &Route,
     req: &Request<B>,
     host: &Host,
+    peer: SocketAddr,
     https: bool,
     hsts: Option<HeaderValue>,
 ) -> Next {
     let log = route
         .access_log
-        .then(|| AccessLog::start(req, host.as_str()));
+        .then(|| AccessLog::start(req, host.as_str(), peer.ip()));
     if let Prepared::Proxy(forwarder) = &route.action {
         return Next::Proxy {
             forwarder: Arc::clone(forwarder),

@@ -24,6 +24,7 @@ use crate::error::EdgeError;
 use crate::http::{Handler, Transport};
 use crate::idle::{Activity, Tracked, Watchdog};
 use crate::limits::Limits;
+use crate::proxy_protocol::{self, Origin, ProxyProtocol};
 use crate::resolver::CertMap;
 use crate::routes::Routes;
 use crate::tls::{Handshake, TlsConfigs};
@@ -63,6 +64,7 @@ pub struct Edge {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
+    proxy_protocol: ProxyProtocol,
 }
 
 impl Edge {
@@ -97,6 +99,7 @@ impl Edge {
             http1,
             http2,
             permits,
+            proxy_protocol: ProxyProtocol::default(),
         })
     }
 
@@ -104,6 +107,14 @@ impl Edge {
     /// Location).
     pub fn with_https_port(mut self, port: u16) -> Edge {
         self.https_port = port;
+        self
+    }
+
+    /// Connections from these balancers start with a PROXY protocol header (v1 or v2) naming
+    /// the client, which then stands for the peer everywhere (X-Forwarded-For, Forwarded,
+    /// `ip_hash`, logs). Their connections without a valid header are closed.
+    pub fn with_proxy_protocol(mut self, proxy_protocol: ProxyProtocol) -> Edge {
+        self.proxy_protocol = proxy_protocol;
         self
     }
 
@@ -217,11 +228,32 @@ impl Edge {
 
     async fn connection(
         self: &Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
+        mut stream: TcpStream,
+        mut peer: SocketAddr,
         scheme: Scheme,
         shutdown: &CancellationToken,
     ) {
+        if self.proxy_protocol.expects_header(peer.ip()) {
+            // A balancer's connection: the client's address comes first, within the time a
+            // request head may take.
+            match timeout(
+                self.limits.header_read_timeout,
+                proxy_protocol::read_header(&mut stream),
+            )
+            .await
+            {
+                Ok(Ok(Origin::Client(client))) => peer = client,
+                Ok(Ok(Origin::Balancer)) => {}
+                Ok(Err(error)) => {
+                    debug!(%error, "closing connection from a balancer");
+                    return;
+                }
+                Err(_) => {
+                    debug!("no PROXY header in time; closing connection from a balancer");
+                    return;
+                }
+            }
+        }
         match scheme {
             // Plain HTTP is HTTP/1.1 only (no h2c): no sniffing for the HTTP/2 preface.
             Scheme::Http => {

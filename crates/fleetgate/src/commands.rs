@@ -14,6 +14,14 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         "listen: http {} https {}",
         config.listen_http, config.listen_https
     )?;
+    if !config.proxy_protocol_from.is_empty() {
+        let from: Vec<String> = config
+            .proxy_protocol_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        writeln!(out, "PROXY protocol from: {}", from.join(", "))?;
+    }
     match &config.storage {
         crate::config::StorageConfig::Dir { path } => {
             writeln!(out, "storage: dir {}", path.display())?

@@ -63,6 +63,9 @@ struct RawListen {
     http: Spanned<String>,
     #[serde(default = "default_https")]
     https: Spanned<String>,
+    /// Load balancers (addresses or networks) whose connections start with a PROXY header.
+    #[serde(default)]
+    proxy_protocol_from: Vec<Spanned<String>>,
 }
 
 impl Default for RawListen {
@@ -70,6 +73,7 @@ impl Default for RawListen {
         RawListen {
             http: default_http(),
             https: default_https(),
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -304,6 +308,8 @@ pub struct Config {
     pub node: Option<String>,
     pub listen_http: SocketAddr,
     pub listen_https: SocketAddr,
+    /// Balancers that send a PROXY protocol header (`listen.proxy_protocol_from`); empty: off.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     pub storage: StorageConfig,
     /// Where the sealing key comes from; `None` stores private keys unsealed.
     pub seal_key: Option<SealKeySource>,
@@ -469,6 +475,21 @@ impl Config {
                 "must differ from listen.http",
             ));
         }
+        let proxy_protocol_from = raw
+            .listen
+            .proxy_protocol_from
+            .iter()
+            .enumerate()
+            .map(|(i, source)| {
+                edge::ProxyProtocol::parse_source(source.get_ref()).map_err(|message| {
+                    ctx.err(
+                        Some(source.span()),
+                        format!("listen.proxy_protocol_from[{i}]"),
+                        message,
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         let data_path = raw
             .storage
@@ -875,6 +896,7 @@ impl Config {
             node: raw.node.clone(),
             listen_http,
             listen_https,
+            proxy_protocol_from,
             storage,
             seal_key,
             timings,
@@ -1202,6 +1224,28 @@ mod tests {
         let certs = config.managed_certs();
         assert_eq!(certs.len(), 2);
         assert_eq!(certs[0].id, "example.net");
+    }
+
+    #[test]
+    fn proxy_protocol_sources_are_checked() {
+        let site = "[[site]]\ndomains = [\"a.test\"]\nrespond = { status = 200, body = \"ok\" }\ntls = \"internal\"\n";
+        let config = parse(&format!(
+            "[listen]\nproxy_protocol_from = [\"10.1.0.0/16\", \"192.0.2.7\"]\n{site}"
+        ))
+        .unwrap();
+        let from: Vec<String> = config
+            .proxy_protocol_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(from, ["10.1.0.0/16", "192.0.2.7/32"]);
+        let e = err(&format!(
+            "[listen]\nproxy_protocol_from = [\"10.0.0.0/8\",\n  \"10.0.0.0/40\"]\n{site}"
+        ));
+        assert!(
+            e.starts_with("/etc/fleetgate/test.toml:3: listen.proxy_protocol_from[1]: "),
+            "{e}"
+        );
     }
 
     #[test]

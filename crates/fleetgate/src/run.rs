@@ -182,7 +182,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.limits.clone(),
         )
         .context("cannot set up the listeners' TLS")?
-        .with_https_port(config.listen_https.port()),
+        .with_https_port(config.listen_https.port())
+        .with_proxy_protocol(edge::ProxyProtocol::new(config.proxy_protocol_from.clone())),
     );
 
     let http = TcpListener::bind(config.listen_http)
@@ -222,8 +223,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 match Config::load(&current.file) {
                     Ok(new) => match routes(&new) {
                         Ok(new_routes) => {
-                            if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.storage != current.storage {
-                                warn!("listen and storage changes take effect after a restart");
+                            if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.proxy_protocol_from != current.proxy_protocol_from || new.storage != current.storage {
+                                warn!("listen (proxy_protocol_from included) and storage changes take effect after a restart");
                             }
                             edge.set_routes(new_routes);
                             manager.apply(new.managed_certs());

@@ -21,8 +21,10 @@ async fn three_nodes_share_a_directory_behind_haproxy_tls_alpn01() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
     let pg = testkit::Postgres::start().await?;
+    // Through the PROXY protocol here (HTTP-01 validations carry a v1 header).
     let cluster = Cluster::builder()
         .backend(Backend::Postgres(pg.url()))
+        .proxy_protocol()
         .start()
         .await?;
     check_cluster(&cluster).await?;
@@ -40,9 +42,11 @@ async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_share_redis_behind_haproxy() -> anyhow::Result<()> {
     let redis = testkit::RedisServer::start().await?;
+    // Through the PROXY protocol here (TLS-ALPN-01 handshakes follow a v2 header).
     let cluster = Cluster::builder()
         .challenge("tls-alpn-01")
         .backend(Backend::Redis(redis.url()))
+        .proxy_protocol()
         .start()
         .await?;
     check_cluster(&cluster).await

@@ -234,7 +234,8 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
     let log = node.log();
     let access: Vec<&str> = log.lines().filter(|l| l.contains("access:")).collect();
     assert!(
-        access.iter().any(|l| l.contains("method=\"GET\"")
+        access.iter().any(|l| l.contains("client=127.0.0.1")
+            && l.contains("method=\"GET\"")
             && l.contains("host=\"app.localhost\"")
             && l.contains("path=\"/hello\"")
             && l.contains("status=200")
@@ -275,5 +276,147 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
 
     let status = node.stop().await?;
     assert!(status.success(), "exit status {status:?}\n{}", node.log());
+    Ok(())
+}
+
+/// `GET path` over plain HTTP/1.1 from the local address `from`, to its end (`Connection:
+/// close`); `prefix` is written first (a PROXY header a client should not send).
+async fn plain_get_from(
+    from: std::net::Ipv4Addr,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    prefix: &[u8],
+) -> anyhow::Result<String> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    let mut tcp = socket.connect(addr).await?;
+    tcp.write_all(prefix).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply)).await??;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_addresses_arrive_through_haproxy_with_the_proxy_protocol() -> anyhow::Result<()> {
+    let upstream = Upstream::start("a").await?;
+    let site = format!(
+        "[[site]]\ndomains = [\"app.localhost\"]\ntls = \"internal\"\nhttps_redirect = false\naccess_log = true\nproxy = {{ upstreams = [\"{}\"] }}\n",
+        upstream.url()
+    );
+    let ip = testkit::loopback_ip();
+    let mut node = Node::new(ip, testkit::free_port(), testkit::free_port(), &site)?;
+    // HAProxy connects to the node from 127.0.0.1 (set below): that address, and only it,
+    // must send the header.
+    node.listen_extra = "proxy_protocol_from = [\"127.0.0.1\"]".to_owned();
+    node.write_config(&site)?;
+    let check = node.command(&["check"]);
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("PROXY protocol from: 127.0.0.1/32"),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    node.start().await?;
+    let export = node.command(&["ca", "export"]);
+    let root = String::from_utf8(export.stdout)?;
+
+    // Plain HTTP with the v1 (text) header, HTTPS with v2 (binary) before the ClientHello.
+    let lb_ip = testkit::loopback_ip();
+    let (lb_http, lb_https) = (
+        SocketAddr::from((lb_ip, testkit::free_port())),
+        SocketAddr::from((lb_ip, testkit::free_port())),
+    );
+    let _haproxy = testkit::Haproxy::tcp_round_robin_with(
+        &[(lb_http, vec![node.http]), (lb_https, vec![node.https])],
+        &[
+            "send-proxy source 127.0.0.1",
+            "send-proxy-v2 source 127.0.0.1",
+        ],
+    )
+    .await?;
+
+    let client = testkit::loopback_ip();
+    let config = Arc::new(testkit::client_config(&root, &[b"http/1.1"])?);
+    let tls = testkit::wait_for_ok(
+        "a TLS handshake through HAProxy",
+        Duration::from_secs(20),
+        || testkit::tls_connect_from(Some(client), lb_https, "app.localhost", Arc::clone(&config)),
+    )
+    .await
+    .map_err(|e| e.context(node.log()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let response = sender.send_request(get("app.localhost", "/tls")).await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    let echo = Echo::parse(&String::from_utf8_lossy(&body))?;
+    assert_eq!(echo.all("x-forwarded-for"), [client.to_string()]);
+    assert_eq!(
+        echo.all("forwarded"),
+        [format!("for={client};host=app.localhost;proto=https")]
+    );
+
+    let other = testkit::loopback_ip();
+    let reply = plain_get_from(other, lb_http, "app.localhost", "/plain", b"").await?;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains(&format!("x-forwarded-for: {other}\n")),
+        "{reply}"
+    );
+
+    // A direct client is served as itself; a header from it is not believed.
+    let direct = testkit::loopback_ip();
+    let reply = plain_get_from(direct, node.http, "app.localhost", "/direct", b"").await?;
+    assert!(
+        reply.contains(&format!("x-forwarded-for: {direct}\n")),
+        "{reply}"
+    );
+    let forged = plain_get_from(
+        direct,
+        node.http,
+        "app.localhost",
+        "/forged",
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 1000 80\r\n",
+    )
+    .await?;
+    assert!(forged.starts_with("HTTP/1.1 400"), "{forged}");
+
+    // The balancer's own address without a header is refused: closed (or reset, as the
+    // request was left unread), nothing answered.
+    let bare = plain_get_from(
+        std::net::Ipv4Addr::LOCALHOST,
+        node.http,
+        "app.localhost",
+        "/bare",
+        b"",
+    )
+    .await;
+    assert!(
+        bare.as_ref().is_ok_and(String::is_empty) || bare.is_err(),
+        "{bare:?}"
+    );
+    assert_eq!(upstream.requests(), 3, "{}", node.log());
+    // The access log names the clients too, not the balancer (each line is written as its
+    // response ends, so it is waited for).
+    for (who, path) in [(client, "/tls"), (other, "/plain"), (direct, "/direct")] {
+        let line = (format!("client={who} "), format!("path=\"{path}\""));
+        testkit::wait_for(
+            &format!("the access log line of {path}"),
+            Duration::from_secs(10),
+            || {
+                let log = node.log();
+                let found = log
+                    .lines()
+                    .any(|l| l.contains("access:") && l.contains(&line.0) && l.contains(&line.1));
+                async move { found.then_some(()) }
+            },
+        )
+        .await
+        .map_err(|e| e.context(node.log()))?;
+    }
     Ok(())
 }

@@ -22,6 +22,15 @@ impl Haproxy {
     pub async fn tcp_round_robin(
         frontends: &[(SocketAddr, Vec<SocketAddr>)],
     ) -> anyhow::Result<Haproxy> {
+        Self::tcp_round_robin_with(frontends, &[]).await
+    }
+
+    /// As [`Haproxy::tcp_round_robin`], with `server_options[i]` added to every server line of
+    /// frontend `i` (e.g. `send-proxy-v2 source 127.0.0.1`).
+    pub async fn tcp_round_robin_with(
+        frontends: &[(SocketAddr, Vec<SocketAddr>)],
+        server_options: &[&str],
+    ) -> anyhow::Result<Haproxy> {
         let dir = tempfile::Builder::new()
             .prefix("testkit-haproxy-")
             .tempdir()?;
@@ -34,7 +43,8 @@ impl Haproxy {
                 // No active checks (a node not started yet would be marked down and miss its
                 // first validation); a refused connection is retried on the next node instead
                 // (`retries` + `option redispatch` above).
-                cfg.push_str(&format!("  server s{j} {backend}\n"));
+                let options = server_options.get(i).copied().unwrap_or("");
+                cfg.push_str(&format!("  server s{j} {backend} {options}\n"));
             }
             cfg.push('\n');
         }

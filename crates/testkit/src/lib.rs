@@ -30,7 +30,8 @@ pub use postgres::{POSTGRES_STARTUP_DEADLINE, Postgres};
 pub use process::{ChildGuard, Signal};
 pub use redis_server::{REDIS_STARTUP_DEADLINE, RedisServer, RedisServerBuilder};
 pub use tls_client::{
-    HANDSHAKE_TIMEOUT, TlsInfo, client_config, tls_connect, tls_handshake, tls_info,
+    HANDSHAKE_TIMEOUT, TlsInfo, client_config, tls_connect, tls_connect_from, tls_handshake,
+    tls_info,
 };
 pub use upstream::{
     Blackhole, ChannelBody, Echo, GeneratedBody, NGINX_STARTUP_DEADLINE, Nginx, Upstream, WsFrame,

@@ -53,10 +53,28 @@ pub async fn tls_connect(
     sni: &str,
     config: Arc<ClientConfig>,
 ) -> anyhow::Result<TlsStream<TcpStream>> {
+    tls_connect_from(None, addr, sni, config).await
+}
+
+/// As [`tls_connect`], from the local address `from` when given (a `127.0.0.x`, to tell
+/// clients apart behind a proxy).
+pub async fn tls_connect_from(
+    from: Option<std::net::Ipv4Addr>,
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<ClientConfig>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
     let name =
         ServerName::try_from(sni.to_owned()).with_context(|| format!("server name {sni:?}"))?;
     let connect = async {
-        let tcp = TcpStream::connect(addr)
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(ip) = from {
+            socket
+                .bind(SocketAddr::from((ip, 0)))
+                .with_context(|| format!("bind {ip}"))?;
+        }
+        let tcp = socket
+            .connect(addr)
             .await
             .with_context(|| format!("connect to {addr}"))?;
         TlsConnector::from(config)

@@ -36,6 +36,7 @@ pub struct ClusterBuilder {
     names_per_site: usize,
     storage_extra: String,
     nonce_reject: u8,
+    proxy_protocol: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -48,11 +49,19 @@ impl Default for ClusterBuilder {
             names_per_site: 2,
             storage_extra: String::new(),
             nonce_reject: 0,
+            proxy_protocol: false,
         }
     }
 }
 
 impl ClusterBuilder {
+    /// HAProxy sends the PROXY protocol (v1 on HTTP, v2 on HTTPS) from its own address, which
+    /// the nodes trust; probes straight to a node (from 127.0.0.1) stay direct clients.
+    pub fn proxy_protocol(mut self) -> Self {
+        self.proxy_protocol = true;
+        self
+    }
+
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
         self
@@ -149,7 +158,7 @@ impl ClusterBuilder {
             };
             let storage = format!("{storage}{}", self.storage_extra);
             let body = site_config(&acme, &sites);
-            nodes.push(Node::with_storage(
+            let mut node = Node::with_storage(
                 dir,
                 data.clone(),
                 Some(storage),
@@ -157,7 +166,12 @@ impl ClusterBuilder {
                 node_http,
                 node_https,
                 &body,
-            )?);
+            )?;
+            if self.proxy_protocol {
+                node.listen_extra = format!("proxy_protocol_from = [\"{lb_ip}\"]");
+                node.write_config(&body)?;
+            }
+            nodes.push(node);
         }
         let frontends = vec![
             (
@@ -169,7 +183,15 @@ impl ClusterBuilder {
                 nodes.iter().map(|n| n.https).collect(),
             ),
         ];
-        let balancer = Haproxy::tcp_round_robin(&frontends).await?;
+        let balancer = if self.proxy_protocol {
+            let (v1, v2) = (
+                format!("send-proxy source {lb_ip}"),
+                format!("send-proxy-v2 source {lb_ip}"),
+            );
+            Haproxy::tcp_round_robin_with(&frontends, &[&v1, &v2]).await?
+        } else {
+            Haproxy::tcp_round_robin(&frontends).await?
+        };
         // All nodes at once: a node that orders before its peers listen would have validations
         // routed to a dead peer (HAProxy retries, but after a one-second turn-around each).
         for node in &mut nodes {

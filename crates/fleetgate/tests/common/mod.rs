@@ -21,6 +21,8 @@ pub struct Node {
     pub child: Option<ChildGuard>,
     /// The `[storage]` section; `None` means a `dir` store at `data`.
     pub storage: Option<String>,
+    /// Lines added to `[listen]` (e.g. `proxy_protocol_from`); set before `start`.
+    pub listen_extra: String,
     runs: u32,
 }
 
@@ -64,6 +66,7 @@ impl Node {
             dir,
             child: None,
             storage,
+            listen_extra: String::new(),
             runs: 0,
         };
         node.write_config(body)?;
@@ -79,8 +82,8 @@ impl Node {
             )
         });
         let text = format!(
-            "node = \"{}\"\n\n[listen]\nhttp = \"{}\"\nhttps = \"{}\"\n\n{storage}\n[log]\nlevel = \"info,certs=debug\"\n\n{body}\n",
-            self.ip, self.http, self.https,
+            "node = \"{}\"\n\n[listen]\nhttp = \"{}\"\nhttps = \"{}\"\n{}\n\n{storage}\n[log]\nlevel = \"info,certs=debug\"\n\n{body}\n",
+            self.ip, self.http, self.https, self.listen_extra,
         );
         std::fs::write(&self.config_path, text)?;
         Ok(())
