@@ -98,6 +98,9 @@ struct RawStorage {
     prefix: Option<String>,
     #[serde(default)]
     seal_key_file: Option<Spanned<String>>,
+    /// PEM roots for TLS to the database (`sslmode=require`).
+    #[serde(default)]
+    ca_root: Option<Spanned<String>>,
     #[serde(default)]
     lease_ttl: Option<Spanned<String>>,
     #[serde(default)]
@@ -112,6 +115,7 @@ impl Default for RawStorage {
             url: None,
             prefix: None,
             seal_key_file: None,
+            ca_root: None,
             lease_ttl: None,
             resync_interval: None,
         }
@@ -331,6 +335,8 @@ pub enum StorageConfig {
     Postgres {
         url: String,
         path: PathBuf,
+        /// `storage.ca_root`: roots for verifying the database's TLS certificate.
+        ca_root: Option<PathBuf>,
     },
     Redis {
         url: String,
@@ -517,11 +523,43 @@ impl Config {
             }
             Ok(url.get_ref().clone())
         };
+        let ca_root = match &raw.storage.ca_root {
+            Some(path) if raw.storage.kind.get_ref() != "postgres" => {
+                return Err(ctx.err(
+                    Some(path.span()),
+                    "storage.ca_root",
+                    "only used with storage.kind = \"postgres\" (TLS to the database)",
+                ));
+            }
+            Some(path) => {
+                let p = resolve(path.get_ref());
+                let pem = std::fs::read(&p).map_err(|e| {
+                    ctx.err(
+                        Some(path.span()),
+                        "storage.ca_root",
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })?;
+                use rustls_pki_types::pem::PemObject as _;
+                let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>();
+                if !certs.is_ok_and(|c| !c.is_empty()) {
+                    return Err(ctx.err(
+                        Some(path.span()),
+                        "storage.ca_root",
+                        format!("{} holds no PEM certificate", p.display()),
+                    ));
+                }
+                Some(p)
+            }
+            None => None,
+        };
         let storage = match raw.storage.kind.get_ref().as_str() {
             "dir" => StorageConfig::Dir { path: data_path },
             "postgres" => StorageConfig::Postgres {
                 url: url(&["postgres://", "postgresql://"])?,
                 path: data_path,
+                ca_root,
             },
             "redis" => StorageConfig::Redis {
                 url: url(&["redis://", "rediss://", "unix://"])?,
@@ -1224,6 +1262,47 @@ mod tests {
         let certs = config.managed_certs();
         assert_eq!(certs.len(), 2);
         assert_eq!(certs[0].id, "example.net");
+    }
+
+    #[test]
+    fn storage_ca_root_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, _, _) = testkit::ca_and_leaf(&["db.test"]);
+        std::fs::write(dir.path().join("root.pem"), root).unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "nothing here\n").unwrap();
+        let file = dir.path().join("f.toml");
+        let site = "[[site]]\ndomains = [\"a.test\"]\nrespond = { status = 200, body = \"ok\" }\ntls = \"internal\"\n";
+        let pg = "kind = \"postgres\"\nurl = \"postgres://f@db/f?sslmode=require\"\n";
+        let ok = Config::parse(
+            &file,
+            &format!("[storage]\n{pg}ca_root = \"root.pem\"\n{site}"),
+        )
+        .unwrap();
+        assert!(matches!(
+            ok.storage,
+            StorageConfig::Postgres { ca_root: Some(ref p), .. } if p == &dir.path().join("root.pem")
+        ));
+        for (extra, line, want) in [
+            (
+                format!("{pg}ca_root = \"empty.pem\"\n"),
+                4,
+                "holds no PEM certificate",
+            ),
+            (format!("{pg}ca_root = \"missing.pem\"\n"), 4, "cannot read"),
+            (
+                "kind = \"dir\"\nca_root = \"root.pem\"\n".to_owned(),
+                3,
+                "only used with",
+            ),
+        ] {
+            let e = Config::parse(&file, &format!("[storage]\n{extra}{site}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!(":{line}: storage.ca_root: ")) && e.contains(want),
+                "{e}"
+            );
+        }
     }
 
     #[test]

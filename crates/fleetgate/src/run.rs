@@ -75,24 +75,32 @@ pub async fn open_store(
     config: &Config,
 ) -> anyhow::Result<(Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>)> {
     let key = seal_key(config)?;
-    let (backend, cache): (Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>) = match &config
-        .storage
-    {
-        StorageConfig::Dir { path } => (open_dir(path)?, None),
-        StorageConfig::Postgres { url, path } => {
-            // Lazy: a node starts (and serves from its local cache) while the database is down.
-            let store = store::PostgresStore::connect_lazy(url)
-                .with_context(|| format!("cannot use PostgreSQL (storage.url {})", redact(url)))?;
-            (Arc::new(store), Some(open_dir(&path.join("cache"))?))
-        }
-        StorageConfig::Redis { url, prefix, path } => {
-            let store = store::RedisStore::builder(url.clone())
-                .prefix(prefix.clone())
-                .connect_lazy()
-                .with_context(|| format!("cannot use Redis (storage.url {})", redact(url)))?;
-            (Arc::new(store), Some(open_dir(&path.join("cache"))?))
-        }
-    };
+    let (backend, cache): (Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>) =
+        match &config.storage {
+            StorageConfig::Dir { path } => (open_dir(path)?, None),
+            StorageConfig::Postgres { url, path, ca_root } => {
+                let what = || format!("cannot use PostgreSQL (storage.url {})", redact(url));
+                let parsed: store::PostgresUrl = url.parse().with_context(what)?;
+                let mut options = store::PostgresOptions::default();
+                if let Some(ca_root) = ca_root {
+                    let pem = std::fs::read_to_string(ca_root).with_context(|| {
+                        format!("cannot read storage.ca_root {}", ca_root.display())
+                    })?;
+                    options = options.ca_root_pem(pem);
+                }
+                // Lazy: a node starts (and serves from its local cache) while the database is down.
+                let store =
+                    store::PostgresStore::connect_lazy_with(&parsed, options).with_context(what)?;
+                (Arc::new(store), Some(open_dir(&path.join("cache"))?))
+            }
+            StorageConfig::Redis { url, prefix, path } => {
+                let store = store::RedisStore::builder(url.clone())
+                    .prefix(prefix.clone())
+                    .connect_lazy()
+                    .with_context(|| format!("cannot use Redis (storage.url {})", redact(url)))?;
+                (Arc::new(store), Some(open_dir(&path.join("cache"))?))
+            }
+        };
     Ok((sealed(backend, &key), cache.map(|c| sealed(c, &key))))
 }
 

@@ -20,10 +20,14 @@ async fn three_nodes_share_a_directory_behind_haproxy_tls_alpn01() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
-    let pg = testkit::Postgres::start().await?;
-    // Through the PROXY protocol here (HTTP-01 validations carry a v1 header).
+    // As in production: the database over verified TLS, and the PROXY protocol from the
+    // balancer (HTTP-01 validations carry a v1 header).
+    let pg = testkit::Postgres::start_tls().await?;
+    let root = tempfile::NamedTempFile::new()?;
+    std::fs::write(root.path(), pg.tls_root().unwrap_or_default())?;
     let cluster = Cluster::builder()
-        .backend(Backend::Postgres(pg.url()))
+        .backend(Backend::Postgres(format!("{}?sslmode=require", pg.url())))
+        .storage_ca_root(root.path())
         .proxy_protocol()
         .start()
         .await?;
@@ -36,6 +40,16 @@ async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
         String::from_utf8_lossy(&status.stderr)
     );
     assert_eq!(text.matches(" up ").count(), 3, "{text}");
+    // Every connection the nodes hold to the database is TLS.
+    let admin = pg.admin_client().await?;
+    let rows = admin
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+             WHERE a.usename = 'fleetgate'",
+            &[],
+        )
+        .await?;
+    anyhow::ensure!(!rows.is_empty() && rows.iter().all(|r| r.get::<_, bool>(0)));
     Ok(())
 }
 

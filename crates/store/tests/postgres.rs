@@ -464,3 +464,52 @@ async fn multi_process_child() {
     )
     .await;
 }
+
+/// `sslmode=require`: every connection (the pool's and the listener's) is TLS, verified against
+/// the given root; the wrong root is a clear, non-retryable failure to connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_connects_over_verified_tls() {
+    let pg = Postgres::start_tls().await.unwrap();
+    let url: PostgresUrl = format!("{}?sslmode=require", pg.url()).parse().unwrap();
+    let options = || PostgresOptions::default().timeout(Duration::from_secs(5));
+    let a = PostgresStore::connect_with(&url, options().ca_root_pem(pg.tls_root().unwrap()))
+        .await
+        .unwrap();
+    let b = PostgresStore::connect_with(&url, options().ca_root_pem(pg.tls_root().unwrap()))
+        .await
+        .unwrap();
+    a.put(&key("tls/x"), b"over tls").await.unwrap();
+    assert_eq!(b.get(&key("tls/x")).await.unwrap().unwrap(), b"over tls");
+    assert_events_flow(&a, &b).await;
+
+    // The server sees only TLS connections from the fleetgate role.
+    let admin = pg.admin_client().await.unwrap();
+    let rows = admin
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+             WHERE a.usename = 'fleetgate'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().all(|r| r.get::<_, bool>(0)),
+        "a plain connection"
+    );
+
+    // A root the server's certificate does not chain to: refused, and said so.
+    let (other_root, _, _) = testkit::ca_and_leaf(&["elsewhere.test"]);
+    let err = PostgresStore::connect_with(&url, options().ca_root_pem(other_root))
+        .await
+        .err()
+        .expect("an untrusted server must be refused");
+    let chain = format!("{err:#}");
+    let mut text = chain.clone();
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    assert!(text.contains("certificate"), "{text}");
+}

@@ -86,12 +86,29 @@ pub struct Postgres {
     bin: PathBuf,
     account: Option<Account>,
     dir: TempDir,
+    /// Serving TLS too (`ssl=on`): the root of the certificate made for the address.
+    tls_root: Option<String>,
 }
 
 impl Postgres {
     /// Runs `initdb` in a fresh temporary directory, starts the server on a free port of a fresh
     /// `127.0.0.x`, and creates the `fleetgate` role and database.
     pub async fn start() -> anyhow::Result<Postgres> {
+        Self::launch(false).await
+    }
+
+    /// As [`Postgres::start`], also accepting TLS (plain connections still work) with a
+    /// certificate for its IP address from a fresh test CA: [`Postgres::tls_root`].
+    pub async fn start_tls() -> anyhow::Result<Postgres> {
+        Self::launch(true).await
+    }
+
+    /// The root PEM the server's TLS certificate chains to ([`Postgres::start_tls`]).
+    pub fn tls_root(&self) -> Option<&str> {
+        self.tls_root.as_deref()
+    }
+
+    async fn launch(tls: bool) -> anyhow::Result<Postgres> {
         let bin = bin_dir()?;
         let account = run_as()?;
         let dir = tempfile::Builder::new()
@@ -134,6 +151,7 @@ impl Postgres {
             bin,
             account,
             dir,
+            tls_root: tls.then(String::new),
         };
         let mut errors = Vec::new();
         for _ in 0..START_ATTEMPTS {
@@ -238,9 +256,29 @@ impl Postgres {
         self.dir.path().join("postgres.log")
     }
 
+    /// A CA and a certificate for the current address, written where the server reads them
+    /// (as its own account, the key private).
+    fn write_tls_files(&mut self) -> anyhow::Result<()> {
+        let (root, cert, key) = crate::pki::ca_and_leaf(&[&self.addr.ip().to_string()]);
+        for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, pem).with_context(|| format!("write {name}"))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            if let Some(a) = self.account {
+                std::os::unix::fs::chown(&path, Some(a.uid), Some(a.gid))
+                    .with_context(|| format!("chown {name}"))?;
+            }
+        }
+        self.tls_root = Some(root);
+        Ok(())
+    }
+
     /// Spawns the server and waits until it answers on [`admin_url`](Self::admin_url)'s
     /// `postgres` database.
     async fn spawn_and_wait(&mut self) -> Result<(), Start> {
+        if self.tls_root.is_some() {
+            self.write_tls_files().map_err(Start::Failed)?;
+        }
         let mut cmd = command(&self.bin.join("postgres"), self.account, self.dir.path());
         cmd.arg("-D")
             .arg(self.data_dir())
@@ -254,6 +292,24 @@ impl Postgres {
             // is acknowledged, so SIGKILL (unlike a machine crash) loses nothing acknowledged.
             .args(["-c", "fsync=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(if self.tls_root.is_some() {
+                vec![
+                    "-c".to_owned(),
+                    "ssl=on".to_owned(),
+                    "-c".to_owned(),
+                    format!(
+                        "ssl_cert_file={}",
+                        self.dir.path().join("server.crt").display()
+                    ),
+                    "-c".to_owned(),
+                    format!(
+                        "ssl_key_file={}",
+                        self.dir.path().join("server.key").display()
+                    ),
+                ]
+            } else {
+                Vec::new()
+            })
             // Keep terminal signals (Ctrl-C on a test run) to the test.
             .process_group(0);
         let log_path = self.log_path();

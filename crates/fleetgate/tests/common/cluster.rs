@@ -99,6 +99,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// `storage.ca_root`: the database's TLS root (with a `sslmode=require` URL).
+    pub fn storage_ca_root(mut self, path: &std::path::Path) -> Self {
+        self.storage_extra
+            .push_str(&format!("ca_root = \"{}\"\n", path.display()));
+        self
+    }
+
     /// Pebble rejects this percentage of valid nonces (`PEBBLE_WFE_NONCEREJECT`).
     pub fn nonce_reject(mut self, percent: u8) -> Self {
         self.nonce_reject = percent;

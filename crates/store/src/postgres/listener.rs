@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
+
+use super::tls::DbTls;
 
 use crate::backoff::Backoff;
 use crate::{Change, StorageKey};
@@ -76,9 +78,10 @@ impl Session {
     /// Connect and `LISTEN`. Notifications committed after this returns are forwarded.
     pub(super) async fn open(
         config: &tokio_postgres::Config,
+        tls: &DbTls,
         forward: &Forward,
     ) -> Result<Session, tokio_postgres::Error> {
-        let (client, mut connection) = config.connect(NoTls).await?;
+        let (client, mut connection) = config.connect(tls.clone()).await?;
         let forward = forward.clone();
         let driver = AbortOnDrop(tokio::spawn(async move {
             loop {
@@ -108,6 +111,7 @@ impl Session {
 /// bounded by `timeout`).
 pub(super) async fn run(
     config: tokio_postgres::Config,
+    tls: DbTls,
     forward: Forward,
     first: Option<Session>,
     timeout: Duration,
@@ -118,31 +122,33 @@ pub(super) async fn run(
     loop {
         let current = match session.take() {
             Some(s) => s,
-            None => match tokio::time::timeout(timeout, Session::open(&config, &forward)).await {
-                Ok(Ok(s)) => {
-                    if connected_before {
-                        tracing::info!(
-                            "change listener reconnected; changes made while it was down were \
+            None => {
+                match tokio::time::timeout(timeout, Session::open(&config, &tls, &forward)).await {
+                    Ok(Ok(s)) => {
+                        if connected_before {
+                            tracing::info!(
+                                "change listener reconnected; changes made while it was down were \
                              not reported (the periodic resync covers them)"
-                        );
-                    } else {
-                        tracing::debug!("change listener connected");
+                            );
+                        } else {
+                            tracing::debug!("change listener connected");
+                        }
+                        connected_before = true;
+                        backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
+                        s
                     }
-                    connected_before = true;
-                    backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
-                    s
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "change listener could not reconnect");
+                        tokio::time::sleep(backoff.next()).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::debug!(?timeout, "change listener reconnect timed out");
+                        tokio::time::sleep(backoff.next()).await;
+                        continue;
+                    }
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "change listener could not reconnect");
-                    tokio::time::sleep(backoff.next()).await;
-                    continue;
-                }
-                Err(_) => {
-                    tracing::debug!(?timeout, "change listener reconnect timed out");
-                    tokio::time::sleep(backoff.next()).await;
-                    continue;
-                }
-            },
+            }
         };
         let reason = supervise(current, timeout).await;
         tracing::warn!(%reason, "change listener lost its connection; reconnecting");

@@ -38,7 +38,8 @@
 //! (a node can start, and serve from its local cache, while the database is down): it applies
 //! the schema migrations on its first successful call.
 //!
-//! **TLS to the database is not supported yet** (the driver runs with `NoTls`; see
+//! **TLS** with `sslmode=require` in the URL (rustls; the server's certificate is verified
+//! against [`PostgresOptions::ca_root_pem`] or the system's roots); otherwise plain TCP (see
 //! [`PostgresUrl`]).
 //!
 //! Unlike the dir backend, a key may be both an object and the prefix of another (`a` and
@@ -46,6 +47,7 @@
 
 mod listener;
 mod schema;
+mod tls;
 mod url;
 
 use std::fmt;
@@ -55,13 +57,14 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use tokio::sync::{OnceCell, broadcast};
+use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{NoTls, Row};
 
 use crate::{
     Change, Error, FencingToken, Lease, LockHolder, LockName, Result, Storage, StorageKey,
 };
 use listener::{AbortOnDrop, Forward, Session};
+use tls::DbTls;
 pub use url::{InvalidPostgresUrl, PostgresUrl};
 
 /// The default bound on every call ([`PostgresOptions::timeout`]).
@@ -150,6 +153,9 @@ pub struct PostgresOptions {
     pub timeout: Duration,
     /// The most pooled connections (default 8); the store also keeps one listening connection.
     pub pool_size: usize,
+    /// With `sslmode=require`: the PEM roots the server's certificate must chain to (default:
+    /// the system's roots).
+    pub ca_root_pem: Option<String>,
 }
 
 impl Default for PostgresOptions {
@@ -157,6 +163,7 @@ impl Default for PostgresOptions {
         PostgresOptions {
             timeout: DEFAULT_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
+            ca_root_pem: None,
         }
     }
 }
@@ -169,6 +176,12 @@ impl PostgresOptions {
 
     pub fn pool_size(mut self, pool_size: usize) -> Self {
         self.pool_size = pool_size.max(1);
+        self
+    }
+
+    /// See [`PostgresOptions::ca_root_pem`].
+    pub fn ca_root_pem(mut self, pem: impl Into<String>) -> Self {
+        self.ca_root_pem = Some(pem.into());
         self
     }
 }
@@ -233,7 +246,7 @@ impl PostgresStore {
         let parts = Parts::new(url, &options)?;
         let first_session = bounded(options.timeout, &what, async {
             migrate(&parts.pool, url, &what).await?;
-            Session::open(&parts.config, &parts.forward)
+            Session::open(&parts.config, &parts.tls, &parts.forward)
                 .await
                 .map_err(|e| pg_error(&what, e))
         })
@@ -521,6 +534,7 @@ impl Storage for PostgresStore {
 struct Parts {
     url: PostgresUrl,
     config: tokio_postgres::Config,
+    tls: DbTls,
     pool: Pool,
     timeout: Duration,
     forward: Forward,
@@ -529,9 +543,14 @@ struct Parts {
 impl Parts {
     fn new(url: &PostgresUrl, options: &PostgresOptions) -> Result<Parts> {
         let config = tune(url.config.clone(), options.timeout);
+        let tls = if url.tls {
+            DbTls::verified(options.ca_root_pem.as_deref())?
+        } else {
+            DbTls::plain()
+        };
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -552,6 +571,7 @@ impl Parts {
         Ok(Parts {
             url: url.clone(),
             config,
+            tls,
             pool,
             timeout: options.timeout,
             forward,
@@ -563,6 +583,7 @@ impl Parts {
     fn into_store(self, first: Option<Session>, migrated: OnceCell<()>) -> PostgresStore {
         let listener = AbortOnDrop(tokio::spawn(listener::run(
             self.config,
+            self.tls,
             self.forward.clone(),
             first,
             self.timeout,

@@ -9,13 +9,14 @@ use tokio_postgres::config::{Host, SslMode};
 /// A PostgreSQL connection string, parsed and checked: `postgres://user:pass@host:port/db?..`
 /// or the `key=value` form libpq accepts.
 ///
-/// TLS to the database is not supported yet: `sslmode=require` is refused here (rather than at
-/// the first connection), and the default `sslmode=prefer` connects without TLS. Run the
-/// database on a trusted network, a Unix socket (`host=/run/postgresql`), or through a TLS
-/// tunnel until then.
+/// TLS: `sslmode=require` connects over TLS only, verifying the server's certificate for its
+/// host name (see [`super::PostgresOptions::ca_root_pem`]); any other `sslmode` (the default
+/// is `prefer`) connects without TLS, as if it said `disable`.
 #[derive(Clone)]
 pub struct PostgresUrl {
     pub(super) config: tokio_postgres::Config,
+    /// `sslmode=require`.
+    pub(super) tls: bool,
     shown: String,
 }
 
@@ -31,7 +32,7 @@ impl FromStr for PostgresUrl {
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         let refuse = |reason: String| Err(InvalidPostgresUrl { reason });
-        let config: tokio_postgres::Config = match url.parse() {
+        let mut config: tokio_postgres::Config = match url.parse() {
             Ok(config) => config,
             // tokio-postgres' parse errors name the offending option, not the password.
             Err(e) => return refuse(e.to_string()),
@@ -39,15 +40,21 @@ impl FromStr for PostgresUrl {
         if config.get_hosts().is_empty() {
             return refuse("no host given".into());
         }
-        if config.get_ssl_mode() == SslMode::Require {
-            return refuse(
-                "sslmode=require: TLS to the database is not supported yet \
-                 (use a trusted network, a Unix socket, or a TLS tunnel)"
-                    .into(),
-            );
+        let tls = config.get_ssl_mode() == SslMode::Require;
+        if tls
+            && config
+                .get_hosts()
+                .iter()
+                .any(|h| matches!(h, Host::Unix(_)))
+        {
+            return refuse("sslmode=require needs a TCP host, not a Unix socket".into());
+        }
+        if !tls {
+            // `prefer` would try TLS when the server offers it; only `require` does.
+            config.ssl_mode(SslMode::Disable);
         }
         let shown = show(&config);
-        Ok(PostgresUrl { config, shown })
+        Ok(PostgresUrl { config, tls, shown })
     }
 }
 
@@ -109,16 +116,19 @@ mod tests {
     }
 
     #[test]
-    fn tls_required_is_refused() {
-        let err = "postgres://u@h/db?sslmode=require"
+    fn only_sslmode_require_uses_tls() {
+        let url: PostgresUrl = "postgres://u@h/db?sslmode=require".parse().unwrap();
+        assert!(url.tls);
+        assert_eq!(url.config.get_ssl_mode(), SslMode::Require);
+        for plain in ["postgres://u@h/db", "postgres://u@h/db?sslmode=prefer"] {
+            let url: PostgresUrl = plain.parse().unwrap();
+            assert!(!url.tls, "{plain}");
+            assert_eq!(url.config.get_ssl_mode(), SslMode::Disable, "{plain}");
+        }
+        let err = "host=/run/postgresql dbname=x sslmode=require"
             .parse::<PostgresUrl>()
             .unwrap_err();
-        assert!(err.reason.contains("TLS"), "{err}");
-        assert!(
-            "postgres://u@h/db?sslmode=disable"
-                .parse::<PostgresUrl>()
-                .is_ok()
-        );
+        assert!(err.reason.contains("Unix socket"), "{err}");
     }
 
     #[test]
