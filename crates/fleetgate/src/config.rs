@@ -98,7 +98,7 @@ struct RawStorage {
     prefix: Option<String>,
     #[serde(default)]
     seal_key_file: Option<Spanned<String>>,
-    /// PEM roots for TLS to the database (`sslmode=require`).
+    /// PEM roots for TLS to the database (`sslmode=require`, `rediss://`).
     #[serde(default)]
     ca_root: Option<Spanned<String>>,
     #[serde(default)]
@@ -342,6 +342,8 @@ pub enum StorageConfig {
         url: String,
         prefix: String,
         path: PathBuf,
+        /// `storage.ca_root`: roots for verifying Redis's TLS certificate (`rediss://`).
+        ca_root: Option<PathBuf>,
     },
 }
 
@@ -524,11 +526,11 @@ impl Config {
             Ok(url.get_ref().clone())
         };
         let ca_root = match &raw.storage.ca_root {
-            Some(path) if raw.storage.kind.get_ref() != "postgres" => {
+            Some(path) if raw.storage.kind.get_ref() == "dir" => {
                 return Err(ctx.err(
                     Some(path.span()),
                     "storage.ca_root",
-                    "only used with storage.kind = \"postgres\" (TLS to the database)",
+                    "only used with storage.kind = \"postgres\" or \"redis\" (TLS to the database)",
                 ));
             }
             Some(path) => {
@@ -569,6 +571,7 @@ impl Config {
                     .clone()
                     .unwrap_or_else(|| "fleetgate:".to_string()),
                 path: data_path,
+                ca_root,
             },
             other => {
                 return Err(ctx.err(

@@ -93,9 +93,20 @@ pub async fn open_store(
                     store::PostgresStore::connect_lazy_with(&parsed, options).with_context(what)?;
                 (Arc::new(store), Some(open_dir(&path.join("cache"))?))
             }
-            StorageConfig::Redis { url, prefix, path } => {
-                let store = store::RedisStore::builder(url.clone())
-                    .prefix(prefix.clone())
+            StorageConfig::Redis {
+                url,
+                prefix,
+                path,
+                ca_root,
+            } => {
+                let mut builder = store::RedisStore::builder(url.clone()).prefix(prefix.clone());
+                if let Some(ca_root) = ca_root {
+                    let pem = std::fs::read_to_string(ca_root).with_context(|| {
+                        format!("cannot read storage.ca_root {}", ca_root.display())
+                    })?;
+                    builder = builder.ca_root_pem(pem);
+                }
+                let store = builder
                     .connect_lazy()
                     .with_context(|| format!("cannot use Redis (storage.url {})", redact(url)))?;
                 (Arc::new(store), Some(open_dir(&path.join("cache"))?))

@@ -55,11 +55,15 @@ async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_share_redis_behind_haproxy() -> anyhow::Result<()> {
-    let redis = testkit::RedisServer::start().await?;
-    // Through the PROXY protocol here (TLS-ALPN-01 handshakes follow a v2 header).
+    // Redis over verified TLS (rediss://), and the PROXY protocol from the balancer (TLS-ALPN-01
+    // handshakes follow a v2 header).
+    let redis = testkit::RedisServer::builder().tls(true).start().await?;
+    let root = tempfile::NamedTempFile::new()?;
+    std::fs::write(root.path(), redis.tls_root().unwrap_or_default())?;
     let cluster = Cluster::builder()
         .challenge("tls-alpn-01")
-        .backend(Backend::Redis(redis.url()))
+        .backend(Backend::Redis(redis.tls_url().unwrap_or_default()))
+        .storage_ca_root(root.path())
         .proxy_protocol()
         .start()
         .await?;

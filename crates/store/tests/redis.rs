@@ -478,3 +478,55 @@ async fn multi_process_child() {
     )
     .await;
 }
+
+/// `rediss://`: commands and the change subscription go over TLS verified against the given
+/// root; a root the server's certificate does not chain to cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_connects_over_verified_tls() {
+    let server = RedisServer::builder().tls(true).start().await.unwrap();
+    let url = server.tls_url().unwrap();
+    let root = server.tls_root().unwrap().to_owned();
+    let over_tls = || {
+        RedisStore::builder(url.clone())
+            .prefix(prefix())
+            .timeout(TIMEOUT)
+            .ca_root_pem(root.clone())
+            .connect()
+    };
+    let a = over_tls().await.unwrap();
+    let b = over_tls().await.unwrap();
+    let mut events = b.subscribe();
+    a.put(&key("tls/x"), b"over tls").await.unwrap();
+    assert_eq!(b.get(&key("tls/x")).await.unwrap().unwrap(), b"over tls");
+    wait_until_events_flow(&a, &mut events, "tls").await;
+
+    // The server counts the TLS clients: both stores' command and subscriber connections.
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let tls_addr = url.trim_start_matches("rediss://");
+    let over_tls_port = clients
+        .lines()
+        .filter(|l| l.contains(&format!(" laddr={tls_addr} ")))
+        .count();
+    assert!(over_tls_port >= 4, "{clients}");
+
+    let (other_root, _, _) = testkit::ca_and_leaf(&["elsewhere.test"]);
+    let refused = RedisStore::builder(url.clone())
+        .prefix(prefix())
+        .timeout(TIMEOUT)
+        .ca_root_pem(other_root)
+        .connect()
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Unavailable { .. })),
+        "{refused:?}"
+    );
+}

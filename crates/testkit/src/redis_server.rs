@@ -44,6 +44,7 @@ const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default)]
 pub struct RedisServerBuilder {
     append_only: bool,
+    tls: bool,
 }
 
 impl RedisServerBuilder {
@@ -52,6 +53,13 @@ impl RedisServerBuilder {
     /// Default: no persistence at all.
     pub fn append_only(mut self, on: bool) -> Self {
         self.append_only = on;
+        self
+    }
+
+    /// Also serve TLS on a second port ([`RedisServer::tls_url`]) with a certificate for the
+    /// server's IP from a fresh test CA ([`RedisServer::tls_root`]); plain stays on for probes.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
         self
     }
 
@@ -65,8 +73,21 @@ impl RedisServerBuilder {
                 .context("create redis-server's temp dir")?;
             let data = dir.path().join("data");
             std::fs::create_dir(&data).with_context(|| format!("create {}", data.display()))?;
+            let ip = loopback_ip();
+            let addr = free_addr(ip);
+            let tls = if self.tls {
+                let (root, cert, key) = crate::pki::ca_and_leaf(&[&addr.ip().to_string()]);
+                for (name, pem) in [("root.pem", &root), ("cert.pem", &cert), ("key.pem", &key)] {
+                    std::fs::write(dir.path().join(name), pem)
+                        .with_context(|| format!("write {name}"))?;
+                }
+                Some((free_addr(ip), root))
+            } else {
+                None
+            };
             let mut server = RedisServer {
-                addr: free_addr(loopback_ip()),
+                addr,
+                tls,
                 options: self.clone(),
                 child: None,
                 data,
@@ -90,6 +111,8 @@ impl RedisServerBuilder {
 #[derive(Debug)]
 pub struct RedisServer {
     addr: SocketAddr,
+    /// The TLS port's address and the root of its certificate.
+    tls: Option<(SocketAddr, String)>,
     options: RedisServerBuilder,
     /// `None` after [`RedisServer::kill`] until [`RedisServer::restart`].
     child: Option<ChildGuard>,
@@ -112,6 +135,18 @@ impl RedisServer {
     /// `redis://IP:PORT` (database 0, no password).
     pub fn url(&self) -> String {
         format!("redis://{}", self.addr)
+    }
+
+    /// `rediss://IP:TLS_PORT`, when started with [`RedisServerBuilder::tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(addr, _)| format!("rediss://{addr}"))
+    }
+
+    /// The root PEM of the TLS port's certificate.
+    pub fn tls_root(&self) -> Option<&str> {
+        self.tls.as_ref().map(|(_, root)| root.as_str())
     }
 
     /// The address it listens on (a `127.0.0.x`).
@@ -191,6 +226,18 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.data)
             .args(["--save", "", "--daemonize", "no", "--databases", "1"]);
+        if let Some((tls, _)) = &self.tls {
+            let file = |name: &str| self.dir.path().join(name);
+            cmd.arg("--tls-port")
+                .arg(tls.port().to_string())
+                .arg("--tls-cert-file")
+                .arg(file("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(file("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("root.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        }
         if self.options.append_only {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {

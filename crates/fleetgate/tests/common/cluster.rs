@@ -99,7 +99,7 @@ impl ClusterBuilder {
         self
     }
 
-    /// `storage.ca_root`: the database's TLS root (with a `sslmode=require` URL).
+    /// `storage.ca_root`: the database's TLS root (`sslmode=require` or `rediss://` URLs).
     pub fn storage_ca_root(mut self, path: &std::path::Path) -> Self {
         self.storage_extra
             .push_str(&format!("ca_root = \"{}\"\n", path.display()));

@@ -79,6 +79,7 @@ pub struct RedisStoreBuilder {
     url: String,
     prefix: String,
     timeout: Duration,
+    ca_root_pem: Option<String>,
 }
 
 impl std::fmt::Debug for RedisStoreBuilder {
@@ -95,6 +96,13 @@ impl RedisStoreBuilder {
     /// Prefix of every key and of the change channel (default [`RedisStore::DEFAULT_PREFIX`]).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// For a `rediss://` URL (TLS, the server's certificate verified for the URL's host): the
+    /// PEM roots it must chain to (default: the system's roots).
+    pub fn ca_root_pem(mut self, pem: impl Into<String>) -> Self {
+        self.ca_root_pem = Some(pem.into());
         self
     }
 
@@ -136,10 +144,21 @@ impl RedisStoreBuilder {
     /// # Panics
     /// Outside a tokio runtime (it spawns the subscriber task).
     pub fn connect_lazy(self) -> Result<RedisStore> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| Error::Unavailable {
+        let invalid = |e: redis::RedisError| Error::Unavailable {
             what: "invalid Redis URL".to_string(),
             source: Some(Box::new(e)),
-        })?;
+        };
+        let client = match &self.ca_root_pem {
+            Some(pem) if self.url.starts_with("rediss://") => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone().into_bytes()),
+                },
+            ),
+            _ => redis::Client::open(self.url.as_str()),
+        }
+        .map_err(invalid)?;
         let addr = client.get_connection_info().addr().to_string();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
@@ -235,6 +254,7 @@ impl RedisStore {
             url: url.into(),
             prefix: Self::DEFAULT_PREFIX.to_string(),
             timeout: Self::DEFAULT_TIMEOUT,
+            ca_root_pem: None,
         }
     }
 
