@@ -503,7 +503,24 @@ pub async fn wait_all_served(
 /// Assert the cluster's promise: every certificate on the first attempt, one order finalized per
 /// certificate, every node serving every name within 2 s of the first.
 pub async fn check_cluster(cluster: &Cluster) -> anyhow::Result<()> {
-    let spread = wait_all_served(cluster, Duration::from_secs(180)).await?;
+    // A failed order already breaks the promise: stop waiting at once, with the logs.
+    let first_failure = async {
+        loop {
+            let failures = cluster.log_lines(&["obtaining the certificate failed"]);
+            if !failures.is_empty() {
+                return failures;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let spread = tokio::select! {
+        spread = wait_all_served(cluster, Duration::from_secs(180)) => spread?,
+        failures = first_failure => anyhow::bail!(
+            "a certificate failed on its first attempt:\n{}\n\nlogs:\n{}",
+            failures.join("\n"),
+            cluster.logs()
+        ),
+    };
     let worst = spread.values().max().copied().unwrap_or_default();
     eprintln!("propagation: worst spread between nodes {worst:?}");
     assert!(
