@@ -73,21 +73,20 @@ impl MakeTlsConnect<Socket> for DbTls {
     type TlsConnect = DbTlsConnect;
     type Error = io::Error;
 
+    /// tokio-postgres asks for this before every connection, TLS or not; a plain one never
+    /// uses it.
     fn make_tls_connect(&mut self, host: &str) -> io::Result<DbTlsConnect> {
-        let config = self.0.clone().ok_or_else(|| {
-            io::Error::other("the server asked for TLS, which this URL does not enable")
-        })?;
+        let Some(config) = self.0.clone() else {
+            return Ok(DbTlsConnect(None));
+        };
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(DbTlsConnect { config, name })
+        Ok(DbTlsConnect(Some((config, name))))
     }
 }
 
-/// One TLS handshake to a database host.
-pub(super) struct DbTlsConnect {
-    config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
-}
+/// One TLS handshake to a database host (`None`: the connection is plain).
+pub(super) struct DbTlsConnect(Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>);
 
 impl TlsConnect<Socket> for DbTlsConnect {
     type Stream = DbTlsStream;
@@ -96,9 +95,10 @@ impl TlsConnect<Socket> for DbTlsConnect {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
-            let tls = TlsConnector::from(self.config)
-                .connect(self.name, stream)
-                .await?;
+            let (config, name) = self.0.ok_or_else(|| {
+                io::Error::other("TLS asked of a connection this URL keeps plain")
+            })?;
+            let tls = TlsConnector::from(config).connect(name, stream).await?;
             Ok(DbTlsStream(Box::new(tls)))
         })
     }
