@@ -309,7 +309,10 @@ impl Pool {
     /// A new connection; boxed once, as it moves between the pool and response bodies.
     async fn connect(&self, upstream: &Upstream) -> Result<Box<Lease>, UpstreamError> {
         let io = self.dial(upstream).await?;
-        let (sender, conn) = http1::handshake(io)
+        // Flat writes, as the server side does (see `Edge::new`).
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(io)
             .await
             .map_err(UpstreamError::Handshake)?;
         Ok(Box::new(Lease {
