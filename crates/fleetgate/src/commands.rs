@@ -26,12 +26,26 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         crate::config::StorageConfig::Dir { path } => {
             writeln!(out, "storage: dir {}", path.display())?
         }
-        crate::config::StorageConfig::Postgres { path, .. } => {
-            writeln!(out, "storage: postgres (local cache {})", path.display())?
+        crate::config::StorageConfig::Postgres { url, path, ca_root } => {
+            let tls = url
+                .parse::<store::PostgresUrl>()
+                .is_ok_and(|u| u.uses_tls());
+            writeln!(
+                out,
+                "storage: postgres{} (local cache {})",
+                tls_note(tls, ca_root.as_deref()),
+                path.display()
+            )?
         }
-        crate::config::StorageConfig::Redis { prefix, path, .. } => writeln!(
+        crate::config::StorageConfig::Redis {
+            url,
+            prefix,
+            path,
+            ca_root,
+        } => writeln!(
             out,
-            "storage: redis, prefix {prefix:?} (local cache {})",
+            "storage: redis, prefix {prefix:?}{} (local cache {})",
+            tls_note(url.starts_with("rediss://"), ca_root.as_deref()),
             path.display()
         )?,
     }
@@ -150,5 +164,14 @@ fn truncate(text: &str, width: usize) -> String {
         let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
         s.push('…');
         s
+    }
+}
+
+/// `, TLS verified against ROOT` for `check`'s storage line; empty without TLS.
+fn tls_note(tls: bool, ca_root: Option<&std::path::Path>) -> String {
+    match (tls, ca_root) {
+        (false, _) => String::new(),
+        (true, Some(root)) => format!(", TLS verified against {}", root.display()),
+        (true, None) => ", TLS verified against the system roots".to_owned(),
     }
 }

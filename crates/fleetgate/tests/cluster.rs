@@ -40,6 +40,15 @@ async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
         String::from_utf8_lossy(&status.stderr)
     );
     assert_eq!(text.matches(" up ").count(), 3, "{text}");
+    let check = cluster.nodes[0].command(&["check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains(&format!(
+            "storage: postgres, TLS verified against {}",
+            root.path().display()
+        )),
+        "{text}"
+    );
     // Every connection the nodes hold to the database is TLS.
     let admin = pg.admin_client().await?;
     let rows = admin

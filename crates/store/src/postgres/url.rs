@@ -85,6 +85,13 @@ fn show(config: &tokio_postgres::Config) -> String {
     format!("postgres://{user}{}/{db}", hosts.join(","))
 }
 
+impl PostgresUrl {
+    /// Whether connections use TLS (`sslmode=require`).
+    pub fn uses_tls(&self) -> bool {
+        self.tls
+    }
+}
+
 impl fmt::Display for PostgresUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.shown)
