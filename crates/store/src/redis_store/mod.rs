@@ -32,7 +32,9 @@
 //!
 //! - **Redis 5 or later** (scripts that call `TIME` and then write rely on effect replication,
 //!   the only mode since Redis 7). Tested with 7.0.
-//! - **One primary**, addressed directly by the URL (`redis://[:password@]host:port[/db]`).
+//! - **One primary**, addressed directly by the URL (`redis://[:password@]host:port[/db]`, or
+//!   `rediss://` for TLS, the server's certificate verified against
+//!   [`RedisStoreBuilder::ca_root_pem`] or the system's roots).
 //!   Redis Cluster is not supported: the client is not cluster-aware and the keys are not
 //!   hash-tagged into one slot. Replicas with Sentinel failover work only as well as
 //!   asynchronous replication: a failover can lose the last acknowledged writes, including a
