@@ -682,33 +682,14 @@ impl CertWorker {
                         // Lease lost (we stalled past the TTL) or the store failed: never serve
                         // a certificate that is not durably stored; a peer may have one.
                         warn!(error = %e, "could not store the new certificate; discarding it");
-                        backoff.record_failure();
-                        let delay = backoff.delay_for(&e, fastrand::f64());
                         // Refused too when the lease was lost: the status is the new holder's.
-                        self.record(
-                            CertState::Failing,
-                            Some(&e),
-                            backoff.failures(),
-                            Some(delay),
-                            Some(&guard.lease()),
-                        )
-                        .await;
-                        delay
+                        self.attempt_failed(backoff, &e, &guard.lease()).await
                     }
                 }
             }
             Err(e) => {
-                backoff.record_failure();
-                let delay = backoff.delay_for(&e, fastrand::f64());
+                let delay = self.attempt_failed(backoff, &e, &guard.lease()).await;
                 warn!(error = %e, failures = backoff.failures(), retry_in_secs = delay.as_secs(), "obtaining the certificate failed");
-                self.record(
-                    CertState::Failing,
-                    Some(&e),
-                    backoff.failures(),
-                    Some(delay),
-                    Some(&guard.lease()),
-                )
-                .await;
                 delay
             }
         };
@@ -807,6 +788,27 @@ impl CertWorker {
             .ok()
             .filter(|l| *l > 0)
             .map(Duration::from_secs)
+    }
+
+    /// Counts a failed attempt made under `lease` and records the `Failing` status (fenced by
+    /// the lease); returns the delay before the next attempt.
+    async fn attempt_failed(
+        &self,
+        backoff: &mut Backoff,
+        error: &Error,
+        lease: &store::Lease,
+    ) -> Duration {
+        backoff.record_failure();
+        let delay = backoff.delay_for(error, fastrand::f64());
+        self.record(
+            CertState::Failing,
+            Some(error),
+            backoff.failures(),
+            Some(delay),
+            Some(lease),
+        )
+        .await;
+        delay
     }
 
     /// Write the status record `fleetgate certs` shows. `lease`: the certificate's lease this
