@@ -431,6 +431,24 @@ impl Ctx<'_> {
             message: message.into(),
         }
     }
+
+    /// `path` resolved (relative to the config file), which must name an existing file.
+    fn existing_file(
+        &self,
+        path: &Spanned<String>,
+        resolve: &dyn Fn(&str) -> PathBuf,
+        key: impl Into<String>,
+    ) -> Result<PathBuf, ConfigError> {
+        let file = resolve(path.get_ref());
+        if !file.is_file() {
+            return Err(self.err(
+                Some(path.span()),
+                key,
+                format!("no such file: {}", file.display()),
+            ));
+        }
+        Ok(file)
+    }
 }
 
 impl Config {
@@ -583,17 +601,11 @@ impl Config {
         };
 
         let seal_key = match &raw.storage.seal_key_file {
-            Some(path) => {
-                let p = resolve(path.get_ref());
-                if !p.is_file() {
-                    return Err(ctx.err(
-                        Some(path.span()),
-                        "storage.seal_key_file",
-                        format!("no such file: {}", p.display()),
-                    ));
-                }
-                Some(SealKeySource::File(p))
-            }
+            Some(path) => Some(SealKeySource::File(ctx.existing_file(
+                path,
+                &resolve,
+                "storage.seal_key_file",
+            )?)),
             None => None,
         };
 
@@ -690,17 +702,7 @@ impl Config {
                     }
                 }
                 let ca_root = match &acme.ca_root {
-                    Some(path) => {
-                        let p = resolve(path.get_ref());
-                        if !p.is_file() {
-                            return Err(ctx.err(
-                                Some(path.span()),
-                                "acme.ca_root",
-                                format!("no such file: {}", p.display()),
-                            ));
-                        }
-                        Some(p)
-                    }
+                    Some(path) => Some(ctx.existing_file(path, &resolve, "acme.ca_root")?),
                     None => None,
                 };
                 Some(AcmeSettings {
@@ -1148,17 +1150,7 @@ fn parse_proxy(
         proxy.retries = n;
     }
     let ca_root = match &p.ca_root {
-        Some(path) => {
-            let file = resolve(path.get_ref());
-            if !file.is_file() {
-                return Err(ctx.err(
-                    Some(path.span()),
-                    at("proxy.ca_root"),
-                    format!("no such file: {}", file.display()),
-                ));
-            }
-            Some(file)
-        }
+        Some(path) => Some(ctx.existing_file(path, resolve, at("proxy.ca_root"))?),
         None => None,
     };
     Ok(SiteAction::Proxy {

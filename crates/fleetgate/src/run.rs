@@ -82,10 +82,7 @@ pub async fn open_store(
                 let what = || format!("cannot use PostgreSQL (storage.url {})", redact(url));
                 let parsed: store::PostgresUrl = url.parse().with_context(what)?;
                 let mut options = store::PostgresOptions::default();
-                if let Some(ca_root) = ca_root {
-                    let pem = std::fs::read_to_string(ca_root).with_context(|| {
-                        format!("cannot read storage.ca_root {}", ca_root.display())
-                    })?;
+                if let Some(pem) = read_pem(ca_root.as_deref(), "storage.ca_root")? {
                     options = options.ca_root_pem(pem);
                 }
                 // Lazy: a node starts (and serves from its local cache) while the database is down.
@@ -100,10 +97,7 @@ pub async fn open_store(
                 ca_root,
             } => {
                 let mut builder = store::RedisStore::builder(url.clone()).prefix(prefix.clone());
-                if let Some(ca_root) = ca_root {
-                    let pem = std::fs::read_to_string(ca_root).with_context(|| {
-                        format!("cannot read storage.ca_root {}", ca_root.display())
-                    })?;
+                if let Some(pem) = read_pem(ca_root.as_deref(), "storage.ca_root")? {
                     builder = builder.ca_root_pem(pem);
                 }
                 let store = builder
@@ -113,6 +107,16 @@ pub async fn open_store(
             }
         };
     Ok((sealed(backend, &key), cache.map(|c| sealed(c, &key))))
+}
+
+/// The PEM file a `ca_root` key names, when one is configured (the config checked it when it
+/// was loaded; it is read again where it is used).
+fn read_pem(path: Option<&std::path::Path>, key: &str) -> anyhow::Result<Option<String>> {
+    path.map(|path| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {key} {}", path.display()))
+    })
+    .transpose()
 }
 
 /// A URL without its password, for messages.
@@ -162,12 +166,7 @@ pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
                     },
                     SiteAction::Proxy { proxy, ca_root } => {
                         let mut proxy = edge::Proxy::clone(proxy);
-                        if let Some(path) = ca_root {
-                            proxy.ca_root_pem =
-                                Some(std::fs::read_to_string(path).with_context(|| {
-                                    format!("cannot read proxy.ca_root {}", path.display())
-                                })?);
-                        }
+                        proxy.ca_root_pem = read_pem(ca_root.as_deref(), "proxy.ca_root")?;
                         edge::Action::Proxy(proxy)
                     }
                 },
