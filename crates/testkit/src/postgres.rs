@@ -205,6 +205,21 @@ impl Postgres {
         connect(&self.admin_url()).await
     }
 
+    /// For each connection open now as the `fleetgate` role ([`Postgres::url`]): whether it is
+    /// TLS (`pg_stat_ssl`).
+    pub async fn role_connections_tls(&self) -> anyhow::Result<Vec<bool>> {
+        let rows = self
+            .admin_client()
+            .await?
+            .query(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+                 WHERE a.usename = $1",
+                &[&ROLE],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, bool>(0)).collect())
+    }
+
     /// Freezes the server and all its backends (`SIGSTOP`): connections stay open, nothing
     /// answers.
     pub fn pause(&self) -> anyhow::Result<()> {
