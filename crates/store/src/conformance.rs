@@ -566,10 +566,26 @@ pub fn child_counter() -> (LockName, StorageKey) {
     (LockName::new("counter"), key("counter"))
 }
 
+/// A child's work in [`run_child_processes`]: [`CHILD_INCREMENTS`] locked increments of
+/// [`child_counter`] as `owner`.
+pub async fn child_increments(store: &Arc<dyn Storage>, owner: &str) {
+    let (lock, counter) = child_counter();
+    increment_locked(store, &lock, &counter, owner, CHILD_INCREMENTS).await;
+}
+
+/// After [`run_child_processes`]: every child's increments are in the counter, none lost.
+pub async fn assert_no_child_increment_lost(store: &Arc<dyn Storage>) {
+    let (_, counter) = child_counter();
+    assert_eq!(
+        read_counter(store, &counter).await,
+        (CHILD_PROCESSES * CHILD_INCREMENTS) as u64
+    );
+}
+
 /// Multi-process exclusion: re-run the current test binary [`CHILD_PROCESSES`] times as the test
-/// `child_test` (which must do [`CHILD_INCREMENTS`] locked increments of [`child_counter`] when
-/// [`CHILD_OWNER_ENV`] is set, and nothing otherwise), each with `env` and its own owner, and wait
-/// for all of them. The caller then checks the counter.
+/// `child_test` (which must run [`child_increments`] when [`CHILD_OWNER_ENV`] is set, and
+/// nothing otherwise), each with `env` and its own owner, and wait for all of them. The caller
+/// then checks the counter with [`assert_no_child_increment_lost`].
 pub async fn run_child_processes(child_test: &str, env: &[(&str, String)]) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let children: Vec<_> = (0..CHILD_PROCESSES)

@@ -156,12 +156,7 @@ async fn multi_process_exclusion() {
     )
     .await;
     let store: Arc<dyn Storage> = Arc::new(DirStore::open(dir.path()).unwrap());
-    let (_, key) = conformance::child_counter();
-    let n = store::conformance::read_counter(&store, &key).await;
-    assert_eq!(
-        n,
-        (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64
-    );
+    conformance::assert_no_child_increment_lost(&store).await;
 }
 
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
@@ -174,15 +169,7 @@ async fn multi_process_child() {
         return;
     };
     let store: Arc<dyn Storage> = Arc::new(DirStore::open(dir).unwrap());
-    let (name, key) = conformance::child_counter();
-    store::conformance::increment_locked(
-        &store,
-        &name,
-        &key,
-        &owner,
-        conformance::CHILD_INCREMENTS,
-    )
-    .await;
+    conformance::child_increments(&store, &owner).await;
 }
 
 /// Two handles on one directory are two processes as far as the journal is concerned: a write

@@ -436,12 +436,7 @@ async fn multi_process_exclusion() {
     let pg = Postgres::start().await.unwrap();
     conformance::run_child_processes("multi_process_child", &[(CHILD_URL_ENV, pg.url())]).await;
     let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&pg.url()).await.unwrap());
-    let (_, key) = conformance::child_counter();
-    let n = store::conformance::read_counter(&store, &key).await;
-    assert_eq!(
-        n,
-        (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64
-    );
+    conformance::assert_no_child_increment_lost(&store).await;
 }
 
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
@@ -454,15 +449,7 @@ async fn multi_process_child() {
         return;
     };
     let store: Arc<dyn Storage> = Arc::new(PostgresStore::connect(&url).await.unwrap());
-    let (name, key) = conformance::child_counter();
-    store::conformance::increment_locked(
-        &store,
-        &name,
-        &key,
-        &owner,
-        conformance::CHILD_INCREMENTS,
-    )
-    .await;
+    conformance::child_increments(&store, &owner).await;
 }
 
 /// `sslmode=require`: every connection (the pool's and the listener's) is TLS, verified against
@@ -483,20 +470,9 @@ async fn sslmode_require_connects_over_verified_tls() {
     assert_events_flow(&a, &b).await;
 
     // The server sees only TLS connections from the fleetgate role.
-    let admin = pg.admin_client().await.unwrap();
-    let rows = admin
-        .query(
-            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
-             WHERE a.usename = 'fleetgate'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(!rows.is_empty());
-    assert!(
-        rows.iter().all(|r| r.get::<_, bool>(0)),
-        "a plain connection"
-    );
+    let tls = pg.role_connections_tls().await.unwrap();
+    assert!(!tls.is_empty());
+    assert!(tls.iter().all(|&t| t), "a plain connection");
 
     // A root the server's certificate does not chain to: refused, and said so.
     let (other_root, _, _) = testkit::ca_and_leaf(&["elsewhere.test"]);

@@ -430,10 +430,6 @@ async fn append_only_redis_keeps_data_across_restart() {
 const CHILD_URL_ENV: &str = "STORE_TEST_REDIS_URL";
 const CHILD_PREFIX_ENV: &str = "STORE_TEST_REDIS_PREFIX";
 
-fn counter() -> (LockName, StorageKey) {
-    (LockName::new("counter"), key("counter"))
-}
-
 /// Three copies of this test binary, each running [`multi_process_child`], increment one
 /// counter under one lock in one Redis: no increment is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,12 +445,7 @@ async fn multi_process_exclusion() {
     )
     .await;
     let store: Arc<dyn Storage> = Arc::new(store(&server, &prefix).await);
-    let (_, counter) = counter();
-    let n = store::conformance::read_counter(&store, &counter).await;
-    assert_eq!(
-        n,
-        (conformance::CHILD_PROCESSES * conformance::CHILD_INCREMENTS) as u64
-    );
+    conformance::assert_no_child_increment_lost(&store).await;
 }
 
 /// The worker of [`multi_process_exclusion`]; does nothing unless started by it.
@@ -468,15 +459,7 @@ async fn multi_process_child() {
         return;
     };
     let store: Arc<dyn Storage> = Arc::new(RedisStore::connect(&url, &prefix).await.unwrap());
-    let (name, counter) = counter();
-    store::conformance::increment_locked(
-        &store,
-        &name,
-        &counter,
-        &owner,
-        conformance::CHILD_INCREMENTS,
-    )
-    .await;
+    conformance::child_increments(&store, &owner).await;
 }
 
 /// `rediss://`: commands and the change subscription go over TLS verified against the given
