@@ -50,15 +50,8 @@ async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
         "{text}"
     );
     // Every connection the nodes hold to the database is TLS.
-    let admin = pg.admin_client().await?;
-    let rows = admin
-        .query(
-            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
-             WHERE a.usename = 'fleetgate'",
-            &[],
-        )
-        .await?;
-    anyhow::ensure!(!rows.is_empty() && rows.iter().all(|r| r.get::<_, bool>(0)));
+    let tls = pg.role_connections_tls().await?;
+    anyhow::ensure!(!tls.is_empty() && tls.iter().all(|&t| t), "{tls:?}");
     Ok(())
 }
 

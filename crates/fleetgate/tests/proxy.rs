@@ -108,13 +108,7 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
     );
 
     node.start().await?;
-    let export = node.command(&["ca", "export"]);
-    assert!(
-        export.status.success(),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
-    let root = String::from_utf8(export.stdout)?;
+    let root = node.ca_root()?;
     for name in ["app.localhost", "static.localhost"] {
         testkit::wait_for_ok(
             &format!("a certificate for {name}"),
@@ -322,8 +316,7 @@ async fn client_addresses_arrive_through_haproxy_with_the_proxy_protocol() -> an
         String::from_utf8_lossy(&check.stderr)
     );
     node.start().await?;
-    let export = node.command(&["ca", "export"]);
-    let root = String::from_utf8(export.stdout)?;
+    let root = node.ca_root()?;
 
     // Plain HTTP with the v1 (text) header, HTTPS with v2 (binary) before the ClientHello.
     let lb_ip = testkit::loopback_ip();

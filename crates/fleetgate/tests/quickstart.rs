@@ -39,13 +39,7 @@ async fn quickstart_serves_redirects_and_restarts_from_storage() -> anyhow::Resu
     let mut node = Node::new(ip, testkit::free_port(), testkit::free_port(), BODY)?;
     node.start().await?;
 
-    let export = node.command(&["ca", "export"]);
-    assert!(
-        export.status.success(),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
-    let root = String::from_utf8(export.stdout)?;
+    let root = node.ca_root()?;
     assert!(root.starts_with("-----BEGIN CERTIFICATE-----"), "{root}");
 
     // Every name gets a certificate that verifies against the exported root.

@@ -82,9 +82,7 @@ async fn sighup_adds_and_removes_domains_and_keeps_running_on_a_bad_config() -> 
         APP,
     )?;
     node.start().await?;
-    let export = node.command(&["ca", "export"]);
-    assert!(export.status.success());
-    let root = String::from_utf8(export.stdout)?;
+    let root = node.ca_root()?;
     let https = node.https;
     testkit::wait_for_ok("app served", Duration::from_secs(20), || {
         served_serial(https, "app.fleet.test", &root)

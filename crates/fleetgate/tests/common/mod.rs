@@ -155,6 +155,17 @@ impl Node {
     pub fn command(&self, args: &[&str]) -> std::process::Output {
         run_cli(args, &self.config_path)
     }
+
+    /// The built-in CA's root PEM (`fleetgate ca export`), which must succeed.
+    pub fn ca_root(&self) -> anyhow::Result<String> {
+        let export = self.command(&["ca", "export"]);
+        anyhow::ensure!(
+            export.status.success(),
+            "fleetgate ca export failed: {}",
+            String::from_utf8_lossy(&export.stderr)
+        );
+        Ok(String::from_utf8(export.stdout)?)
+    }
 }
 
 pub fn bin() -> &'static str {
