@@ -39,15 +39,12 @@ impl ProxyProtocol {
     /// Parses one `address` or `network/prefix` entry of the configuration.
     pub fn parse_source(text: &str) -> Result<IpNet, String> {
         let text = text.trim();
-        if text.contains('/') {
-            text.parse::<IpNet>()
-                .map(|net| net.trunc())
-                .map_err(|_| format!("{text:?} is not an address or network like 10.0.0.0/8"))
+        let parsed = if text.contains('/') {
+            text.parse::<IpNet>().map(|net| net.trunc()).ok()
         } else {
-            text.parse::<IpAddr>()
-                .map(IpNet::from)
-                .map_err(|_| format!("{text:?} is not an address or network like 10.0.0.0/8"))
-        }
+            text.parse::<IpAddr>().map(IpNet::from).ok()
+        };
+        parsed.ok_or_else(|| format!("{text:?} is not an address or network like 10.0.0.0/8"))
     }
 
     pub fn is_enabled(&self) -> bool {

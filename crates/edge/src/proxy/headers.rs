@@ -156,7 +156,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
-        } else if name.as_str() == "proxy" || name.as_str().starts_with("proxy-") {
+        } else if is_proxy_field(name) {
             proxy = true;
         }
     }
@@ -183,13 +183,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if proxy {
         let names: Vec<HeaderName> = headers
             .keys()
-            .filter(|k| k.as_str() == "proxy" || k.as_str().starts_with("proxy-"))
+            .filter(|k| is_proxy_field(k))
             .cloned()
             .collect();
         for name in names {
             headers.remove(name);
         }
     }
+}
+
+/// `Proxy` (httpoxy) and `Proxy-*` fields.
+fn is_proxy_field(name: &HeaderName) -> bool {
+    name.as_str() == "proxy" || name.as_str().starts_with("proxy-")
 }
 
 /// Writes an address the way `Display` does (IPv4 without the formatting machinery: it is on

@@ -92,8 +92,6 @@ struct Lease {
     sender: http1::SendRequest<RequestBody>,
     /// `None` once the connection future has finished (closed or failed).
     conn: Option<Pin<Box<Connection>>>,
-    /// Set when taken from the pool: how long it had been idle.
-    idle_for: Option<Duration>,
 }
 
 struct Idle {
@@ -166,8 +164,7 @@ impl UpstreamClient {
         mut req: Request<RequestBody>,
         reuse: bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        while reuse && let Some(mut lease) = self.inner.checkout(index).await {
-            let idle_for = lease.idle_for.unwrap_or_default();
+        while reuse && let Some((mut lease, idle_for)) = self.inner.checkout(index).await {
             let retry = (idle_for >= STALE_AFTER && req.body().is_end_stream())
                 .then(|| Box::new(copy_bodiless(&req)));
             match lease.exchange(req).await {
@@ -256,8 +253,9 @@ impl UpstreamClient {
 }
 
 impl Pool {
-    /// The most recently used idle connection of upstream `index` that is ready for a request.
-    async fn checkout(&self, index: usize) -> Option<Box<Lease>> {
+    /// The most recently used idle connection of upstream `index` that is ready for a request,
+    /// and how long it was idle.
+    async fn checkout(&self, index: usize) -> Option<(Box<Lease>, Duration)> {
         loop {
             let mut idle = {
                 let mut idle = lock(&self.idle[index]);
@@ -265,16 +263,14 @@ impl Pool {
                 idle.pop_back()?
             };
             if poll_fn(|cx| Poll::Ready(idle.lease.ready_now(cx))).await {
-                idle.lease.idle_for = Some(idle.since.elapsed());
-                return Some(idle.lease);
+                return Some((idle.lease, idle.since.elapsed()));
             }
             // Closed by the upstream (or not done with its last exchange): dropped.
         }
     }
 
-    fn checkin(&self, index: usize, mut lease: Box<Lease>) {
+    fn checkin(&self, index: usize, lease: Box<Lease>) {
         let now = Instant::now();
-        lease.idle_for = None;
         let mut idle = lock(&self.idle[index]);
         self.expire(&mut idle, now);
         if idle.len() < MAX_IDLE_PER_UPSTREAM {
@@ -318,7 +314,6 @@ impl Pool {
         Ok(Box::new(Lease {
             sender,
             conn: Some(Box::pin(conn)),
-            idle_for: None,
         }))
     }
 }
