@@ -24,6 +24,7 @@ mod redirect;
 mod resolver;
 mod routes;
 mod server;
+mod signal;
 mod tls;
 
 pub use challenge::{ChallengeResponder, NoChallenges};

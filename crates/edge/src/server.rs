@@ -27,6 +27,7 @@ use crate::limits::Limits;
 use crate::proxy_protocol::{self, Origin, ProxyProtocol};
 use crate::resolver::CertMap;
 use crate::routes::Routes;
+use crate::signal::{Signal, Waiter};
 use crate::tls::{Handshake, TlsConfigs};
 
 /// hyper refuses a smaller HTTP/1 read buffer.
@@ -162,7 +163,9 @@ impl Edge {
             .map_or_else(|e| format!("unknown ({e})"), |addr| addr.to_string());
         info!(%local, scheme = scheme.as_str(), "listening");
         let connections = TaskTracker::new();
-        let drop_all = CancellationToken::new();
+        // Connections wait on these rather than on `shutdown` itself: see [`Signal`].
+        let stop = Signal::new();
+        let drop_all = Signal::new();
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
@@ -195,20 +198,23 @@ impl Edge {
             let _ = stream.set_nodelay(true);
             let edge = Arc::clone(&self);
             let shutdown = shutdown.clone();
-            let drop_all = drop_all.clone();
+            let mut dropped = drop_all.waiter();
+            let stop = stop.waiter();
             let span = debug_span!("conn", %peer, scheme = scheme.as_str());
             connections.spawn(
                 async move {
                     let _permit = permit;
                     tokio::select! {
-                        () = drop_all.cancelled() => debug!("dropped at drain timeout"),
-                        () = edge.connection(stream, peer, scheme, &shutdown) => {}
+                        biased;
+                        () = dropped.fired() => debug!("dropped at drain timeout"),
+                        () = edge.connection(stream, peer, scheme, &shutdown, stop) => {}
                     }
                 }
                 .instrument(span),
             );
         }
         drop(listener);
+        stop.fire();
         connections.close();
         info!(
             %local,
@@ -224,7 +230,7 @@ impl Edge {
                 open = connections.len(),
                 "drain timeout reached; dropping connections"
             );
-            drop_all.cancel();
+            drop_all.fire();
             connections.wait().await;
         }
         info!(%local, "listener stopped");
@@ -236,6 +242,7 @@ impl Edge {
         mut peer: SocketAddr,
         scheme: Scheme,
         shutdown: &CancellationToken,
+        stop: Waiter,
     ) {
         if self.proxy_protocol.expects_header(peer.ip()) {
             // A balancer's connection: the client's address comes first, within the time a
@@ -261,7 +268,7 @@ impl Edge {
         match scheme {
             // Plain HTTP is HTTP/1.1 only (no h2c): no sniffing for the HTTP/2 preface.
             Scheme::Http => {
-                self.serve(stream, peer, Transport::Plain, false, shutdown)
+                self.serve(stream, peer, Transport::Plain, false, shutdown, stop)
                     .await;
             }
             Scheme::Https => {
@@ -278,7 +285,8 @@ impl Edge {
                 if let Handshake::Serve { stream, sni, key } = handshake {
                     // ALPN decides the protocol (RFC 9113 3.2); without it, HTTP/1.1.
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    self.serve(stream, peer, Transport::Tls { sni, key }, h2, shutdown)
+                    let transport = Transport::Tls { sni, key };
+                    self.serve(stream, peer, transport, h2, shutdown, stop)
                         .await;
                 }
             }
@@ -295,6 +303,7 @@ impl Edge {
         transport: Transport,
         h2: bool,
         shutdown: &CancellationToken,
+        stop: Waiter,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -320,10 +329,10 @@ impl Edge {
         );
         if h2 {
             let conn = self.http2.serve_connection(io, service);
-            supervise(conn, watchdog, shutdown).await;
+            supervise(conn, watchdog, stop).await;
         } else {
             let conn = self.http1.serve_connection(io, service).with_upgrades();
-            supervise(conn, watchdog, shutdown).await;
+            supervise(conn, watchdog, stop).await;
         }
     }
 }
@@ -360,19 +369,21 @@ where
     }
 }
 
-/// Drives `conn` to its end; on shutdown or when the watchdog fires, closes it gracefully.
-async fn supervise<C: Graceful>(conn: C, mut watchdog: Watchdog, shutdown: &CancellationToken) {
+/// Drives `conn` to its end; on shutdown (`stop`) or when the watchdog fires, closes it
+/// gracefully.
+async fn supervise<C: Graceful>(conn: C, mut watchdog: Watchdog, mut stop: Waiter) {
     tokio::pin!(conn);
     let mut closing = false;
     loop {
         tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(error) = result {
                     debug!(%error, "connection ended with an error");
                 }
                 return;
             }
-            () = shutdown.cancelled(), if !closing => {
+            () = stop.fired(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }

@@ -42,19 +42,28 @@ pub(crate) struct Forwarding<'a> {
 }
 
 /// Rewrites a client's request headers for the upstream. `upgrade` is the client's `Upgrade`
-/// value when the request asks for a protocol switch that is being forwarded; `host` is the
-/// `Host` to send.
+/// value when the request asks for a protocol switch that is being forwarded; `host` is what
+/// to do with `Host`.
+///
+/// This runs on every proxied request, so the fields are looked at once ([`Present`]) and a
+/// map lookup is made only for a field that is there.
 pub(crate) fn to_upstream(
     headers: &mut HeaderMap,
     version: Version,
     fwd: &Forwarding<'_>,
-    host: Option<HeaderValue>,
+    host: SetHost,
     upgrade: Option<HeaderValue>,
 ) {
-    strip_hop_by_hop(headers);
+    let present = Present::scan(headers);
+    strip_hop_by_hop(headers, present);
+    // X-Forwarded-For/-Proto/-Host, Forwarded, Via and perhaps Host, Connection and Upgrade:
+    // one allocation instead of growing the map field by field.
+    headers.reserve(8);
     // The edge has answered `100-continue` itself (hyper does when the body is first read);
     // the upstream gets the body as it streams.
-    headers.remove(header::EXPECT);
+    if present.has(Present::EXPECT) {
+        headers.remove(header::EXPECT);
+    }
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
@@ -71,7 +80,9 @@ pub(crate) fn to_upstream(
 
     // X-Forwarded-For: earlier hops as received (joined on one line: many applications read
     // only the first), then this client.
-    append_list(&mut buf, headers.get_all(&X_FORWARDED_FOR));
+    if present.has(Present::X_FORWARDED_FOR) {
+        append_list(&mut buf, headers.get_all(&X_FORWARDED_FOR));
+    }
     push_ip(&mut buf, client);
     insert_bytes(headers, X_FORWARDED_FOR, buf.split().freeze());
 
@@ -80,14 +91,17 @@ pub(crate) fn to_upstream(
         Some(h) => {
             headers.insert(X_FORWARDED_HOST, h.clone());
         }
-        None => {
+        None if present.has(Present::X_FORWARDED_HOST) => {
             headers.remove(&X_FORWARDED_HOST);
         }
+        None => {}
     }
 
     // Forwarded: earlier elements, then ours: for=...;host=...;proto=...
     let mut fwd_value = buf;
-    append_list(&mut fwd_value, headers.get_all(&FORWARDED));
+    if present.has(Present::FORWARDED) {
+        append_list(&mut fwd_value, headers.get_all(&FORWARDED));
+    }
     match client {
         IpAddr::V4(_) => {
             fwd_value.put_slice(b"for=");
@@ -109,13 +123,27 @@ pub(crate) fn to_upstream(
 
     headers.append(header::VIA, via(version));
     match host {
-        Some(h) => {
+        SetHost::Keep => {}
+        SetHost::To(h) => {
             headers.insert(header::HOST, h);
         }
-        None => {
-            headers.remove(header::HOST);
+        SetHost::Remove => {
+            if present.has(Present::HOST) {
+                headers.remove(header::HOST);
+            }
         }
     }
+}
+
+/// What [`to_upstream`] does with `Host`.
+#[derive(Debug)]
+pub(crate) enum SetHost {
+    /// The client's own `Host` field is the one to send (it names the same host as the
+    /// request target).
+    Keep,
+    To(HeaderValue),
+    /// None to send (the upstream's is set later, per attempt).
+    Remove,
 }
 
 /// Rewrites an upstream's response headers for the client. `upgraded`: a 101 whose switch is
@@ -126,7 +154,7 @@ pub(crate) fn to_client(headers: &mut HeaderMap, version: Version, upgraded: boo
     } else {
         None
     };
-    strip_hop_by_hop(headers);
+    strip_hop_by_hop(headers, Present::scan(headers));
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
@@ -145,22 +173,53 @@ pub(crate) fn upgrade_request(headers: &HeaderMap, version: Version) -> Option<H
     asks.then(|| upgrade.clone())
 }
 
-/// Removes hop-by-hop fields: the fixed set, `Proxy-*`, `Proxy` and whatever `Connection`
-/// lists.
-///
-/// One pass over the names finds what is there, and only that is removed: most messages carry
-/// none of these fields, or only `Connection`, and nothing is allocated for them.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present: u16 = 0;
-    let mut proxy = false;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        } else if is_proxy_field(name) {
-            proxy = true;
+/// The fields of a message that the rewrite removes or extends, found in one pass over its
+/// names: bit `i` for `HOP_BY_HOP[i]`, then the constants below.
+#[derive(Debug, Clone, Copy)]
+struct Present(u16);
+
+impl Present {
+    const PROXY_FIELD: u16 = 1 << 8;
+    const EXPECT: u16 = 1 << 9;
+    const X_FORWARDED_FOR: u16 = 1 << 10;
+    const X_FORWARDED_HOST: u16 = 1 << 11;
+    const FORWARDED: u16 = 1 << 12;
+    const HOST: u16 = 1 << 13;
+
+    fn scan(headers: &HeaderMap) -> Present {
+        let mut bits = 0;
+        for name in headers.keys() {
+            bits |= if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+                1 << i
+            } else if name == header::HOST {
+                Self::HOST
+            } else if name == X_FORWARDED_FOR {
+                Self::X_FORWARDED_FOR
+            } else if name == FORWARDED {
+                Self::FORWARDED
+            } else if name == X_FORWARDED_HOST {
+                Self::X_FORWARDED_HOST
+            } else if name == header::EXPECT {
+                Self::EXPECT
+            } else if is_proxy_field(name) {
+                Self::PROXY_FIELD
+            } else {
+                0
+            };
         }
+        Present(bits)
     }
-    if present & 1 != 0 {
+
+    fn has(self, bits: u16) -> bool {
+        self.0 & bits != 0
+    }
+}
+
+/// Removes hop-by-hop fields: the fixed set, `Proxy-*`, `Proxy` and whatever `Connection`
+/// lists. Only what `present` found is looked up: most messages carry none of these fields,
+/// or only `Connection`, and nothing is allocated for them.
+fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) {
+    if present.has(1) {
         // Nothing is allocated unless a field other than `keep-alive`/`close`/`upgrade` is
         // listed.
         let listed: Vec<HeaderName> = connection_tokens(headers)
@@ -168,6 +227,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 !t.eq_ignore_ascii_case("keep-alive")
                     && !t.eq_ignore_ascii_case("close")
                     && !t.eq_ignore_ascii_case("upgrade")
+                    // End to end whatever a client says: `SetHost::Keep` relies on it.
+                    && !t.eq_ignore_ascii_case("host")
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -176,11 +237,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
+        if present.has(1 << i) {
             headers.remove(name);
         }
     }
-    if proxy {
+    if present.has(Present::PROXY_FIELD) {
         let names: Vec<HeaderName> = headers
             .keys()
             .filter(|k| is_proxy_field(k))
@@ -344,7 +405,7 @@ mod tests {
     fn request_rewrite() {
         let mut h = map(&[
             ("host", "example.com:8443"),
-            ("connection", "keep-alive, X-Secret"),
+            ("connection", "keep-alive, X-Secret, Host"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
@@ -364,7 +425,7 @@ mod tests {
             https: true,
             host: host.as_ref(),
         };
-        to_upstream(&mut h, Version::HTTP_11, &fwd, host.clone(), None);
+        to_upstream(&mut h, Version::HTTP_11, &fwd, SetHost::Keep, None);
         for gone in [
             "connection",
             "x-secret",
@@ -404,7 +465,7 @@ mod tests {
             &mut h,
             Version::HTTP_2,
             &fwd,
-            Some(HeaderValue::from_static("10.0.0.5:8080")),
+            SetHost::To(HeaderValue::from_static("10.0.0.5:8080")),
             None,
         );
         assert_eq!(all(&h, "cookie"), ["a=1; b=2"]);
@@ -426,7 +487,7 @@ mod tests {
             https: false,
             host: None,
         };
-        to_upstream(&mut h, Version::HTTP_11, &fwd, None, up);
+        to_upstream(&mut h, Version::HTTP_11, &fwd, SetHost::Remove, up);
         assert_eq!(all(&h, "connection"), ["upgrade"]);
         assert_eq!(all(&h, "upgrade"), ["websocket"]);
         assert_eq!(all(&h, "sec-websocket-key"), ["k"]);

@@ -39,7 +39,7 @@ use crate::error::EdgeError;
 use balancer::{Balancer, InFlight, Tried, Upstream};
 use body::{RequestBody, RequestBodyError, UpstreamBody};
 use connector::ClientSettings;
-use headers::Forwarding;
+use headers::{Forwarding, SetHost};
 use pool::{PooledBody, UpstreamClient, UpstreamError};
 
 impl Proxy {
@@ -212,11 +212,14 @@ impl Forwarder {
             https: down.https,
             host: original_host.as_ref(),
         };
-        let host = match &self.host {
-            HostPolicy::Pass => original_host.clone(),
+        let host = match (&self.host, &original_host) {
+            // An origin-form HTTP/1 request: its `Host` is the host it asked for.
+            (HostPolicy::Pass, Some(_)) if parts.uri.authority().is_none() => SetHost::Keep,
+            (HostPolicy::Pass, Some(h)) => SetHost::To(h.clone()),
+            (HostPolicy::Pass, None) => SetHost::Remove,
             // Set per attempt, for the upstream chosen.
-            HostPolicy::Upstream => None,
-            HostPolicy::Literal(value) => Some(value.clone()),
+            (HostPolicy::Upstream, _) => SetHost::Remove,
+            (HostPolicy::Literal(value), _) => SetHost::To(value.clone()),
         };
         headers::to_upstream(&mut parts.headers, parts.version, &fwd, host, upgrade);
         let path_and_query = parts
