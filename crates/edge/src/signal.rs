@@ -106,6 +106,7 @@ impl Drop for Waiter {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
     use std::time::Duration;

@@ -14,6 +14,7 @@ mod balancer;
 mod body;
 mod config;
 mod connector;
+mod h1;
 mod headers;
 mod health;
 mod pool;

@@ -1,24 +1,22 @@
-//! Keep-alive HTTP/1.1 connections to a site's upstreams, driven by the request that uses them.
+//! Keep-alive HTTP/1.1 connections to a site's upstreams, used by the request that takes them.
 //!
-//! hyper's client connection is a future that must be polled for anything to happen on the
-//! socket. A general-purpose client spawns it as its own task, so every request crosses tasks
-//! (and often threads) twice: to hand the request over and to hand the response back. Here the
-//! connection is polled by whoever is waiting on it instead: by [`UpstreamClient::send`] until
-//! the response head arrives, then by the response body ([`PooledBody`]) as the edge streams it
-//! to the client. One request, one task, no extra wake-ups.
+//! A connection ([`Conn`]) does nothing on its own: the request that took it from the pool
+//! writes to it and reads the response head ([`UpstreamClient::send`]), then the response body
+//! ([`PooledBody`]) reads the rest as the edge streams it to the client, and gives the
+//! connection back once the body has ended. One request, one task, no hand-offs.
 //!
-//! The price: an idle connection in the pool is polled by nobody, so an upstream closing it is
-//! noticed when the connection is next taken (one poll reads the EOF and it is discarded), or
-//! by the sweep that drops connections idle for longer than `idle_timeout`. A request that
-//! could not be written at all goes out on another connection; one that a reused connection
-//! lost after writing is reported as [`UpstreamError::Stale`] so the caller can send it again
+//! The price: an idle connection in the pool is watched by nobody, so an upstream closing it is
+//! noticed when the connection is next taken (one read finds the end of file, without a system
+//! call when there is nothing to read, and it is discarded), or by the sweep that drops
+//! connections idle for longer than `idle_timeout`. A request that a reused connection lost
+//! without an answer is reported as [`UpstreamError::Stale`] so the caller can send it again
 //! when that is safe.
 //!
-//! Upgrade requests (WebSocket) get a connection of their own, spawned with upgrades enabled
-//! and never pooled.
+//! Upgrade requests (WebSocket) get a connection of their own through hyper's client, spawned
+//! with upgrades enabled and never pooled.
 
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
@@ -27,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{TrySendError, http1};
+use hyper::client::conn::http1;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -37,9 +35,9 @@ use tracing::debug;
 use crate::proxy::balancer::Upstream;
 use crate::proxy::body::RequestBody;
 use crate::proxy::connector::{BoxError, Connector};
+use crate::proxy::h1::{Conn, Framing, H1Error};
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
-type Connection = http1::Connection<Io, RequestBody>;
 
 /// Idle connections kept per upstream; more are closed when their request ends.
 const MAX_IDLE_PER_UPSTREAM: usize = 1024;
@@ -58,12 +56,15 @@ pub(crate) enum UpstreamError {
     Handshake(#[source] hyper::Error),
     /// The request failed on a connection that was fresh, or could not be sent again.
     #[error("request failed")]
-    Request(#[source] hyper::Error),
+    Request(#[source] H1Error),
+    /// An upgrade request (on hyper's client) failed.
+    #[error("upgrade request failed")]
+    Upgrade(#[source] hyper::Error),
     /// A connection reused after [`STALE_AFTER`] closed before answering; the request, without
     /// a body, can go again on a fresh connection.
     #[error("reused connection closed before answering")]
     Stale {
-        source: hyper::Error,
+        source: H1Error,
         retry: Box<Request<RequestBody>>,
     },
 }
@@ -87,56 +88,9 @@ struct Pool {
     idle_timeout: Duration,
 }
 
-/// A connection with its request sender, owned by one request at a time.
-struct Lease {
-    sender: http1::SendRequest<RequestBody>,
-    /// `None` once the connection future has finished (closed or failed).
-    conn: Option<Pin<Box<Connection>>>,
-}
-
 struct Idle {
-    lease: Box<Lease>,
+    conn: Box<Conn>,
     since: Instant,
-}
-
-impl Lease {
-    /// Polls the connection future (it does the socket work); false once it has finished.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(conn) = self.conn.as_mut() {
-            match conn.as_mut().poll(cx) {
-                Poll::Pending => return true,
-                Poll::Ready(Err(e)) => debug!(error = %e, "upstream connection ended"),
-                Poll::Ready(Ok(())) => {}
-            }
-            self.conn = None;
-        }
-        false
-    }
-
-    /// Whether the connection takes a new request now; one poll of the connection lets it
-    /// finish the previous exchange or notice that the upstream closed it.
-    fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
-        self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
-    }
-
-    /// Sends `req` and drives the connection until the response head arrives.
-    async fn exchange(
-        &mut self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
-        let mut response = std::pin::pin!(self.sender.try_send_request(req));
-        let conn = &mut self.conn;
-        poll_fn(|cx| {
-            if let Some(c) = conn.as_mut()
-                && c.as_mut().poll(cx).is_ready()
-            {
-                // Finished: the response future below is settled by now, one way or the other.
-                *conn = None;
-            }
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
 }
 
 impl UpstreamClient {
@@ -161,35 +115,30 @@ impl UpstreamClient {
         &self,
         index: usize,
         upstream: &Upstream,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
         reuse: bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        while reuse && let Some((mut lease, idle_for)) = self.inner.checkout(index).await {
+        if reuse && let Some((mut conn, idle_for)) = self.inner.checkout(index).await {
             let retry = (idle_for >= STALE_AFTER && req.body().is_end_stream())
                 .then(|| Box::new(copy_bodiless(&req)));
-            match lease.exchange(req).await {
-                Ok(response) => return Ok(self.wrap(index, lease, response)),
-                Err(mut err) => match err.take_message() {
-                    // Not written: the connection was gone. Try the next one.
-                    Some(back) => req = back,
-                    None => {
-                        let source = err.into_error();
-                        return Err(match retry {
-                            Some(retry) if source.is_incomplete_message() => {
-                                UpstreamError::Stale { source, retry }
-                            }
-                            _ => UpstreamError::Request(source),
-                        });
-                    }
-                },
-            }
+            return match conn.exchange(req).await {
+                Ok((response, framing, reusable)) => {
+                    Ok(self.wrap(index, conn, response, framing, reusable))
+                }
+                Err(source) => Err(match retry {
+                    Some(retry) if source.unanswered() => UpstreamError::Stale { source, retry },
+                    _ => UpstreamError::Request(source),
+                }),
+            };
         }
-        // Boxed: dialling (TCP, TLS, handshake) is the cold path, and its state would make
-        // every request's future larger.
-        let mut lease = Box::pin(self.inner.connect(upstream)).await?;
-        match lease.exchange(req).await {
-            Ok(response) => Ok(self.wrap(index, lease, response)),
-            Err(err) => Err(UpstreamError::Request(err.into_error())),
+        // Boxed: dialling (TCP, TLS) is the cold path, and its state would make every
+        // request's future larger.
+        let mut conn = Box::pin(self.inner.connect(upstream)).await?;
+        match conn.exchange(req).await {
+            Ok((response, framing, reusable)) => {
+                Ok(self.wrap(index, conn, response, framing, reusable))
+            }
+            Err(source) => Err(UpstreamError::Request(source)),
         }
     }
 
@@ -213,14 +162,8 @@ impl UpstreamClient {
         let response = sender
             .send_request(req)
             .await
-            .map_err(UpstreamError::Request)?;
-        Ok(response.map(|inner| PooledBody {
-            inner,
-            ended: false,
-            lease: None,
-            pool: Arc::clone(&self.inner),
-            index: 0,
-        }))
+            .map_err(UpstreamError::Upgrade)?;
+        Ok(response.map(|body| PooledBody(Source::Hyper(body))))
     }
 
     /// Closes idle connections unused for longer than `idle_timeout` (an upstream may have
@@ -239,15 +182,19 @@ impl UpstreamClient {
     fn wrap(
         &self,
         index: usize,
-        lease: Box<Lease>,
-        response: Response<Incoming>,
+        conn: Box<Conn>,
+        response: Response<()>,
+        framing: Framing,
+        reusable: bool,
     ) -> Response<PooledBody> {
-        response.map(|inner| PooledBody {
-            inner,
-            ended: false,
-            lease: Some(lease),
-            pool: Arc::clone(&self.inner),
-            index,
+        response.map(|()| {
+            PooledBody(Source::Pooled {
+                conn: Some(conn),
+                framing,
+                reusable,
+                pool: Arc::clone(&self.inner),
+                index,
+            })
         })
     }
 }
@@ -255,26 +202,27 @@ impl UpstreamClient {
 impl Pool {
     /// The most recently used idle connection of upstream `index` that is ready for a request,
     /// and how long it was idle.
-    async fn checkout(&self, index: usize) -> Option<(Box<Lease>, Duration)> {
+    async fn checkout(&self, index: usize) -> Option<(Box<Conn>, Duration)> {
         loop {
+            let now = Instant::now();
             let mut idle = {
                 let mut idle = lock(&self.idle[index]);
-                self.expire(&mut idle, Instant::now());
+                self.expire(&mut idle, now);
                 idle.pop_back()?
             };
-            if poll_fn(|cx| Poll::Ready(idle.lease.ready_now(cx))).await {
-                return Some((idle.lease, idle.since.elapsed()));
+            if poll_fn(|cx| Poll::Ready(idle.conn.poll_idle(cx))).await {
+                return Some((idle.conn, now.saturating_duration_since(idle.since)));
             }
-            // Closed by the upstream (or not done with its last exchange): dropped.
+            // Closed by the upstream, or it sent something unasked: dropped.
         }
     }
 
-    fn checkin(&self, index: usize, lease: Box<Lease>) {
+    fn checkin(&self, index: usize, conn: Box<Conn>) {
         let now = Instant::now();
         let mut idle = lock(&self.idle[index]);
         self.expire(&mut idle, now);
         if idle.len() < MAX_IDLE_PER_UPSTREAM {
-            idle.push_back(Idle { lease, since: now });
+            idle.push_back(Idle { conn, since: now });
         }
     }
 
@@ -303,79 +251,106 @@ impl Pool {
     }
 
     /// A new connection; boxed once, as it moves between the pool and response bodies.
-    async fn connect(&self, upstream: &Upstream) -> Result<Box<Lease>, UpstreamError> {
+    async fn connect(&self, upstream: &Upstream) -> Result<Box<Conn>, UpstreamError> {
         let io = self.dial(upstream).await?;
-        // Flat writes, as the server side does (see `Edge::new`).
-        let (sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(io)
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        Ok(Box::new(Lease {
-            sender,
-            conn: Some(Box::pin(conn)),
-        }))
+        Ok(Box::new(Conn::new(TokioIo::new(io))))
     }
 }
 
-/// An upstream response body that drives its connection while it is read, and returns the
-/// connection to the pool once the body has ended (dropped earlier, the connection closes).
-pub(crate) struct PooledBody {
-    inner: Incoming,
-    /// The body was read to its end (a chunked body says so only by ending).
-    ended: bool,
-    lease: Option<Box<Lease>>,
-    pool: Arc<Pool>,
-    index: usize,
+/// An upstream response body: read from its pooled connection as the client's side asks for
+/// it, the connection going back to the pool once the body has ended (dropped earlier, the
+/// connection closes). Upgrade responses come from hyper's client instead.
+pub(crate) struct PooledBody(Source);
+
+enum Source {
+    Pooled {
+        conn: Option<Box<Conn>>,
+        framing: Framing,
+        /// The upstream allows another request on the connection.
+        reusable: bool,
+        pool: Arc<Pool>,
+        index: usize,
+    },
+    Hyper(Incoming),
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("inner", &self.inner)
-            .field("index", &self.index)
-            .finish_non_exhaustive()
+        match &self.0 {
+            Source::Pooled { framing, index, .. } => f
+                .debug_struct("PooledBody")
+                .field("framing", framing)
+                .field("index", index)
+                .finish_non_exhaustive(),
+            Source::Hyper(inner) => f.debug_tuple("PooledBody").field(inner).finish(),
+        }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        if let Some(lease) = this.lease.as_mut() {
-            lease.drive(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Source::Pooled { conn, framing, .. } => {
+                let Some(c) = conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match ready!(c.poll_body(framing, cx)) {
+                    Some(Ok(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Some(Err(e)) => {
+                        *conn = None;
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    None => Poll::Ready(None),
+                }
+            }
+            Source::Hyper(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
         }
-        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &polled {
-            Some(Ok(_)) => {}
-            Some(Err(_)) => this.lease = None,
-            None => this.ended = true,
-        }
-        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Source::Pooled { framing, .. } => {
+                matches!(framing, Framing::Done | Framing::Length(0))
+            }
+            Source::Hyper(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Source::Pooled { framing, .. } => match framing {
+                Framing::Done => SizeHint::with_exact(0),
+                Framing::Length(n) => SizeHint::with_exact(*n),
+                _ => SizeHint::default(),
+            },
+            Source::Hyper(inner) => inner.size_hint(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // hyper stops polling a body that says it has ended, so the end is checked here.
-        if let Some(lease) = self.lease.take()
-            && (self.ended || self.inner.is_end_stream())
-            && lease.conn.is_some()
+        if let Source::Pooled {
+            conn,
+            framing,
+            reusable: true,
+            pool,
+            index,
+        } = &mut self.0
+            && matches!(framing, Framing::Done | Framing::Length(0))
+            && let Some(conn) = conn.take()
+            && conn.is_clean()
         {
-            self.pool.checkin(self.index, lease);
+            pool.checkin(*index, conn);
         }
     }
 }

@@ -1,0 +1,592 @@
+//! The proxy's side of an HTTP/1.1 upstream connection: one request at a time, written and
+//! read by the task that forwards it.
+//!
+//! hyper's client connection is a general tool: a dispatcher future that takes requests from a
+//! channel, answers through a oneshot and hands the response body over another channel. On the
+//! proxy's hot path that machinery cost more CPU than everything else fleetgate does per
+//! request. A proxy needs much less: write the head (and stream the body), parse the response
+//! head with `httparse`, then decode the body (length, chunked or until close) straight from
+//! the socket as the client's side asks for it. Upgrades (WebSocket) still use hyper's client,
+//! see [`super::pool::UpstreamClient::send_upgrade`].
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Body as _;
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+use crate::proxy::body::{RequestBody, RequestBodyError};
+
+/// An upstream connection's transport (TCP, or TLS over TCP), with tokio's IO traits.
+pub(crate) type Stream = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+
+/// A response head may be this large, fields included.
+const MAX_HEAD: usize = 64 * 1024;
+/// Fields in a response head.
+const MAX_FIELDS: usize = 128;
+/// Free space for each read. More than a typical small response, so that a read that
+/// drains the socket says so (tokio then knows the socket is not readable without asking the
+/// kernel again).
+const READ_SPACE: usize = 16 * 1024;
+/// A chunk-size line (with extensions) or a trailer line may be this long.
+const MAX_LINE: usize = 4 * 1024;
+
+/// Why an exchange with an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum H1Error {
+    #[error("writing the request failed")]
+    Write(#[source] io::Error),
+    #[error("reading the response failed")]
+    Read(#[source] io::Error),
+    /// Before a single byte of a response arrived.
+    #[error("the upstream closed the connection without answering")]
+    Closed,
+    #[error("the upstream's response head is invalid: {0}")]
+    InvalidHead(&'static str),
+    #[error("the upstream's response head is over 64 KiB")]
+    HeadTooLarge,
+    #[error("the request body failed")]
+    Body(#[source] RequestBodyError),
+    #[error("the upstream closed the connection before the body ended")]
+    ShortBody,
+    #[error("the upstream's chunked body is invalid: {0}")]
+    InvalidChunk(&'static str),
+}
+
+impl H1Error {
+    /// The upstream answered nothing (it had closed or reset the connection): a request that
+    /// can be sent again safely may go out on another connection.
+    pub(crate) fn unanswered(&self) -> bool {
+        match self {
+            H1Error::Closed => true,
+            H1Error::Write(e) | H1Error::Read(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// How a response body is delimited (RFC 9112 6.3), and where its decoding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Content-Length: this many bytes left.
+    Length(u64),
+    /// Before a chunk-size line.
+    ChunkSize,
+    /// Inside a chunk: this many bytes left.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// Trailer fields after the last chunk, until an empty line.
+    Trailers,
+    /// Everything until the upstream closes (the connection cannot be reused).
+    UntilClose,
+    /// The body has ended (or there was none).
+    Done,
+}
+
+/// One keep-alive connection to an upstream.
+pub(crate) struct Conn {
+    io: Stream,
+    /// What was read and not yet used.
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub(crate) fn new(io: Stream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_SPACE),
+        }
+    }
+
+    /// Whether an idle connection can take a request: nothing is waiting to be read and the
+    /// upstream has not closed it. Costs no system call when the last read drained the socket.
+    pub(crate) fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        // Pending: nothing to read. Bytes, end of file or an error: not reusable.
+        self.poll_fill(cx).is_pending()
+    }
+
+    /// Reads what is there into `buf`; `Ok(0)` at end of file.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_SPACE);
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Writes `req` (origin-form target, headers already rewritten) with its body, then reads
+    /// the response head. Returns the response without a body, the body's framing and whether
+    /// the connection may carry another request once the body is read.
+    pub(crate) async fn exchange(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<()>, Framing, bool), H1Error> {
+        let (parts, mut body) = req.into_parts();
+        let mut out = BytesMut::with_capacity(512);
+        let chunked = encode_head(&parts, &body, &mut out);
+        if body.is_end_stream() {
+            self.io.write_all(&out).await.map_err(H1Error::Write)?;
+        } else {
+            self.io.write_all(&out).await.map_err(H1Error::Write)?;
+            self.write_body(&mut body, chunked, &mut out).await?;
+        }
+        self.io.flush().await.map_err(H1Error::Write)?;
+        self.read_head(parts.method == Method::HEAD).await
+    }
+
+    async fn write_body(
+        &mut self,
+        body: &mut RequestBody,
+        chunked: bool,
+        scratch: &mut BytesMut,
+    ) -> Result<(), H1Error> {
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            let frame = frame.map_err(H1Error::Body)?;
+            // Trailers are not forwarded.
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                scratch.clear();
+                scratch.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                self.io.write_all(scratch).await.map_err(H1Error::Write)?;
+                self.io.write_all(&data).await.map_err(H1Error::Write)?;
+                self.io.write_all(b"\r\n").await.map_err(H1Error::Write)?;
+            } else {
+                self.io.write_all(&data).await.map_err(H1Error::Write)?;
+            }
+        }
+        if chunked {
+            self.io
+                .write_all(b"0\r\n\r\n")
+                .await
+                .map_err(H1Error::Write)?;
+        }
+        Ok(())
+    }
+
+    async fn read_head(
+        &mut self,
+        head_request: bool,
+    ) -> Result<(Response<()>, Framing, bool), H1Error> {
+        let mut answered = false;
+        loop {
+            if !self.buf.is_empty() {
+                answered = true;
+                if let Some(parsed) = self.parse_head(head_request)? {
+                    return Ok(parsed);
+                }
+                if self.buf.len() >= MAX_HEAD {
+                    return Err(H1Error::HeadTooLarge);
+                }
+            }
+            match self.fill().await {
+                Ok(0) if answered => {
+                    return Err(H1Error::InvalidHead("connection closed inside it"));
+                }
+                Ok(0) => return Err(H1Error::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(H1Error::Read(e)),
+            }
+        }
+    }
+
+    /// A complete response head from `buf` (1xx interim responses are skipped), or `None` if
+    /// more bytes are needed.
+    fn parse_head(
+        &mut self,
+        head_request: bool,
+    ) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+            let mut parsed = httparse::Response::new(&mut fields);
+            let len = match parsed.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(H1Error::InvalidHead("more than 128 fields"));
+                }
+                Err(_) => return Err(H1Error::InvalidHead("not HTTP/1.x")),
+            };
+            let code = parsed.code.unwrap_or(0);
+            let status =
+                StatusCode::from_u16(code).map_err(|_| H1Error::InvalidHead("bad status code"))?;
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                // 100 Continue, 103 Early Hints...: the final response follows.
+                self.buf.advance(len);
+                continue;
+            }
+            let version = match parsed.version {
+                Some(0) => Version::HTTP_10,
+                _ => Version::HTTP_11,
+            };
+            // The fields as offsets, so that the values can share the head's bytes.
+            let base = self.buf.as_ptr() as usize;
+            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_FIELDS];
+            let count = parsed.headers.len();
+            for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+                *span = (
+                    field.name.as_ptr() as usize - base,
+                    field.name.len(),
+                    field.value.as_ptr() as usize - base,
+                    field.value.len(),
+                );
+            }
+            let head = self.buf.split_to(len).freeze();
+            let mut headers = HeaderMap::with_capacity(count + 2);
+            for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+                let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+                    .map_err(|_| H1Error::InvalidHead("bad field name"))?;
+                let value =
+                    HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+                        .map_err(|_| H1Error::InvalidHead("bad field value"))?;
+                headers.append(name, value);
+            }
+            let (framing, keep_alive) = framing(head_request, status, version, &headers)?;
+            let mut response = Response::new(());
+            *response.status_mut() = status;
+            *response.version_mut() = version;
+            *response.headers_mut() = headers;
+            return Ok(Some((response, framing, keep_alive)));
+        }
+    }
+
+    /// The next piece of a response body, decoding `framing` (which it advances). `None` once
+    /// the body has ended.
+    pub(crate) fn poll_body(
+        &mut self,
+        framing: &mut Framing,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, H1Error>>> {
+        loop {
+            match *framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    *framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) | Framing::ChunkData(left) if !self.buf.is_empty() => {
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buf.len());
+                    let data = self.buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    *framing = match *framing {
+                        Framing::Length(_) if left == 0 => Framing::Done,
+                        Framing::Length(_) => Framing::Length(left),
+                        _ if left == 0 => Framing::ChunkEnd,
+                        _ => Framing::ChunkData(left),
+                    };
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Framing::UntilClose if !self.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(self.buf.split().freeze())));
+                }
+                Framing::ChunkSize | Framing::ChunkEnd | Framing::Trailers => {
+                    if let Some(line_len) = memchr::memchr(b'\n', &self.buf) {
+                        let line = self.buf.split_to(line_len + 1);
+                        let line = line
+                            .strip_suffix(b"\n")
+                            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                            .unwrap_or(&line);
+                        *framing = match *framing {
+                            Framing::ChunkSize => match chunk_size(line)? {
+                                0 => Framing::Trailers,
+                                size => Framing::ChunkData(size),
+                            },
+                            Framing::ChunkEnd if line.is_empty() => Framing::ChunkSize,
+                            Framing::ChunkEnd => {
+                                return Poll::Ready(Some(Err(H1Error::InvalidChunk(
+                                    "no line end after the data",
+                                ))));
+                            }
+                            // Trailer fields are dropped; an empty line ends the body.
+                            _ if line.is_empty() => Framing::Done,
+                            _ => Framing::Trailers,
+                        };
+                        continue;
+                    }
+                    if self.buf.len() > MAX_LINE {
+                        return Poll::Ready(Some(Err(H1Error::InvalidChunk("line too long"))));
+                    }
+                }
+                _ => {}
+            }
+            // More bytes are needed.
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if *framing == Framing::UntilClose => {
+                    *framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(H1Error::ShortBody))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(H1Error::Read(e)))),
+            }
+        }
+    }
+
+    /// Whether the connection holds nothing but what the finished exchange left: bytes past
+    /// the end of a response mean the upstream is confused, and the connection is not reused.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// Writes the request line and fields into `out`, with the body's framing (the body decides
+/// it: its exact size, or chunked). Returns whether the body is to be chunked.
+fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut BytesMut) -> bool {
+    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str)
+            .as_bytes(),
+    );
+    out.put_slice(b" HTTP/1.1\r\n");
+    let mut had_length = false;
+    for (name, value) in &parts.headers {
+        if *name == header::CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    let mut chunked = false;
+    if body.is_end_stream() {
+        // An empty body is announced where one is expected (or was announced to us).
+        if had_length || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            out.put_slice(b"content-length: 0\r\n");
+        }
+    } else if let Some(len) = body.size_hint().exact() {
+        out.put_slice(b"content-length: ");
+        out.put_slice(len.to_string().as_bytes());
+        out.put_slice(b"\r\n");
+    } else {
+        out.put_slice(b"transfer-encoding: chunked\r\n");
+        chunked = true;
+    }
+    out.put_slice(b"\r\n");
+    chunked
+}
+
+/// The body's framing and whether the connection stays open after it (RFC 9112 6.3, 9.3).
+fn framing(
+    head_request: bool,
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), H1Error> {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in &headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    let reusable = match version {
+        Version::HTTP_10 => keep_alive && !close,
+        _ => !close,
+    };
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        // A 101 here is refused by the caller and the connection is not reused.
+        return Ok((
+            Framing::Done,
+            reusable && status != StatusCode::SWITCHING_PROTOCOLS,
+        ));
+    }
+    let mut encodings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if encodings.peek().is_some() {
+        let last = encodings
+            .last()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .map(<[u8]>::trim_ascii);
+        // Chunked last: its end is known. Anything else runs until the upstream closes. With
+        // a Content-Length as well, the connection is not trusted again.
+        let has_length = headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(match last {
+            Some(l) if l.eq_ignore_ascii_case(b"chunked") => {
+                (Framing::ChunkSize, reusable && !has_length)
+            }
+            _ => (Framing::UntilClose, false),
+        });
+    }
+    let mut length = None;
+    for value in &headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_decimal(part.trim_ascii())
+                .ok_or(H1Error::InvalidHead("bad Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::InvalidHead("conflicting Content-Length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), reusable),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// The size on a chunk-size line (extensions after `;` are ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(H1Error::InvalidChunk("bad chunk size"));
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let v = (d as char)
+            .to_digit(16)
+            .ok_or(H1Error::InvalidChunk("bad chunk size"))?;
+        Ok(n * 16 + u64::from(v))
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn head(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let ok = StatusCode::OK;
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            framing(false, ok, v11, &head(&[("content-length", "5")])).unwrap(),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            framing(false, ok, v11, &head(&[("content-length", "5, 5")])).unwrap(),
+            (Framing::Length(5), true)
+        );
+        assert!(framing(false, ok, v11, &head(&[("content-length", "5, 6")])).is_err());
+        assert!(framing(false, ok, v11, &head(&[("content-length", "-1")])).is_err());
+        assert_eq!(
+            framing(
+                false,
+                ok,
+                v11,
+                &head(&[("transfer-encoding", "gzip, chunked")])
+            )
+            .unwrap(),
+            (Framing::ChunkSize, true)
+        );
+        assert_eq!(
+            framing(false, ok, v11, &head(&[("transfer-encoding", "gzip")])).unwrap(),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(
+            framing(
+                false,
+                ok,
+                v11,
+                &head(&[("transfer-encoding", "chunked"), ("content-length", "3")])
+            )
+            .unwrap(),
+            (Framing::ChunkSize, false)
+        );
+        assert_eq!(
+            framing(false, ok, v11, &head(&[])).unwrap(),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(
+            framing(true, ok, v11, &head(&[("content-length", "5")])).unwrap(),
+            (Framing::Done, true)
+        );
+        assert_eq!(
+            framing(false, StatusCode::NOT_MODIFIED, v11, &head(&[])).unwrap(),
+            (Framing::Done, true)
+        );
+        assert_eq!(
+            framing(
+                false,
+                ok,
+                v11,
+                &head(&[("connection", "close"), ("content-length", "1")])
+            )
+            .unwrap(),
+            (Framing::Length(1), false)
+        );
+        let v10 = Version::HTTP_10;
+        assert_eq!(
+            framing(false, ok, v10, &head(&[("content-length", "1")])).unwrap(),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            framing(
+                false,
+                ok,
+                v10,
+                &head(&[("connection", "Keep-Alive"), ("content-length", "1")])
+            )
+            .unwrap(),
+            (Framing::Length(1), true)
+        );
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(chunk_size(b"0").unwrap(), 0);
+        assert_eq!(chunk_size(b"FF;name=value").unwrap(), 255);
+        assert!(chunk_size(b"").is_err());
+        assert!(chunk_size(b"xyz").is_err());
+        assert!(chunk_size(b"1234567890abcdef0").is_err());
+    }
+}
