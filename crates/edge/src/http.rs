@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -54,7 +54,13 @@ pub(crate) struct Handler {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Reply {
     Ready(Option<Response<Body>>),
-    Pending(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+    /// The future, and the `Strict-Transport-Security` value to add to its response. (Added
+    /// here rather than by an async wrapper: each async layer around the proxy's future
+    /// made the boxed state larger, and that state is moved into its box per request.)
+    Pending(
+        Pin<Box<dyn Future<Output = Response<Body>> + Send>>,
+        Option<HeaderValue>,
+    ),
 }
 
 impl Future for Reply {
@@ -67,7 +73,15 @@ impl Future for Reply {
             Reply::Ready(response) => Poll::Ready(Ok(response
                 .take()
                 .unwrap_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")))),
-            Reply::Pending(future) => future.as_mut().poll(cx).map(Ok),
+            Reply::Pending(future, hsts) => {
+                let mut response = ready!(future.as_mut().poll(cx));
+                if let Some(hsts) = hsts.take() {
+                    response
+                        .headers_mut()
+                        .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+                }
+                Poll::Ready(Ok(response))
+            }
         }
     }
 }
@@ -90,16 +104,14 @@ impl Handler {
     /// awaiting, and answered with a ready future; only those two get a (boxed) future of their
     /// own, so the many requests answered at once do not carry the proxy's state around.
     pub(crate) fn call(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        // Each pending kind gets its own future: one enum of both would be as large as the
+        // larger (the challenge lookup), and the proxy's is moved into its box per request.
         match self.decide(&req) {
             Next::Done(response) => Reply::Ready(Some(response)),
-            next => Reply::Pending(Box::pin(async move { self.finish(next, req).await })),
-        }
-    }
-
-    async fn finish(&self, next: Next, req: Request<Incoming>) -> Response<Body> {
-        match next {
-            Next::Done(response) => response,
-            Next::Http01(host, token) => self.http01(&host, &token).await,
+            Next::Http01(host, token) => Reply::Pending(
+                Box::pin(async move { self.http01(&host, &token).await }),
+                None,
+            ),
             Next::Proxy {
                 forwarder,
                 log,
@@ -109,16 +121,9 @@ impl Handler {
                 let down = Downstream {
                     peer: self.peer,
                     https,
-                    shutdown: &self.shutdown,
-                    drain_timeout: self.edge.limits.drain_timeout,
+                    conn: self,
                 };
-                let mut response = forwarder.forward(req, &down, log).await;
-                if let Some(hsts) = hsts {
-                    response
-                        .headers_mut()
-                        .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
-                }
-                response
+                Reply::Pending(Box::pin(forwarder.forward(req, down, log)), hsts)
             }
         }
     }

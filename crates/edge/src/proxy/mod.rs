@@ -37,6 +37,7 @@ pub(crate) use body::ResponseBody;
 pub use config::{HealthCheck, HostHeader, Policy, Proxy};
 
 use crate::error::EdgeError;
+use crate::http::Handler;
 use balancer::{Balancer, InFlight, Tried, Upstream};
 use body::{RequestBody, RequestBodyError, UpstreamBody};
 use connector::ClientSettings;
@@ -52,12 +53,12 @@ impl Proxy {
 }
 
 /// The client side of a request, as the connection saw it.
-pub(crate) struct Downstream<'a> {
+pub(crate) struct Downstream {
     pub(crate) peer: SocketAddr,
     pub(crate) https: bool,
-    /// The edge's shutdown, which also ends upgraded tunnels (after `drain_timeout`).
-    pub(crate) shutdown: &'a CancellationToken,
-    pub(crate) drain_timeout: Duration,
+    /// The connection's handler: the edge's shutdown and drain timeout, which also end
+    /// upgraded tunnels.
+    pub(crate) conn: Arc<Handler>,
 }
 
 /// `host_header` with the literal made into a header value once.
@@ -182,10 +183,13 @@ impl Forwarder {
     /// Forwards `req` to an upstream and returns its response, streaming, or answers 502 (no
     /// upstream available, connection failed), 504 (no response head in time) or 413 (body
     /// over the limit).
+    ///
+    /// Takes everything it uses by value: the future is boxed as it is, with no async wrapper
+    /// around it (see [`crate::http::Reply`]).
     pub(crate) async fn forward(
-        &self,
+        self: Arc<Self>,
         mut req: Request<Incoming>,
-        down: &Downstream<'_>,
+        down: Downstream,
         log: Option<AccessLog>,
     ) -> Response<ResponseBody> {
         if req.method() == Method::CONNECT {
@@ -264,23 +268,27 @@ impl Forwarder {
             // Futures are awaited where they are made (a future held in a local first is
             // stored twice in this one's state), and the cold paths are boxed: the state of
             // this future is moved on every request.
-            let exchange = timeout(self.response_header_timeout, async {
+            match timeout(self.response_header_timeout, async {
                 if is_upgrade {
                     return Box::pin(self.client.send_upgrade(upstream, out)).await;
                 }
-                match self.client.send(index, upstream, out, true).await {
+                // The retry is awaited after this match, not in its arm: the first send's
+                // state would otherwise be kept alongside it.
+                let retry = match self.client.send(index, upstream, out, true).await {
                     // A kept-alive connection the upstream had closed: once more on a new one.
                     Err(UpstreamError::Stale { source, retry }) => {
                         debug!(upstream = %upstream.name, error = %source, "reused upstream connection was closed; sending again");
-                        Box::pin(self.client.send(index, upstream, *retry, false)).await
+                        retry
                     }
-                    result => result,
-                }
-            });
-            match exchange.await {
+                    result => return result,
+                };
+                Box::pin(self.client.send(index, upstream, *retry, false)).await
+            })
+            .await
+            {
                 Ok(Ok(response)) => {
                     in_flight.succeeded();
-                    return respond(response, in_flight, client_upgrade.take(), down, log);
+                    return respond(response, in_flight, client_upgrade.take(), &down, log);
                 }
                 Ok(Err(err)) => {
                     match body_error(&err) {
@@ -333,7 +341,7 @@ fn respond(
     mut response: Response<PooledBody>,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    down: &Downstream<'_>,
+    down: &Downstream,
     log: Option<AccessLog>,
 ) -> Response<ResponseBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -358,8 +366,8 @@ fn respond(
             client_upgrade,
             upstream_upgrade,
             in_flight,
-            down.shutdown.clone(),
-            down.drain_timeout,
+            down.conn.shutdown.clone(),
+            down.conn.edge.limits.drain_timeout,
         );
         return Response::from_parts(parts, ResponseBody::empty());
     }
