@@ -103,6 +103,17 @@ pub(crate) struct Conn {
     io: Stream,
     /// What was read and not yet used.
     buf: BytesMut,
+    /// Request heads are written here (kept: no allocation per request).
+    out: Vec<u8>,
+    /// The response head's fields as offsets (kept, as `out`).
+    spans: Vec<Span>,
+}
+
+/// Where a field's name and value are in a response head.
+#[derive(Clone, Copy)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
 }
 
 impl Conn {
@@ -110,6 +121,8 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::with_capacity(READ_SPACE),
+            out: Vec::with_capacity(512),
+            spans: Vec::with_capacity(16),
         }
     }
 
@@ -141,24 +154,17 @@ impl Conn {
         req: Request<RequestBody>,
     ) -> Result<(Response<()>, Framing, bool), H1Error> {
         let (parts, mut body) = req.into_parts();
-        let mut out = BytesMut::with_capacity(512);
-        let chunked = encode_head(&parts, &body, &mut out);
-        if body.is_end_stream() {
-            self.io.write_all(&out).await.map_err(H1Error::Write)?;
-        } else {
-            self.io.write_all(&out).await.map_err(H1Error::Write)?;
-            self.write_body(&mut body, chunked, &mut out).await?;
+        self.out.clear();
+        let chunked = encode_head(&parts, &body, &mut self.out);
+        self.io.write_all(&self.out).await.map_err(H1Error::Write)?;
+        if !body.is_end_stream() {
+            self.write_body(&mut body, chunked).await?;
         }
         self.io.flush().await.map_err(H1Error::Write)?;
         self.read_head(parts.method == Method::HEAD).await
     }
 
-    async fn write_body(
-        &mut self,
-        body: &mut RequestBody,
-        chunked: bool,
-        scratch: &mut BytesMut,
-    ) -> Result<(), H1Error> {
+    async fn write_body(&mut self, body: &mut RequestBody, chunked: bool) -> Result<(), H1Error> {
         while let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
             let frame = frame.map_err(H1Error::Body)?;
             // Trailers are not forwarded.
@@ -169,9 +175,11 @@ impl Conn {
                 continue;
             }
             if chunked {
-                scratch.clear();
-                scratch.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                self.io.write_all(scratch).await.map_err(H1Error::Write)?;
+                let size = format!("{:x}\r\n", data.len());
+                self.io
+                    .write_all(size.as_bytes())
+                    .await
+                    .map_err(H1Error::Write)?;
                 self.io.write_all(&data).await.map_err(H1Error::Write)?;
                 self.io.write_all(b"\r\n").await.map_err(H1Error::Write)?;
             } else {
@@ -220,9 +228,13 @@ impl Conn {
         head_request: bool,
     ) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
         loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-            let mut parsed = httparse::Response::new(&mut fields);
-            let len = match parsed.parse(&self.buf) {
+            let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut parsed,
+                &self.buf,
+                &mut fields,
+            ) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => {
@@ -242,29 +254,30 @@ impl Conn {
                 Some(0) => Version::HTTP_10,
                 _ => Version::HTTP_11,
             };
-            // The fields as offsets, so that the values can share the head's bytes.
+            // The framing fields are read here, from the raw head; the others as offsets, so
+            // that the values can share the head's bytes once it is split off.
+            let mut message = Message::default();
             let base = self.buf.as_ptr() as usize;
-            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_FIELDS];
-            let count = parsed.headers.len();
-            for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-                *span = (
-                    field.name.as_ptr() as usize - base,
-                    field.name.len(),
-                    field.value.as_ptr() as usize - base,
-                    field.value.len(),
-                );
+            self.spans.clear();
+            for field in parsed.headers.iter() {
+                message.field(field.name.as_bytes(), field.value)?;
+                self.spans.push(Span {
+                    name: (field.name.as_ptr() as usize - base, field.name.len()),
+                    value: (field.value.as_ptr() as usize - base, field.value.len()),
+                });
             }
             let head = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(count + 2);
-            for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-                let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            let mut headers = HeaderMap::with_capacity(self.spans.len() + 2);
+            for span in &self.spans {
+                let (at, len) = span.name;
+                let name = HeaderName::from_bytes(&head[at..at + len])
                     .map_err(|_| H1Error::InvalidHead("bad field name"))?;
-                let value =
-                    HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-                        .map_err(|_| H1Error::InvalidHead("bad field value"))?;
+                let (at, len) = span.value;
+                let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
+                    .map_err(|_| H1Error::InvalidHead("bad field value"))?;
                 headers.append(name, value);
             }
-            let (framing, keep_alive) = framing(head_request, status, version, &headers)?;
+            let (framing, keep_alive) = message.framing(head_request, status, version)?;
             let mut response = Response::new(());
             *response.status_mut() = status;
             *response.version_mut() = version;
@@ -356,7 +369,7 @@ impl Conn {
 
 /// Writes the request line and fields into `out`, with the body's framing (the body decides
 /// it: its exact size, or chunked). Returns whether the body is to be chunked.
-fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut BytesMut) -> bool {
+fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u8>) -> bool {
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(
@@ -396,68 +409,68 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Bytes
     chunked
 }
 
-/// The body's framing and whether the connection stays open after it (RFC 9112 6.3, 9.3).
-fn framing(
-    head_request: bool,
-    status: StatusCode,
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<(Framing, bool), H1Error> {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in &headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+/// What a response head's framing fields say, read as the fields are parsed.
+#[derive(Debug, Default)]
+struct Message {
+    close: bool,
+    keep_alive: bool,
+    /// The last coding of the last Transfer-Encoding field, if any.
+    transfer_chunked: Option<bool>,
+    length: Option<u64>,
+}
+
+impl Message {
+    fn field(&mut self, name: &[u8], value: &[u8]) -> Result<(), H1Error> {
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.transfer_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|&b| b == b',') {
+                let n = parse_decimal(part.trim_ascii())
+                    .ok_or(H1Error::InvalidHead("bad Content-Length"))?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(H1Error::InvalidHead("conflicting Content-Length"));
+                }
+                self.length = Some(n);
+            }
+        }
+        Ok(())
+    }
+
+    /// The body's framing and whether the connection stays open after it (RFC 9112 6.3, 9.3).
+    fn framing(
+        &self,
+        head_request: bool,
+        status: StatusCode,
+        version: Version,
+    ) -> Result<(Framing, bool), H1Error> {
+        let reusable = match version {
+            Version::HTTP_10 => self.keep_alive && !self.close,
+            _ => !self.close,
+        };
+        if head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            // A 101 here is refused by the caller and the connection is not reused.
+            let reusable = reusable && status != StatusCode::SWITCHING_PROTOCOLS;
+            return Ok((Framing::Done, reusable));
+        }
+        // Chunked last: its end is known. Any other coding runs until the upstream closes.
+        // With a Content-Length as well, the connection is not trusted again.
+        match (self.transfer_chunked, self.length) {
+            (Some(true), length) => Ok((Framing::ChunkSize, reusable && length.is_none())),
+            (Some(false), _) | (None, None) => Ok((Framing::UntilClose, false)),
+            (None, Some(n)) => Ok((Framing::Length(n), reusable)),
         }
     }
-    let reusable = match version {
-        Version::HTTP_10 => keep_alive && !close,
-        _ => !close,
-    };
-    if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        // A 101 here is refused by the caller and the connection is not reused.
-        return Ok((
-            Framing::Done,
-            reusable && status != StatusCode::SWITCHING_PROTOCOLS,
-        ));
-    }
-    let mut encodings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if encodings.peek().is_some() {
-        let last = encodings
-            .last()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .map(<[u8]>::trim_ascii);
-        // Chunked last: its end is known. Anything else runs until the upstream closes. With
-        // a Content-Length as well, the connection is not trusted again.
-        let has_length = headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(match last {
-            Some(l) if l.eq_ignore_ascii_case(b"chunked") => {
-                (Framing::ChunkSize, reusable && !has_length)
-            }
-            _ => (Framing::UntilClose, false),
-        });
-    }
-    let mut length = None;
-    for value in &headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(part.trim_ascii())
-                .ok_or(H1Error::InvalidHead("bad Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::InvalidHead("conflicting Content-Length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), reusable),
-        None => (Framing::UntilClose, false),
-    })
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
@@ -492,15 +505,26 @@ fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
 mod tests {
     use super::*;
 
-    fn head(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    fn head(pairs: &[(&str, &str)]) -> Result<Message, H1Error> {
+        let mut message = Message::default();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            message.field(k.as_bytes(), v.as_bytes())?;
         }
-        h
+        Ok(message)
+    }
+
+    fn framing(
+        head_request: bool,
+        status: StatusCode,
+        version: Version,
+        message: &Result<Message, H1Error>,
+    ) -> Result<(Framing, bool), String> {
+        match message {
+            Ok(m) => m
+                .framing(head_request, status, version)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     #[test]
