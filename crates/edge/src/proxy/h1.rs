@@ -37,6 +37,8 @@ const MAX_FIELDS: usize = 128;
 /// drains the socket says so (tokio then knows the socket is not readable without asking the
 /// kernel again).
 const READ_SPACE: usize = 16 * 1024;
+/// Less free space than this, and the buffer is replaced (or grown) before a read.
+const MIN_READ_SPACE: usize = 4 * 1024;
 /// A chunk-size line (with extensions) or a trailer line may be this long.
 const MAX_LINE: usize = 4 * 1024;
 
@@ -138,7 +140,10 @@ impl Conn {
 
     /// Reads what is there into `buf`; `Ok(0)` at end of file.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(READ_SPACE);
+        // What is left of the buffer serves many small responses before a new one is needed.
+        if self.buf.capacity() - self.buf.len() < MIN_READ_SPACE {
+            self.buf.reserve(READ_SPACE);
+        }
         poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
