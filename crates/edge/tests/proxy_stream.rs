@@ -7,6 +7,7 @@ mod proxy_support;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
 use edge::Proxy;
 use http::{Request, StatusCode, header};
@@ -230,4 +231,132 @@ fn bad_roots_and_upstreams_are_refused_when_routes_are_built() {
     )])
     .unwrap_err();
     assert!(err.to_string().contains("no path"), "{err}");
+}
+
+/// A bare-socket upstream: reads each request head and answers with the bytes `answer` gives
+/// for its path, then closes if told to (without reading any body).
+async fn raw_upstream(
+    answer: fn(&str) -> (&'static [u8], bool),
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let (bytes, close) = answer(&path);
+                    if stream.write_all(bytes).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_upstream_framings_and_an_early_answer_reach_the_client() {
+    let (addr, upstream) = raw_upstream(|path| match path {
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            false,
+        ),
+        "/continue" => (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone",
+            false,
+        ),
+        "/close" => (
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+            true,
+        ),
+        "/short" => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", true),
+        "/garbage" => (b"SPDY/3 what\r\n\r\n", true),
+        // Answers before the body and closes without reading it.
+        "/upload" => (
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+            true,
+        ),
+        _ => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+    })
+    .await;
+    let edge = start(vec![site(
+        &["raw.test"],
+        Proxy::new(vec![format!("http://{addr}")]),
+    )])
+    .await;
+
+    let reply = get(edge.http, "raw.test", "/chunked").await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(&reply.body[..], b"hello, world");
+    assert!(reply.header("x-trailer").is_none());
+    // The same kept-alive upstream connection serves the next ones.
+    let reply = get(edge.http, "raw.test", "/continue").await.unwrap();
+    assert_eq!(
+        (reply.status.as_u16(), &reply.body[..]),
+        (201, &b"done"[..])
+    );
+    let reply = get(edge.http, "raw.test", "/close").await.unwrap();
+    assert_eq!(
+        (reply.status.as_u16(), &reply.body[..]),
+        (200, &b"until the end"[..])
+    );
+    let reply = get(edge.http, "raw.test", "/nothing").await.unwrap();
+    assert_eq!(reply.status, 204);
+    // A body shorter than announced aborts the client's response rather than ending it.
+    assert!(get(edge.http, "raw.test", "/short").await.is_err());
+    assert_eq!(
+        get(edge.http, "raw.test", "/garbage").await.unwrap().status,
+        502
+    );
+
+    // 8 MiB that the upstream never reads: its early answer is what the client gets. A raw
+    // client reads while it writes: once the edge has answered it stops reading the body, and
+    // the client's writes fail (an HTTP client library may report that instead of the answer).
+    let tcp = TcpStream::connect(edge.http).await.unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: raw.test\r\nContent-Length: {}\r\n\r\n",
+            8 * MB
+        );
+        let _ = write.write_all(head.as_bytes()).await;
+        let _ = write.write_all(&vec![b'x'; 8 * MB as usize]).await;
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::AsyncReadExt as _;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.ends_with(b"too large") {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .expect("the edge answered in time");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.ends_with("too large"), "{answer}");
+    writer.abort();
+    upstream.abort();
 }

@@ -159,14 +159,31 @@ impl Conn {
         req: Request<RequestBody>,
     ) -> Result<(Response<()>, Framing, bool), H1Error> {
         let (parts, mut body) = req.into_parts();
+        let head_request = parts.method == Method::HEAD;
+        match self.write_request(&parts, &mut body).await {
+            Ok(()) => self.read_head(head_request).await,
+            // An upstream may answer early (a 413, say) and close without reading the rest:
+            // its answer is what the client should get, on a connection not used again.
+            Err(H1Error::Write(error)) => match self.read_head(head_request).await {
+                Ok((response, framing, _)) => Ok((response, framing, false)),
+                Err(_) => Err(H1Error::Write(error)),
+            },
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn write_request(
+        &mut self,
+        parts: &http::request::Parts,
+        body: &mut RequestBody,
+    ) -> Result<(), H1Error> {
         self.out.clear();
-        let chunked = encode_head(&parts, &body, &mut self.out);
+        let chunked = encode_head(parts, body, &mut self.out);
         self.io.write_all(&self.out).await.map_err(H1Error::Write)?;
         if !body.is_end_stream() {
-            self.write_body(&mut body, chunked).await?;
+            self.write_body(body, chunked).await?;
         }
-        self.io.flush().await.map_err(H1Error::Write)?;
-        self.read_head(parts.method == Method::HEAD).await
+        self.io.flush().await.map_err(H1Error::Write)
     }
 
     async fn write_body(&mut self, body: &mut RequestBody, chunked: bool) -> Result<(), H1Error> {
