@@ -280,7 +280,8 @@ async fn raw_upstream_framings_and_an_early_answer_reach_the_client() {
             false,
         ),
         "/continue" => (
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\
+              Keep-Alive: timeout=5\r\nProxy-Agent: x\r\nX-Kept: yes\r\n\r\ndone",
             false,
         ),
         "/close" => (
@@ -313,11 +314,17 @@ async fn raw_upstream_framings_and_an_early_answer_reach_the_client() {
         (reply.status.as_u16(), &reply.body[..]),
         (201, &b"done"[..])
     );
+    // Hop-by-hop fields stay between the upstream and the proxy; Via names the hop.
+    assert!(reply.header("keep-alive").is_none(), "{:?}", reply.headers);
+    assert!(reply.header("proxy-agent").is_none(), "{:?}", reply.headers);
+    assert_eq!(reply.header("x-kept"), Some("yes"));
+    assert_eq!(reply.header("via"), Some("1.1 fleetgate"));
     let reply = get(edge.http, "raw.test", "/close").await.unwrap();
     assert_eq!(
         (reply.status.as_u16(), &reply.body[..]),
         (200, &b"until the end"[..])
     );
+    assert_eq!(reply.header("via"), Some("1.0 fleetgate"));
     let reply = get(edge.http, "raw.test", "/nothing").await.unwrap();
     assert_eq!(reply.status, 204);
     // A body shorter than announced aborts the client's response rather than ending it.

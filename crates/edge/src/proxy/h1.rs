@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use crate::proxy::body::{RequestBody, RequestBodyError};
+use crate::proxy::headers;
 
 /// An upstream connection's transport (TCP, or TLS over TCP), with tokio's IO traits.
 pub(crate) type Stream = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -100,6 +101,17 @@ pub(crate) enum Framing {
     Done,
 }
 
+/// A response head as the proxy forwards it.
+pub(crate) struct Head {
+    pub(crate) response: Response<()>,
+    pub(crate) framing: Framing,
+    /// The upstream allows another request on the connection once the body is read.
+    pub(crate) reusable: bool,
+    /// The fields are ready for the client (hop-by-hop ones left out, `Via` added: what
+    /// [`headers::to_client`] does), which is so unless `Connection` lists other fields.
+    pub(crate) for_client: bool,
+}
+
 /// One keep-alive connection to an upstream.
 pub(crate) struct Conn {
     io: Stream,
@@ -116,6 +128,7 @@ pub(crate) struct Conn {
 struct Span {
     name: (usize, usize),
     value: (usize, usize),
+    hop_by_hop: bool,
 }
 
 impl Conn {
@@ -157,15 +170,19 @@ impl Conn {
     pub(crate) async fn exchange(
         &mut self,
         req: Request<RequestBody>,
-    ) -> Result<(Response<()>, Framing, bool), H1Error> {
+        lines: &[u8],
+    ) -> Result<Head, H1Error> {
         let (parts, mut body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
-        match self.write_request(&parts, &mut body).await {
+        match self.write_request(&parts, lines, &mut body).await {
             Ok(()) => self.read_head(head_request).await,
             // An upstream may answer early (a 413, say) and close without reading the rest:
             // its answer is what the client should get, on a connection not used again.
             Err(H1Error::Write(error)) => match self.read_head(head_request).await {
-                Ok((response, framing, _)) => Ok((response, framing, false)),
+                Ok(head) => Ok(Head {
+                    reusable: false,
+                    ..head
+                }),
                 Err(_) => Err(H1Error::Write(error)),
             },
             Err(error) => Err(error),
@@ -175,10 +192,11 @@ impl Conn {
     async fn write_request(
         &mut self,
         parts: &http::request::Parts,
+        lines: &[u8],
         body: &mut RequestBody,
     ) -> Result<(), H1Error> {
         self.out.clear();
-        let chunked = encode_head(parts, body, &mut self.out);
+        let chunked = encode_head(parts, lines, body, &mut self.out);
         self.io.write_all(&self.out).await.map_err(H1Error::Write)?;
         if !body.is_end_stream() {
             self.write_body(body, chunked).await?;
@@ -217,10 +235,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn read_head(
-        &mut self,
-        head_request: bool,
-    ) -> Result<(Response<()>, Framing, bool), H1Error> {
+    async fn read_head(&mut self, head_request: bool) -> Result<Head, H1Error> {
         let mut answered = false;
         loop {
             if !self.buf.is_empty() {
@@ -245,10 +260,7 @@ impl Conn {
 
     /// A complete response head from `buf` (1xx interim responses are skipped), or `None` if
     /// more bytes are needed.
-    fn parse_head(
-        &mut self,
-        head_request: bool,
-    ) -> Result<Option<(Response<()>, Framing, bool)>, H1Error> {
+    fn parse_head(&mut self, head_request: bool) -> Result<Option<Head>, H1Error> {
         loop {
             let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
             let mut parsed = httparse::Response::new(&mut []);
@@ -286,11 +298,16 @@ impl Conn {
                 self.spans.push(Span {
                     name: (field.name.as_ptr() as usize - base, field.name.len()),
                     value: (field.value.as_ptr() as usize - base, field.value.len()),
+                    hop_by_hop: headers::is_hop_by_hop(field.name.as_bytes()),
                 });
             }
+            let for_client = !message.lists_fields;
             let head = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(self.spans.len() + 2);
+            let mut headers = HeaderMap::with_capacity(self.spans.len() + 1);
             for span in &self.spans {
+                if for_client && span.hop_by_hop {
+                    continue;
+                }
                 let (at, len) = span.name;
                 let name = HeaderName::from_bytes(&head[at..at + len])
                     .map_err(|_| H1Error::InvalidHead("bad field name"))?;
@@ -299,12 +316,20 @@ impl Conn {
                     .map_err(|_| H1Error::InvalidHead("bad field value"))?;
                 headers.append(name, value);
             }
-            let (framing, keep_alive) = message.framing(head_request, status, version)?;
+            if for_client {
+                headers.append(header::VIA, headers::via(version));
+            }
+            let (framing, reusable) = message.framing(head_request, status, version)?;
             let mut response = Response::new(());
             *response.status_mut() = status;
             *response.version_mut() = version;
             *response.headers_mut() = headers;
-            return Ok(Some((response, framing, keep_alive)));
+            return Ok(Some(Head {
+                response,
+                framing,
+                reusable,
+                for_client,
+            }));
         }
     }
 
@@ -389,9 +414,15 @@ impl Conn {
     }
 }
 
-/// Writes the request line and fields into `out`, with the body's framing (the body decides
-/// it: its exact size, or chunked). Returns whether the body is to be chunked.
-fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u8>) -> bool {
+/// Writes the request line and fields into `out`, then `lines` (whole field lines), then the
+/// body's framing (the body decides it: its exact size, or chunked). Returns whether the body
+/// is to be chunked.
+fn encode_head(
+    parts: &http::request::Parts,
+    lines: &[u8],
+    body: &RequestBody,
+    out: &mut Vec<u8>,
+) -> bool {
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(
@@ -413,6 +444,7 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    out.put_slice(lines);
     let mut chunked = false;
     if body.is_end_stream() {
         // An empty body is announced where one is expected (or was announced to us).
@@ -436,6 +468,8 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u
 struct Message {
     close: bool,
     keep_alive: bool,
+    /// `Connection` names fields to remove besides the fixed hop-by-hop set.
+    lists_fields: bool,
     /// The last coding of the last Transfer-Encoding field, if any.
     transfer_chunked: Option<bool>,
     length: Option<u64>,
@@ -448,6 +482,7 @@ impl Message {
                 let token = token.trim_ascii();
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                self.lists_fields |= !token.is_empty() && headers::connection_lists_field(token);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();

@@ -41,9 +41,19 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) host: Option<&'a HeaderValue>,
 }
 
+/// Where [`to_upstream`] puts the fields it adds.
+pub(crate) enum Target<'a> {
+    /// Into the header map (a request sent with hyper's client: upgrades).
+    Map,
+    /// As `name: value\r\n` lines into this buffer, which the proxy's own client writes after
+    /// the map's fields: no map insertions on the hot path. Fields of the same names the client
+    /// sent are removed from the map (`Via` is kept: ours is one more line of the list).
+    Lines(&'a mut BytesMut),
+}
+
 /// Rewrites a client's request headers for the upstream. `upgrade` is the client's `Upgrade`
 /// value when the request asks for a protocol switch that is being forwarded; `host` is what
-/// to do with `Host`.
+/// to do with `Host`; `target` is where the forwarding fields go.
 ///
 /// This runs on every proxied request, so the fields are looked at once ([`Present`]) and a
 /// map lookup is made only for a field that is there.
@@ -53,12 +63,10 @@ pub(crate) fn to_upstream(
     fwd: &Forwarding<'_>,
     host: SetHost,
     upgrade: Option<HeaderValue>,
+    target: Target<'_>,
 ) {
     let present = Present::scan(headers);
     strip_hop_by_hop(headers, present);
-    // X-Forwarded-For/-Proto/-Host, Forwarded, Via and perhaps Host, Connection and Upgrade:
-    // one allocation instead of growing the map field by field.
-    headers.reserve(8);
     // The edge has answered `100-continue` itself (hyper does when the body is first read);
     // the upstream gets the body as it streams.
     if present.has(Present::EXPECT) {
@@ -71,57 +79,6 @@ pub(crate) fn to_upstream(
     if version == Version::HTTP_2 {
         join_cookies(headers);
     }
-
-    let client = fwd.client.to_canonical();
-    let proto = if fwd.https { "https" } else { "http" };
-
-    // Both list fields are written into one buffer and split off it: one allocation.
-    let mut buf = BytesMut::with_capacity(160);
-
-    // X-Forwarded-For: earlier hops as received (joined on one line: many applications read
-    // only the first), then this client.
-    if present.has(Present::X_FORWARDED_FOR) {
-        append_list(&mut buf, headers.get_all(&X_FORWARDED_FOR));
-    }
-    push_ip(&mut buf, client);
-    insert_bytes(headers, X_FORWARDED_FOR, buf.split().freeze());
-
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match fwd.host {
-        Some(h) => {
-            headers.insert(X_FORWARDED_HOST, h.clone());
-        }
-        None if present.has(Present::X_FORWARDED_HOST) => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
-        None => {}
-    }
-
-    // Forwarded: earlier elements, then ours: for=...;host=...;proto=...
-    let mut fwd_value = buf;
-    if present.has(Present::FORWARDED) {
-        append_list(&mut fwd_value, headers.get_all(&FORWARDED));
-    }
-    match client {
-        IpAddr::V4(_) => {
-            fwd_value.put_slice(b"for=");
-            push_ip(&mut fwd_value, client);
-        }
-        IpAddr::V6(_) => {
-            fwd_value.put_slice(b"for=\"[");
-            push_ip(&mut fwd_value, client);
-            fwd_value.put_slice(b"]\"");
-        }
-    }
-    if let Some(h) = fwd.host {
-        fwd_value.put_slice(b";host=");
-        push_token_or_quoted(&mut fwd_value, h.as_bytes());
-    }
-    fwd_value.put_slice(b";proto=");
-    fwd_value.put_slice(proto.as_bytes());
-    insert_bytes(headers, FORWARDED, fwd_value.freeze());
-
-    headers.append(header::VIA, via(version));
     match host {
         SetHost::Keep => {}
         SetHost::To(h) => {
@@ -131,6 +88,112 @@ pub(crate) fn to_upstream(
             if present.has(Present::HOST) {
                 headers.remove(header::HOST);
             }
+        }
+    }
+
+    let client = fwd.client.to_canonical();
+    let proto = if fwd.https { "https" } else { "http" };
+    let mut scratch;
+    let (out, lines) = match target {
+        Target::Lines(out) => (out, true),
+        Target::Map => {
+            // X-Forwarded-For/-Proto/-Host, Forwarded, Via: one allocation instead of growing
+            // the map field by field; both list values are written into one buffer.
+            headers.reserve(5);
+            scratch = BytesMut::with_capacity(160);
+            (&mut scratch, false)
+        }
+    };
+    let mut field = Field {
+        headers,
+        out,
+        lines,
+    };
+
+    // X-Forwarded-For: earlier hops as received (joined on one line: many applications read
+    // only the first), then this client.
+    field.begin(&X_FORWARDED_FOR);
+    if present.has(Present::X_FORWARDED_FOR) {
+        append_list(field.out, field.headers.get_all(&X_FORWARDED_FOR));
+    }
+    push_ip(field.out, client);
+    field.end(X_FORWARDED_FOR, present.has(Present::X_FORWARDED_FOR));
+
+    field.begin(&X_FORWARDED_PROTO);
+    field.out.put_slice(proto.as_bytes());
+    field.end(X_FORWARDED_PROTO, present.has(Present::X_FORWARDED_PROTO));
+
+    match fwd.host {
+        Some(h) => {
+            field.begin(&X_FORWARDED_HOST);
+            field.out.put_slice(h.as_bytes());
+            field.end(X_FORWARDED_HOST, present.has(Present::X_FORWARDED_HOST));
+        }
+        None if present.has(Present::X_FORWARDED_HOST) => {
+            field.headers.remove(&X_FORWARDED_HOST);
+        }
+        None => {}
+    }
+
+    // Forwarded: earlier elements, then ours: for=...;host=...;proto=...
+    field.begin(&FORWARDED);
+    if present.has(Present::FORWARDED) {
+        append_list(field.out, field.headers.get_all(&FORWARDED));
+    }
+    match client {
+        IpAddr::V4(_) => {
+            field.out.put_slice(b"for=");
+            push_ip(field.out, client);
+        }
+        IpAddr::V6(_) => {
+            field.out.put_slice(b"for=\"[");
+            push_ip(field.out, client);
+            field.out.put_slice(b"]\"");
+        }
+    }
+    if let Some(h) = fwd.host {
+        field.out.put_slice(b";host=");
+        push_token_or_quoted(field.out, h.as_bytes());
+    }
+    field.out.put_slice(b";proto=");
+    field.out.put_slice(proto.as_bytes());
+    field.end(FORWARDED, present.has(Present::FORWARDED));
+
+    let via = via(version);
+    if lines {
+        field.begin(&header::VIA);
+        field.out.put_slice(via.as_bytes());
+        field.out.put_slice(b"\r\n");
+    } else {
+        field.headers.append(header::VIA, via);
+    }
+}
+
+/// One forwarding field written by [`to_upstream`]: its value is built in `out`, then either
+/// ends its line there or is split off and set in the map.
+struct Field<'a> {
+    headers: &'a mut HeaderMap,
+    out: &'a mut BytesMut,
+    lines: bool,
+}
+
+impl Field<'_> {
+    fn begin(&mut self, name: &HeaderName) {
+        if self.lines {
+            self.out.put_slice(name.as_str().as_bytes());
+            self.out.put_slice(b": ");
+        }
+    }
+
+    /// `sent`: the client sent a field of this name, which this one replaces.
+    fn end(&mut self, name: HeaderName, sent: bool) {
+        if self.lines {
+            self.out.put_slice(b"\r\n");
+            if sent {
+                self.headers.remove(name);
+            }
+        } else {
+            insert_bytes(self.headers, name, self.out.split().freeze());
         }
     }
 }
@@ -185,6 +248,7 @@ impl Present {
     const X_FORWARDED_HOST: u16 = 1 << 11;
     const FORWARDED: u16 = 1 << 12;
     const HOST: u16 = 1 << 13;
+    const X_FORWARDED_PROTO: u16 = 1 << 14;
 
     fn scan(headers: &HeaderMap) -> Present {
         let mut bits = 0;
@@ -199,6 +263,8 @@ impl Present {
                 Self::FORWARDED
             } else if name == X_FORWARDED_HOST {
                 Self::X_FORWARDED_HOST
+            } else if name == X_FORWARDED_PROTO {
+                Self::X_FORWARDED_PROTO
             } else if name == header::EXPECT {
                 Self::EXPECT
             } else if is_proxy_field(name) {
@@ -224,9 +290,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) {
         // listed.
         let listed: Vec<HeaderName> = connection_tokens(headers)
             .filter(|t| {
-                !t.eq_ignore_ascii_case("keep-alive")
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("upgrade")
+                connection_lists_field(t.as_bytes())
                     // End to end whatever a client says: `SetHost::Keep` relies on it.
                     && !t.eq_ignore_ascii_case("host")
             })
@@ -251,6 +315,25 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) {
             headers.remove(name);
         }
     }
+}
+
+/// Whether a field name as received (any case) is one [`strip_hop_by_hop`] removes by name
+/// (not counting what `Connection` lists).
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        || name.eq_ignore_ascii_case(b"proxy")
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+}
+
+/// Whether a `Connection` token names a field to remove, beyond the fixed set.
+pub(crate) fn connection_lists_field(token: &[u8]) -> bool {
+    !token.eq_ignore_ascii_case(b"keep-alive")
+        && !token.eq_ignore_ascii_case(b"close")
+        && !token.eq_ignore_ascii_case(b"upgrade")
 }
 
 /// `Proxy` (httpoxy) and `Proxy-*` fields.
@@ -357,7 +440,7 @@ fn push_token_or_quoted(out: &mut BytesMut, value: &[u8]) {
 }
 
 /// `Via` for a message received with `version`.
-fn via(version: Version) -> HeaderValue {
+pub(crate) fn via(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {
         Version::HTTP_10 => "1.0 fleetgate",
         Version::HTTP_2 => "2 fleetgate",
@@ -401,6 +484,42 @@ mod tests {
         }
     }
 
+    /// The fields `to_upstream` writes as lines, added to what it left in the map, are the
+    /// fields it sets in the map, in the same order per name.
+    fn assert_lines_match_map(
+        mut original: HeaderMap,
+        expected: &HeaderMap,
+        version: Version,
+        fwd: &Forwarding<'_>,
+    ) {
+        let mut lines = BytesMut::new();
+        to_upstream(
+            &mut original,
+            version,
+            fwd,
+            SetHost::Keep,
+            None,
+            Target::Lines(&mut lines),
+        );
+        let text = std::str::from_utf8(&lines).unwrap();
+        assert!(text.ends_with("\r\n"), "{text:?}");
+        for line in text.trim_end().split("\r\n") {
+            let (name, value) = line.split_once(": ").unwrap();
+            original.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let names: std::collections::BTreeSet<&str> = expected
+            .keys()
+            .chain(original.keys())
+            .map(HeaderName::as_str)
+            .collect();
+        for name in names {
+            assert_eq!(all(&original, name), all(expected, name), "{name}");
+        }
+    }
+
     #[test]
     fn request_rewrite() {
         let mut h = map(&[
@@ -417,6 +536,7 @@ mod tests {
             ("x-forwarded-for", "198.51.100.2"),
             ("forwarded", "for=203.0.113.1"),
             ("via", "1.1 lb"),
+            ("x-forwarded-proto", "http"),
             ("accept", "*/*"),
         ]);
         let host = h.get("host").cloned();
@@ -425,7 +545,16 @@ mod tests {
             https: true,
             host: host.as_ref(),
         };
-        to_upstream(&mut h, Version::HTTP_11, &fwd, SetHost::Keep, None);
+        let original = h.clone();
+        to_upstream(
+            &mut h,
+            Version::HTTP_11,
+            &fwd,
+            SetHost::Keep,
+            None,
+            Target::Map,
+        );
+        assert_lines_match_map(original, &h, Version::HTTP_11, &fwd);
         for gone in [
             "connection",
             "x-secret",
@@ -467,6 +596,7 @@ mod tests {
             &fwd,
             SetHost::To(HeaderValue::from_static("10.0.0.5:8080")),
             None,
+            Target::Map,
         );
         assert_eq!(all(&h, "cookie"), ["a=1; b=2"]);
         assert_eq!(all(&h, "forwarded"), ["for=\"[2001:db8::7]\";proto=http"]);
@@ -487,7 +617,14 @@ mod tests {
             https: false,
             host: None,
         };
-        to_upstream(&mut h, Version::HTTP_11, &fwd, SetHost::Remove, up);
+        to_upstream(
+            &mut h,
+            Version::HTTP_11,
+            &fwd,
+            SetHost::Remove,
+            up,
+            Target::Map,
+        );
         assert_eq!(all(&h, "connection"), ["upgrade"]);
         assert_eq!(all(&h, "upgrade"), ["websocket"]);
         assert_eq!(all(&h, "sec-websocket-key"), ["k"]);

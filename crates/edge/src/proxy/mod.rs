@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -41,7 +42,7 @@ use crate::http::Handler;
 use balancer::{Balancer, InFlight, Tried, Upstream};
 use body::{RequestBody, RequestBodyError, UpstreamBody};
 use connector::ClientSettings;
-use headers::{Forwarding, SetHost};
+use headers::{Forwarding, SetHost, Target};
 use pool::{PooledBody, UpstreamClient, UpstreamError};
 
 impl Proxy {
@@ -226,7 +227,24 @@ impl Forwarder {
             (HostPolicy::Upstream, _) => SetHost::Remove,
             (HostPolicy::Literal(value), _) => SetHost::To(value.clone()),
         };
-        headers::to_upstream(&mut parts.headers, parts.version, &fwd, host, upgrade);
+        // The forwarding fields of a pooled request are written by our client after the map's:
+        // see `Target::Lines`.
+        let mut lines = BytesMut::new();
+        let target = if is_upgrade {
+            Target::Map
+        } else {
+            lines.reserve(256);
+            Target::Lines(&mut lines)
+        };
+        headers::to_upstream(
+            &mut parts.headers,
+            parts.version,
+            &fwd,
+            host,
+            upgrade,
+            target,
+        );
+        let lines = lines.freeze();
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -274,7 +292,7 @@ impl Forwarder {
                 }
                 // The retry is awaited after this match, not in its arm: the first send's
                 // state would otherwise be kept alongside it.
-                let retry = match self.client.send(index, upstream, out, true).await {
+                let retry = match self.client.send(index, upstream, out, &lines, true).await {
                     // A kept-alive connection the upstream had closed: once more on a new one.
                     Err(UpstreamError::Stale { source, retry }) => {
                         debug!(upstream = %upstream.name, error = %source, "reused upstream connection was closed; sending again");
@@ -282,7 +300,7 @@ impl Forwarder {
                     }
                     result => return result,
                 };
-                Box::pin(self.client.send(index, upstream, *retry, false)).await
+                Box::pin(self.client.send(index, upstream, *retry, &lines, false)).await
             })
             .await
             {
@@ -372,7 +390,9 @@ fn respond(
         return Response::from_parts(parts, ResponseBody::empty());
     }
     let (mut parts, body) = response.into_parts();
-    headers::to_client(&mut parts.headers, parts.version, false);
+    if !body.head_for_client() {
+        headers::to_client(&mut parts.headers, parts.version, false);
+    }
     // The client's connection decides the version the edge answers with.
     parts.version = Version::default();
     let status = parts.status.as_u16();

@@ -35,7 +35,7 @@ use tracing::debug;
 use crate::proxy::balancer::Upstream;
 use crate::proxy::body::RequestBody;
 use crate::proxy::connector::{BoxError, Connector};
-use crate::proxy::h1::{Conn, Framing, H1Error};
+use crate::proxy::h1::{Conn, Framing, H1Error, Head};
 
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 
@@ -108,23 +108,23 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `req` (origin-form URI, Host set) to upstream `index` on an idle connection
-    /// (unless `reuse` is false) or a new one, and returns the response once its head is in.
+    /// Sends `req` (origin-form URI, Host set), with `lines` (ready `name: value\r\n` fields)
+    /// after its own, to upstream `index` on an idle connection (unless `reuse` is false) or a
+    /// new one, and returns the response once its head is in.
     /// The body drives the connection and gives it back to the pool when it ends.
     pub(crate) async fn send(
         &self,
         index: usize,
         upstream: &Upstream,
         req: Request<RequestBody>,
+        lines: &[u8],
         reuse: bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         if reuse && let Some((mut conn, idle_for)) = self.inner.checkout(index).await {
             let retry = (idle_for >= STALE_AFTER && req.body().is_end_stream())
                 .then(|| Box::new(copy_bodiless(&req)));
-            return match conn.exchange(req).await {
-                Ok((response, framing, reusable)) => {
-                    Ok(self.wrap(index, conn, response, framing, reusable))
-                }
+            return match conn.exchange(req, lines).await {
+                Ok(head) => Ok(self.wrap(index, conn, head)),
                 Err(source) => Err(match retry {
                     Some(retry) if source.unanswered() => UpstreamError::Stale { source, retry },
                     _ => UpstreamError::Request(source),
@@ -134,10 +134,8 @@ impl UpstreamClient {
         // Boxed: dialling (TCP, TLS) is the cold path, and its state would make every
         // request's future larger.
         let mut conn = Box::pin(self.inner.connect(upstream)).await?;
-        match conn.exchange(req).await {
-            Ok((response, framing, reusable)) => {
-                Ok(self.wrap(index, conn, response, framing, reusable))
-            }
+        match conn.exchange(req, lines).await {
+            Ok(head) => Ok(self.wrap(index, conn, head)),
             Err(source) => Err(UpstreamError::Request(source)),
         }
     }
@@ -179,19 +177,13 @@ impl UpstreamClient {
         self.inner.idle_timeout
     }
 
-    fn wrap(
-        &self,
-        index: usize,
-        conn: Box<Conn>,
-        response: Response<()>,
-        framing: Framing,
-        reusable: bool,
-    ) -> Response<PooledBody> {
-        response.map(|()| {
+    fn wrap(&self, index: usize, conn: Box<Conn>, head: Head) -> Response<PooledBody> {
+        head.response.map(|()| {
             PooledBody(Source::Pooled {
                 conn: Some(conn),
-                framing,
-                reusable,
+                framing: head.framing,
+                reusable: head.reusable,
+                for_client: head.for_client,
                 pool: Arc::clone(&self.inner),
                 index,
             })
@@ -268,10 +260,25 @@ enum Source {
         framing: Framing,
         /// The upstream allows another request on the connection.
         reusable: bool,
+        /// The response's fields are ready for the client (see [`Head::for_client`]).
+        for_client: bool,
         pool: Arc<Pool>,
         index: usize,
     },
     Hyper(Incoming),
+}
+
+impl PooledBody {
+    /// Whether the response's fields were made ready for the client as they were parsed.
+    pub(crate) fn head_for_client(&self) -> bool {
+        matches!(
+            self.0,
+            Source::Pooled {
+                for_client: true,
+                ..
+            }
+        )
+    }
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -345,6 +352,7 @@ impl Drop for PooledBody {
             reusable: true,
             pool,
             index,
+            ..
         } = &mut self.0
             && matches!(framing, Framing::Done | Framing::Length(0))
             && let Some(conn) = conn.take()
