@@ -7,7 +7,6 @@ mod proxy_support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use edge::Proxy;
 use http::{Request, StatusCode, header};
