@@ -68,11 +68,13 @@ impl Host {
             check_port(port)?;
         }
         let text = normalise_name(host)?;
-        let kind = if text.parse::<Ipv4Addr>().is_ok() {
-            Kind::Ipv4
-        } else {
-            Kind::Name
-        };
+        // Only a text starting with a digit can be an IPv4 address: names skip the parse.
+        let kind =
+            if text.starts_with(|c: char| c.is_ascii_digit()) && text.parse::<Ipv4Addr>().is_ok() {
+                Kind::Ipv4
+            } else {
+                Kind::Name
+            };
         Ok(Host { text, kind })
     }
 

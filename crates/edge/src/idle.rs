@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 
 /// Counters shared by a connection's IO, its request handler and its watchdog.
 #[derive(Debug, Default)]
@@ -115,6 +115,9 @@ pub(crate) struct Watchdog {
     check_every: Duration,
     last_events: u64,
     quiet_since: Instant,
+    sleep: Pin<Box<Sleep>>,
+    /// The timer is set and was polled (it holds the task's waker).
+    armed: bool,
 }
 
 impl Watchdog {
@@ -132,19 +135,34 @@ impl Watchdog {
             idle_timeout,
             check_every: idle_timeout / 4,
             quiet_since: now,
+            sleep: Box::pin(sleep_until(now)),
+            armed: false,
         }
     }
 
-    /// Completes when the connection should be shut down. Cancel-safe.
-    pub(crate) async fn expired(&mut self) -> Expiry {
+    /// Ready when the connection should be shut down.
+    ///
+    /// The connection's task polls this on each of its wake-ups, several per request. An armed
+    /// timer keeps the waker it was polled with (a task's waker does not change), so until it
+    /// has fired there is nothing to do but one atomic load; polling the timer itself each time
+    /// cost more than the rest of the watchdog.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expiry> {
+        if self.armed && !self.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
         loop {
-            let waiting_for_first = self.activity.requests.load(Ordering::Relaxed) == 0;
-            let mut next =
-                (Instant::now() + self.check_every).min(self.quiet_since + self.idle_timeout);
-            if waiting_for_first {
-                next = next.min(self.first_request_by);
+            if !self.armed {
+                let waiting_for_first = self.activity.requests.load(Ordering::Relaxed) == 0;
+                let mut next =
+                    (Instant::now() + self.check_every).min(self.quiet_since + self.idle_timeout);
+                if waiting_for_first {
+                    next = next.min(self.first_request_by);
+                }
+                self.sleep.as_mut().reset(next);
+                self.armed = true;
             }
-            sleep_until(next).await;
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            self.armed = false;
             let now = Instant::now();
             let events = self.activity.io_events.load(Ordering::Relaxed);
             if events != self.last_events {
@@ -152,11 +170,16 @@ impl Watchdog {
                 self.quiet_since = now;
             }
             if self.activity.requests.load(Ordering::Relaxed) == 0 && now >= self.first_request_by {
-                return Expiry::NoRequest;
+                return Poll::Ready(Expiry::NoRequest);
             }
             if now >= self.quiet_since + self.idle_timeout {
-                return Expiry::Idle;
+                return Poll::Ready(Expiry::Idle);
             }
         }
+    }
+
+    /// Completes when the connection should be shut down.
+    pub(crate) async fn expired(&mut self) -> Expiry {
+        std::future::poll_fn(|cx| self.poll_expired(cx)).await
     }
 }
