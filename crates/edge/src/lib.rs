@@ -24,6 +24,7 @@ mod redirect;
 mod resolver;
 mod routes;
 mod server;
+mod shards;
 mod signal;
 mod tls;
 
@@ -37,3 +38,4 @@ pub use redirect::Redirect;
 pub use resolver::{CertMap, CertUpdate};
 pub use routes::{Action, Hsts, Routes, Site};
 pub use server::Edge;
+pub use shards::Shards;

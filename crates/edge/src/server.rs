@@ -27,6 +27,7 @@ use crate::limits::Limits;
 use crate::proxy_protocol::{self, Origin, ProxyProtocol};
 use crate::resolver::CertMap;
 use crate::routes::Routes;
+use crate::shards::Shards;
 use crate::signal::{Signal, Waiter};
 use crate::tls::{Handshake, TlsConfigs};
 
@@ -66,6 +67,8 @@ pub struct Edge {
     http2: http2::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
     proxy_protocol: ProxyProtocol,
+    /// Where connections run; on the accepting runtime without.
+    shards: Option<Arc<Shards>>,
 }
 
 impl Edge {
@@ -105,6 +108,7 @@ impl Edge {
             http2,
             permits,
             proxy_protocol: ProxyProtocol::default(),
+            shards: None,
         })
     }
 
@@ -120,6 +124,13 @@ impl Edge {
     /// `ip_hash`, logs). Their connections without a valid header are closed.
     pub fn with_proxy_protocol(mut self, proxy_protocol: ProxyProtocol) -> Edge {
         self.proxy_protocol = proxy_protocol;
+        self
+    }
+
+    /// Accepted connections are handed to these worker runtimes in turn and served there for
+    /// their whole life (see [`Shards`]); the accept loops stay where they are spawned.
+    pub fn with_shards(mut self, shards: Arc<Shards>) -> Edge {
+        self.shards = Some(shards);
         self
     }
 
@@ -201,17 +212,40 @@ impl Edge {
             let mut dropped = drop_all.waiter();
             let stop = stop.waiter();
             let span = debug_span!("conn", %peer, scheme = scheme.as_str());
-            connections.spawn(
-                async move {
-                    let _permit = permit;
-                    tokio::select! {
-                        biased;
-                        () = dropped.fired() => debug!("dropped at drain timeout"),
-                        () = edge.connection(stream, peer, scheme, &shutdown, stop) => {}
+            // On a shard the socket is registered with that runtime's IO driver instead.
+            let (handle, stream) = match &self.shards {
+                Some(shards) => match stream.into_std() {
+                    Ok(stream) => (Some(shards.pick().clone()), Accepted::Moving(stream)),
+                    Err(error) => {
+                        debug!(%error, "cannot hand the connection to a worker");
+                        continue;
                     }
+                },
+                None => (None, Accepted::Here(stream)),
+            };
+            let task = async move {
+                let _permit = permit;
+                let stream = match stream {
+                    Accepted::Here(stream) => stream,
+                    Accepted::Moving(stream) => match TcpStream::from_std(stream) {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            debug!(%error, "worker cannot take the connection");
+                            return;
+                        }
+                    },
+                };
+                tokio::select! {
+                    biased;
+                    () = dropped.fired() => debug!("dropped at drain timeout"),
+                    () = edge.connection(stream, peer, scheme, &shutdown, stop) => {}
                 }
-                .instrument(span),
-            );
+            }
+            .instrument(span);
+            match handle {
+                Some(handle) => connections.spawn_on(task, &handle),
+                None => connections.spawn(task),
+            };
         }
         drop(listener);
         stop.fire();
@@ -335,6 +369,12 @@ impl Edge {
             supervise(conn, watchdog, stop).await;
         }
     }
+}
+
+/// An accepted connection: on this runtime, or on its way to a shard's.
+enum Accepted {
+    Here(TcpStream),
+    Moving(std::net::TcpStream),
 }
 
 /// A hyper server connection that can be asked to finish gracefully.

@@ -258,3 +258,64 @@ async fn https_and_http2_clients_are_proxied_over_http1() {
         ups[0].connections_opened()
     );
 }
+
+/// Connections handed to worker runtimes (as `fleetgate run` does) are served there: redirects,
+/// proxied requests with one pooled upstream connection per worker, and a graceful stop after
+/// which the workers end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_on_worker_runtimes_pool_upstream_connections_per_worker() {
+    let up = Upstream::start("u0").await.unwrap();
+    let shards = Arc::new(edge::Shards::start(2).unwrap());
+    let mut edge = TestEdge::start_with(
+        vec![
+            site(&["app.test"], Proxy::new(vec![up.url()])),
+            redirect(&["old.test"], "https://app.test", 301, true),
+        ],
+        Arc::new(CertMap::new()),
+        Limits::default(),
+        Some(Arc::clone(&shards)),
+    )
+    .await;
+
+    // Each request on a connection of its own: the connections alternate between the workers.
+    for i in 0..10 {
+        let reply = get(edge.http, "app.test", &format!("/{i}")).await.unwrap();
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(echo(&reply).request_line, format!("GET /{i} HTTP/1.1"));
+    }
+    for _ in 0..4 {
+        let reply = get(edge.http, "old.test", "/x").await.unwrap();
+        assert!(reply.status.is_redirection(), "{}", reply.status);
+        assert!(reply.header("location").is_some());
+    }
+    // Each worker dials its own upstream connection (one shared pool would have used one for
+    // these sequential requests) and reuses it (a connection is back in the pool a moment
+    // after its response, so a request may now and then find none and dial).
+    assert_eq!(up.requests(), 10);
+    let opened = up.connections_opened();
+    assert!((2..=4).contains(&opened), "{opened} upstream connections");
+
+    edge.shutdown.cancel();
+    for task in [edge.http_task.take(), edge.https_task.take()]
+        .into_iter()
+        .flatten()
+    {
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("listeners drained in time")
+            .unwrap();
+    }
+    shards.stop();
+    drop(edge);
+    // The workers end: dropping the last handle joins their threads.
+    let joined = tokio::task::spawn_blocking(move || drop(shards));
+    tokio::time::timeout(DEADLINE, joined)
+        .await
+        .expect("worker threads ended in time")
+        .unwrap();
+}

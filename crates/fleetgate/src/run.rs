@@ -192,6 +192,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node.clone(),
         config.timings,
     );
+    // One worker thread per core serves the connections (see edge::Shards); this runtime
+    // keeps the accept loops, certificate work and reloads.
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let shards = Arc::new(edge::Shards::start(workers).context("cannot start the worker threads")?);
     let edge = Arc::new(
         edge::Edge::new(
             initial_routes,
@@ -201,7 +205,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .context("cannot set up the listeners' TLS")?
         .with_https_port(config.listen_https.port())
-        .with_proxy_protocol(edge::ProxyProtocol::new(config.proxy_protocol_from.clone())),
+        .with_proxy_protocol(edge::ProxyProtocol::new(config.proxy_protocol_from.clone()))
+        .with_shards(shards.clone()),
     );
 
     let http = TcpListener::bind(config.listen_http)
@@ -215,6 +220,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         http = %config.listen_http,
         https = %config.listen_https,
         sites = config.sites.len(),
+        workers,
         version = env!("CARGO_PKG_VERSION"),
         "fleetgate started"
     );
@@ -262,6 +268,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // edge), then stop certificate work and release this node's leases.
     shutdown.cancel();
     let _ = tokio::join!(http_task, https_task, heartbeat);
+    // The listeners have drained their connections: the workers have nothing left to run.
+    shards.stop();
     manager.shutdown().await;
     info!("stopped");
     Ok(())

@@ -114,6 +114,8 @@ pub(crate) struct Head {
 
 /// One keep-alive connection to an upstream.
 pub(crate) struct Conn {
+    /// The pool's idle list this connection belongs to (the runtime that dialled it).
+    pub(crate) home: usize,
     io: Stream,
     /// What was read and not yet used.
     buf: BytesMut,
@@ -132,8 +134,9 @@ struct Span {
 }
 
 impl Conn {
-    pub(crate) fn new(io: Stream) -> Conn {
+    pub(crate) fn new(io: Stream, home: usize) -> Conn {
         Conn {
+            home,
             io,
             buf: BytesMut::with_capacity(READ_SPACE),
             out: Vec::with_capacity(512),

@@ -83,8 +83,10 @@ pub(crate) struct UpstreamClient {
 
 struct Pool {
     connector: Connector,
-    /// Idle connections per upstream (by the balancer's index), most recently used last.
-    idle: Box<[Mutex<VecDeque<Idle>>]>,
+    /// Idle connections per upstream (by the balancer's index), then per runtime that made
+    /// them ([`home`]), most recently used last. A connection's socket answers to the IO
+    /// driver of the runtime that dialled it, so a request takes only connections of its own.
+    idle: Box<[Mutex<Vec<VecDeque<Idle>>>]>,
     idle_timeout: Duration,
 }
 
@@ -96,7 +98,7 @@ struct Idle {
 impl UpstreamClient {
     pub(crate) fn new(connector: Connector, upstreams: usize, idle_timeout: Duration) -> Self {
         let idle = (0..upstreams)
-            .map(|_| Mutex::new(VecDeque::new()))
+            .map(|_| Mutex::new(Vec::new()))
             .collect::<Vec<_>>()
             .into_boxed_slice();
         UpstreamClient {
@@ -169,7 +171,9 @@ impl UpstreamClient {
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
         for idle in &self.inner.idle {
-            self.inner.expire(&mut lock(idle), now);
+            for list in lock(idle).iter_mut() {
+                self.inner.expire(list, now);
+            }
         }
     }
 
@@ -198,8 +202,9 @@ impl Pool {
         loop {
             let now = Instant::now();
             let mut idle = {
-                let mut idle = lock(&self.idle[index]);
-                self.expire(&mut idle, now);
+                let mut lists = lock(&self.idle[index]);
+                let idle = lists.get_mut(home())?;
+                self.expire(idle, now);
                 idle.pop_back()?
             };
             if poll_fn(|cx| Poll::Ready(idle.conn.poll_idle(cx))).await {
@@ -211,8 +216,13 @@ impl Pool {
 
     fn checkin(&self, index: usize, conn: Box<Conn>) {
         let now = Instant::now();
-        let mut idle = lock(&self.idle[index]);
-        self.expire(&mut idle, now);
+        let mut lists = lock(&self.idle[index]);
+        let home = conn.home;
+        if lists.len() <= home {
+            lists.resize_with(home + 1, VecDeque::new);
+        }
+        let idle = &mut lists[home];
+        self.expire(idle, now);
         if idle.len() < MAX_IDLE_PER_UPSTREAM {
             idle.push_back(Idle { conn, since: now });
         }
@@ -245,7 +255,7 @@ impl Pool {
     /// A new connection; boxed once, as it moves between the pool and response bodies.
     async fn connect(&self, upstream: &Upstream) -> Result<Box<Conn>, UpstreamError> {
         let io = self.dial(upstream).await?;
-        Ok(Box::new(Conn::new(TokioIo::new(io))))
+        Ok(Box::new(Conn::new(TokioIo::new(io), home())))
     }
 }
 
@@ -373,8 +383,13 @@ fn copy_bodiless(req: &Request<RequestBody>) -> Request<RequestBody> {
     copy
 }
 
-/// The idle list even if a thread panicked while holding it (it holds no invariant a panic
+/// Which idle lists the calling thread's runtime uses: 0 off the shards, shard + 1 on one.
+fn home() -> usize {
+    crate::shards::current().map_or(0, |shard| shard + 1)
+}
+
+/// The idle lists even if a thread panicked while holding them (it holds no invariant a panic
 /// could break halfway).
-fn lock(idle: &Mutex<VecDeque<Idle>>) -> MutexGuard<'_, VecDeque<Idle>> {
+fn lock(idle: &Mutex<Vec<VecDeque<Idle>>>) -> MutexGuard<'_, Vec<VecDeque<Idle>>> {
     idle.lock().unwrap_or_else(PoisonError::into_inner)
 }

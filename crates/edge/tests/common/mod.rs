@@ -129,6 +129,16 @@ pub struct TestEdge {
 
 impl TestEdge {
     pub async fn start(sites: Vec<Site>, certs: Arc<CertMap>, limits: Limits) -> TestEdge {
+        TestEdge::start_with(sites, certs, limits, None).await
+    }
+
+    /// As [`TestEdge::start`], with connections served on these worker runtimes.
+    pub async fn start_with(
+        sites: Vec<Site>,
+        certs: Arc<CertMap>,
+        limits: Limits,
+        shards: Option<Arc<edge::Shards>>,
+    ) -> TestEdge {
         let ip = testkit::loopback_ip();
         let http = TcpListener::bind((ip, 0)).await.unwrap();
         let https = TcpListener::bind((ip, 0)).await.unwrap();
@@ -142,7 +152,10 @@ impl TestEdge {
         )
         .unwrap()
         .with_https_port(https_addr.port());
-        let edge = Arc::new(edge);
+        let edge = Arc::new(match shards {
+            Some(shards) => edge.with_shards(shards),
+            None => edge,
+        });
         let shutdown = CancellationToken::new();
         let http_task = tokio::spawn(Arc::clone(&edge).serve_http(http, shutdown.clone()));
         let https_task = tokio::spawn(Arc::clone(&edge).serve_https(https, shutdown.clone()));
