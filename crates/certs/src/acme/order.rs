@@ -20,9 +20,12 @@ use crate::{
 const READY_DEADLINE: Duration = Duration::from_secs(90);
 /// How long the CA may take to issue after finalization.
 const CERTIFICATE_DEADLINE: Duration = Duration::from_secs(60);
-/// Polling schedule for both waits (the CA's Retry-After, when sent, takes precedence).
-const POLL_FIRST: Duration = Duration::from_millis(250);
-const POLL_BACKOFF: f32 = 1.5;
+/// Polling schedules (the CA's Retry-After, when sent, takes precedence). The first look comes
+/// soon, as a CA may validate or issue within milliseconds, and the gaps double: a CA that takes
+/// seconds is asked about four times in its first second.
+const POLL_READY_FIRST: Duration = Duration::from_millis(100);
+const POLL_CERTIFICATE_FIRST: Duration = Duration::from_millis(50);
+const POLL_BACKOFF: f32 = 2.0;
 /// Bound on one store call while withdrawing challenges.
 const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -251,7 +254,7 @@ async fn solve(
 /// failed authorization: which domain, and the CA's problem for the challenge.
 async fn wait_ready(order: &mut Order) -> Result<()> {
     let policy = RetryPolicy::new()
-        .initial_delay(POLL_FIRST)
+        .initial_delay(POLL_READY_FIRST)
         .backoff(POLL_BACKOFF)
         .timeout(READY_DEADLINE);
     let polled = call_fresh_nonce!(
@@ -343,8 +346,18 @@ async fn finalize(
         CALL_TIMEOUT,
         order.finalize_csr(csr.der())
     )?;
+    // A CA that issued at once says so in its answer to the finalization: no wait then.
+    if order.state().status == OrderStatus::Valid
+        && let Some(chain) = call_fresh_nonce!(
+            "download the certificate",
+            CALL_TIMEOUT,
+            order.certificate()
+        )?
+    {
+        return Ok((chain, key.serialize_pem()));
+    }
     let policy = RetryPolicy::new()
-        .initial_delay(POLL_FIRST)
+        .initial_delay(POLL_CERTIFICATE_FIRST)
         .backoff(POLL_BACKOFF)
         .timeout(CERTIFICATE_DEADLINE);
     let chain = call_fresh_nonce!(
