@@ -22,6 +22,13 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
             .collect();
         writeln!(out, "PROXY protocol from: {}", from.join(", "))?;
     }
+    if config.workers > 0 {
+        writeln!(
+            out,
+            "workers: {} (each serves its share of the connections)",
+            config.workers
+        )?;
+    }
     match &config.storage {
         crate::config::StorageConfig::Dir { path } => {
             writeln!(out, "storage: dir {}", path.display())?

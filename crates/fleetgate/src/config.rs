@@ -66,6 +66,9 @@ struct RawListen {
     /// Load balancers (addresses or networks) whose connections start with a PROXY header.
     #[serde(default)]
     proxy_protocol_from: Vec<Spanned<String>>,
+    /// Worker threads that each serve their share of the connections; 0: one shared runtime.
+    #[serde(default = "default_workers")]
+    workers: Spanned<u32>,
 }
 
 impl Default for RawListen {
@@ -74,8 +77,13 @@ impl Default for RawListen {
             http: default_http(),
             https: default_https(),
             proxy_protocol_from: Vec::new(),
+            workers: default_workers(),
         }
     }
+}
+
+fn default_workers() -> Spanned<u32> {
+    Spanned::new(0..0, 0)
 }
 
 fn default_http() -> Spanned<String> {
@@ -303,6 +311,9 @@ struct RawHstsSettings {
     include_subdomains: bool,
 }
 
+/// `listen.workers` above this is a typo rather than a machine.
+const MAX_WORKERS: u32 = 1024;
+
 // ---- validated form -------------------------------------------------------------------------
 
 /// The validated configuration.
@@ -314,6 +325,9 @@ pub struct Config {
     pub listen_https: SocketAddr,
     /// Balancers that send a PROXY protocol header (`listen.proxy_protocol_from`); empty: off.
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Worker threads with connections pinned to them (`listen.workers`); 0: the shared,
+    /// work-stealing runtime serves every connection.
+    pub workers: usize,
     pub storage: StorageConfig,
     /// Where the sealing key comes from; `None` stores private keys unsealed.
     pub seal_key: Option<SealKeySource>,
@@ -516,6 +530,15 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+
+        let workers = *raw.listen.workers.get_ref();
+        if workers > MAX_WORKERS {
+            return Err(ctx.err(
+                Some(raw.listen.workers.span()),
+                "listen.workers",
+                format!("at most {MAX_WORKERS} (0 serves every connection on one shared runtime)"),
+            ));
+        }
 
         let data_path = raw
             .storage
@@ -940,6 +963,7 @@ impl Config {
             listen_http,
             listen_https,
             proxy_protocol_from,
+            workers: workers as usize,
             storage,
             seal_key,
             timings,
@@ -1318,6 +1342,28 @@ mod tests {
         ));
         assert!(
             e.starts_with("/etc/fleetgate/test.toml:3: listen.proxy_protocol_from[1]: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn workers_are_off_by_default_and_bounded() {
+        let site = "[[site]]\ndomains = [\"a.test\"]\nrespond = { status = 200, body = \"ok\" }\ntls = \"internal\"\n";
+        assert_eq!(parse(site).unwrap().workers, 0);
+        assert_eq!(
+            parse(&format!("[listen]\nworkers = 4\n{site}"))
+                .unwrap()
+                .workers,
+            4
+        );
+        let e = err(&format!("[listen]\nworkers = 5000\n{site}"));
+        assert!(
+            e.starts_with("/etc/fleetgate/test.toml:2: listen.workers: at most 1024"),
+            "{e}"
+        );
+        let e = err(&format!("[listen]\nworkers = -1\n{site}"));
+        assert!(
+            e.starts_with("/etc/fleetgate/test.toml:2: listen.workers"),
             "{e}"
         );
     }

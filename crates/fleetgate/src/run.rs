@@ -192,22 +192,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node.clone(),
         config.timings,
     );
-    // One worker thread per core serves the connections (see edge::Shards); this runtime
-    // keeps the accept loops, certificate work and reloads.
-    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let shards = Arc::new(edge::Shards::start(workers).context("cannot start the worker threads")?);
-    let edge = Arc::new(
-        edge::Edge::new(
-            initial_routes,
-            cert_map,
-            Arc::new(SharedChallenges(manager.challenges())),
-            config.limits.clone(),
-        )
-        .context("cannot set up the listeners' TLS")?
-        .with_https_port(config.listen_https.port())
-        .with_proxy_protocol(edge::ProxyProtocol::new(config.proxy_protocol_from.clone()))
-        .with_shards(shards.clone()),
-    );
+    // With `listen.workers`, that many threads each serve their share of the connections (see
+    // edge::Shards); this runtime keeps the accept loops, certificate work and reloads.
+    let shards = match config.workers {
+        0 => None,
+        n => Some(Arc::new(
+            edge::Shards::start(n).context("cannot start the worker threads (listen.workers)")?,
+        )),
+    };
+    let mut edge = edge::Edge::new(
+        initial_routes,
+        cert_map,
+        Arc::new(SharedChallenges(manager.challenges())),
+        config.limits.clone(),
+    )
+    .context("cannot set up the listeners' TLS")?
+    .with_https_port(config.listen_https.port())
+    .with_proxy_protocol(edge::ProxyProtocol::new(config.proxy_protocol_from.clone()));
+    if let Some(shards) = &shards {
+        edge = edge.with_shards(Arc::clone(shards));
+    }
+    let edge = Arc::new(edge);
 
     let http = TcpListener::bind(config.listen_http)
         .await
@@ -220,7 +225,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         http = %config.listen_http,
         https = %config.listen_https,
         sites = config.sites.len(),
-        workers,
+        workers = config.workers,
         version = env!("CARGO_PKG_VERSION"),
         "fleetgate started"
     );
@@ -247,8 +252,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 match Config::load(&current.file) {
                     Ok(new) => match routes(&new) {
                         Ok(new_routes) => {
-                            if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.proxy_protocol_from != current.proxy_protocol_from || new.storage != current.storage {
-                                warn!("listen (proxy_protocol_from included) and storage changes take effect after a restart");
+                            if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.proxy_protocol_from != current.proxy_protocol_from || new.workers != current.workers || new.storage != current.storage {
+                                warn!("listen (proxy_protocol_from and workers included) and storage changes take effect after a restart");
                             }
                             edge.set_routes(new_routes);
                             manager.apply(new.managed_certs());
@@ -269,7 +274,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = tokio::join!(http_task, https_task, heartbeat);
     // The listeners have drained their connections: the workers have nothing left to run.
-    shards.stop();
+    if let Some(shards) = &shards {
+        shards.stop();
+    }
     manager.shutdown().await;
     info!("stopped");
     Ok(())

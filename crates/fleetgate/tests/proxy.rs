@@ -94,9 +94,13 @@ async fn proxy_end_to_end_through_the_binary() -> anyhow::Result<()> {
         testkit::free_port(),
         &config(&a, &b, &nginx),
     )?;
+    // Everything below runs with connections pinned to two worker threads.
+    node.listen_extra = "workers = 2".to_owned();
+    node.write_config(&config(&a, &b, &nginx))?;
 
     let check = node.command(&["check"]);
     let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(stdout.contains("workers: 2"), "{stdout}");
     assert!(
         check.status.success(),
         "{}",

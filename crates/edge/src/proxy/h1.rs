@@ -167,9 +167,8 @@ impl Conn {
         poll_fn(|cx| self.poll_fill(cx)).await
     }
 
-    /// Writes `req` (origin-form target, headers already rewritten) with its body, then reads
-    /// the response head. Returns the response without a body, the body's framing and whether
-    /// the connection may carry another request once the body is read.
+    /// Writes `req` (origin-form target, headers already rewritten) and `lines` (ready field
+    /// lines) with its body, then reads the response head.
     pub(crate) async fn exchange(
         &mut self,
         req: Request<RequestBody>,
