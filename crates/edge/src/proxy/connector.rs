@@ -20,6 +20,9 @@ use crate::error::EdgeError;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A dialled upstream connection: TCP, or TLS over TCP (hyper's IO traits).
+pub(crate) type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
 /// What a proxy site's connector needs to know.
 pub(crate) struct ClientSettings<'a> {
     pub(crate) connect_timeout: Duration,
@@ -95,7 +98,7 @@ pub(crate) struct Connector {
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Response = Io;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 

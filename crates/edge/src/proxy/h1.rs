@@ -18,17 +18,16 @@ use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
-use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use crate::proxy::body::{RequestBody, RequestBodyError};
+use crate::proxy::connector::Io;
 use crate::proxy::headers;
 
 /// An upstream connection's transport (TCP, or TLS over TCP), with tokio's IO traits.
-pub(crate) type Stream = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+pub(crate) type Stream = TokioIo<Io>;
 
 /// A response head may be this large, fields included.
 const MAX_HEAD: usize = 64 * 1024;

@@ -26,18 +26,14 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
-use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tower_service::Service as _;
 use tracing::debug;
 
 use crate::proxy::balancer::Upstream;
 use crate::proxy::body::RequestBody;
-use crate::proxy::connector::{BoxError, Connector};
+use crate::proxy::connector::{BoxError, Connector, Io};
 use crate::proxy::h1::{Conn, Framing, H1Error, Head};
-
-type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 /// Idle connections kept per upstream; more are closed when their request ends.
 const MAX_IDLE_PER_UPSTREAM: usize = 1024;
