@@ -100,6 +100,13 @@ pub(crate) enum Framing {
     Done,
 }
 
+impl Framing {
+    /// Nothing of the body is left to read.
+    pub(crate) fn ended(self) -> bool {
+        matches!(self, Framing::Done | Framing::Length(0))
+    }
+}
+
 /// A response head as the proxy forwards it.
 pub(crate) struct Head {
     pub(crate) response: Response<()>,

@@ -330,9 +330,7 @@ impl Body for PooledBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
-            Source::Pooled { framing, .. } => {
-                matches!(framing, Framing::Done | Framing::Length(0))
-            }
+            Source::Pooled { framing, .. } => framing.ended(),
             Source::Hyper(inner) => inner.is_end_stream(),
         }
     }
@@ -360,7 +358,7 @@ impl Drop for PooledBody {
             index,
             ..
         } = &mut self.0
-            && matches!(framing, Framing::Done | Framing::Length(0))
+            && framing.ended()
             && let Some(conn) = conn.take()
             && conn.is_clean()
         {
