@@ -570,103 +570,96 @@ fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
 mod tests {
     use super::*;
 
-    fn head(pairs: &[(&str, &str)]) -> Result<Message, H1Error> {
-        let mut message = Message::default();
-        for (k, v) in pairs {
-            message.field(k.as_bytes(), v.as_bytes())?;
-        }
-        Ok(message)
-    }
-
+    /// The framing and reuse a response head with these fields gets, or its error.
     fn framing(
         head_request: bool,
         status: StatusCode,
         version: Version,
-        message: &Result<Message, H1Error>,
-    ) -> Result<(Framing, bool), String> {
-        match message {
-            Ok(m) => m
-                .framing(head_request, status, version)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        fields: &[(&str, &str)],
+    ) -> Result<(Framing, bool), H1Error> {
+        let mut message = Message::default();
+        for (name, value) in fields {
+            message.field(name.as_bytes(), value.as_bytes())?;
         }
+        message.framing(head_request, status, version)
     }
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let ok = StatusCode::OK;
-        let v11 = Version::HTTP_11;
-        assert_eq!(
-            framing(false, ok, v11, &head(&[("content-length", "5")])).unwrap(),
-            (Framing::Length(5), true)
+        use Framing::{ChunkSize, Done, Length, UntilClose};
+        let (ok, not_modified) = (StatusCode::OK, StatusCode::NOT_MODIFIED);
+        let (v10, v11) = (Version::HTTP_10, Version::HTTP_11);
+        // (HEAD request, status, version, fields, framing, reusable)
+        type Case<'a> = (
+            bool,
+            StatusCode,
+            Version,
+            &'a [(&'a str, &'a str)],
+            Framing,
+            bool,
         );
-        assert_eq!(
-            framing(false, ok, v11, &head(&[("content-length", "5, 5")])).unwrap(),
-            (Framing::Length(5), true)
-        );
-        assert!(framing(false, ok, v11, &head(&[("content-length", "5, 6")])).is_err());
-        assert!(framing(false, ok, v11, &head(&[("content-length", "-1")])).is_err());
-        assert_eq!(
-            framing(
+        let cases: &[Case<'_>] = &[
+            (false, ok, v11, &[("content-length", "5")], Length(5), true),
+            (
                 false,
                 ok,
                 v11,
-                &head(&[("transfer-encoding", "gzip, chunked")])
-            )
-            .unwrap(),
-            (Framing::ChunkSize, true)
-        );
-        assert_eq!(
-            framing(false, ok, v11, &head(&[("transfer-encoding", "gzip")])).unwrap(),
-            (Framing::UntilClose, false)
-        );
-        assert_eq!(
-            framing(
+                &[("content-length", "5, 5")],
+                Length(5),
+                true,
+            ),
+            (
                 false,
                 ok,
                 v11,
-                &head(&[("transfer-encoding", "chunked"), ("content-length", "3")])
-            )
-            .unwrap(),
-            (Framing::ChunkSize, false)
-        );
-        assert_eq!(
-            framing(false, ok, v11, &head(&[])).unwrap(),
-            (Framing::UntilClose, false)
-        );
-        assert_eq!(
-            framing(true, ok, v11, &head(&[("content-length", "5")])).unwrap(),
-            (Framing::Done, true)
-        );
-        assert_eq!(
-            framing(false, StatusCode::NOT_MODIFIED, v11, &head(&[])).unwrap(),
-            (Framing::Done, true)
-        );
-        assert_eq!(
-            framing(
+                &[("transfer-encoding", "gzip, chunked")],
+                ChunkSize,
+                true,
+            ),
+            (
                 false,
                 ok,
                 v11,
-                &head(&[("connection", "close"), ("content-length", "1")])
-            )
-            .unwrap(),
-            (Framing::Length(1), false)
-        );
-        let v10 = Version::HTTP_10;
-        assert_eq!(
-            framing(false, ok, v10, &head(&[("content-length", "1")])).unwrap(),
-            (Framing::Length(1), false)
-        );
-        assert_eq!(
-            framing(
+                &[("transfer-encoding", "gzip")],
+                UntilClose,
+                false,
+            ),
+            (
+                false,
+                ok,
+                v11,
+                &[("transfer-encoding", "chunked"), ("content-length", "3")],
+                ChunkSize,
+                false,
+            ),
+            (false, ok, v11, &[], UntilClose, false),
+            (true, ok, v11, &[("content-length", "5")], Done, true),
+            (false, not_modified, v11, &[], Done, true),
+            (
+                false,
+                ok,
+                v11,
+                &[("connection", "close"), ("content-length", "1")],
+                Length(1),
+                false,
+            ),
+            (false, ok, v10, &[("content-length", "1")], Length(1), false),
+            (
                 false,
                 ok,
                 v10,
-                &head(&[("connection", "Keep-Alive"), ("content-length", "1")])
-            )
-            .unwrap(),
-            (Framing::Length(1), true)
-        );
+                &[("connection", "Keep-Alive"), ("content-length", "1")],
+                Length(1),
+                true,
+            ),
+        ];
+        for &(head_request, status, version, fields, expected, reusable) in cases {
+            let got = framing(head_request, status, version, fields).unwrap();
+            assert_eq!(got, (expected, reusable), "{fields:?}");
+        }
+        for bad in ["5, 6", "-1"] {
+            assert!(framing(false, ok, v11, &[("content-length", bad)]).is_err());
+        }
     }
 
     #[test]
