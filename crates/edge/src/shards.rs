@@ -71,16 +71,6 @@ impl Shards {
         })
     }
 
-    /// How many shards there are.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Whether there are none (never: `start` makes at least one).
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Lets the worker threads end (what still runs on them is dropped); they are joined when
     /// this is dropped.
     pub fn stop(&self) {
