@@ -91,12 +91,19 @@ enum Next {
     Done(Response<Body>),
     /// An HTTP-01 challenge request for this token (empty if malformed).
     Http01(Host, String),
-    Proxy {
-        forwarder: Arc<Forwarder>,
-        log: Option<AccessLog>,
-        https: bool,
-        hsts: Option<HeaderValue>,
-    },
+    Proxy(Proxied),
+    /// The site's action is not the proxy (asked with `only_proxy`, see [`Handler::decide`]).
+    NotProxied,
+}
+
+/// A request the site's proxy is to forward, as decided by [`Handler::proxied`].
+pub(crate) struct Proxied {
+    pub(crate) forwarder: Arc<Forwarder>,
+    pub(crate) log: Option<AccessLog>,
+    /// The request came over TLS.
+    pub(crate) https: bool,
+    /// `Strict-Transport-Security` for the response.
+    pub(crate) hsts: Option<HeaderValue>,
 }
 
 impl Handler {
@@ -106,29 +113,48 @@ impl Handler {
     pub(crate) fn call(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         // Each pending kind gets its own future: one enum of both would be as large as the
         // larger (the challenge lookup), and the proxy's is moved into its box per request.
-        match self.decide(&req) {
+        match self.decide(&req, false) {
             Next::Done(response) => Reply::Ready(Some(response)),
             Next::Http01(host, token) => Reply::Pending(
                 Box::pin(async move { self.http01(&host, &token).await }),
                 None,
             ),
-            Next::Proxy {
+            // Never reached: only the express lane asks for it.
+            Next::NotProxied => Reply::Ready(Some(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error\n",
+            ))),
+            Next::Proxy(Proxied {
                 forwarder,
                 log,
                 https,
                 hsts,
-            } => {
+            }) => {
                 let down = Downstream {
                     peer: self.peer,
                     https,
                     conn: self,
                 };
-                Reply::Pending(Box::pin(forwarder.forward(req, down, log)), hsts)
+                Reply::Pending(
+                    Box::pin(forwarder.forward(req.map(Some), down, log, false)),
+                    hsts,
+                )
             }
         }
     }
 
-    fn decide(&self, req: &Request<Incoming>) -> Next {
+    /// What the proxy needs to forward `req`, if `req` is for a proxied site and no answer of
+    /// the edge's own (a challenge, a redirect to HTTPS, an error) comes first.
+    pub(crate) fn proxied<B>(&self, req: &Request<B>) -> Option<Proxied> {
+        match self.decide(req, true) {
+            Next::Proxy(proxied) => Some(proxied),
+            Next::Done(_) | Next::Http01(..) | Next::NotProxied => None,
+        }
+    }
+
+    /// With `only_proxy`, a request for a site whose action is not the proxy gets
+    /// [`Next::NotProxied`]: nothing is answered or logged for it.
+    fn decide<B>(&self, req: &Request<B>, only_proxy: bool) -> Next {
         let host = match request_host(req) {
             Ok(host) => host,
             Err(reason) => {
@@ -148,12 +174,12 @@ impl Handler {
             }
         };
         match &self.transport {
-            Transport::Plain => self.plain(req, host),
-            Transport::Tls { sni, key } => self.tls(req, &host, sni, key),
+            Transport::Plain => self.plain(req, host, only_proxy),
+            Transport::Tls { sni, key } => self.tls(req, &host, sni, key, only_proxy),
         }
     }
 
-    fn plain(&self, req: &Request<Incoming>, host: Host) -> Next {
+    fn plain<B>(&self, req: &Request<B>, host: Host, only_proxy: bool) -> Next {
         let routes = self.edge.routes.load();
         let Some(route) = host.name().and_then(|name| routes.lookup(name)) else {
             return Next::Done(text(StatusCode::NOT_FOUND, "unknown host\n"));
@@ -172,15 +198,16 @@ impl Handler {
             );
         }
         // The routes guard is let go on return, before an upstream answers.
-        prepare(route, req, &host, self.peer, false, None)
+        prepare(route, req, &host, self.peer, false, None, only_proxy)
     }
 
-    fn tls(
+    fn tls<B>(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         host: &Host,
         sni: &str,
         key: &Arc<CertifiedKey>,
+        only_proxy: bool,
     ) -> Next {
         let Some(name) = host.name() else {
             return Next::Done(misdirected());
@@ -200,7 +227,15 @@ impl Handler {
         let Some(route) = routes.lookup(name) else {
             return Next::Done(misdirected());
         };
-        prepare(route, req, host, self.peer, true, route.hsts.clone())
+        prepare(
+            route,
+            req,
+            host,
+            self.peer,
+            true,
+            route.hsts.clone(),
+            only_proxy,
+        )
     }
 
     async fn http01(&self, host: &Host, token: &str) -> Response<Body> {
@@ -236,17 +271,21 @@ fn prepare<B>(
     peer: SocketAddr,
     https: bool,
     hsts: Option<HeaderValue>,
+    only_proxy: bool,
 ) -> Next {
+    if only_proxy && !matches!(route.action, Prepared::Proxy(_)) {
+        return Next::NotProxied;
+    }
     let log = route
         .access_log
         .then(|| AccessLog::start(req, host.as_str(), peer.ip()));
     if let Prepared::Proxy(forwarder) = &route.action {
-        return Next::Proxy {
+        return Next::Proxy(Proxied {
             forwarder: Arc::clone(forwarder),
             log,
             https,
             hsts,
-        };
+        });
     }
     let mut response = act(route, req);
     if let Some(log) = log {

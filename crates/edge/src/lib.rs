@@ -14,6 +14,7 @@
 
 mod challenge;
 mod error;
+mod express;
 mod host;
 mod http;
 mod idle;

@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::challenge::ChallengeResponder;
 use crate::error::EdgeError;
+use crate::express::{self, Rewind, Served};
 use crate::http::{Handler, Transport};
 use crate::idle::{Activity, Tracked, Watchdog};
 use crate::limits::Limits;
@@ -328,8 +329,10 @@ impl Edge {
     }
 
     /// Serves HTTP/2 (`h2`) or HTTP/1.1 on one connection until the client leaves, the connection has
-    /// been quiet too long, or shutdown; the last two close it gracefully. An HTTP/1.1 protocol
-    /// switch (WebSocket) hands the connection to the proxy's tunnel and ends this.
+    /// been quiet too long, or shutdown; the last two close it gracefully. HTTP/1.1 starts on the
+    /// express lane ([`express::serve`]) and goes to hyper at the first request the lane does
+    /// not take. An HTTP/1.1 protocol switch (WebSocket) hands the connection to the proxy's
+    /// tunnel and ends this.
     async fn serve<I>(
         self: &Arc<Self>,
         io: I,
@@ -337,7 +340,7 @@ impl Edge {
         transport: Transport,
         h2: bool,
         shutdown: &CancellationToken,
-        stop: Waiter,
+        mut stop: Waiter,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -350,24 +353,40 @@ impl Edge {
         });
         let service = {
             let activity = Arc::clone(&activity);
+            let handler = Arc::clone(&handler);
             service_fn(move |req| {
                 activity.request_started();
                 Arc::clone(&handler).call(req)
             })
         };
-        let io = TokioIo::new(Tracked::new(io, Arc::clone(&activity)));
-        let watchdog = Watchdog::new(
-            activity,
+        let mut io = Tracked::new(io, Arc::clone(&activity));
+        let mut watchdog = Watchdog::new(
+            Arc::clone(&activity),
             self.limits.header_read_timeout,
             self.limits.idle_timeout,
         );
         if h2 {
-            let conn = self.http2.serve_connection(io, service);
+            let conn = self.http2.serve_connection(TokioIo::new(io), service);
             supervise(conn, watchdog, stop).await;
-        } else {
-            let conn = self.http1.serve_connection(io, service).with_upgrades();
-            supervise(conn, watchdog, stop).await;
+            return;
         }
+        let max_head = self.limits.max_header_bytes.max(MIN_H1_BUFFER);
+        let read = match express::serve(
+            &mut io,
+            &handler,
+            &activity,
+            &mut watchdog,
+            &mut stop,
+            max_head,
+        )
+        .await
+        {
+            Served::Closed => return,
+            Served::Handover(read) => read,
+        };
+        let io = TokioIo::new(Rewind::new(read, io));
+        let conn = self.http1.serve_connection(io, service).with_upgrades();
+        supervise(conn, watchdog, stop).await;
     }
 }
 

@@ -13,6 +13,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::proxy::access::AccessLog;
 use crate::proxy::balancer::InFlight;
 use crate::proxy::connector::BoxError;
+use crate::proxy::h1::ClientHead;
 use crate::proxy::pool::PooledBody;
 
 /// Why a request body stopped streaming to the upstream.
@@ -53,9 +54,9 @@ pub(crate) struct RequestBody {
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: Incoming, limit: Option<u64>) -> RequestBody {
+    pub(crate) fn new(inner: Option<Incoming>, limit: Option<u64>) -> RequestBody {
         RequestBody {
-            inner: Some(inner),
+            inner,
             left: limit.unwrap_or(u64::MAX),
         }
     }
@@ -125,6 +126,14 @@ impl ResponseBody {
 
     pub(crate) fn empty() -> ResponseBody {
         ResponseBody::fixed(Bytes::new())
+    }
+
+    /// An upstream's response head written out for an HTTP/1.1 client, if it was asked for.
+    pub(crate) fn take_client_head(&mut self) -> Option<ClientHead> {
+        match self {
+            ResponseBody::Fixed(_) => None,
+            ResponseBody::Upstream(up) => up.inner.take_client_head(),
+        }
     }
 }
 

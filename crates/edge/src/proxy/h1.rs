@@ -109,6 +109,7 @@ impl Framing {
 
 /// A response head as the proxy forwards it.
 pub(crate) struct Head {
+    /// Status and version; the fields too, unless the head was asked for as [`ClientHead`].
     pub(crate) response: Response<()>,
     pub(crate) framing: Framing,
     /// The upstream allows another request on the connection once the body is read.
@@ -116,6 +117,22 @@ pub(crate) struct Head {
     /// The fields are ready for the client (hop-by-hop ones left out, `Via` added: what
     /// [`headers::to_client`] does), which is so unless `Connection` lists other fields.
     pub(crate) for_client: bool,
+    /// The head as the client's HTTP/1.1 connection gets it, when asked for.
+    pub(crate) client: Option<ClientHead>,
+}
+
+/// A response head written out for an HTTP/1.1 client, for the server side that writes heads
+/// itself ([`crate::express`]): no `HeaderMap` is built, the fields are copied as they came.
+#[derive(Debug)]
+pub(crate) struct ClientHead {
+    /// The status line and the fields, without the empty line that ends the head: the
+    /// upstream's end-to-end fields (those named by its `Connection` left out too), `Via`, and
+    /// `transfer-encoding: chunked` when the body is re-framed.
+    pub(crate) head: Bytes,
+    /// The body is to be sent chunked: the upstream's was chunked or ran until it closed.
+    pub(crate) chunked: bool,
+    /// The upstream sent a `Date`.
+    pub(crate) date: bool,
 }
 
 /// One keep-alive connection to an upstream.
@@ -174,19 +191,21 @@ impl Conn {
     }
 
     /// Writes `req` (origin-form target, headers already rewritten) and `lines` (ready field
-    /// lines) with its body, then reads the response head.
+    /// lines) with its body, then reads the response head: into a `HeaderMap`, or written out
+    /// for the client if `client_head` ([`Head::client`]).
     pub(crate) async fn exchange(
         &mut self,
         req: Request<RequestBody>,
         lines: &[u8],
+        client_head: bool,
     ) -> Result<Head, H1Error> {
         let (parts, mut body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
         match self.write_request(&parts, lines, &mut body).await {
-            Ok(()) => self.read_head(head_request).await,
+            Ok(()) => self.read_head(head_request, client_head).await,
             // An upstream may answer early (a 413, say) and close without reading the rest:
             // its answer is what the client should get, on a connection not used again.
-            Err(H1Error::Write(error)) => match self.read_head(head_request).await {
+            Err(H1Error::Write(error)) => match self.read_head(head_request, client_head).await {
                 Ok(head) => Ok(Head {
                     reusable: false,
                     ..head
@@ -243,12 +262,12 @@ impl Conn {
         Ok(())
     }
 
-    async fn read_head(&mut self, head_request: bool) -> Result<Head, H1Error> {
+    async fn read_head(&mut self, head_request: bool, client_head: bool) -> Result<Head, H1Error> {
         let mut answered = false;
         loop {
             if !self.buf.is_empty() {
                 answered = true;
-                if let Some(parsed) = self.parse_head(head_request)? {
+                if let Some(parsed) = self.parse_head(head_request, client_head)? {
                     return Ok(parsed);
                 }
                 if self.buf.len() >= MAX_HEAD {
@@ -268,7 +287,11 @@ impl Conn {
 
     /// A complete response head from `buf` (1xx interim responses are skipped), or `None` if
     /// more bytes are needed.
-    fn parse_head(&mut self, head_request: bool) -> Result<Option<Head>, H1Error> {
+    fn parse_head(
+        &mut self,
+        head_request: bool,
+        client_head: bool,
+    ) -> Result<Option<Head>, H1Error> {
         loop {
             let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
             let mut parsed = httparse::Response::new(&mut []);
@@ -309,6 +332,21 @@ impl Conn {
                     hop_by_hop: headers::is_hop_by_hop(field.name.as_bytes()),
                 });
             }
+            if client_head {
+                let (framing, reusable) = message.framing(head_request, status, version)?;
+                let client = self.client_head(status, version, framing, message.lists_fields);
+                self.buf.advance(len);
+                let mut response = Response::new(());
+                *response.status_mut() = status;
+                *response.version_mut() = version;
+                return Ok(Some(Head {
+                    response,
+                    framing,
+                    reusable,
+                    for_client: true,
+                    client: Some(client),
+                }));
+            }
             let for_client = !message.lists_fields;
             let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(self.spans.len() + 1);
@@ -337,7 +375,64 @@ impl Conn {
                 framing,
                 reusable,
                 for_client,
+                client: None,
             }));
+        }
+    }
+
+    /// The head at the front of `buf` (its fields in `spans`) written out for the client:
+    /// what [`headers::to_client`] leaves of it, `Via`, and the framing of a re-chunked body.
+    fn client_head(
+        &self,
+        status: StatusCode,
+        version: Version,
+        framing: Framing,
+        lists_fields: bool,
+    ) -> ClientHead {
+        let field = |(at, len): (usize, usize)| &self.buf[at..at + len];
+        // The fields that `Connection` names are hop-by-hop too (RFC 9110 7.6.1).
+        let listed = |name: &[u8]| {
+            lists_fields
+                && self.spans.iter().any(|span| {
+                    field(span.name).eq_ignore_ascii_case(b"connection")
+                        && field(span.value)
+                            .split(|&b| b == b',')
+                            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+                })
+        };
+        let chunked = matches!(framing, Framing::ChunkSize | Framing::UntilClose);
+        let mut out = BytesMut::with_capacity(self.buf.len().min(MAX_HEAD) + 64);
+        out.put_slice(b"HTTP/1.1 ");
+        out.put_slice(status.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.put_slice(b"\r\n");
+        let mut date = false;
+        for span in &self.spans {
+            let name = field(span.name);
+            if span.hop_by_hop
+                // The client's framing is ours: a length would contradict the chunks.
+                || (chunked && name.eq_ignore_ascii_case(b"content-length"))
+                || listed(name)
+            {
+                continue;
+            }
+            date |= name.eq_ignore_ascii_case(b"date");
+            out.put_slice(name);
+            out.put_slice(b": ");
+            out.put_slice(field(span.value));
+            out.put_slice(b"\r\n");
+        }
+        out.put_slice(b"via: ");
+        out.put_slice(headers::via(version).as_bytes());
+        out.put_slice(b"\r\n");
+        if chunked {
+            out.put_slice(b"transfer-encoding: chunked\r\n");
+        }
+        ClientHead {
+            head: out.freeze(),
+            chunked,
+            date,
         }
     }
 

@@ -86,7 +86,10 @@ impl Checker {
         };
         let deadline = self.check.timeout.min(self.check.interval);
         let outcome = timeout(deadline, async {
-            let resp = self.client.send(index, upstream, req, &[], true).await?;
+            let resp = self
+                .client
+                .send(index, upstream, req, &[], true, false)
+                .await?;
             let status = resp.status();
             let _ = http_body_util::Limited::new(resp.into_body(), MAX_HEALTH_BODY)
                 .collect()

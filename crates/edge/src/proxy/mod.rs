@@ -28,7 +28,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body, Incoming};
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
@@ -187,17 +187,21 @@ impl Forwarder {
     ///
     /// Takes everything it uses by value: the future is boxed as it is, with no async wrapper
     /// around it (see [`crate::http::Reply`]).
+    ///
+    /// `req` has no body (`None`) on the express lane, which also asks for the upstream's head
+    /// written out for the client (`client_head`, see [`ResponseBody::take_client_head`]).
     pub(crate) async fn forward(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<Option<Incoming>>,
         down: Downstream,
         log: Option<AccessLog>,
+        client_head: bool,
     ) -> Response<ResponseBody> {
         if req.method() == Method::CONNECT {
             return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n", log);
         }
         if let Some(max) = self.max_body
-            && req.body().size_hint().lower() > max
+            && req.body().as_ref().map_or(0, |b| b.size_hint().lower()) > max
         {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -252,12 +256,13 @@ impl Forwarder {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
         // Only a request that can be sent again unchanged is retried: idempotent, no body.
-        let mut retries_left = if is_idempotent(&parts.method) && body.is_end_stream() {
-            self.retries
-                .min(u32::try_from(self.balancer.len() - 1).unwrap_or(u32::MAX))
-        } else {
-            0
-        };
+        let mut retries_left =
+            if is_idempotent(&parts.method) && body.as_ref().is_none_or(Body::is_end_stream) {
+                self.retries
+                    .min(u32::try_from(self.balancer.len() - 1).unwrap_or(u32::MAX))
+            } else {
+                0
+            };
         let mut body = Some(RequestBody::new(body, self.max_body));
         let mut tried = Tried::default();
         let mut client_upgrade = client_upgrade;
@@ -292,7 +297,10 @@ impl Forwarder {
                 }
                 // The retry is awaited after this match, not in its arm: the first send's
                 // state would otherwise be kept alongside it.
-                let retry = match self.client.send(index, upstream, out, &lines, true).await {
+                let retry = match self
+                    .client
+                    .send(index, upstream, out, &lines, true, client_head)
+                    .await {
                     // A kept-alive connection the upstream had closed: once more on a new one.
                     Err(UpstreamError::Stale { source, retry }) => {
                         debug!(upstream = %upstream.name, error = %source, "reused upstream connection was closed; sending again");
@@ -300,7 +308,8 @@ impl Forwarder {
                     }
                     result => return result,
                 };
-                Box::pin(self.client.send(index, upstream, *retry, &lines, false)).await
+                Box::pin(self.client.send(index, upstream, *retry, &lines, false, client_head))
+                    .await
             })
             .await
             {

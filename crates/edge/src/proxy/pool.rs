@@ -33,7 +33,7 @@ use tracing::debug;
 use crate::proxy::balancer::Upstream;
 use crate::proxy::body::RequestBody;
 use crate::proxy::connector::{BoxError, Connector, Io};
-use crate::proxy::h1::{Conn, Framing, H1Error, Head};
+use crate::proxy::h1::{ClientHead, Conn, Framing, H1Error, Head};
 
 /// Idle connections kept per upstream; more are closed when their request ends.
 const MAX_IDLE_PER_UPSTREAM: usize = 1024;
@@ -108,7 +108,9 @@ impl UpstreamClient {
 
     /// Sends `req` (origin-form URI, Host set), with `lines` (ready `name: value\r\n` fields)
     /// after its own, to upstream `index` on an idle connection (unless `reuse` is false) or a
-    /// new one, and returns the response once its head is in.
+    /// new one, and returns the response once its head is in; with `client_head`, the head is
+    /// written out for an HTTP/1.1 client instead of parsed into the response's map (see
+    /// [`PooledBody::take_client_head`]).
     /// The body drives the connection and gives it back to the pool when it ends.
     pub(crate) async fn send(
         &self,
@@ -117,11 +119,12 @@ impl UpstreamClient {
         req: Request<RequestBody>,
         lines: &[u8],
         reuse: bool,
+        client_head: bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         if reuse && let Some((mut conn, idle_for)) = self.inner.checkout(index).await {
             let retry = (idle_for >= STALE_AFTER && req.body().is_end_stream())
                 .then(|| Box::new(copy_bodiless(&req)));
-            return match conn.exchange(req, lines).await {
+            return match conn.exchange(req, lines, client_head).await {
                 Ok(head) => Ok(self.wrap(index, conn, head)),
                 Err(source) => Err(match retry {
                     Some(retry) if source.unanswered() => UpstreamError::Stale { source, retry },
@@ -132,7 +135,7 @@ impl UpstreamClient {
         // Boxed: dialling (TCP, TLS) is the cold path, and its state would make every
         // request's future larger.
         let mut conn = Box::pin(self.inner.connect(upstream)).await?;
-        match conn.exchange(req, lines).await {
+        match conn.exchange(req, lines, client_head).await {
             Ok(head) => Ok(self.wrap(index, conn, head)),
             Err(source) => Err(UpstreamError::Request(source)),
         }
@@ -184,6 +187,7 @@ impl UpstreamClient {
                 framing: head.framing,
                 reusable: head.reusable,
                 for_client: head.for_client,
+                client: head.client,
                 pool: Arc::clone(&self.inner),
                 index,
             })
@@ -268,6 +272,8 @@ enum Source {
         reusable: bool,
         /// The response's fields are ready for the client (see [`Head::for_client`]).
         for_client: bool,
+        /// The head written out for the client, if asked for (see [`Head::client`]).
+        client: Option<ClientHead>,
         pool: Arc<Pool>,
         index: usize,
     },
@@ -284,6 +290,14 @@ impl PooledBody {
                 ..
             }
         )
+    }
+
+    /// The response head written out for an HTTP/1.1 client, if the request asked for it.
+    pub(crate) fn take_client_head(&mut self) -> Option<ClientHead> {
+        match &mut self.0 {
+            Source::Pooled { client, .. } => client.take(),
+            Source::Hyper(_) => None,
+        }
     }
 }
 

@@ -1,0 +1,569 @@
+//! The express lane: HTTP/1.1 requests for proxied sites, served without hyper's server.
+//!
+//! Proxying a small request through hyper's server side cost more CPU than anything else
+//! fleetgate does for it: the dispatcher, a `HeaderMap` built from the upstream's response head
+//! only to be written out again, and a boxed future per request. On this lane a connection's
+//! task reads request heads with `httparse`, hands those the proxy forwards to
+//! [`crate::proxy::Forwarder::forward`] (awaited in place), and writes the upstream's head
+//! as the pooled client copied it out ([`crate::proxy::ResponseBody::take_client_head`]), then
+//! the body, re-chunked when the upstream's was chunked or ran until it closed.
+//!
+//! Only the plainest requests take the lane: HTTP/1.1 `GET` or `HEAD` in origin form, without
+//! a body, `Expect`, `Upgrade` or a `Connection` other than `keep-alive`/`close`, for a site
+//! whose action is the proxy and that no answer of the edge's own comes before (a challenge, a
+//! redirect to HTTPS, a bad host). The first request that is anything else hands the
+//! connection, with the bytes read so far, to hyper for the rest of its life
+//! ([`Served::Handover`]); so does a head that does not parse or is too large, and hyper
+//! answers it as it always did (400, 431...). Everything a client can see is what hyper's
+//! side gives: keep-alive and pipelining, `Connection: close`, `Date`, the header-read
+//! timeout on a kept-alive connection, a graceful close on shutdown or when the connection's
+//! watchdog fires between requests.
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::io::poll_read_buf;
+use tracing::debug;
+
+use crate::http::{Body, Handler, Proxied};
+use crate::idle::{Activity, Watchdog};
+use crate::proxy::Downstream;
+use crate::signal::Waiter;
+
+/// Fields in a request head on this lane (hyper's default limit; more go to hyper, which
+/// refuses them).
+const MAX_FIELDS: usize = 100;
+/// Free space for each read.
+const READ_SPACE: usize = 8 * 1024;
+/// Response bytes gathered before they are written; a body piece this large is written as it
+/// is rather than copied.
+const WRITE_AT: usize = 16 * 1024;
+
+/// How a connection left the lane.
+pub(crate) enum Served {
+    /// It is finished: the client closed it, it was closed after a response, it timed out, or
+    /// the edge is shutting down.
+    Closed,
+    /// hyper serves the rest of it, starting with these bytes, read and not used.
+    Handover(Bytes),
+}
+
+/// A request head the lane takes.
+struct Parsed {
+    /// Its length in the buffer.
+    len: usize,
+    request: Request<()>,
+    /// The client asked for the connection to close after the response.
+    close: bool,
+}
+
+/// Serves requests on `io` until the connection ends or a request needs hyper.
+pub(crate) async fn serve<I>(
+    io: &mut I,
+    handler: &Arc<Handler>,
+    activity: &Activity,
+    watchdog: &mut Watchdog,
+    stop: &mut Waiter,
+    max_head: usize,
+) -> Served
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let header_read_timeout = handler.edge.limits.header_read_timeout;
+    let mut buf = BytesMut::with_capacity(READ_SPACE);
+    let mut out = BytesMut::new();
+    // One timer for the connection, set again for each head: hyper's header-read timeout,
+    // which also closes a kept-alive connection left idle that long.
+    let head_timer = sleep_until(Instant::now() + header_read_timeout);
+    tokio::pin!(head_timer);
+    let mut waiting = false;
+    loop {
+        let parsed = if buf.is_empty() {
+            None
+        } else {
+            match parse(&buf) {
+                Ok(parsed) => parsed,
+                Err(()) => return Served::Handover(buf.freeze()),
+            }
+        };
+        let Some(Parsed {
+            len,
+            request,
+            close,
+        }) = parsed
+        else {
+            if buf.len() >= max_head {
+                return Served::Handover(buf.freeze());
+            }
+            if !waiting {
+                waiting = true;
+                head_timer
+                    .as_mut()
+                    .reset(Instant::now() + header_read_timeout);
+            }
+            if buf.capacity() - buf.len() < READ_SPACE / 2 {
+                buf.reserve(READ_SPACE);
+            }
+            tokio::select! {
+                biased;
+                read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut buf)) => match read {
+                    Ok(0) | Err(_) => return Served::Closed,
+                    Ok(_) => continue,
+                },
+                () = stop.fired() => return Served::Closed,
+                expiry = watchdog.expired() => {
+                    debug!(?expiry, "closing quiet connection");
+                    return Served::Closed;
+                }
+                () = &mut head_timer => {
+                    debug!("no request head in time; closing connection");
+                    return Served::Closed;
+                }
+            }
+        };
+        let Some(proxied) = handler.proxied(&request) else {
+            return Served::Handover(buf.freeze());
+        };
+        waiting = false;
+        buf.advance(len);
+        activity.request_started();
+        let head_request = request.method() == Method::HEAD;
+        let Proxied {
+            forwarder,
+            log,
+            https,
+            hsts,
+        } = proxied;
+        let down = Downstream {
+            peer: handler.peer,
+            https,
+            conn: Arc::clone(handler),
+        };
+        let forward = forwarder.forward(request.map(|()| None), down, log, true);
+        tokio::pin!(forward);
+        // The client's side is read meanwhile: a client that goes away cancels the request
+        // (and its upstream connection), as with hyper; what it sends early (pipelined
+        // requests) is kept.
+        let response = loop {
+            if buf.capacity() - buf.len() < READ_SPACE / 2 {
+                buf.reserve(READ_SPACE);
+            }
+            tokio::select! {
+                biased;
+                response = &mut forward => break response,
+                read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut buf)), if buf.len() < max_head => {
+                    match read {
+                        Ok(0) | Err(_) => {
+                            debug!("client went away; request cancelled");
+                            return Served::Closed;
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+        };
+        // On shutdown the response says the connection closes, as hyper's graceful close does.
+        let close = close || poll_fn(|cx| Poll::Ready(stop.poll_fired(cx).is_ready())).await;
+        let reply = Reply {
+            hsts,
+            close,
+            head_request,
+        };
+        if let Err(error) = reply.write(io, &mut out, response).await {
+            debug!(%error, "response not sent whole; closing connection");
+            return Served::Closed;
+        }
+        if close {
+            // Errors here change nothing: the connection is done either way.
+            let _ = io.shutdown().await;
+            return Served::Closed;
+        }
+    }
+}
+
+/// The request head at the front of `buf`: `Ok(None)` if incomplete, `Err` if it is not for
+/// this lane (or not valid: hyper then says why).
+fn parse(buf: &[u8]) -> Result<Option<Parsed>, ()> {
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let method = match parsed.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        _ => return Err(()),
+    };
+    let path = parsed.path.ok_or(())?;
+    if parsed.version != Some(1) || !path.starts_with('/') {
+        return Err(());
+    }
+    let mut close = false;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ())?;
+        match name {
+            // A body, or a request hyper's machinery is for.
+            http::header::CONTENT_LENGTH
+            | http::header::TRANSFER_ENCODING
+            | http::header::EXPECT
+            | http::header::UPGRADE => return Err(()),
+            http::header::CONNECTION => {
+                for token in field.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                        return Err(());
+                    }
+                }
+            }
+            _ => {}
+        }
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| ())?;
+        headers.append(name, value);
+    }
+    let uri = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())).map_err(|_| ())?;
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Ok(Some(Parsed {
+        len,
+        request,
+        close,
+    }))
+}
+
+/// How a response goes out on this connection.
+struct Reply {
+    hsts: Option<HeaderValue>,
+    close: bool,
+    head_request: bool,
+}
+
+/// One step of a body on its way out.
+enum Step {
+    Frame(Option<Result<Bytes, Box<dyn std::error::Error + Send + Sync>>>),
+    /// Nothing more now: what is gathered goes out first.
+    Stalled,
+}
+
+impl Reply {
+    /// Writes `response` (the upstream's, with its head written out by the pooled client, or
+    /// one of the proxy's own answers) and its body. `out` is the connection's buffer.
+    async fn write<I>(
+        self,
+        io: &mut I,
+        out: &mut BytesMut,
+        response: Response<Body>,
+    ) -> io::Result<()>
+    where
+        I: AsyncWrite + Unpin,
+    {
+        let (parts, mut body) = response.into_parts();
+        out.clear();
+        let chunked = match body.take_client_head() {
+            Some(head) => {
+                out.put_slice(&head.head);
+                if !head.date {
+                    put_date(out);
+                }
+                head.chunked
+            }
+            None => {
+                // The proxy's own answers (502, 504...): small fixed bodies.
+                let status = parts.status;
+                out.put_slice(b"HTTP/1.1 ");
+                out.put_slice(status.as_str().as_bytes());
+                out.put_u8(b' ');
+                out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+                out.put_slice(b"\r\n");
+                for (name, value) in &parts.headers {
+                    put_field(out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                put_date(out);
+                match body.size_hint().exact() {
+                    Some(len) => {
+                        put_field(out, b"content-length", len.to_string().as_bytes());
+                        false
+                    }
+                    None => {
+                        out.put_slice(b"transfer-encoding: chunked\r\n");
+                        true
+                    }
+                }
+            }
+        };
+        if let Some(hsts) = &self.hsts {
+            put_field(out, b"strict-transport-security", hsts.as_bytes());
+        }
+        if self.close {
+            out.put_slice(b"connection: close\r\n");
+        }
+        out.put_slice(b"\r\n");
+        // A response to HEAD has no body, whatever its fields say.
+        if !self.head_request {
+            loop {
+                let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Pending if !out.is_empty() => Poll::Ready(Step::Stalled),
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(frame) => Poll::Ready(Step::Frame(
+                        frame.map(|f| f.map(|f| f.into_data().unwrap_or_default())),
+                    )),
+                })
+                .await;
+                match step {
+                    Step::Stalled => {
+                        io.write_all(out).await?;
+                        io.flush().await?;
+                        out.clear();
+                    }
+                    Step::Frame(Some(Ok(data))) if data.is_empty() => {}
+                    Step::Frame(Some(Ok(data))) => {
+                        if chunked {
+                            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        }
+                        if data.len() >= WRITE_AT {
+                            io.write_all(out).await?;
+                            out.clear();
+                            io.write_all(&data).await?;
+                        } else {
+                            out.put_slice(&data);
+                        }
+                        if chunked {
+                            out.put_slice(b"\r\n");
+                        }
+                        if out.len() >= WRITE_AT {
+                            io.write_all(out).await?;
+                            out.clear();
+                        }
+                    }
+                    Step::Frame(Some(Err(error))) => {
+                        // The client must not take a cut body for a whole one: the
+                        // connection closes without the rest (hyper does the same).
+                        return Err(io::Error::other(error));
+                    }
+                    Step::Frame(None) => {
+                        if chunked {
+                            out.put_slice(b"0\r\n\r\n");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        io.write_all(out).await?;
+        io.flush().await?;
+        // The body goes (and its upstream connection back to the pool) before the next
+        // request is read.
+        drop(body);
+        Ok(())
+    }
+}
+
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes a `Date` field for now, formatted once a second per thread.
+fn put_date(out: &mut BytesMut) {
+    thread_local! {
+        static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let text = DATE.with(|date| {
+        let (cached, text) = date.get();
+        if cached == second {
+            return text;
+        }
+        let mut text = [0; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        // Always 29 bytes ("Sun, 06 Nov 1994 08:49:37 GMT").
+        if formatted.len() == text.len() {
+            text.copy_from_slice(formatted.as_bytes());
+        }
+        date.set((second, text));
+        text
+    });
+    put_field(out, b"date", &text);
+}
+
+/// An IO stream with bytes already read from it put back in front: how a connection the lane
+/// read from goes to hyper.
+pub(crate) struct Rewind<I> {
+    read: Bytes,
+    inner: I,
+}
+
+impl<I> Rewind<I> {
+    pub(crate) fn new(read: Bytes, inner: I) -> Self {
+        Rewind { read, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// What `parse` makes of `head`: `Some(close)` for a request the lane takes.
+    fn lane(head: &str) -> Option<bool> {
+        match parse(head.as_bytes()) {
+            Ok(Some(parsed)) => {
+                assert_eq!(parsed.len, head.len(), "{head:?}");
+                Some(parsed.close)
+            }
+            Ok(None) => panic!("{head:?} taken for incomplete"),
+            Err(()) => None,
+        }
+    }
+
+    #[test]
+    fn only_plain_bodiless_http11_requests_take_the_lane() {
+        let host = "Host: a.test\r\n";
+        // (request line, extra fields, taken (and with Connection: close))
+        let cases: &[(&str, &str, Option<bool>)] = &[
+            ("GET / HTTP/1.1", "", Some(false)),
+            ("HEAD /x?y=1 HTTP/1.1", "", Some(false)),
+            ("GET / HTTP/1.1", "Connection: keep-alive\r\n", Some(false)),
+            ("GET / HTTP/1.1", "Connection: Close\r\n", Some(true)),
+            (
+                "GET / HTTP/1.1",
+                "Connection: keep-alive, x-secret\r\n",
+                None,
+            ),
+            ("GET / HTTP/1.0", "", None),
+            ("POST / HTTP/1.1", "Content-Length: 0\r\n", None),
+            ("DELETE / HTTP/1.1", "", None),
+            ("GET / HTTP/1.1", "Content-Length: 0\r\n", None),
+            ("GET / HTTP/1.1", "Transfer-Encoding: chunked\r\n", None),
+            ("GET / HTTP/1.1", "Expect: 100-continue\r\n", None),
+            (
+                "GET / HTTP/1.1",
+                "Upgrade: websocket\r\nConnection: upgrade\r\n",
+                None,
+            ),
+            ("GET http://a.test/ HTTP/1.1", "", None),
+            ("OPTIONS * HTTP/1.1", "", None),
+            ("GET / HTTP/1.1", "Bad Name: x\r\n", None),
+        ];
+        for (line, fields, taken) in cases {
+            let head = format!("{line}\r\n{host}{fields}\r\n");
+            assert_eq!(lane(&head), *taken, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn a_taken_request_keeps_its_fields_and_the_rest_of_the_buffer() {
+        let head = "GET /p?q=1 HTTP/1.1\r\nHost: a.test\r\nX-A: 1\r\nx-a: 2\r\n\r\n";
+        let buf = format!("{head}GET /next");
+        let parsed = parse(buf.as_bytes()).unwrap().unwrap();
+        assert_eq!(parsed.len, head.len());
+        let req = parsed.request;
+        assert_eq!(
+            (req.method(), req.uri().to_string()),
+            (&Method::GET, "/p?q=1".to_owned())
+        );
+        assert_eq!(req.version(), Version::HTTP_11);
+        let values: Vec<_> = req.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: a").unwrap().is_none());
+        assert!(parse(b"\x16\x03\x01 not http\r\n\r\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn rewind_serves_the_bytes_read_before_the_stream() {
+        use tokio::io::AsyncReadExt as _;
+        let (mut near, far) = tokio::io::duplex(64);
+        near.write_all(b" world").await.unwrap();
+        drop(near);
+        let mut io = Rewind::new(Bytes::from_static(b"hello"), far);
+        let mut all = String::new();
+        io.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
+    }
+
+    #[test]
+    fn date_is_an_http_date() {
+        let mut out = BytesMut::new();
+        put_date(&mut out);
+        let line = std::str::from_utf8(&out).unwrap();
+        let value = line
+            .strip_prefix("date: ")
+            .unwrap()
+            .strip_suffix("\r\n")
+            .unwrap();
+        assert!(httpdate::parse_http_date(value).is_ok(), "{line:?}");
+    }
+}
