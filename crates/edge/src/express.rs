@@ -1,23 +1,24 @@
-//! The express lane: HTTP/1.1 requests for proxied sites, served without hyper's server.
+//! The express lane: plain HTTP/1.1 requests served without hyper's server.
 //!
-//! Proxying a small request through hyper's server side cost more CPU than anything else
-//! fleetgate does for it: the dispatcher, a `HeaderMap` built from the upstream's response head
-//! only to be written out again, and a boxed future per request. On this lane a connection's
-//! task reads request heads with `httparse`, hands those the proxy forwards to
-//! [`crate::proxy::Forwarder::forward`] (awaited in place), and writes the upstream's head
-//! as the pooled client copied it out ([`crate::proxy::ResponseBody::take_client_head`]), then
-//! the body, re-chunked when the upstream's was chunked or ran until it closed.
+//! Serving a small request through hyper's server side cost more CPU than anything else
+//! fleetgate does for it: the dispatcher, the encoding of every answer, and for the proxy a
+//! `HeaderMap` built from the upstream's response head only to be written out again, and a
+//! boxed future per request. On this lane a connection's task reads request heads with
+//! `httparse` and routes them with the same [`Handler::decide`] as hyper's requests. Answers
+//! of the edge's own (redirects, fixed responses, errors) are written at once; proxied
+//! requests go to [`crate::proxy::Forwarder::forward`] (awaited in place), and the upstream's
+//! head is written as the pooled client copied it out
+//! ([`crate::proxy::ResponseBody::take_client_head`]), then the body, re-chunked when the
+//! upstream's was chunked or ran until it closed.
 //!
 //! Only the plainest requests take the lane: HTTP/1.1 `GET` or `HEAD` in origin form, without
-//! a body, `Expect`, `Upgrade` or a `Connection` other than `keep-alive`/`close`, for a site
-//! whose action is the proxy and that no answer of the edge's own comes before (a challenge, a
-//! redirect to HTTPS, a bad host). The first request that is anything else hands the
-//! connection, with the bytes read so far, to hyper for the rest of its life
-//! ([`Served::Handover`]); so does a head that does not parse or is too large, and hyper
-//! answers it as it always did (400, 431...). Everything a client can see is what hyper's
-//! side gives: keep-alive and pipelining, `Connection: close`, `Date`, the header-read
-//! timeout on a kept-alive connection, a graceful close on shutdown or when the connection's
-//! watchdog fires between requests.
+//! a body, `Expect`, `Upgrade` or a `Connection` other than `keep-alive`/`close`. The first
+//! request that is anything else, or an ACME HTTP-01 request, hands the connection, with the
+//! bytes read so far, to hyper for the rest of its life ([`Served::Handover`]); so does a head
+//! that does not parse or is too large, and hyper answers it as it always did (400, 431...).
+//! Everything a client can see is what hyper's side gives: keep-alive and pipelining,
+//! `Connection: close`, `Date`, the header-read timeout on a kept-alive connection, a graceful
+//! close on shutdown or when the connection's watchdog fires between requests.
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -36,7 +37,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
-use crate::http::{Body, Handler, Proxied};
+use crate::http::{Body, Handler, Next, Proxied};
 use crate::idle::{Activity, Watchdog};
 use crate::proxy::Downstream;
 use crate::signal::Waiter;
@@ -132,49 +133,33 @@ where
                 }
             }
         };
-        let Some(proxied) = handler.proxied(&request) else {
-            return Served::Handover(buf.freeze());
-        };
-        waiting = false;
-        buf.advance(len);
-        activity.request_started();
         let head_request = request.method() == Method::HEAD;
-        let Proxied {
-            forwarder,
-            log,
-            https,
-            hsts,
-        } = proxied;
-        let down = Downstream {
-            peer: handler.peer,
-            https,
-            conn: Arc::clone(handler),
-        };
-        let forward = forwarder.forward(request.map(|()| None), down, log, true);
-        tokio::pin!(forward);
-        // The client's side is read meanwhile: a client that goes away cancels the request
-        // (and its upstream connection), as with hyper; what it sends early (pipelined
-        // requests) is kept.
-        let response = loop {
-            if buf.capacity() - buf.len() < READ_SPACE / 2 {
-                buf.reserve(READ_SPACE);
+        let (response, hsts) = match handler.decide(&request) {
+            // The challenge lookup is hyper's (it is rare, and awaits the responder).
+            Next::Http01(..) => return Served::Handover(buf.freeze()),
+            Next::Done(response) => {
+                buf.advance(len);
+                (response, None)
             }
-            tokio::select! {
-                biased;
-                response = &mut forward => break response,
-                read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut buf)), if buf.len() < max_head => {
-                    match read {
-                        Ok(0) | Err(_) => {
-                            debug!("client went away; request cancelled");
-                            return Served::Closed;
-                        }
-                        Ok(_) => {}
+            Next::Proxy(proxied) => {
+                buf.advance(len);
+                let hsts = proxied.hsts.clone();
+                match forward(io, &mut buf, max_head, handler, proxied, request).await {
+                    Some(response) => (response, hsts),
+                    None => {
+                        debug!("client went away; request cancelled");
+                        return Served::Closed;
                     }
                 }
             }
         };
-        // On shutdown the response says the connection closes, as hyper's graceful close does.
-        let close = close || poll_fn(|cx| Poll::Ready(stop.poll_fired(cx).is_ready())).await;
+        waiting = false;
+        activity.request_started();
+        // On shutdown the response says the connection closes, as hyper's graceful close does;
+        // so does an answer that says so itself (to a bad request).
+        let close = close
+            || closes(response.headers())
+            || poll_fn(|cx| Poll::Ready(stop.poll_fired(cx).is_ready())).await;
         let reply = Reply {
             hsts,
             close,
@@ -190,6 +175,56 @@ where
             return Served::Closed;
         }
     }
+}
+
+/// Forwards a request, reading the client's side meanwhile: a client that goes away cancels
+/// the request (and its upstream connection), as with hyper, and gets `None`; what it sends
+/// early (pipelined requests) is kept in `buf`.
+async fn forward<I>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    max_head: usize,
+    handler: &Arc<Handler>,
+    proxied: Proxied,
+    request: Request<()>,
+) -> Option<Response<Body>>
+where
+    I: AsyncRead + Unpin,
+{
+    let Proxied {
+        forwarder,
+        log,
+        https,
+        hsts: _,
+    } = proxied;
+    let down = Downstream {
+        peer: handler.peer,
+        https,
+        conn: Arc::clone(handler),
+    };
+    let forward = forwarder.forward(request.map(|()| None), down, log, true);
+    tokio::pin!(forward);
+    loop {
+        if buf.capacity() - buf.len() < READ_SPACE / 2 {
+            buf.reserve(READ_SPACE);
+        }
+        tokio::select! {
+            biased;
+            response = &mut forward => return Some(response),
+            read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)), if buf.len() < max_head => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Whether an answer's fields say the connection closes after it.
+fn closes(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONNECTION)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// The request head at the front of `buf`: `Ok(None)` if incomplete, `Err` if it is not for
@@ -290,7 +325,7 @@ impl Reply {
                 head.chunked
             }
             None => {
-                // The proxy's own answers (502, 504...): small fixed bodies.
+                // The edge's own answers (redirects, errors, the proxy's 502...): fixed bodies.
                 let status = parts.status;
                 out.put_slice(b"HTTP/1.1 ");
                 out.put_slice(status.as_str().as_bytes());
@@ -298,7 +333,10 @@ impl Reply {
                 out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
                 out.put_slice(b"\r\n");
                 for (name, value) in &parts.headers {
-                    put_field(out, name.as_str().as_bytes(), value.as_bytes());
+                    // Written below from `close`.
+                    if name != http::header::CONNECTION {
+                        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+                    }
                 }
                 put_date(out);
                 match body.size_hint().exact() {

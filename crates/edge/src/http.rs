@@ -87,13 +87,11 @@ impl Future for Reply {
 }
 
 /// A site action decided while the routes were borrowed, run after they were let go.
-enum Next {
+pub(crate) enum Next {
     Done(Response<Body>),
     /// An HTTP-01 challenge request for this token (empty if malformed).
     Http01(Host, String),
     Proxy(Proxied),
-    /// The site's action is not the proxy (asked with `only_proxy`, see [`Handler::decide`]).
-    NotProxied,
 }
 
 /// A request the site's proxy is to forward, as decided by [`Handler::proxied`].
@@ -113,17 +111,12 @@ impl Handler {
     pub(crate) fn call(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         // Each pending kind gets its own future: one enum of both would be as large as the
         // larger (the challenge lookup), and the proxy's is moved into its box per request.
-        match self.decide(&req, false) {
+        match self.decide(&req) {
             Next::Done(response) => Reply::Ready(Some(response)),
             Next::Http01(host, token) => Reply::Pending(
                 Box::pin(async move { self.http01(&host, &token).await }),
                 None,
             ),
-            // Never reached: only the express lane asks for it.
-            Next::NotProxied => Reply::Ready(Some(text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error\n",
-            ))),
             Next::Proxy(Proxied {
                 forwarder,
                 log,
@@ -143,18 +136,9 @@ impl Handler {
         }
     }
 
-    /// What the proxy needs to forward `req`, if `req` is for a proxied site and no answer of
-    /// the edge's own (a challenge, a redirect to HTTPS, an error) comes first.
-    pub(crate) fn proxied<B>(&self, req: &Request<B>) -> Option<Proxied> {
-        match self.decide(req, true) {
-            Next::Proxy(proxied) => Some(proxied),
-            Next::Done(_) | Next::Http01(..) | Next::NotProxied => None,
-        }
-    }
-
-    /// With `only_proxy`, a request for a site whose action is not the proxy gets
-    /// [`Next::NotProxied`]: nothing is answered or logged for it.
-    fn decide<B>(&self, req: &Request<B>, only_proxy: bool) -> Next {
+    /// What to do with `req`: answer it at once (the answer is logged), look up a challenge,
+    /// or proxy it. Without side effects but for the access log of an answer.
+    pub(crate) fn decide<B>(&self, req: &Request<B>) -> Next {
         let host = match request_host(req) {
             Ok(host) => host,
             Err(reason) => {
@@ -174,12 +158,12 @@ impl Handler {
             }
         };
         match &self.transport {
-            Transport::Plain => self.plain(req, host, only_proxy),
-            Transport::Tls { sni, key } => self.tls(req, &host, sni, key, only_proxy),
+            Transport::Plain => self.plain(req, host),
+            Transport::Tls { sni, key } => self.tls(req, &host, sni, key),
         }
     }
 
-    fn plain<B>(&self, req: &Request<B>, host: Host, only_proxy: bool) -> Next {
+    fn plain<B>(&self, req: &Request<B>, host: Host) -> Next {
         let routes = self.edge.routes.load();
         let Some(route) = host.name().and_then(|name| routes.lookup(name)) else {
             return Next::Done(text(StatusCode::NOT_FOUND, "unknown host\n"));
@@ -198,17 +182,10 @@ impl Handler {
             );
         }
         // The routes guard is let go on return, before an upstream answers.
-        prepare(route, req, &host, self.peer, false, None, only_proxy)
+        prepare(route, req, &host, self.peer, false, None)
     }
 
-    fn tls<B>(
-        &self,
-        req: &Request<B>,
-        host: &Host,
-        sni: &str,
-        key: &Arc<CertifiedKey>,
-        only_proxy: bool,
-    ) -> Next {
+    fn tls<B>(&self, req: &Request<B>, host: &Host, sni: &str, key: &Arc<CertifiedKey>) -> Next {
         let Some(name) = host.name() else {
             return Next::Done(misdirected());
         };
@@ -227,15 +204,7 @@ impl Handler {
         let Some(route) = routes.lookup(name) else {
             return Next::Done(misdirected());
         };
-        prepare(
-            route,
-            req,
-            host,
-            self.peer,
-            true,
-            route.hsts.clone(),
-            only_proxy,
-        )
+        prepare(route, req, host, self.peer, true, route.hsts.clone())
     }
 
     async fn http01(&self, host: &Host, token: &str) -> Response<Body> {
@@ -271,11 +240,7 @@ fn prepare<B>(
     peer: SocketAddr,
     https: bool,
     hsts: Option<HeaderValue>,
-    only_proxy: bool,
 ) -> Next {
-    if only_proxy && !matches!(route.action, Prepared::Proxy(_)) {
-        return Next::NotProxied;
-    }
     let log = route
         .access_log
         .then(|| AccessLog::start(req, host.as_str(), peer.ip()));
