@@ -62,8 +62,8 @@ pub(crate) enum Served {
 
 /// A request head the lane takes.
 struct Parsed {
-    /// Its length in the buffer.
-    len: usize,
+    /// Its bytes, which the request's target and values share.
+    head: Bytes,
     request: Request<()>,
     /// The client asked for the connection to close after the response.
     close: bool,
@@ -84,6 +84,7 @@ where
     let header_read_timeout = handler.edge.limits.header_read_timeout;
     let mut buf = BytesMut::with_capacity(READ_SPACE);
     let mut out = BytesMut::new();
+    let mut fields = Fields::new();
     // One timer for the connection, set again for each head: hyper's header-read timeout,
     // which also closes a kept-alive connection left idle that long.
     let head_timer = sleep_until(Instant::now() + header_read_timeout);
@@ -93,13 +94,13 @@ where
         let parsed = if buf.is_empty() {
             None
         } else {
-            match parse(&buf) {
+            match parse(&mut buf, &mut fields) {
                 Ok(parsed) => parsed,
                 Err(()) => return Served::Handover(buf.freeze()),
             }
         };
         let Some(Parsed {
-            len,
+            head,
             request,
             close,
         }) = parsed
@@ -136,13 +137,12 @@ where
         let head_request = request.method() == Method::HEAD;
         let (response, hsts) = match handler.decide(&request) {
             // The challenge lookup is hyper's (it is rare, and awaits the responder).
-            Next::Http01(..) => return Served::Handover(buf.freeze()),
-            Next::Done(response) => {
-                buf.advance(len);
-                (response, None)
+            Next::Http01(..) => {
+                unread(head, &mut buf);
+                return Served::Handover(buf.freeze());
             }
+            Next::Done(response) => (response, None),
             Next::Proxy(proxied) => {
-                buf.advance(len);
                 let hsts = proxied.hsts.clone();
                 match forward(io, &mut buf, max_head, handler, proxied, request).await {
                     Some(response) => (response, hsts),
@@ -227,65 +227,96 @@ fn closes(headers: &HeaderMap) -> bool {
         .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
-/// The request head at the front of `buf`: `Ok(None)` if incomplete, `Err` if it is not for
-/// this lane (or not valid: hyper then says why).
-fn parse(buf: &[u8]) -> Result<Option<Parsed>, ()> {
-    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
-    let mut parsed = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut parsed,
-        buf,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(()),
-    };
-    let method = match parsed.method {
-        Some("GET") => Method::GET,
-        Some("HEAD") => Method::HEAD,
-        _ => return Err(()),
-    };
-    let path = parsed.path.ok_or(())?;
-    if parsed.version != Some(1) || !path.starts_with('/') {
-        return Err(());
-    }
-    let mut close = false;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ())?;
-        match name {
-            // A body, or a request hyper's machinery is for.
-            http::header::CONTENT_LENGTH
-            | http::header::TRANSFER_ENCODING
-            | http::header::EXPECT
-            | http::header::UPGRADE => return Err(()),
-            http::header::CONNECTION => {
-                for token in field.value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if !token.eq_ignore_ascii_case(b"keep-alive") {
-                        return Err(());
+/// The fields of a request head: each name, and where its value is in the head. Kept by the
+/// connection so that parsing allocates nothing of its own.
+type Fields = Vec<(HeaderName, (usize, usize))>;
+
+/// The request head at the front of `buf`, split off it: `Ok(None)` if incomplete, `Err` if it
+/// is not for this lane (or not valid: hyper then says why), `buf` as it was. The request's
+/// target and field values share the head's bytes, as hyper's do.
+fn parse(buf: &mut BytesMut, fields: &mut Fields) -> Result<Option<Parsed>, ()> {
+    fields.clear();
+    let (len, method, path, close) = {
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+        let mut parsed = httparse::Request::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        let method = match parsed.method {
+            Some("GET") => Method::GET,
+            Some("HEAD") => Method::HEAD,
+            _ => return Err(()),
+        };
+        let path = parsed.path.ok_or(())?;
+        if parsed.version != Some(1) || !path.starts_with('/') {
+            return Err(());
+        }
+        let base = buf.as_ptr() as usize;
+        let at = |part: &[u8]| (part.as_ptr() as usize - base, part.len());
+        let mut close = false;
+        for field in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ())?;
+            match name {
+                // A body, or a request hyper's machinery is for.
+                http::header::CONTENT_LENGTH
+                | http::header::TRANSFER_ENCODING
+                | http::header::EXPECT
+                | http::header::UPGRADE => return Err(()),
+                http::header::CONNECTION => {
+                    for token in field.value.split(|&b| b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                            return Err(());
+                        }
                     }
                 }
+                _ => {}
             }
-            _ => {}
+            fields.push((name, at(field.value)));
         }
-        let value = HeaderValue::from_bytes(field.value).map_err(|_| ())?;
-        headers.append(name, value);
+        (len, method, at(path.as_bytes()), close)
+    };
+    let head = buf.split_to(len).freeze();
+    let slice = |(at, len): (usize, usize)| head.slice(at..at + len);
+    let built = (|| {
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (name, value) in fields.drain(..) {
+            headers.append(name, HeaderValue::from_maybe_shared(slice(value)).ok()?);
+        }
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = Uri::from_maybe_shared(slice(path)).ok()?;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Some(request)
+    })();
+    match built {
+        Some(request) => Ok(Some(Parsed {
+            head,
+            request,
+            close,
+        })),
+        None => {
+            unread(head, buf);
+            Err(())
+        }
     }
-    let uri = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())).map_err(|_| ())?;
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = headers;
-    Ok(Some(Parsed {
-        len,
-        request,
-        close,
-    }))
+}
+
+/// Puts a head split off `buf` back in front of it.
+fn unread(head: Bytes, buf: &mut BytesMut) {
+    let mut all = BytesMut::with_capacity(head.len() + buf.len());
+    all.put(head);
+    all.put(&buf[..]);
+    *buf = all;
 }
 
 /// How a response goes out on this connection.
@@ -517,13 +548,18 @@ mod tests {
 
     /// What `parse` makes of `head`: `Some(close)` for a request the lane takes.
     fn lane(head: &str) -> Option<bool> {
-        match parse(head.as_bytes()) {
+        let mut buf = BytesMut::from(head);
+        match parse(&mut buf, &mut Fields::new()) {
             Ok(Some(parsed)) => {
-                assert_eq!(parsed.len, head.len(), "{head:?}");
+                assert_eq!(&parsed.head[..], head.as_bytes());
+                assert!(buf.is_empty(), "{head:?}");
                 Some(parsed.close)
             }
             Ok(None) => panic!("{head:?} taken for incomplete"),
-            Err(()) => None,
+            Err(()) => {
+                assert_eq!(&buf[..], head.as_bytes(), "not left as it was");
+                None
+            }
         }
     }
 
@@ -565,9 +601,13 @@ mod tests {
     #[test]
     fn a_taken_request_keeps_its_fields_and_the_rest_of_the_buffer() {
         let head = "GET /p?q=1 HTTP/1.1\r\nHost: a.test\r\nX-A: 1\r\nx-a: 2\r\n\r\n";
-        let buf = format!("{head}GET /next");
-        let parsed = parse(buf.as_bytes()).unwrap().unwrap();
-        assert_eq!(parsed.len, head.len());
+        let mut buf = BytesMut::from(format!("{head}GET /next").as_bytes());
+        let parsed = parse(&mut buf, &mut Fields::new()).unwrap().unwrap();
+        assert_eq!(&parsed.head[..], head.as_bytes());
+        assert_eq!(&buf[..], b"GET /next");
+        // Put back, the head is in front again (a request hyper is to answer).
+        unread(parsed.head, &mut buf);
+        assert_eq!(&buf[..], format!("{head}GET /next").as_bytes());
         let req = parsed.request;
         assert_eq!(
             (req.method(), req.uri().to_string()),
@@ -576,8 +616,10 @@ mod tests {
         assert_eq!(req.version(), Version::HTTP_11);
         let values: Vec<_> = req.headers().get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
-        assert!(parse(b"GET / HTTP/1.1\r\nHost: a").unwrap().is_none());
-        assert!(parse(b"\x16\x03\x01 not http\r\n\r\n").is_err());
+        let mut partial = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a"[..]);
+        assert!(parse(&mut partial, &mut Fields::new()).unwrap().is_none());
+        let mut tls = BytesMut::from(&b"\x16\x03\x01 not http\r\n\r\n"[..]);
+        assert!(parse(&mut tls, &mut Fields::new()).is_err());
     }
 
     #[tokio::test]
