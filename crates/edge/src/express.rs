@@ -202,15 +202,14 @@ where
         https,
         conn: Arc::clone(handler),
     };
-    let forward = forwarder.forward(request.map(|()| None), down, log, true);
-    tokio::pin!(forward);
+    let mut forward = std::pin::pin!(forwarder.forward(request.map(|()| None), down, log, true));
     loop {
         if buf.capacity() - buf.len() < READ_SPACE / 2 {
             buf.reserve(READ_SPACE);
         }
         tokio::select! {
             biased;
-            response = &mut forward => return Some(response),
+            response = forward.as_mut() => return Some(response),
             read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)), if buf.len() < max_head => {
                 if matches!(read, Ok(0) | Err(_)) {
                     return None;

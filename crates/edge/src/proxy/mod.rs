@@ -20,8 +20,10 @@ mod health;
 mod pool;
 mod tunnel;
 
+use std::future::{Future as _, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -29,7 +31,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
-use tokio::time::{MissedTickBehavior, interval, timeout};
+use tokio::time::{MissedTickBehavior, interval, sleep};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
@@ -291,28 +293,41 @@ impl Forwarder {
             // Futures are awaited where they are made (a future held in a local first is
             // stored twice in this one's state), and the cold paths are boxed: the state of
             // this future is moved on every request.
-            match timeout(self.response_header_timeout, async {
-                if is_upgrade {
-                    return Box::pin(self.client.send_upgrade(upstream, out)).await;
-                }
-                // The retry is awaited after this match, not in its arm: the first send's
-                // state would otherwise be kept alongside it.
-                let retry = match self
-                    .client
-                    .send(index, upstream, out, &lines, true, client_head)
-                    .await {
-                    // A kept-alive connection the upstream had closed: once more on a new one.
-                    Err(UpstreamError::Stale { source, retry }) => {
-                        debug!(upstream = %upstream.name, error = %source, "reused upstream connection was closed; sending again");
-                        retry
+            // Pinned where it is made and raced with the timer by reference: `timeout()` would
+            // move the whole future into its own state (two copies of it per request).
+            let answer = {
+                let mut send = std::pin::pin!(async {
+                    if is_upgrade {
+                        return Box::pin(self.client.send_upgrade(upstream, out)).await;
                     }
-                    result => return result,
-                };
-                Box::pin(self.client.send(index, upstream, *retry, &lines, false, client_head))
+                    // The retry is awaited after this match, not in its arm: the first send's
+                    // state would otherwise be kept alongside it.
+                    let retry = match self
+                        .client
+                        .send(index, upstream, out, &lines, true, client_head)
+                        .await
+                    {
+                        // A kept-alive connection the upstream had closed: once more on a new one.
+                        Err(UpstreamError::Stale { source, retry }) => {
+                            debug!(upstream = %upstream.name, error = %source, "reused upstream connection was closed; sending again");
+                            retry
+                        }
+                        result => return result,
+                    };
+                    Box::pin(
+                        self.client
+                            .send(index, upstream, *retry, &lines, false, client_head),
+                    )
                     .await
-            })
-            .await
-            {
+                });
+                let mut timer = std::pin::pin!(sleep(self.response_header_timeout));
+                poll_fn(|cx| match send.as_mut().poll(cx) {
+                    Poll::Ready(result) => Poll::Ready(Ok(result)),
+                    Poll::Pending => timer.as_mut().poll(cx).map(Err),
+                })
+                .await
+            };
+            match answer {
                 Ok(Ok(response)) => {
                     in_flight.succeeded();
                     return respond(response, in_flight, client_upgrade.take(), &down, log);
