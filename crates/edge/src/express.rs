@@ -21,6 +21,7 @@
 //! close on shutdown or when the connection's watchdog fires between requests.
 
 use std::cell::Cell;
+use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -135,6 +136,8 @@ where
             }
         };
         let head_request = request.method() == Method::HEAD;
+        waiting = false;
+        activity.request_started();
         let (response, hsts) = match handler.decide(&request) {
             // The challenge lookup is hyper's (it is rare, and awaits the responder).
             Next::Http01(..) => {
@@ -153,13 +156,9 @@ where
                 }
             }
         };
-        waiting = false;
-        activity.request_started();
         // On shutdown the response says the connection closes, as hyper's graceful close does;
         // so does an answer that says so itself (to a bad request).
-        let close = close
-            || closes(response.headers())
-            || poll_fn(|cx| Poll::Ready(stop.poll_fired(cx).is_ready())).await;
+        let close = close || closes(response.headers()) || stop.has_fired();
         let reply = Reply {
             hsts,
             close,
@@ -408,7 +407,8 @@ impl Reply {
                     Step::Frame(Some(Ok(data))) if data.is_empty() => {}
                     Step::Frame(Some(Ok(data))) => {
                         if chunked {
-                            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                            // Writing into the buffer cannot fail.
+                            let _ = write!(out, "{:x}\r\n", data.len());
                         }
                         if data.len() >= WRITE_AT {
                             io.write_all(out).await?;

@@ -91,6 +91,11 @@ impl Waiter {
         Poll::Pending
     }
 
+    /// Whether the signal has fired (nothing is registered).
+    pub(crate) fn has_fired(&self) -> bool {
+        self.shared.fired.load(Ordering::Acquire)
+    }
+
     /// Completes once the signal has fired.
     pub(crate) async fn fired(&mut self) {
         poll_fn(|cx| self.poll_fired(cx)).await;
