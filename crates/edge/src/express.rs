@@ -86,6 +86,8 @@ where
     let mut buf = BytesMut::with_capacity(READ_SPACE);
     let mut out = BytesMut::new();
     let mut fields = Fields::new();
+    // The map of the last request answered here, emptied for the next one.
+    let mut spare = HeaderMap::new();
     // One timer for the connection, set again for each head: hyper's header-read timeout,
     // which also closes a kept-alive connection left idle that long.
     let head_timer = sleep_until(Instant::now() + header_read_timeout);
@@ -95,14 +97,14 @@ where
         let parsed = if buf.is_empty() {
             None
         } else {
-            match parse(&mut buf, &mut fields) {
+            match parse(&mut buf, &mut fields, &mut spare) {
                 Ok(parsed) => parsed,
                 Err(()) => return Served::Handover(buf.freeze()),
             }
         };
         let Some(Parsed {
             head,
-            request,
+            mut request,
             close,
         }) = parsed
         else {
@@ -144,7 +146,11 @@ where
                 unread(head, &mut buf);
                 return Served::Handover(buf.freeze());
             }
-            Next::Done(response) => (response, None),
+            Next::Done(response) => {
+                spare = std::mem::take(request.headers_mut());
+                spare.clear();
+                (response, None)
+            }
             Next::Proxy(proxied) => {
                 let hsts = proxied.hsts.clone();
                 match forward(io, &mut buf, max_head, handler, proxied, request).await {
@@ -231,8 +237,13 @@ type Fields = Vec<(HeaderName, (usize, usize))>;
 
 /// The request head at the front of `buf`, split off it: `Ok(None)` if incomplete, `Err` if it
 /// is not for this lane (or not valid: hyper then says why), `buf` as it was. The request's
-/// target and field values share the head's bytes, as hyper's do.
-fn parse(buf: &mut BytesMut, fields: &mut Fields) -> Result<Option<Parsed>, ()> {
+/// target and field values share the head's bytes, as hyper's do; its map is `spare` (empty)
+/// when there is one.
+fn parse(
+    buf: &mut BytesMut,
+    fields: &mut Fields,
+    spare: &mut HeaderMap,
+) -> Result<Option<Parsed>, ()> {
     fields.clear();
     let (len, method, path, close) = {
         let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
@@ -285,7 +296,8 @@ fn parse(buf: &mut BytesMut, fields: &mut Fields) -> Result<Option<Parsed>, ()> 
     let head = buf.split_to(len).freeze();
     let slice = |(at, len): (usize, usize)| head.slice(at..at + len);
     let built = (|| {
-        let mut headers = HeaderMap::with_capacity(fields.len());
+        let mut headers = std::mem::take(spare);
+        headers.reserve(fields.len());
         for (name, value) in fields.drain(..) {
             headers.append(name, HeaderValue::from_maybe_shared(slice(value)).ok()?);
         }
@@ -548,7 +560,7 @@ mod tests {
     /// What `parse` makes of `head`: `Some(close)` for a request the lane takes.
     fn lane(head: &str) -> Option<bool> {
         let mut buf = BytesMut::from(head);
-        match parse(&mut buf, &mut Fields::new()) {
+        match parse(&mut buf, &mut Fields::new(), &mut HeaderMap::new()) {
             Ok(Some(parsed)) => {
                 assert_eq!(&parsed.head[..], head.as_bytes());
                 assert!(buf.is_empty(), "{head:?}");
@@ -601,7 +613,9 @@ mod tests {
     fn a_taken_request_keeps_its_fields_and_the_rest_of_the_buffer() {
         let head = "GET /p?q=1 HTTP/1.1\r\nHost: a.test\r\nX-A: 1\r\nx-a: 2\r\n\r\n";
         let mut buf = BytesMut::from(format!("{head}GET /next").as_bytes());
-        let parsed = parse(&mut buf, &mut Fields::new()).unwrap().unwrap();
+        let parsed = parse(&mut buf, &mut Fields::new(), &mut HeaderMap::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(&parsed.head[..], head.as_bytes());
         assert_eq!(&buf[..], b"GET /next");
         // Put back, the head is in front again (a request hyper is to answer).
@@ -616,9 +630,13 @@ mod tests {
         let values: Vec<_> = req.headers().get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
         let mut partial = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a"[..]);
-        assert!(parse(&mut partial, &mut Fields::new()).unwrap().is_none());
+        assert!(
+            parse(&mut partial, &mut Fields::new(), &mut HeaderMap::new())
+                .unwrap()
+                .is_none()
+        );
         let mut tls = BytesMut::from(&b"\x16\x03\x01 not http\r\n\r\n"[..]);
-        assert!(parse(&mut tls, &mut Fields::new()).is_err());
+        assert!(parse(&mut tls, &mut Fields::new(), &mut HeaderMap::new()).is_err());
     }
 
     #[tokio::test]
