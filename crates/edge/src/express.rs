@@ -345,7 +345,7 @@ enum Step {
 
 impl Reply {
     /// Writes `response` (the upstream's, with its head written out by the pooled client, or
-    /// one of the proxy's own answers) and its body. `out` is the connection's buffer.
+    /// one of the edge's own answers) and its body. `out` is the connection's buffer.
     async fn write<I>(
         self,
         io: &mut I,
