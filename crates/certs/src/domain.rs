@@ -100,6 +100,7 @@ impl fmt::Debug for DomainName {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

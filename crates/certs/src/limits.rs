@@ -242,6 +242,7 @@ fn limit(what: String, wait_secs: i64) -> Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -227,10 +227,10 @@ async fn short_lived_certificates_are_renewed_without_dropping_connections() -> 
         let resp = sender.send_request(request()?).await?;
         assert_eq!(resp.status(), 301, "the open connection broke");
         http_body_util::BodyExt::collect(resp.into_body()).await?;
-        if let Ok(serial) = served_serial(https, name, &s.root).await {
-            if serial != first {
-                break serial;
-            }
+        if let Ok(serial) = served_serial(https, name, &s.root).await
+            && serial != first
+        {
+            break serial;
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,

@@ -175,6 +175,7 @@ impl Storage for SealedStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::DirStore;

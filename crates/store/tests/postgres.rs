@@ -476,10 +476,10 @@ async fn sslmode_require_connects_over_verified_tls() {
 
     // A root the server's certificate does not chain to: refused, and said so.
     let (other_root, _, _) = testkit::ca_and_leaf(&["elsewhere.test"]);
-    let err = PostgresStore::connect_with(&url, options().ca_root_pem(other_root))
-        .await
-        .err()
-        .expect("an untrusted server must be refused");
+    let Err(err) = PostgresStore::connect_with(&url, options().ca_root_pem(other_root)).await
+    else {
+        panic!("an untrusted server must be refused");
+    };
     let chain = format!("{err:#}");
     let mut text = chain.clone();
     let mut source = std::error::Error::source(&err);

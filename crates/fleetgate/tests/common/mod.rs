@@ -1,5 +1,5 @@
 //! Runs the real `fleetgate` binary for end-to-end tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
