@@ -232,47 +232,9 @@ fn bad_roots_and_upstreams_are_refused_when_routes_are_built() {
     assert!(err.to_string().contains("no path"), "{err}");
 }
 
-/// A bare-socket upstream: reads each request head and answers with the bytes `answer` gives
-/// for its path, then closes if told to (without reading any body).
-async fn raw_upstream(
-    answer: fn(&str) -> (&'static [u8], bool),
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                    seen.drain(..end + 4);
-                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                    let (bytes, close) = answer(&path);
-                    if stream.write_all(bytes).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_upstream_framings_and_an_early_answer_reach_the_client() {
-    let (addr, upstream) = raw_upstream(|path| match path {
+    let (addr, upstream) = raw_upstream(|_, path| match path {
         "/chunked" => (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
               5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",

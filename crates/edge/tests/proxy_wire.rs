@@ -15,8 +15,7 @@ use edge::{CertMap, Limits, Proxy};
 use proxy_support::*;
 use testkit::Upstream;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
 /// How a response body was delimited on the wire.
@@ -222,48 +221,6 @@ fn get_bytes(host: &str, path: &str) -> Vec<u8> {
 /// An edge proxying `host` to `upstream` (a URL), plain HTTP, default limits.
 async fn proxy_to(host: &str, upstream: String) -> TestEdge {
     start(vec![site(&[host], Proxy::new(vec![upstream]))]).await
-}
-
-/// A bare-socket upstream: reads each request head and writes the bytes `answer` gives for
-/// its method and path, then closes if told to. It reads no request body: for requests
-/// without one.
-async fn raw_upstream(
-    answer: fn(&str, &str) -> (&'static [u8], bool),
-) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the raw upstream");
-    let addr = listener.local_addr().expect("raw upstream address");
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                    seen.drain(..end + 4);
-                    let mut words = head.split(' ');
-                    let method = words.next().unwrap_or("").to_owned();
-                    let path = words.next().unwrap_or("/").to_owned();
-                    let (bytes, close) = answer(&method, &path);
-                    if stream.write_all(bytes).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, task)
 }
 
 /// Seconds since the Unix epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, the
