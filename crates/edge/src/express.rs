@@ -29,9 +29,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::time::{Instant, sleep_until};
@@ -367,12 +367,7 @@ impl Reply {
             }
             None => {
                 // The edge's own answers (redirects, errors, the proxy's 502...): fixed bodies.
-                let status = parts.status;
-                out.put_slice(b"HTTP/1.1 ");
-                out.put_slice(status.as_str().as_bytes());
-                out.put_u8(b' ');
-                out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-                out.put_slice(b"\r\n");
+                put_status_line(out, parts.status);
                 for (name, value) in &parts.headers {
                     // Written below from `close`.
                     if name != http::header::CONNECTION {
@@ -460,7 +455,17 @@ impl Reply {
     }
 }
 
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+/// An HTTP/1.1 status line, with the status's canonical reason phrase (as hyper writes it).
+pub(crate) fn put_status_line(out: &mut impl BufMut, status: StatusCode) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// A field line: `name: value`.
+pub(crate) fn put_field(out: &mut impl BufMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::io::poll_read_buf;
 
+use crate::express;
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::connector::Io;
 use crate::proxy::headers;
@@ -332,40 +333,15 @@ impl Conn {
                     hop_by_hop: headers::is_hop_by_hop(field.name.as_bytes()),
                 });
             }
-            if client_head {
-                let (framing, reusable) = message.framing(head_request, status, version)?;
+            let (framing, reusable) = message.framing(head_request, status, version)?;
+            let (headers, for_client, client) = if client_head {
                 let client = self.client_head(status, version, framing, message.lists_fields);
                 self.buf.advance(len);
-                let mut response = Response::new(());
-                *response.status_mut() = status;
-                *response.version_mut() = version;
-                return Ok(Some(Head {
-                    response,
-                    framing,
-                    reusable,
-                    for_client: true,
-                    client: Some(client),
-                }));
-            }
-            let for_client = !message.lists_fields;
-            let head = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(self.spans.len() + 1);
-            for span in &self.spans {
-                if for_client && span.hop_by_hop {
-                    continue;
-                }
-                let (at, len) = span.name;
-                let name = HeaderName::from_bytes(&head[at..at + len])
-                    .map_err(|_| H1Error::InvalidHead("bad field name"))?;
-                let (at, len) = span.value;
-                let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
-                    .map_err(|_| H1Error::InvalidHead("bad field value"))?;
-                headers.append(name, value);
-            }
-            if for_client {
-                headers.append(header::VIA, headers::via(version));
-            }
-            let (framing, reusable) = message.framing(head_request, status, version)?;
+                (HeaderMap::new(), true, Some(client))
+            } else {
+                let for_client = !message.lists_fields;
+                (self.head_map(len, version, for_client)?, for_client, None)
+            };
             let mut response = Response::new(());
             *response.status_mut() = status;
             *response.version_mut() = version;
@@ -375,9 +351,37 @@ impl Conn {
                 framing,
                 reusable,
                 for_client,
-                client: None,
+                client,
             }));
         }
+    }
+
+    /// The fields of the head at the front of `buf` (in `spans`), split off it; with
+    /// `for_client`, the hop-by-hop ones are left out and `Via` is added.
+    fn head_map(
+        &mut self,
+        len: usize,
+        version: Version,
+        for_client: bool,
+    ) -> Result<HeaderMap, H1Error> {
+        let head = self.buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + 1);
+        for span in &self.spans {
+            if for_client && span.hop_by_hop {
+                continue;
+            }
+            let (at, len) = span.name;
+            let name = HeaderName::from_bytes(&head[at..at + len])
+                .map_err(|_| H1Error::InvalidHead("bad field name"))?;
+            let (at, len) = span.value;
+            let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
+                .map_err(|_| H1Error::InvalidHead("bad field value"))?;
+            headers.append(name, value);
+        }
+        if for_client {
+            headers.append(header::VIA, headers::via(version));
+        }
+        Ok(headers)
     }
 
     /// The head at the front of `buf` (its fields in `spans`) written out for the client:
@@ -402,11 +406,7 @@ impl Conn {
         };
         let chunked = matches!(framing, Framing::ChunkSize | Framing::UntilClose);
         let mut out = BytesMut::with_capacity(self.buf.len().min(MAX_HEAD) + 64);
-        out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(status.as_str().as_bytes());
-        out.put_u8(b' ');
-        out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.put_slice(b"\r\n");
+        express::put_status_line(&mut out, status);
         let mut date = false;
         for span in &self.spans {
             let name = field(span.name);
@@ -418,14 +418,9 @@ impl Conn {
                 continue;
             }
             date |= name.eq_ignore_ascii_case(b"date");
-            out.put_slice(name);
-            out.put_slice(b": ");
-            out.put_slice(field(span.value));
-            out.put_slice(b"\r\n");
+            express::put_field(&mut out, name, field(span.value));
         }
-        out.put_slice(b"via: ");
-        out.put_slice(headers::via(version).as_bytes());
-        out.put_slice(b"\r\n");
+        express::put_field(&mut out, b"via", headers::via(version).as_bytes());
         if chunked {
             out.put_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -542,10 +537,7 @@ fn encode_head(
             had_length = true;
             continue;
         }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        express::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.put_slice(lines);
     let mut chunked = false;
