@@ -77,12 +77,12 @@ pub(crate) async fn serve<I>(
     activity: &Activity,
     watchdog: &mut Watchdog,
     stop: &mut Waiter,
-    max_head: usize,
 ) -> Served
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let header_read_timeout = handler.edge.limits.header_read_timeout;
+    let max_head = handler.edge.limits.h1_max_head();
     let mut buf = BytesMut::with_capacity(READ_SPACE);
     let mut out = BytesMut::new();
     let mut fields = Fields::new();

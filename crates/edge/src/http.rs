@@ -94,7 +94,7 @@ pub(crate) enum Next {
     Proxy(Proxied),
 }
 
-/// A request the site's proxy is to forward, as decided by [`Handler::proxied`].
+/// A request the site's proxy is to forward, as decided by [`Handler::decide`].
 pub(crate) struct Proxied {
     pub(crate) forwarder: Arc<Forwarder>,
     pub(crate) log: Option<AccessLog>,

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// hyper refuses a smaller HTTP/1 read buffer.
+const MIN_H1_BUFFER: usize = 8 * 1024;
+
 /// Timeouts and size limits. `Default` gives production values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -46,5 +49,13 @@ impl Default for Limits {
             challenge_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl Limits {
+    /// The most bytes an HTTP/1.1 request head may take before it is refused (431):
+    /// `max_header_bytes`, but not below the 8 KiB hyper needs for its read buffer.
+    pub(crate) fn h1_max_head(&self) -> usize {
+        self.max_header_bytes.max(MIN_H1_BUFFER)
     }
 }

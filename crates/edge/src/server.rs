@@ -32,8 +32,6 @@ use crate::shards::Shards;
 use crate::signal::{Signal, Waiter};
 use crate::tls::{Handshake, TlsConfigs};
 
-/// hyper refuses a smaller HTTP/1 read buffer.
-const MIN_H1_BUFFER: usize = 8 * 1024;
 /// Pause after an accept error that is not about one connection (out of file descriptors...).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -90,7 +88,7 @@ impl Edge {
             .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUFFER));
+            .max_buf_size(limits.h1_max_head());
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -370,20 +368,11 @@ impl Edge {
             supervise(conn, watchdog, stop).await;
             return;
         }
-        let max_head = self.limits.max_header_bytes.max(MIN_H1_BUFFER);
-        let read = match express::serve(
-            &mut io,
-            &handler,
-            &activity,
-            &mut watchdog,
-            &mut stop,
-            max_head,
-        )
-        .await
-        {
-            Served::Closed => return,
-            Served::Handover(read) => read,
-        };
+        let read =
+            match express::serve(&mut io, &handler, &activity, &mut watchdog, &mut stop).await {
+                Served::Closed => return,
+                Served::Handover(read) => read,
+            };
         let io = TokioIo::new(Rewind::new(read, io));
         let conn = self.http1.serve_connection(io, service).with_upgrades();
         supervise(conn, watchdog, stop).await;
