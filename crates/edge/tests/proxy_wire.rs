@@ -227,32 +227,12 @@ async fn proxy_to(host: &str, upstream: String) -> TestEdge {
 /// format a sender must generate, RFC 9110 5.6.7); None for anything else, a wrong weekday
 /// included.
 fn imf_fixdate_secs(date: &str) -> Option<u64> {
-    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (weekday, rest) = date.strip_suffix(" GMT")?.split_once(", ")?;
-    let [day, month, year, time] = rest.split(' ').collect::<Vec<_>>()[..] else {
-        return None;
-    };
-    let [hour, minute, second] = time.split(':').collect::<Vec<_>>()[..] else {
-        return None;
-    };
-    let two = |s: &str| (s.len() == 2).then(|| s.parse::<u64>().ok()).flatten();
-    let (day, hour, minute, second) = (two(day)?, two(hour)?, two(minute)?, two(second)?);
-    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
-    let year: u64 = (year.len() == 4).then(|| year.parse().ok()).flatten()?;
-    // Days from 1970-01-01 (civil calendar, years from March).
-    let y = if month <= 2 {
-        year.checked_sub(1)?
-    } else {
-        year
-    };
-    let (era, yoe) = (y / 400, y % 400);
-    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let days = (era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy).checked_sub(719_468)?;
-    (DAYS[((days + 4) % 7) as usize] == weekday)
-        .then_some(days * 86_400 + hour * 3600 + minute * 60 + second)
+    // httpdate reads the obsolete formats too: only a date it writes back unchanged is one.
+    let time = httpdate::parse_http_date(date).ok()?;
+    (httpdate::fmt_http_date(time) == date)
+        .then(|| time.duration_since(UNIX_EPOCH).ok())
+        .flatten()
+        .map(|since| since.as_secs())
 }
 
 #[test]
