@@ -151,8 +151,8 @@ where
                 spare.clear();
                 (response, None)
             }
-            Next::Proxy(proxied) => {
-                let hsts = proxied.hsts.clone();
+            Next::Proxy(mut proxied) => {
+                let hsts = proxied.hsts.take();
                 match forward(io, &mut buf, max_head, handler, proxied, request).await {
                     Some(response) => (response, hsts),
                     None => {
@@ -200,7 +200,7 @@ where
         forwarder,
         log,
         https,
-        hsts: _,
+        hsts: _, // taken by the caller, which adds it to the response
     } = proxied;
     let down = Downstream {
         peer: handler.peer,
