@@ -38,6 +38,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
+use crate::framing;
 use crate::http::{Body, Handler, Next, Proxied};
 use crate::idle::{Activity, Watchdog};
 use crate::proxy::Downstream;
@@ -357,34 +358,35 @@ impl Reply {
     {
         let (parts, mut body) = response.into_parts();
         out.clear();
-        let chunked = match body.take_client_head() {
+        // The framing fields come from `framing`, on both kinds of response.
+        let (chunked, bodiless) = match body.take_client_head() {
             Some(head) => {
                 out.put_slice(&head.head);
                 if !head.date {
                     put_date(out);
                 }
-                head.chunked
+                // A bodiless upstream response has an ended body: nothing is written.
+                (head.chunked, false)
             }
             None => {
                 // The edge's own answers (redirects, errors, the proxy's 502...): fixed bodies.
                 put_status_line(out, parts.status);
                 for (name, value) in &parts.headers {
-                    // Written below from `close`.
-                    if name != http::header::CONNECTION {
+                    // Written below from `close` and the framing.
+                    if name != http::header::CONNECTION
+                        && name != http::header::CONTENT_LENGTH
+                        && name != http::header::TRANSFER_ENCODING
+                    {
                         put_field(out, name.as_str().as_bytes(), value.as_bytes());
                     }
                 }
                 put_date(out);
-                match body.size_hint().exact() {
-                    Some(len) => {
-                        put_field(out, b"content-length", len.to_string().as_bytes());
-                        false
-                    }
-                    None => {
-                        out.put_slice(b"transfer-encoding: chunked\r\n");
-                        true
-                    }
-                }
+                let decided = match body.size_hint().exact() {
+                    Some(len) => framing::fixed(self.head_request, parts.status, len),
+                    None => framing::streamed(self.head_request, parts.status),
+                };
+                decided.put_fields(out);
+                (decided.chunked(), decided.body == framing::Body::None)
             }
         };
         if let Some(hsts) = &self.hsts {
@@ -394,8 +396,8 @@ impl Reply {
             out.put_slice(b"connection: close\r\n");
         }
         out.put_slice(b"\r\n");
-        // A response to HEAD has no body, whatever its fields say.
-        if !self.head_request {
+        // A response to HEAD has no body, whatever its fields say; nor has a 204 or 304.
+        if !self.head_request && !bodiless {
             loop {
                 let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
                     Poll::Pending if !out.is_empty() => Poll::Ready(Step::Stalled),

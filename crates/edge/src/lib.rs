@@ -15,6 +15,7 @@
 mod challenge;
 mod error;
 mod express;
+mod framing;
 mod host;
 mod http;
 mod idle;

@@ -23,6 +23,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio_util::io::poll_read_buf;
 
 use crate::express;
+use crate::framing::{self, ResponseFraming};
 use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::connector::Io;
 use crate::proxy::headers;
@@ -102,6 +103,16 @@ pub(crate) enum Framing {
 }
 
 impl Framing {
+    /// Where decoding starts for a body delimited so.
+    fn start(body: framing::Body) -> Framing {
+        match body {
+            framing::Body::None => Framing::Done,
+            framing::Body::Length(n) => Framing::Length(n),
+            framing::Body::Chunked => Framing::ChunkSize,
+            framing::Body::UntilClose => Framing::UntilClose,
+        }
+    }
+
     /// Nothing of the body is left to read.
     pub(crate) fn ended(self) -> bool {
         matches!(self, Framing::Done | Framing::Length(0))
@@ -127,8 +138,8 @@ pub(crate) struct Head {
 #[derive(Debug)]
 pub(crate) struct ClientHead {
     /// The status line and the fields, without the empty line that ends the head: the
-    /// upstream's end-to-end fields (those named by its `Connection` left out too), `Via`, and
-    /// `transfer-encoding: chunked` when the body is re-framed.
+    /// upstream's end-to-end fields (those named by its `Connection` left out too, framing
+    /// fields never), `Via`, and the framing fields [`framing::response`] decided.
     pub(crate) head: Bytes,
     /// The body is to be sent chunked: the upstream's was chunked or ran until it closed.
     pub(crate) chunked: bool,
@@ -155,6 +166,8 @@ struct Span {
     name: (usize, usize),
     value: (usize, usize),
     hop_by_hop: bool,
+    /// `Content-Length` (`Transfer-Encoding` is hop-by-hop): the client gets the edge's own.
+    framing: bool,
 }
 
 impl Conn {
@@ -331,16 +344,21 @@ impl Conn {
                     name: (field.name.as_ptr() as usize - base, field.name.len()),
                     value: (field.value.as_ptr() as usize - base, field.value.len()),
                     hop_by_hop: headers::is_hop_by_hop(field.name.as_bytes()),
+                    framing: field.name.eq_ignore_ascii_case("content-length"),
                 });
             }
-            let (framing, reusable) = message.framing(head_request, status, version)?;
+            let (decided, reusable) = message.framing(head_request, status, version)?;
             let (headers, for_client, client) = if client_head {
-                let client = self.client_head(status, version, framing, message.lists_fields);
+                let client = self.client_head(status, version, &decided, message.lists_fields);
                 self.buf.advance(len);
                 (HeaderMap::new(), true, Some(client))
             } else {
                 let for_client = !message.lists_fields;
-                (self.head_map(len, version, for_client)?, for_client, None)
+                (
+                    self.head_map(len, version, for_client, &decided)?,
+                    for_client,
+                    None,
+                )
             };
             let mut response = Response::new(());
             *response.status_mut() = status;
@@ -348,7 +366,7 @@ impl Conn {
             *response.headers_mut() = headers;
             return Ok(Some(Head {
                 response,
-                framing,
+                framing: Framing::start(decided.body),
                 reusable,
                 for_client,
                 client,
@@ -356,18 +374,20 @@ impl Conn {
         }
     }
 
-    /// The fields of the head at the front of `buf` (in `spans`), split off it; with
-    /// `for_client`, the hop-by-hop ones are left out and `Via` is added.
+    /// The fields of the head at the front of `buf` (in `spans`), split off it, with the
+    /// framing fields `decided` (the upstream's left out); with `for_client`, the hop-by-hop
+    /// ones are left out and `Via` is added.
     fn head_map(
         &mut self,
         len: usize,
         version: Version,
         for_client: bool,
+        decided: &ResponseFraming,
     ) -> Result<HeaderMap, H1Error> {
         let head = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(self.spans.len() + 1);
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + 2);
         for span in &self.spans {
-            if for_client && span.hop_by_hop {
+            if (for_client && span.hop_by_hop) || span.framing {
                 continue;
             }
             let (at, len) = span.name;
@@ -378,6 +398,7 @@ impl Conn {
                 .map_err(|_| H1Error::InvalidHead("bad field value"))?;
             headers.append(name, value);
         }
+        decided.set_fields(&mut headers);
         if for_client {
             headers.append(header::VIA, headers::via(version));
         }
@@ -385,12 +406,12 @@ impl Conn {
     }
 
     /// The head at the front of `buf` (its fields in `spans`) written out for the client:
-    /// what [`headers::to_client`] leaves of it, `Via`, and the framing of a re-chunked body.
+    /// what [`headers::to_client`] leaves of it, `Via`, and the framing fields `decided`.
     fn client_head(
         &self,
         status: StatusCode,
         version: Version,
-        framing: Framing,
+        decided: &ResponseFraming,
         lists_fields: bool,
     ) -> ClientHead {
         let field = |(at, len): (usize, usize)| &self.buf[at..at + len];
@@ -404,29 +425,23 @@ impl Conn {
                             .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
                 })
         };
-        let chunked = matches!(framing, Framing::ChunkSize | Framing::UntilClose);
         let mut out = BytesMut::with_capacity(self.buf.len().min(MAX_HEAD) + 64);
         express::put_status_line(&mut out, status);
         let mut date = false;
         for span in &self.spans {
             let name = field(span.name);
-            if span.hop_by_hop
-                // The client's framing is ours: a length would contradict the chunks.
-                || (chunked && name.eq_ignore_ascii_case(b"content-length"))
-                || listed(name)
-            {
+            // The client's framing fields are the edge's, written below.
+            if span.hop_by_hop || span.framing || listed(name) {
                 continue;
             }
             date |= name.eq_ignore_ascii_case(b"date");
             express::put_field(&mut out, name, field(span.value));
         }
         express::put_field(&mut out, b"via", headers::via(version).as_bytes());
-        if chunked {
-            out.put_slice(b"transfer-encoding: chunked\r\n");
-        }
+        decided.put_fields(&mut out);
         ClientHead {
             head: out.freeze(),
-            chunked,
+            chunked: decided.chunked(),
             date,
         }
     }
@@ -558,16 +573,14 @@ fn encode_head(
     chunked
 }
 
-/// What a response head's framing fields say, read as the fields are parsed.
+/// What a response head's connection and framing fields say, read as the fields are parsed.
 #[derive(Debug, Default)]
 struct Message {
     close: bool,
     keep_alive: bool,
     /// `Connection` names fields to remove besides the fixed hop-by-hop set.
     lists_fields: bool,
-    /// The last coding of the last Transfer-Encoding field, if any.
-    transfer_chunked: Option<bool>,
-    length: Option<u64>,
+    framing: framing::Fields,
 }
 
 impl Message {
@@ -579,59 +592,32 @@ impl Message {
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 self.lists_fields |= !token.is_empty() && headers::connection_lists_field(token);
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            self.transfer_chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            for part in value.split(|&b| b == b',') {
-                let n = parse_decimal(part.trim_ascii())
-                    .ok_or(H1Error::InvalidHead("bad Content-Length"))?;
-                if self.length.is_some_and(|l| l != n) {
-                    return Err(H1Error::InvalidHead("conflicting Content-Length"));
-                }
-                self.length = Some(n);
-            }
+        } else {
+            self.framing
+                .field(name, value)
+                .map_err(|framing::Untrusted(why)| H1Error::InvalidHead(why))?;
         }
         Ok(())
     }
 
-    /// The body's framing and whether the connection stays open after it (RFC 9112 6.3, 9.3).
+    /// The body's framing ([`framing::response`]) and whether the connection stays open
+    /// after it (RFC 9112 9.3).
     fn framing(
         &self,
         head_request: bool,
         status: StatusCode,
         version: Version,
-    ) -> Result<(Framing, bool), H1Error> {
-        let reusable = match version {
+    ) -> Result<(ResponseFraming, bool), H1Error> {
+        let persistent = match version {
             Version::HTTP_10 => self.keep_alive && !self.close,
             _ => !self.close,
         };
-        if head_request
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            // A 101 here is refused by the caller and the connection is not reused.
-            let reusable = reusable && status != StatusCode::SWITCHING_PROTOCOLS;
-            return Ok((Framing::Done, reusable));
-        }
-        // Chunked last: its end is known. Any other coding runs until the upstream closes.
-        // With a Content-Length as well, the connection is not trusted again.
-        match (self.transfer_chunked, self.length) {
-            (Some(true), length) => Ok((Framing::ChunkSize, reusable && length.is_none())),
-            (Some(false), _) | (None, None) => Ok((Framing::UntilClose, false)),
-            (None, Some(n)) => Ok((Framing::Length(n), reusable)),
-        }
+        let decided = framing::response(head_request, status, version, &self.framing)
+            .map_err(|framing::Untrusted(why)| H1Error::InvalidHead(why))?;
+        // A 101 here is refused by the caller and the connection is not reused.
+        let reusable = persistent && decided.reusable && status != StatusCode::SWITCHING_PROTOCOLS;
+        Ok((decided, reusable))
     }
-}
-
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
-    })
 }
 
 /// The size on a chunk-size line (extensions after `;` are ignored).
@@ -668,7 +654,8 @@ mod tests {
         for (name, value) in fields {
             message.field(name.as_bytes(), value.as_bytes())?;
         }
-        message.framing(head_request, status, version)
+        let (decided, reusable) = message.framing(head_request, status, version)?;
+        Ok((Framing::start(decided.body), reusable))
     }
 
     #[test]

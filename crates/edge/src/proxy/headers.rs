@@ -329,11 +329,16 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
-/// Whether a `Connection` token names a field to remove, beyond the fixed set.
+/// Whether a `Connection` token names a field to remove, beyond the fixed set. Framing
+/// fields are never removed so: a message's framing is decided from them (see
+/// [`crate::framing`]), and `Connection: Content-Length` would otherwise leave a body without
+/// an end.
 pub(crate) fn connection_lists_field(token: &[u8]) -> bool {
     !token.eq_ignore_ascii_case(b"keep-alive")
         && !token.eq_ignore_ascii_case(b"close")
         && !token.eq_ignore_ascii_case(b"upgrade")
+        && !token.eq_ignore_ascii_case(b"content-length")
+        && !token.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 /// `Proxy` (httpoxy) and `Proxy-*` fields.

@@ -40,6 +40,7 @@ pub(crate) use body::ResponseBody;
 pub use config::{HealthCheck, HostHeader, Policy, Proxy};
 
 use crate::error::EdgeError;
+use crate::framing;
 use crate::http::Handler;
 use balancer::{Balancer, InFlight, Tried, Upstream};
 use body::{RequestBody, RequestBodyError, UpstreamBody};
@@ -416,6 +417,10 @@ fn respond(
     let (mut parts, body) = response.into_parts();
     if !body.head_for_client() {
         headers::to_client(&mut parts.headers, parts.version, false);
+    }
+    if body.decoded_by_hyper() {
+        // Framed by hyper's client (the pooled client's heads are framed as they are parsed).
+        framing::decoded(parts.status, body.size_hint().exact()).set_fields(&mut parts.headers);
     }
     // The client's connection decides the version the edge answers with.
     parts.version = Version::default();

@@ -292,6 +292,12 @@ impl PooledBody {
         )
     }
 
+    /// The body comes through hyper's client (an upgrade request's answer), which decoded
+    /// its framing.
+    pub(crate) fn decoded_by_hyper(&self) -> bool {
+        matches!(self.0, Source::Hyper(_))
+    }
+
     /// The response head written out for an HTTP/1.1 client, if the request asked for it.
     pub(crate) fn take_client_head(&mut self) -> Option<ClientHead> {
         match &mut self.0 {

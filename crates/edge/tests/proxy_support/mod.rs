@@ -2,9 +2,12 @@
 //! client address, upstream tallies.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod wire;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -111,16 +114,79 @@ pub async fn tally(addr: SocketAddr, host: &str, n: usize) -> BTreeMap<String, u
 pub async fn raw_upstream(
     answer: fn(&str, &str) -> (&'static [u8], bool),
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let (addr, task, _, _) = spawn_raw(answer).await;
+    (addr, task)
+}
+
+/// A bare-socket upstream (see [`raw_upstream`]) that keeps every request head it read;
+/// stopped on drop.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+    /// Each request head as read (without the empty line), in order.
+    pub heads: Heads,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl RawUpstream {
+    pub async fn start(answer: fn(&str, &str) -> (&'static [u8], bool)) -> RawUpstream {
+        let (addr, task, heads, connections) = spawn_raw(answer).await;
+        RawUpstream {
+            addr,
+            task,
+            heads,
+            connections,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The request lines read so far.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|head| head.lines().next().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub type Heads = Arc<Mutex<Vec<String>>>;
+
+async fn spawn_raw(
+    answer: fn(&str, &str) -> (&'static [u8], bool),
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+    Heads,
+    Arc<AtomicUsize>,
+) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the raw upstream");
     let addr = listener.local_addr().expect("raw upstream address");
+    let heads = Heads::default();
+    let log = Arc::clone(&heads);
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::clone(&connections);
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let log = Arc::clone(&log);
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -137,6 +203,7 @@ pub async fn raw_upstream(
                     let mut words = head.split(' ');
                     let method = words.next().unwrap_or("").to_owned();
                     let path = words.next().unwrap_or("/").to_owned();
+                    log.lock().unwrap().push(head);
                     let (bytes, close) = answer(&method, &path);
                     if stream.write_all(bytes).await.is_err() || close {
                         return;
@@ -145,5 +212,5 @@ pub async fn raw_upstream(
             });
         }
     });
-    (addr, task)
+    (addr, task, heads, connections)
 }
