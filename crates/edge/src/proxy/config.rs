@@ -34,9 +34,10 @@ pub struct Proxy {
     /// success brings it back at once; a passing active check does too). Default 10 s.
     pub fail_timeout: Duration,
     /// How many other upstreams an idempotent request without a body (GET, HEAD, OPTIONS,
-    /// TRACE, PUT, DELETE) is tried on when the connection to the chosen one fails: connecting
-    /// fails, or the connection closes or resets before a response head arrives. A response
-    /// head timeout (504) is not retried, nor is any other request. Default 1.
+    /// TRACE, PUT, DELETE) is tried on when the connection to the chosen one fails before a
+    /// byte of a response: connecting fails, or the connection closes or resets unanswered.
+    /// A response head timeout (504) or a broken answer (502) is not retried, and no other
+    /// request is ever sent twice (RFC 9110 9.2.2). Default 1.
     pub retries: u32,
     /// PEM roots trusted for https upstreams instead of the system's.
     pub ca_root_pem: Option<String>,

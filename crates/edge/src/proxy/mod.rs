@@ -349,9 +349,10 @@ impl Forwarder {
                         None => {}
                     }
                     in_flight.failed();
-                    // Connecting failed, or the connection closed or reset before a response
-                    // head: an idempotent request without a body may go to another upstream.
-                    if retries_left > 0 {
+                    // Connecting failed, or the connection closed or reset before a byte of a
+                    // response: an idempotent request without a body may go to another
+                    // upstream. After an answer, even a broken one, it is not sent again.
+                    if retries_left > 0 && err.unanswered() {
                         retries_left -= 1;
                         debug!(
                             upstream = %upstream.name,

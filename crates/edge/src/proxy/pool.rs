@@ -40,7 +40,7 @@ const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 
 /// A connection reused after at least this long idle may have been closed by the upstream
 /// while the request was on its way: such a request is kept (without its body, so only a
-/// bodiless one) to be sent again on a fresh connection.
+/// bodiless one, and only an idempotent one) to be sent again on a fresh connection.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a request got no response head from its upstream.
@@ -56,8 +56,8 @@ pub(crate) enum UpstreamError {
     /// An upgrade request (on hyper's client) failed.
     #[error("upgrade request failed")]
     Upgrade(#[source] hyper::Error),
-    /// A connection reused after [`STALE_AFTER`] closed before answering; the request, without
-    /// a body, can go again on a fresh connection.
+    /// A connection reused after [`STALE_AFTER`] closed before answering; the request,
+    /// idempotent and without a body, can go again on a fresh connection.
     #[error("reused connection closed before answering")]
     Stale {
         source: H1Error,
@@ -68,6 +68,17 @@ pub(crate) enum UpstreamError {
 impl UpstreamError {
     pub(crate) fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
+    }
+
+    /// No byte of a response came: connecting failed, or the connection closed or was reset
+    /// before the upstream answered. (An idempotent request may then go elsewhere; after an
+    /// answer, even a broken one, it is not sent again.)
+    pub(crate) fn unanswered(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) => true,
+            UpstreamError::Request(e) | UpstreamError::Stale { source: e, .. } => e.unanswered(),
+            UpstreamError::Handshake(_) | UpstreamError::Upgrade(_) => false,
+        }
     }
 }
 
@@ -122,8 +133,12 @@ impl UpstreamClient {
         client_head: bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         if reuse && let Some((mut conn, idle_for)) = self.inner.checkout(index).await {
-            let retry = (idle_for >= STALE_AFTER && req.body().is_end_stream())
-                .then(|| Box::new(copy_bodiless(&req)));
+            // Only an idempotent request may be sent twice (RFC 9110 9.2.2): the upstream may
+            // have acted on it before closing.
+            let retry = (idle_for >= STALE_AFTER
+                && super::is_idempotent(req.method())
+                && req.body().is_end_stream())
+            .then(|| Box::new(copy_bodiless(&req)));
             return match conn.exchange(req, lines, client_head).await {
                 Ok(head) => Ok(self.wrap(index, conn, head)),
                 Err(source) => Err(match retry {
