@@ -1,4 +1,5 @@
-//! Per-connection activity tracking: the idle timeout and the first-request deadline.
+//! Per-connection activity tracking: the idle timeout, the first-request deadline and the
+//! send timeout.
 
 use std::io;
 use std::pin::Pin;
@@ -29,15 +30,61 @@ impl Activity {
     }
 }
 
-/// An IO stream that records traffic in an [`Activity`].
+/// An IO stream that records traffic in an [`Activity`], and fails a write (or flush) that
+/// has waited `send_timeout` for the client to take anything: a client that stopped reading
+/// is let go, whichever protocol serves it.
 pub(crate) struct Tracked<T> {
     inner: T,
     activity: Arc<Activity>,
+    send_timeout: Duration,
+    /// Made on the first write that waits, then kept with the connection: a client that
+    /// keeps up never costs a timer.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    /// A write is waiting and `send_timer` is set for it.
+    send_waiting: bool,
 }
 
 impl<T> Tracked<T> {
-    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Tracked { inner, activity }
+    pub(crate) fn new(inner: T, activity: Arc<Activity>, send_timeout: Duration) -> Self {
+        Tracked {
+            inner,
+            activity,
+            send_timeout,
+            send_timer: None,
+            send_waiting: false,
+        }
+    }
+
+    /// What a write (or flush) that returned `poll` becomes: progress stops the send timer; a
+    /// wait starts it (once per wait) and fails once it has run out.
+    fn sent<R>(&mut self, poll: Poll<io::Result<R>>, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            self.send_waiting = false;
+            return poll;
+        }
+        let timer = if self.send_waiting {
+            match self.send_timer.as_mut() {
+                Some(timer) => timer,
+                // Not reached: `send_waiting` is set only with the timer.
+                None => return Poll::Pending,
+            }
+        } else {
+            self.send_waiting = true;
+            let deadline = Instant::now() + self.send_timeout;
+            match &mut self.send_timer {
+                Some(timer) => {
+                    timer.as_mut().reset(deadline);
+                    timer
+                }
+                None => self.send_timer.insert(Box::pin(sleep_until(deadline))),
+            }
+        };
+        std::task::ready!(timer.as_mut().poll(cx));
+        self.send_waiting = false;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took nothing for the send timeout",
+        )))
     }
 }
 
@@ -66,7 +113,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touched();
         }
-        poll
+        self.sent(poll, cx)
     }
 
     fn poll_write_vectored(
@@ -78,7 +125,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touched();
         }
-        poll
+        self.sent(poll, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -86,11 +133,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.sent(poll, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.sent(poll, cx)
     }
 }
 

@@ -21,6 +21,11 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// From accept to the end of the TLS handshake (including the ClientHello). Default 10 s.
     pub tls_handshake_timeout: Duration,
+    /// Between two successful writes to a client: a client that takes nothing of what the
+    /// edge sends for this long (a response it stopped reading, a full window) has its
+    /// connection closed. The timer runs only while a write waits. nginx's `send_timeout`.
+    /// Default 60 s.
+    pub send_timeout: Duration,
     /// Connections served at once over all listeners of one [`crate::Edge`]. At the limit each
     /// listener holds one accepted connection unserved until a slot frees, and accepts no more
     /// (further clients wait in the kernel's backlog). Default 10 000; 0 counts as 1.
@@ -44,6 +49,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_header_bytes: 16 * 1024,
             challenge_timeout: Duration::from_secs(5),

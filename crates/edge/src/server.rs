@@ -357,7 +357,7 @@ impl Edge {
                 Arc::clone(&handler).call(req)
             })
         };
-        let mut io = Tracked::new(io, Arc::clone(&activity));
+        let mut io = Tracked::new(io, Arc::clone(&activity), self.limits.send_timeout);
         let mut watchdog = Watchdog::new(
             Arc::clone(&activity),
             self.limits.header_read_timeout,

@@ -9,13 +9,15 @@ mod common;
 mod proxy_support;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
 use edge::{CertMap, Limits, Policy, Proxy};
 use proxy_support::wire::*;
 use proxy_support::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::time::Instant;
 
 /// `POST path` with an empty body: hyper's server answers it (and the rest of the connection).
 fn post_bytes(host: &str, path: &str) -> Vec<u8> {
@@ -266,4 +268,102 @@ async fn no_content_and_not_modified_carry_no_framing_fields() {
             assert_eq!(wire.response(false).await.body, b"next", "{way} {path}");
         }
     }
+}
+
+/// Defect 5, upstream side: an upstream that stalls mid-body held the client for as long as
+/// it liked. `read_timeout` bounds the wait between two reads of the body.
+#[tokio::test]
+async fn an_upstream_stalling_mid_body_is_cut_off_after_read_timeout() {
+    let up = RawUpstream::start(|_, _| {
+        // Half the body, then nothing (the connection stays open).
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", false)
+    })
+    .await;
+    let mut proxy = Proxy::new(vec![up.url()]);
+    let read_timeout = Duration::from_millis(300);
+    proxy.read_timeout = read_timeout;
+    let edge = start(vec![site(&["raw.test"], proxy)]).await;
+    for (way, request) in both_paths("raw.test", "/") {
+        let mut wire = Wire::connect(edge.http).await;
+        let started = Instant::now();
+        wire.send(&request).await;
+        let all = text(&wire.until_close().await);
+        let waited = started.elapsed();
+        let (head, body) = all.split_once("\r\n\r\n").expect("a head");
+        assert!(head.starts_with("HTTP/1.1 200"), "{way}: {head}");
+        // The head said 10 bytes: the client sees a cut body, never a whole one.
+        assert_eq!(body, "hello", "{way}");
+        assert!(waited >= read_timeout, "{way}: closed after {waited:?}");
+    }
+}
+
+/// Defect 5, client side: a client that stopped reading a large response was never let go.
+/// `send_timeout` bounds the wait between two successful writes to it.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
+    // An upstream with an endless body; it notes when the edge stops taking it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicUsize::new(0));
+    let upstream = tokio::spawn({
+        let (cut, written) = (Arc::clone(&cut), Arc::clone(&written));
+        async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "no request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let chunk = vec![b'x'; 64 * 1024];
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+                .await;
+            while stream.write_all(&chunk).await.is_ok() {
+                written.fetch_add(chunk.len(), Ordering::SeqCst);
+            }
+            cut.store(true, Ordering::SeqCst);
+        }
+    });
+    let send_timeout = Duration::from_millis(500);
+    let edge = TestEdge::start(
+        vec![site(
+            &["raw.test"],
+            Proxy::new(vec![format!("http://{addr}")]),
+        )],
+        Arc::new(CertMap::new()),
+        Limits {
+            send_timeout,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let mut wire = Wire::connect(edge.http).await;
+    wire.send(&get_bytes("raw.test", "/endless")).await;
+    // The client reads nothing from here.
+    testkit::wait_for("the edge to let go of the upstream", DEADLINE, || {
+        let cut = cut.load(Ordering::SeqCst);
+        async move { cut.then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: {} bytes taken from the upstream",
+            written.load(Ordering::SeqCst)
+        )
+    });
+    // What the kernel buffered reaches the client, then the connection ends short.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match tokio::time::timeout(DEADLINE, wire.tcp.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the client connection is still open after {got} bytes"),
+        }
+    }
+    assert!(got < 100_000_000_000, "{got}");
+    upstream.abort();
 }

@@ -21,6 +21,11 @@ pub struct Proxy {
     /// From handing the request to the upstream pool (connecting included) to the upstream's
     /// response head; then 504. Default 60 s.
     pub response_header_timeout: Duration,
+    /// Between two reads of an upstream's response body: an upstream that sends nothing of
+    /// the body for this long has its connection closed, and so has the client (which has
+    /// the head already and must not take a cut body for a whole one). nginx's
+    /// `proxy_read_timeout`. Default 60 s.
+    pub read_timeout: Duration,
     /// A pooled keep-alive connection to an upstream unused this long is closed. Default 90 s.
     pub idle_timeout: Duration,
     /// The largest request body in bytes; a larger one gets 413 (at once when Content-Length
@@ -56,6 +61,7 @@ impl Proxy {
             host_header: HostHeader::Pass,
             connect_timeout: Duration::from_secs(5),
             response_header_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
             max_body: Some(Proxy::DEFAULT_MAX_BODY),
             fail_after: 3,

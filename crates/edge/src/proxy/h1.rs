@@ -13,6 +13,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,6 +21,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body as _;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
+use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::io::poll_read_buf;
 
 use crate::express;
@@ -64,6 +66,8 @@ pub(crate) enum H1Error {
     ShortBody,
     #[error("the upstream's chunked body is invalid: {0}")]
     InvalidChunk(&'static str),
+    #[error("the upstream sent nothing of the body for {0:?}")]
+    ReadTimeout(Duration),
 }
 
 impl H1Error {
@@ -158,6 +162,11 @@ pub(crate) struct Conn {
     out: Vec<u8>,
     /// The response head's fields as offsets (kept, as `out`).
     spans: Vec<Span>,
+    /// The body read timeout's timer: made the first time a body read waits, then kept with
+    /// the connection.
+    read_timer: Option<Pin<Box<Sleep>>>,
+    /// A body read is waiting and `read_timer` is set for it.
+    waiting: bool,
 }
 
 /// Where a field's name and value are in a response head.
@@ -178,6 +187,8 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_SPACE),
             out: Vec::with_capacity(512),
             spans: Vec::with_capacity(16),
+            read_timer: None,
+            waiting: false,
         }
     }
 
@@ -447,10 +458,11 @@ impl Conn {
     }
 
     /// The next piece of a response body, decoding `framing` (which it advances). `None` once
-    /// the body has ended.
+    /// the body has ended. A read that waits `read_timeout` for the upstream fails.
     pub(crate) fn poll_body(
         &mut self,
         framing: &mut Framing,
+        read_timeout: Duration,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, H1Error>>> {
         loop {
@@ -508,7 +520,12 @@ impl Conn {
                 _ => {}
             }
             // More bytes are needed.
-            match ready!(self.poll_fill(cx)) {
+            let filled = match self.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending => return self.poll_read_timer(read_timeout, cx),
+            };
+            self.waiting = false;
+            match filled {
                 Ok(0) if *framing == Framing::UntilClose => {
                     *framing = Framing::Done;
                     return Poll::Ready(None);
@@ -518,6 +535,36 @@ impl Conn {
                 Err(e) => return Poll::Ready(Some(Err(H1Error::Read(e)))),
             }
         }
+    }
+
+    /// A body read waits: pending until `read_timeout` has passed since the wait began, then
+    /// the timeout error. The timer is made once per connection, on its first wait (a small
+    /// body comes with its head and never waits).
+    fn poll_read_timer(
+        &mut self,
+        read_timeout: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, H1Error>>> {
+        let timer = if self.waiting {
+            match self.read_timer.as_mut() {
+                Some(timer) => timer,
+                // Not reached: `waiting` is set only with the timer.
+                None => return Poll::Pending,
+            }
+        } else {
+            self.waiting = true;
+            let deadline = Instant::now() + read_timeout;
+            match &mut self.read_timer {
+                Some(timer) => {
+                    timer.as_mut().reset(deadline);
+                    timer
+                }
+                None => self.read_timer.insert(Box::pin(sleep_until(deadline))),
+            }
+        };
+        ready!(timer.as_mut().poll(cx));
+        self.waiting = false;
+        Poll::Ready(Some(Err(H1Error::ReadTimeout(read_timeout))))
     }
 
     /// Whether the connection holds nothing but what the finished exchange left: bytes past

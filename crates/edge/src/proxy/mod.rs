@@ -117,6 +117,7 @@ impl Forwarder {
         for (what, value) in [
             ("connect_timeout", proxy.connect_timeout),
             ("response_header_timeout", proxy.response_header_timeout),
+            ("read_timeout", proxy.read_timeout),
             ("idle_timeout", proxy.idle_timeout),
         ] {
             if value.is_zero() {
@@ -152,7 +153,12 @@ impl Forwarder {
             any_https: upstreams.iter().any(Upstream::is_https),
             ca_root_pem: proxy.ca_root_pem.as_deref(),
         })?;
-        let client = UpstreamClient::new(connector, upstreams.len(), proxy.idle_timeout);
+        let client = UpstreamClient::new(
+            connector,
+            upstreams.len(),
+            proxy.idle_timeout,
+            proxy.read_timeout,
+        );
         let balancer = Arc::new(Balancer::new(
             upstreams,
             proxy.policy,

@@ -95,6 +95,8 @@ struct Pool {
     /// driver of the runtime that dialled it, so a request takes only connections of its own.
     idle: Box<[Mutex<Vec<VecDeque<Idle>>>]>,
     idle_timeout: Duration,
+    /// Between two reads of a response body.
+    read_timeout: Duration,
 }
 
 struct Idle {
@@ -103,7 +105,12 @@ struct Idle {
 }
 
 impl UpstreamClient {
-    pub(crate) fn new(connector: Connector, upstreams: usize, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        connector: Connector,
+        upstreams: usize,
+        idle_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Self {
         let idle = (0..upstreams)
             .map(|_| Mutex::new(Vec::new()))
             .collect::<Vec<_>>()
@@ -113,6 +120,7 @@ impl UpstreamClient {
                 connector,
                 idle,
                 idle_timeout,
+                read_timeout,
             }),
         }
     }
@@ -344,11 +352,16 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().0 {
-            Source::Pooled { conn, framing, .. } => {
+            Source::Pooled {
+                conn,
+                framing,
+                pool,
+                ..
+            } => {
                 let Some(c) = conn.as_mut() else {
                     return Poll::Ready(None);
                 };
-                match ready!(c.poll_body(framing, cx)) {
+                match ready!(c.poll_body(framing, pool.read_timeout, cx)) {
                     Some(Ok(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
                     Some(Err(e)) => {
                         *conn = None;
