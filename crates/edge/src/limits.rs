@@ -30,9 +30,10 @@ pub struct Limits {
     /// listener holds one accepted connection unserved until a slot frees, and accepts no more
     /// (further clients wait in the kernel's backlog). Default 10 000; 0 counts as 1.
     pub max_connections: usize,
-    /// The largest request head. An HTTP/1.1 head beyond it gets 431; HTTP/2 header lists
-    /// beyond it are refused by the h2 layer. hyper cannot go below 8 KiB for HTTP/1.1, so
-    /// smaller values act as 8 KiB there. Default 16 KiB.
+    /// The largest request head. An HTTP/1.1 head beyond it gets 431 (pipelined ones too:
+    /// request line and fields counted as `name: value` lines); HTTP/2 header lists beyond it
+    /// are refused by the h2 layer. hyper cannot go below 8 KiB for HTTP/1.1, so smaller
+    /// values act as 8 KiB there. Default 16 KiB.
     pub max_header_bytes: usize,
     /// How long the [`crate::ChallengeResponder`] may take to answer an HTTP-01 request
     /// (then 404) or a TLS-ALPN-01 handshake (also bounded by `tls_handshake_timeout`).

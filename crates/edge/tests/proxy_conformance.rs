@@ -16,6 +16,7 @@ use common::*;
 use edge::{CertMap, Limits, Policy, Proxy};
 use proxy_support::wire::*;
 use proxy_support::*;
+use testkit::Upstream;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
@@ -366,4 +367,38 @@ async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
     }
     assert!(got < 100_000_000_000, "{got}");
     upstream.abort();
+}
+
+/// Defect 6: a request head over the limit was forwarded when it came pipelined behind
+/// another request (alone, it got 431).
+#[tokio::test]
+async fn pipelined_request_heads_over_the_limit_get_431() {
+    let up = Upstream::start("u0").await.expect("start the upstream");
+    let edge = start(vec![site(&["app.test"], Proxy::new(vec![up.url()]))]).await;
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: app.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(24 * 1024)
+    );
+    for (round, (way, first)) in both_paths("app.test", "/first").into_iter().enumerate() {
+        let mut wire = Wire::connect(edge.http).await;
+        let mut both = first;
+        both.extend_from_slice(big.as_bytes());
+        wire.send(&both).await;
+        let first = wire.response(false).await;
+        assert_eq!(first.status(), 200, "{way}: {first:?}");
+        let second = wire.response(false).await;
+        assert_eq!(second.status(), 431, "{way}: {second:?}");
+        assert!(second.lists("connection", "close"), "{way}: {second:?}");
+        assert!(wire.until_close().await.is_empty(), "{way}");
+        assert_eq!(
+            up.requests(),
+            round as u64 + 1,
+            "{way}: the big head went upstream"
+        );
+    }
+    // Alone, the same head gets 431 too (from hyper's read buffer limit).
+    let mut wire = Wire::connect(edge.http).await;
+    wire.send(big.as_bytes()).await;
+    assert_eq!(wire.response(false).await.status(), 431);
+    assert_eq!(up.requests(), 2);
 }
