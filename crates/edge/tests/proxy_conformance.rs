@@ -402,3 +402,53 @@ async fn pipelined_request_heads_over_the_limit_get_431() {
     assert_eq!(wire.response(false).await.status(), 431);
     assert_eq!(up.requests(), 2);
 }
+
+/// Defect 7: `X_Forwarded_For` and a client's `X-Real-IP` reached the upstream, where
+/// frameworks that fold `_` into `-` or trust `X-Real-IP` believe them.
+#[tokio::test]
+async fn look_alike_forwarding_fields_do_not_reach_the_upstream() {
+    let up = Upstream::start("u0").await.expect("start the upstream");
+    let mut passing = Proxy::new(vec![up.url()]);
+    passing.drop_underscore_fields = false;
+    let edge = start(vec![
+        site(&["app.test"], Proxy::new(vec![up.url()])),
+        site(&["pass.test"], passing),
+    ])
+    .await;
+    for host in ["app.test", "pass.test"] {
+        for method in ["GET", "POST"] {
+            // A GET without a body takes the lane; a POST goes through hyper.
+            let length = if method == "POST" {
+                "Content-Length: 0\r\n"
+            } else {
+                ""
+            };
+            let mut wire = Wire::connect(edge.http).await;
+            wire.send(
+                format!(
+                    "{method} /fields HTTP/1.1\r\nHost: {host}\r\n{length}\
+                     X_Forwarded_For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Real_IP: 6.6.6.6\r\n\
+                     X-Kept: 1\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+            let reply = wire.response(false).await;
+            assert_eq!(reply.status(), 200, "{host} {method}: {reply:?}");
+            let seen = reply.echo();
+            let client = seen
+                .header("x-forwarded-for")
+                .and_then(|v| v.rsplit(", ").next())
+                .expect("x-forwarded-for")
+                .to_owned();
+            assert_eq!(seen.all("x-real-ip"), [client.as_str()], "{host} {method}");
+            assert_eq!(seen.all("x-kept"), ["1"]);
+            let underscored = ["x_forwarded_for", "x-real_ip"].map(|n| seen.all(n).len());
+            if host == "app.test" {
+                assert_eq!(underscored, [0, 0], "{host} {method}: {:?}", seen.headers);
+            } else {
+                assert_eq!(underscored, [1, 1], "{host} {method}: {:?}", seen.headers);
+            }
+        }
+    }
+}

@@ -44,6 +44,11 @@ pub struct Proxy {
     /// A response head timeout (504) or a broken answer (502) is not retried, and no other
     /// request is ever sent twice (RFC 9110 9.2.2). Default 1.
     pub retries: u32,
+    /// Request header fields with `_` in their name are dropped before the request goes
+    /// upstream, as nginx does by default: applications that read `X_Forwarded_For` as
+    /// `X-Forwarded-For` (CGI-style `HTTP_X_FORWARDED_FOR` mapping) would otherwise trust a
+    /// look-alike the client wrote. Default true.
+    pub drop_underscore_fields: bool,
     /// PEM roots trusted for https upstreams instead of the system's.
     pub ca_root_pem: Option<String>,
 }
@@ -67,6 +72,7 @@ impl Proxy {
             fail_after: 3,
             fail_timeout: Duration::from_secs(10),
             retries: 1,
+            drop_underscore_fields: true,
             ca_root_pem: None,
         }
     }

@@ -1,5 +1,6 @@
 //! Header rewriting between client and upstream: hop-by-hop fields (RFC 9110 7.6.1),
-//! X-Forwarded-*, Forwarded (RFC 7239) and Via.
+//! X-Forwarded-*, X-Real-IP, Forwarded (RFC 7239), Via, and request fields with `_` in their
+//! names.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -11,6 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -39,6 +41,8 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) https: bool,
     /// The host the client asked for, as sent (`Host` or `:authority`, port included).
     pub(crate) host: Option<&'a HeaderValue>,
+    /// Fields with `_` in their names are dropped (see [`crate::Proxy`]).
+    pub(crate) drop_underscore_fields: bool,
 }
 
 /// Where [`to_upstream`] puts the fields it adds.
@@ -67,6 +71,16 @@ pub(crate) fn to_upstream(
 ) {
     let present = Present::scan(headers);
     strip_hop_by_hop(headers, present);
+    if fwd.drop_underscore_fields && present.has(Present::UNDERSCORE) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
     // The edge has answered `100-continue` itself (hyper does when the body is first read);
     // the upstream gets the body as it streams.
     if present.has(Present::EXPECT) {
@@ -97,9 +111,9 @@ pub(crate) fn to_upstream(
     let (out, lines) = match target {
         Target::Lines(out) => (out, true),
         Target::Map => {
-            // X-Forwarded-For/-Proto/-Host, Forwarded, Via: one allocation instead of growing
-            // the map field by field; both list values are written into one buffer.
-            headers.reserve(5);
+            // X-Forwarded-For/-Proto/-Host, X-Real-IP, Forwarded, Via: one allocation instead
+            // of growing the map field by field; both list values are written into one buffer.
+            headers.reserve(6);
             scratch = BytesMut::with_capacity(160);
             (&mut scratch, false)
         }
@@ -122,6 +136,11 @@ pub(crate) fn to_upstream(
     field.begin(&X_FORWARDED_PROTO);
     field.out.put_slice(proto.as_bytes());
     field.end(X_FORWARDED_PROTO, present.has(Present::X_FORWARDED_PROTO));
+
+    // The client's address, set by the proxy: what a client sends as X-Real-IP is not passed.
+    field.begin(&X_REAL_IP);
+    push_ip(field.out, client);
+    field.end(X_REAL_IP, present.has(Present::X_REAL_IP));
 
     match fwd.host {
         Some(h) => {
@@ -239,20 +258,26 @@ pub(crate) fn upgrade_request(headers: &HeaderMap, version: Version) -> Option<H
 /// The fields of a message that the rewrite removes or extends, found in one pass over its
 /// names: bit `i` for `HOP_BY_HOP[i]`, then the constants below.
 #[derive(Debug, Clone, Copy)]
-struct Present(u16);
+struct Present(u32);
 
 impl Present {
-    const PROXY_FIELD: u16 = 1 << 8;
-    const EXPECT: u16 = 1 << 9;
-    const X_FORWARDED_FOR: u16 = 1 << 10;
-    const X_FORWARDED_HOST: u16 = 1 << 11;
-    const FORWARDED: u16 = 1 << 12;
-    const HOST: u16 = 1 << 13;
-    const X_FORWARDED_PROTO: u16 = 1 << 14;
+    const PROXY_FIELD: u32 = 1 << 8;
+    const EXPECT: u32 = 1 << 9;
+    const X_FORWARDED_FOR: u32 = 1 << 10;
+    const X_FORWARDED_HOST: u32 = 1 << 11;
+    const FORWARDED: u32 = 1 << 12;
+    const HOST: u32 = 1 << 13;
+    const X_FORWARDED_PROTO: u32 = 1 << 14;
+    const X_REAL_IP: u32 = 1 << 15;
+    /// A name with `_` in it.
+    const UNDERSCORE: u32 = 1 << 16;
 
     fn scan(headers: &HeaderMap) -> Present {
         let mut bits = 0;
         for name in headers.keys() {
+            if name.as_str().as_bytes().contains(&b'_') {
+                bits |= Self::UNDERSCORE;
+            }
             bits |= if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
                 1 << i
             } else if name == header::HOST {
@@ -265,6 +290,8 @@ impl Present {
                 Self::X_FORWARDED_HOST
             } else if name == X_FORWARDED_PROTO {
                 Self::X_FORWARDED_PROTO
+            } else if name == X_REAL_IP {
+                Self::X_REAL_IP
             } else if name == header::EXPECT {
                 Self::EXPECT
             } else if is_proxy_field(name) {
@@ -276,7 +303,7 @@ impl Present {
         Present(bits)
     }
 
-    fn has(self, bits: u16) -> bool {
+    fn has(self, bits: u32) -> bool {
         self.0 & bits != 0
     }
 }
@@ -542,6 +569,8 @@ mod tests {
             ("forwarded", "for=203.0.113.1"),
             ("via", "1.1 lb"),
             ("x-forwarded-proto", "http"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
             ("accept", "*/*"),
         ]);
         let host = h.get("host").cloned();
@@ -549,6 +578,7 @@ mod tests {
             client: "192.0.2.9".parse().unwrap(),
             https: true,
             host: host.as_ref(),
+            drop_underscore_fields: true,
         };
         let original = h.clone();
         to_upstream(
@@ -569,9 +599,11 @@ mod tests {
             "proxy",
             "upgrade",
             "expect",
+            "x_forwarded_for",
         ] {
             assert!(!h.contains_key(gone), "{gone} kept");
         }
+        assert_eq!(all(&h, "x-real-ip"), ["192.0.2.9"]);
         assert_eq!(
             all(&h, "x-forwarded-for"),
             ["203.0.113.1, 198.51.100.2, 192.0.2.9"]
@@ -594,6 +626,7 @@ mod tests {
             client: "2001:db8::7".parse().unwrap(),
             https: false,
             host: None,
+            drop_underscore_fields: true,
         };
         to_upstream(
             &mut h,
@@ -621,6 +654,7 @@ mod tests {
             client: "::ffff:192.0.2.1".parse().unwrap(),
             https: false,
             host: None,
+            drop_underscore_fields: true,
         };
         to_upstream(
             &mut h,

@@ -81,6 +81,7 @@ pub(crate) struct Forwarder {
     response_header_timeout: Duration,
     max_body: Option<u64>,
     retries: u32,
+    drop_underscore_fields: bool,
     /// Cancels the background tasks when the forwarder goes (with its routes).
     _tasks: Option<DropGuard>,
 }
@@ -93,6 +94,7 @@ impl std::fmt::Debug for Forwarder {
             .field("response_header_timeout", &self.response_header_timeout)
             .field("max_body", &self.max_body)
             .field("retries", &self.retries)
+            .field("drop_underscore_fields", &self.drop_underscore_fields)
             .field("tasks", &self._tasks.is_some())
             .finish_non_exhaustive()
     }
@@ -186,6 +188,7 @@ impl Forwarder {
             response_header_timeout: proxy.response_header_timeout,
             max_body: proxy.max_body,
             retries: proxy.retries,
+            drop_underscore_fields: proxy.drop_underscore_fields,
             _tasks: tasks,
         })
     }
@@ -230,6 +233,7 @@ impl Forwarder {
             client: down.peer.ip(),
             https: down.https,
             host: original_host.as_ref(),
+            drop_underscore_fields: self.drop_underscore_fields,
         };
         let host = match (&self.host, &original_host) {
             // An origin-form HTTP/1 request: its `Host` is the host it asked for.
