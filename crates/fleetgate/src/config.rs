@@ -178,6 +178,7 @@ struct RawLimits {
     header_read_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
     tls_handshake_timeout: Option<Spanned<String>>,
+    send_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
     max_connections: Option<usize>,
 }
@@ -250,6 +251,8 @@ struct RawProxy {
     #[serde(default)]
     response_header_timeout: Option<Spanned<String>>,
     #[serde(default)]
+    read_timeout: Option<Spanned<String>>,
+    #[serde(default)]
     idle_timeout: Option<Spanned<String>>,
     #[serde(default)]
     max_body: Option<Spanned<RawSize>>,
@@ -259,6 +262,8 @@ struct RawProxy {
     fail_timeout: Option<Spanned<String>>,
     #[serde(default)]
     retries: Option<u32>,
+    #[serde(default)]
+    drop_underscore_fields: Option<bool>,
     #[serde(default)]
     ca_root: Option<Spanned<String>>,
 }
@@ -796,6 +801,20 @@ impl Config {
             &mut limits.tls_handshake_timeout,
         )?;
         dur(
+            &raw.limits.send_timeout,
+            "limits.send_timeout",
+            &mut limits.send_timeout,
+        )?;
+        if let Some(d) = &raw.limits.send_timeout
+            && limits.send_timeout.is_zero()
+        {
+            return Err(ctx.err(
+                Some(d.span()),
+                "limits.send_timeout",
+                "must be more than zero",
+            ));
+        }
+        dur(
             &raw.limits.drain_timeout,
             "limits.drain_timeout",
             &mut limits.drain_timeout,
@@ -1147,6 +1166,9 @@ fn parse_proxy(
     if let Some(d) = &p.response_header_timeout {
         proxy.response_header_timeout = duration(d, "proxy.response_header_timeout")?;
     }
+    if let Some(d) = &p.read_timeout {
+        proxy.read_timeout = duration(d, "proxy.read_timeout")?;
+    }
     if let Some(d) = &p.idle_timeout {
         proxy.idle_timeout = duration(d, "proxy.idle_timeout")?;
     }
@@ -1172,6 +1194,9 @@ fn parse_proxy(
     }
     if let Some(n) = p.retries {
         proxy.retries = n;
+    }
+    if let Some(drop) = p.drop_underscore_fields {
+        proxy.drop_underscore_fields = drop;
     }
     let ca_root = match &p.ca_root {
         Some(path) => Some(ctx.existing_file(path, resolve, at("proxy.ca_root"))?),
@@ -1463,6 +1488,10 @@ mod tests {
         assert!(err("[storage]\nkind = \"redis\"\nurl = \"http://x\"\n").contains("storage.url"));
         assert!(err(&format!("{ACME}challenges = [\"dns-01\"]\n")).contains("acme.challenges"));
         assert!(err("[limits]\nidle_timeout = \"forever\"\n").contains("limits.idle_timeout"));
+        assert!(err("[limits]\nsend_timeout = \"0s\"\n").contains("limits.send_timeout"));
+        let text = "[limits]\nsend_timeout = \"15s\"\n[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\nrespond = {}\n";
+        let limits = parse(text).unwrap().limits;
+        assert_eq!(limits.send_timeout, Duration::from_secs(15));
         assert!(err("[log]\nformat = \"xml\"\n").contains("log.format"));
         assert!(
             err("[[site]]\ndomains = []\ntls = \"internal\"\nrespond = {}\n")
@@ -1517,7 +1546,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("root.pem"), "").unwrap();
-        let text = "[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\naccess_log = true\nproxy = { upstreams = [\"http://10.0.0.5:8080\", \"https://app.internal\"], policy = \"ip_hash\", health = { path = \"/healthz\", interval = \"2s\", timeout = \"1s\" }, host_header = \"app.internal\", connect_timeout = \"1s\", response_header_timeout = \"30s\", idle_timeout = \"20s\", max_body = \"10MiB\", fail_after = 5, fail_timeout = \"3s\", retries = 2, ca_root = \"root.pem\" }\n";
+        let text = "[[site]]\ndomains = [\"a.example\"]\ntls = \"internal\"\naccess_log = true\nproxy = { upstreams = [\"http://10.0.0.5:8080\", \"https://app.internal\"], policy = \"ip_hash\", health = { path = \"/healthz\", interval = \"2s\", timeout = \"1s\" }, host_header = \"app.internal\", connect_timeout = \"1s\", response_header_timeout = \"30s\", read_timeout = \"45s\", idle_timeout = \"20s\", max_body = \"10MiB\", fail_after = 5, fail_timeout = \"3s\", retries = 2, drop_underscore_fields = false, ca_root = \"root.pem\" }\n";
         let config = Config::parse(&dir.path().join("f.toml"), text).unwrap();
         let SiteAction::Proxy { proxy, ca_root } = &config.sites[0].action else {
             panic!()
@@ -1537,6 +1566,8 @@ mod tests {
         );
         assert_eq!(proxy.connect_timeout, Duration::from_secs(1));
         assert_eq!(proxy.response_header_timeout, Duration::from_secs(30));
+        assert_eq!(proxy.read_timeout, Duration::from_secs(45));
+        assert!(!proxy.drop_underscore_fields);
         assert_eq!(proxy.idle_timeout, Duration::from_secs(20));
         assert_eq!(proxy.max_body, Some(10 << 20));
         assert_eq!(
