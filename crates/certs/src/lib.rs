@@ -10,20 +10,23 @@ mod challenge;
 mod domain;
 mod error;
 pub mod files;
+pub mod inspect;
 pub mod internal;
 mod keys;
 pub mod layout;
 pub mod limits;
 mod manager;
+mod notice;
 pub mod renewal;
 
 pub use bundle::{CertBundle, CertMeta, LastError, SourceKind};
 pub use challenge::{ChallengeKind, Challenges};
 pub use domain::{DomainError, DomainName};
 pub use error::{AcmeProblem, Error};
+pub use inspect::{Finding, Report, Severity, check_certificate};
 pub use keys::KeyType;
 pub use manager::{
-    CertId, CertSource, CertState, CertStatus, Deployer, ManagedCert, Manager, Timings,
+    CertId, CertSource, CertState, CertStatus, Deployer, LiveStatus, ManagedCert, Manager, Timings,
 };
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
