@@ -130,7 +130,13 @@ pub(crate) async fn statuses(store: &dyn Storage, certs: &[ManagedCert]) -> Vec<
             last_error: load_error
                 .or_else(|| record.and_then(|r| r.last_error).map(|e| e.message))
                 .or(refused),
-            findings: report.map(|r| r.findings).unwrap_or_default(),
+            // Coming expiry is the renewal's business here, not the operator's.
+            findings: report
+                .map(|r| r.findings)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| !matches!(f, Finding::ExpiresSoon { .. }))
+                .collect(),
         });
     }
     rows

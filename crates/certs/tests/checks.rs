@@ -528,11 +528,21 @@ async fn files_source_keeps_the_previous_certificate_and_says_why_once() -> Resu
             ),
             "{label}"
         );
+        // The two files are replaced one after the other, so the worker may have seen the new
+        // certificate with the old key first: two looks after both renames, the state is final.
+        let settled = node.looks_past(id, 2).await?;
+        assert!(
+            settled
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(needle)),
+            "{label}: {settled:?}"
+        );
         // Said once, however often the files are looked at.
         let later = node.looks_past(id, 5).await?;
         assert_eq!(later.problem_logged, 1, "{label}: {later:?}");
         assert_eq!(
-            later.refusals, live.refusals,
+            later.refusals, settled.refusals,
             "{label}: unchanged files are not re-read"
         );
     }
@@ -651,6 +661,15 @@ async fn an_unusable_stored_certificate_is_replaced_not_deployed() -> Result<()>
             .iter()
             .any(|f| matches!(f, Finding::Expired { .. }))
     );
+    // The replacement is stored: `fleetgate certs` finds nothing wrong with it (its coming
+    // expiry is the renewal's business, not a finding).
+    let rows = testkit::wait_for("the replacement stored", DEADLINE, || async {
+        let rows = Manager::statuses(node.store.as_ref(), std::slice::from_ref(&cert)).await;
+        (rows[0].state == CertState::Valid).then_some(rows)
+    })
+    .await?;
+    assert_eq!(rows[0].findings, [], "{:?}", rows[0]);
+    assert_eq!(rows[0].last_error, None);
     node.manager.shutdown().await;
 
     // A stored bundle whose key is another certificate's: replaced as well.
