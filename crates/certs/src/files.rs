@@ -41,12 +41,20 @@ pub fn load_checked(
     domains: &[DomainName],
     now: i64,
 ) -> (Report, Option<CertBundle>) {
-    let unreadable = |path: &Path, e: Error| Finding::Unreadable {
-        path: path.to_path_buf(),
-        detail: match e {
-            Error::Io { source, .. } => source.to_string(),
-            Error::InvalidCertificate { detail, .. } => detail,
-            other => other.to_string(),
+    // A file that cannot be read is unreadable; one that is not text is unusable.
+    let unreadable = |path: &Path, part: Part, e: Error| match e {
+        Error::InvalidCertificate { detail, .. } => Finding::Unparsable {
+            part,
+            path: Some(path.to_path_buf()),
+            detail,
+        },
+        Error::Io { source, .. } => Finding::Unreadable {
+            path: path.to_path_buf(),
+            detail: source.to_string(),
+        },
+        other => Finding::Unreadable {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
         },
     };
     let (chain_pem, key_pem) = match (read(cert), read(key)) {
@@ -56,12 +64,12 @@ pub fn load_checked(
             let chain = match chain {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    report.findings.push(unreadable(cert, e));
+                    report.findings.push(unreadable(cert, Part::Certificate, e));
                     None
                 }
             };
             if let Err(e) = key_text {
-                report.findings.push(unreadable(key, e));
+                report.findings.push(unreadable(key, Part::Key, e));
             }
             // The certificate alone still says what else is wrong (names, dates, chain).
             if let Some(chain) = chain {

@@ -332,6 +332,14 @@ fn files_check_names_the_file_at_fault() -> Result<()> {
         matches!(report.findings.as_slice(), [Finding::Unparsable { part: Part::Certificate, path: Some(p), .. }] if *p == garbage),
         "{report:?}"
     );
+    // Not text at all.
+    let binary = dir.path("binary.key");
+    fs::write(&binary, [0xff, 0xfe, 0x00])?;
+    let report = files::check(&cert, &binary, &want, now());
+    assert!(
+        matches!(report.findings.as_slice(), [Finding::Unparsable { part: Part::Key, path: Some(p), .. }] if *p == binary),
+        "{report:?}"
+    );
     // The error form carries the fatal findings and names the certificate file.
     let err = report.to_error(Some(garbage.clone()));
     assert!(!err.is_retryable());
