@@ -109,6 +109,27 @@ impl CertBundle {
         })
     }
 
+    /// A pair already parsed and checked by [`crate::inspect`] (the key matches the leaf).
+    pub(crate) fn from_certified(
+        chain_pem: String,
+        key_pem: String,
+        certified: CertifiedKey,
+        source: SourceKind,
+        path: Option<&Path>,
+    ) -> Result<Self> {
+        let leaf = certified
+            .cert
+            .first()
+            .ok_or_else(|| invalid(path, "no CERTIFICATE block found"))?;
+        let meta = leaf_meta(leaf, source, path)?;
+        Ok(CertBundle {
+            chain_pem,
+            key_pem,
+            meta,
+            parsed: Some(Arc::new(certified)),
+        })
+    }
+
     /// The rustls form, ready for the SNI map.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>> {
         match &self.parsed {

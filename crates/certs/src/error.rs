@@ -30,10 +30,15 @@ impl std::fmt::Display for AcmeProblem {
     }
 }
 
+fn join_findings(findings: &[crate::inspect::Finding]) -> String {
+    let parts: Vec<String> = findings.iter().map(ToString::to_string).collect();
+    parts.join("; ")
+}
+
 /// Errors from obtaining, loading or storing certificates.
 ///
 /// Three families, kept apart so the scheduler never matches strings: caller/config bugs
-/// ([`Error::Config`], [`Error::InvalidCertificate`], [`Error::KeyMismatch`]), faults of the CA
+/// ([`Error::Config`], [`Error::InvalidCertificate`], [`Error::KeyMismatch`], [`Error::Rejected`]), faults of the CA
 /// ([`Error::Acme`], [`Error::RateLimited`]), and transient infrastructure failures
 /// ([`Error::Store`], [`Error::Network`], [`Error::Timeout`]).
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +59,12 @@ pub enum Error {
     },
     #[error("the private key{} does not match the certificate", .path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     KeyMismatch { path: Option<PathBuf> },
+    /// [`crate::inspect::check_certificate`] found fatal problems; `findings` are the fatal ones.
+    #[error("certificate{} refused: {}", .path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default(), join_findings(.findings))]
+    Rejected {
+        path: Option<PathBuf>,
+        findings: Vec<crate::inspect::Finding>,
+    },
     #[error("the CA refused: {problem}")]
     Acme { problem: AcmeProblem },
     #[error("rate limited by the CA: {problem}")]
@@ -89,6 +100,7 @@ impl Error {
             Error::Config(_)
             | Error::InvalidCertificate { .. }
             | Error::KeyMismatch { .. }
+            | Error::Rejected { .. }
             | Error::Crypto(_) => false,
             Error::Io { .. }
             | Error::Acme { .. }

@@ -7,9 +7,14 @@
 //! [`Error::InvalidCertificate`] naming the key file, and a key of another certificate is
 //! [`Error::KeyMismatch`] naming the key file.
 //!
-//! The manager polls [`stamp`] (about once a second) and calls [`load`] again when the stamp
-//! changes, so replacing the files (in place, by rename, or by a Kubernetes secret's symlink swap)
-//! is picked up without a restart.
+//! Whether a pair may be served is decided by [`crate::inspect::check_certificate`]; [`check`] is
+//! that decision for files (what `fleetgate check` and a reload call), [`load_checked`] the same
+//! decision returning the bundle to deploy (what the manager calls).
+//!
+//! The manager polls [`stamp`] (about once a second) and calls [`load_checked`] again when the
+//! stamp changes, so replacing the files (in place, by rename, or by a Kubernetes secret's
+//! symlink swap) is picked up without a restart. A pair that fails the check is not deployed: the
+//! previous one stays in service.
 
 use std::fs;
 use std::path::Path;
@@ -18,7 +23,118 @@ use std::time::SystemTime;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::{CertBundle, Error, Result, SourceKind};
+use crate::inspect::{self, Finding, Part, Report};
+use crate::{CertBundle, DomainName, Error, Result, SourceKind};
+
+/// Read `cert` and `key` and decide whether they may be served for `domains` at `now` (unix
+/// seconds): [`inspect::check_certificate`], with unreadable files as [`Finding::Unreadable`] and
+/// the file named in [`Finding::Unparsable`] and [`Finding::KeyMismatch`].
+pub fn check(cert: &Path, key: &Path, domains: &[DomainName], now: i64) -> Report {
+    load_checked(cert, key, domains, now).0
+}
+
+/// Like [`check`], also returning the bundle to deploy when nothing fatal was found (the report
+/// then holds only warnings). A bundle comes back if and only if the report is not fatal.
+pub fn load_checked(
+    cert: &Path,
+    key: &Path,
+    domains: &[DomainName],
+    now: i64,
+) -> (Report, Option<CertBundle>) {
+    // A file that cannot be read is unreadable; one that is not text is unusable.
+    let unreadable = |path: &Path, part: Part, e: Error| match e {
+        Error::InvalidCertificate { detail, .. } => Finding::Unparsable {
+            part,
+            path: Some(path.to_path_buf()),
+            detail,
+        },
+        Error::Io { source, .. } => Finding::Unreadable {
+            path: path.to_path_buf(),
+            detail: source.to_string(),
+        },
+        other => Finding::Unreadable {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    };
+    let (chain_pem, key_pem) = match (read(cert), read(key)) {
+        (Ok(c), Ok(k)) => (c, k),
+        (chain, key_text) => {
+            let mut report = Report::default();
+            let chain = match chain {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    report.findings.push(unreadable(cert, Part::Certificate, e));
+                    None
+                }
+            };
+            if let Err(e) = key_text {
+                report.findings.push(unreadable(key, Part::Key, e));
+            }
+            // The certificate alone still says what else is wrong (names, dates, chain).
+            if let Some(chain) = chain {
+                let (alone, _) = inspect::inspect_pem(&chain, "", domains, now);
+                report.leaf = alone.leaf;
+                report
+                    .findings
+                    .extend(alone.findings.into_iter().filter(|f| {
+                        !matches!(
+                            f,
+                            Finding::Unparsable {
+                                part: Part::Key,
+                                ..
+                            } | Finding::KeyMismatch { .. }
+                        )
+                    }));
+            }
+            return (with_paths(report, cert, key), None);
+        }
+    };
+    let (report, certified) = inspect::inspect_pem(&chain_pem, &key_pem, domains, now);
+    let report = with_paths(report, cert, key);
+    match certified {
+        Some(certified) if !report.is_fatal() => {
+            match CertBundle::from_certified(
+                chain_pem,
+                key_pem,
+                certified,
+                SourceKind::Files,
+                Some(cert),
+            ) {
+                Ok(bundle) => (report, Some(bundle)),
+                Err(e) => {
+                    let mut report = report;
+                    report.findings.push(Finding::Unparsable {
+                        part: Part::Certificate,
+                        path: Some(cert.to_path_buf()),
+                        detail: e.to_string(),
+                    });
+                    (report, None)
+                }
+            }
+        }
+        _ => (report, None),
+    }
+}
+
+/// Name the files in findings that came from PEM text.
+fn with_paths(mut report: Report, cert: &Path, key: &Path) -> Report {
+    for finding in &mut report.findings {
+        match finding {
+            Finding::Unparsable { part, path, .. } if path.is_none() => {
+                *path = Some(match part {
+                    Part::Certificate => cert.to_path_buf(),
+                    Part::Key => key.to_path_buf(),
+                });
+            }
+            Finding::KeyMismatch { key_path } if key_path.is_none() => {
+                *key_path = Some(key.to_path_buf());
+            }
+            _ => {}
+        }
+    }
+    report
+}
 
 /// Read and check a certificate chain and its private key.
 ///

@@ -10,21 +10,25 @@ mod challenge;
 mod domain;
 mod error;
 pub mod files;
+pub mod inspect;
 pub mod internal;
 mod keys;
 pub mod layout;
 pub mod limits;
+mod managed;
 mod manager;
+mod notice;
 pub mod renewal;
+mod status;
 
 pub use bundle::{CertBundle, CertMeta, LastError, SourceKind};
 pub use challenge::{ChallengeKind, Challenges};
 pub use domain::{DomainError, DomainName};
 pub use error::{AcmeProblem, Error};
+pub use inspect::{Finding, Report, Severity, check_certificate};
 pub use keys::KeyType;
-pub use manager::{
-    CertId, CertSource, CertState, CertStatus, Deployer, ManagedCert, Manager, Timings,
-};
+pub use manager::{CertId, CertSource, Deployer, ManagedCert, Manager, Timings};
+pub use status::{CertState, CertStatus, LiveStatus};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

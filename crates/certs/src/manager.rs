@@ -7,100 +7,26 @@
 //! latest, so writes by other processes are picked up even without events.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
-use serde::{Deserialize, Serialize};
 use store::{Change, Storage, StorageKey};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::acme::{AcmeIssuer, AcmeSettings};
 use crate::bundle::{LastError, now_unix};
+use crate::inspect::{self, Finding};
 use crate::internal::InternalCa;
 use crate::lock;
+pub use crate::managed::{CertId, CertSource, ManagedCert};
+use crate::notice::Reminder;
 use crate::renewal::{self, Backoff};
-use crate::{
-    CertBundle, Challenges, DomainName, Error, KeyType, Result, SourceKind, files, layout,
-};
-
-/// The identity of a managed certificate: its site's first domain.
-pub type CertId = String;
-
-/// Where a managed certificate comes from.
-#[derive(Debug, Clone)]
-pub enum CertSource {
-    Acme(AcmeSettings),
-    Internal,
-    Files { cert: PathBuf, key: PathBuf },
-}
-
-impl PartialEq for CertSource {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (CertSource::Acme(a), CertSource::Acme(b)) => {
-                a.directory == b.directory
-                    && a.email == b.email
-                    && a.ca_root == b.ca_root
-                    && a.challenges == b.challenges
-                    && a.eab.as_ref().map(|e| (&e.kid, &e.hmac_key))
-                        == b.eab.as_ref().map(|e| (&e.kid, &e.hmac_key))
-            }
-            (CertSource::Internal, CertSource::Internal) => true,
-            (CertSource::Files { cert: c1, key: k1 }, CertSource::Files { cert: c2, key: k2 }) => {
-                c1 == c2 && k1 == k2
-            }
-            _ => false,
-        }
-    }
-}
-
-impl CertSource {
-    pub fn kind(&self) -> SourceKind {
-        match self {
-            CertSource::Acme(_) => SourceKind::Acme,
-            CertSource::Internal => SourceKind::Internal,
-            CertSource::Files { .. } => SourceKind::Files,
-        }
-    }
-}
-
-/// One certificate the manager keeps current.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ManagedCert {
-    pub id: CertId,
-    pub domains: Vec<DomainName>,
-    pub source: CertSource,
-    pub key_type: KeyType,
-}
-
-impl ManagedCert {
-    /// The storage key of this certificate's bundle; `None` for files, which are not stored.
-    pub fn storage_key(&self) -> Option<StorageKey> {
-        match &self.source {
-            CertSource::Acme(s) => Some(layout::cert(
-                &layout::issuer_acme(&layout::ca_id(&s.directory)),
-                &self.id,
-            )),
-            CertSource::Internal => Some(layout::cert(layout::ISSUER_INTERNAL, &self.id)),
-            CertSource::Files { .. } => None,
-        }
-    }
-
-    fn wants(&self, bundle: &CertBundle) -> bool {
-        let mut have: Vec<&str> = bundle.meta.names.iter().map(String::as_str).collect();
-        let mut want: Vec<&str> = self.domains.iter().map(DomainName::as_str).collect();
-        have.sort_unstable();
-        have.dedup();
-        want.sort_unstable();
-        want.dedup();
-        have == want
-    }
-}
+use crate::status::{CertState, LiveStatus, StatusRecord};
+use crate::{CertBundle, Challenges, DomainName, Error, Result, files, layout};
 
 /// The serving side, as the manager sees it.
 pub trait Deployer: Send + Sync + 'static {
@@ -108,57 +34,6 @@ pub trait Deployer: Send + Sync + 'static {
     fn deploy(&self, id: &CertId, names: &[DomainName], key: Arc<CertifiedKey>);
     /// Stop serving what was deployed for `id`.
     fn retract(&self, id: &CertId);
-}
-
-/// The state of one certificate, as `fleetgate certs` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CertState {
-    /// Nothing obtained yet; an order is pending or waiting to be placed.
-    Pending,
-    /// Served and not yet due.
-    Valid,
-    /// Inside its renewal window; a renewal is being attempted.
-    Renewing,
-    /// The last attempt failed; the current certificate (if any) is still served.
-    Failing,
-    /// Past not-after.
-    Expired,
-}
-
-impl std::fmt::Display for CertState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CertState::Pending => "pending",
-            CertState::Valid => "valid",
-            CertState::Renewing => "renewing",
-            CertState::Failing => "failing",
-            CertState::Expired => "expired",
-        })
-    }
-}
-
-/// What is recorded in the store beside a certificate (`status/<id>.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusRecord {
-    pub state: CertState,
-    pub updated_at: i64,
-    pub node: String,
-    pub next_attempt: Option<i64>,
-    pub failures: u32,
-    pub last_error: Option<LastError>,
-}
-
-/// One row of `fleetgate certs`.
-#[derive(Debug, Clone)]
-pub struct CertStatus {
-    pub id: CertId,
-    pub domains: Vec<DomainName>,
-    pub source: SourceKind,
-    pub issuer: Option<String>,
-    pub not_after: Option<i64>,
-    pub state: CertState,
-    pub last_error: Option<String>,
 }
 
 /// Timings of the manager; the defaults suit production, tests shorten them.
@@ -170,6 +45,8 @@ pub struct Timings {
     pub resync: Duration,
     /// Cluster-wide issuance limits for ACME orders.
     pub limits: crate::limits::ClusterLimits,
+    /// How often files certificates are looked at for changes.
+    pub file_poll: Duration,
 }
 
 impl Default for Timings {
@@ -178,11 +55,10 @@ impl Default for Timings {
             lease_ttl: Duration::from_secs(30),
             resync: Duration::from_secs(60),
             limits: crate::limits::ClusterLimits::default(),
+            file_poll: Duration::from_secs(1),
         }
     }
 }
-/// How often file-backed certificates are checked for changes.
-const FILE_POLL: Duration = Duration::from_secs(1);
 /// How long to wait between looks while a peer holds the certificate's lease.
 const PEER_WAIT: Duration = Duration::from_secs(2);
 /// At most this many of a peer's recorded failures are carried into a task's own backoff.
@@ -192,6 +68,7 @@ struct Task {
     cert: ManagedCert,
     cancel: CancellationToken,
     kick: Arc<Notify>,
+    live: Arc<Mutex<LiveStatus>>,
 }
 
 /// Keeps every configured certificate obtained, renewed and deployed.
@@ -304,17 +181,37 @@ impl Manager {
                 CertSource::Files { .. } => Some((CertState::Valid, None, 0)),
                 _ => None,
             };
+            let live = Arc::new(Mutex::new(LiveStatus::default()));
             let worker = CertWorker {
                 manager: self.clone(),
                 cert: cert.clone(),
                 cancel: cancel.clone(),
                 kick: kick.clone(),
                 last_record: Mutex::new(last_record),
+                live: live.clone(),
+                reminder: Mutex::new(Reminder::default()),
             };
             let span = info_span!("cert", cert = %id, source = %cert.source.kind());
             self.tracker.spawn(worker.run().instrument(span));
-            tasks.insert(id, Task { cert, cancel, kick });
+            tasks.insert(
+                id,
+                Task {
+                    cert,
+                    cancel,
+                    kick,
+                    live,
+                },
+            );
         }
+    }
+
+    /// What this process's task for `id` knows now: what it serves, the findings on the last
+    /// certificate it examined, how often it logged the current problem. `None` when `id` is not
+    /// managed.
+    pub fn live_status(&self, id: &str) -> Option<LiveStatus> {
+        let tasks = lock(&self.tasks);
+        let task = tasks.get(id)?;
+        Some(lock(&task.live).clone())
     }
 
     /// Stop every task (an order in flight is abandoned; its lease is released or expires).
@@ -337,6 +234,12 @@ impl Manager {
                 ))
             })
             .clone()
+    }
+
+    /// The status of each certificate, read from the store and files (for `fleetgate certs`).
+    /// Each certificate is judged by [`crate::inspect::check_certificate`], as `run` judges it.
+    pub async fn statuses(store: &dyn Storage, certs: &[ManagedCert]) -> Vec<crate::CertStatus> {
+        crate::status::statuses(store, certs).await
     }
 
     fn spawn_change_listener(self: Arc<Self>) {
@@ -370,54 +273,6 @@ impl Manager {
             }
         });
     }
-
-    /// The status of each certificate, read from the store and files (for `fleetgate certs`).
-    pub async fn statuses(store: &dyn Storage, certs: &[ManagedCert]) -> Vec<CertStatus> {
-        let now = now_unix();
-        let mut rows = Vec::with_capacity(certs.len());
-        for cert in certs {
-            let record: Option<StatusRecord> = match store.get(&layout::status(&cert.id)).await {
-                Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
-                _ => None,
-            };
-            let (bundle, load_error) = match &cert.source {
-                CertSource::Files { cert: c, key } => match files::load(c, key) {
-                    Ok(b) => (Some(b), None),
-                    Err(e) => (None, Some(e.to_string())),
-                },
-                _ => match cert.storage_key() {
-                    Some(key) => match store.get(&key).await {
-                        Ok(Some(bytes)) => (CertBundle::from_json(&bytes).ok(), None),
-                        Ok(None) => (None, None),
-                        Err(e) => (None, Some(e.to_string())),
-                    },
-                    None => (None, None),
-                },
-            };
-            let bundle =
-                bundle.filter(|b| cert.wants(b) || matches!(cert.source, CertSource::Files { .. }));
-            let record = record.filter(|_| !matches!(cert.source, CertSource::Files { .. }));
-            let state = match (&bundle, &record) {
-                (Some(b), _) if b.meta.not_after <= now => CertState::Expired,
-                (_, Some(r)) if r.state == CertState::Failing => CertState::Failing,
-                (Some(b), _) if renewal::renew_at(&b.meta, 0.5) <= now => CertState::Renewing,
-                (Some(_), _) => CertState::Valid,
-                (None, _) if load_error.is_some() => CertState::Failing,
-                (None, _) => CertState::Pending,
-            };
-            rows.push(CertStatus {
-                id: cert.id.clone(),
-                domains: cert.domains.clone(),
-                source: cert.source.kind(),
-                issuer: bundle.as_ref().map(|b| b.meta.issuer.clone()),
-                not_after: bundle.as_ref().map(|b| b.meta.not_after),
-                state,
-                last_error: load_error
-                    .or_else(|| record.and_then(|r| r.last_error).map(|e| e.message)),
-            });
-        }
-        rows
-    }
 }
 
 /// The loop that keeps one certificate current.
@@ -429,19 +284,38 @@ struct CertWorker {
     /// What this worker last recorded (state, error, failures): unchanged records are not
     /// written again, so thousands of quiet certificates cost no store writes.
     last_record: Mutex<Option<(CertState, Option<String>, u32)>>,
+    /// What `Manager::live_status` shows.
+    live: Arc<Mutex<LiveStatus>>,
+    /// Keeps a standing problem (files refused or missing, a stored certificate that cannot be
+    /// served) from being logged at every look.
+    reminder: Mutex<Reminder>,
+}
+
+/// What the files source remembers between looks.
+#[derive(Debug, Default)]
+struct FilesState {
+    /// The files' stamp when last loaded (accepted or refused).
+    stamp: Option<files::FileStamp>,
+    /// Refused only for time (not yet valid): look again from this instant (unix seconds).
+    recheck_at: Option<i64>,
+    /// The not-after of the certificate served from the files.
+    served_not_after: Option<i64>,
+    /// The last expiry threshold logged for it.
+    expiry_warned: Option<u32>,
 }
 
 impl CertWorker {
     async fn run(self) {
         let mut deployed_serial: Option<String> = None;
         let mut backoff = Backoff::new();
-        let mut stamp: Option<files::FileStamp> = None;
+        let mut files_state = FilesState::default();
         let mut cached_serial: Option<String> = None;
         loop {
             // Each step returns how long to sleep (or until kicked or cancelled).
             let delay = match &self.cert.source {
                 CertSource::Files { cert, key } => {
-                    Box::pin(self.files_step(cert, key, &mut deployed_serial, &mut stamp)).await
+                    Box::pin(self.files_step(cert, key, &mut deployed_serial, &mut files_state))
+                        .await
                 }
                 _ => {
                     // Boxed: the ordering future is large, and a node may run thousands of idle
@@ -457,23 +331,109 @@ impl CertWorker {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 // A kick (SIGHUP, a change event) re-reads everything, files included.
-                _ = self.kick.notified() => stamp = None,
+                _ = self.kick.notified() => files_state.stamp = None,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
     }
 
+    /// Serve `bundle` unless it is already served or [`crate::inspect`] finds it fatal (then
+    /// the error says why, and what was served stays in service).
     fn deploy(&self, bundle: &CertBundle, deployed_serial: &mut Option<String>) -> Result<()> {
         if deployed_serial.as_deref() == Some(bundle.meta.serial.as_str()) {
             return Ok(());
         }
-        let key = bundle.certified_key()?;
+        let key = self.vet(bundle)?;
         self.manager
             .deployer
             .deploy(&self.cert.id, &self.cert.domains, key);
         info!(serial = %bundle.meta.serial, not_after = bundle.meta.not_after, "certificate deployed");
         *deployed_serial = Some(bundle.meta.serial.clone());
+        let mut live = lock(&self.live);
+        live.serving = Some((bundle.meta.serial.clone(), bundle.meta.not_after));
+        live.last_error = None;
         Ok(())
+    }
+
+    /// The check every certificate passes before it is served or stored: the key matches and
+    /// nothing fatal is found for this certificate's domains now. Returns the parsed pair.
+    fn vet(&self, bundle: &CertBundle) -> Result<Arc<CertifiedKey>> {
+        let checked = bundle.certified_key().map(|key| {
+            let report = inspect::check_parsed(&key, &self.cert.domains, now_unix());
+            (key, report)
+        });
+        let result = match checked {
+            Ok((key, report)) if !report.is_fatal() => {
+                lock(&self.live).findings = report.findings;
+                return Ok(key);
+            }
+            Ok((_, report)) => report,
+            // Does not parse, or the key is another's: the full check says which.
+            Err(e) => {
+                let report = inspect::check_certificate(
+                    &bundle.chain_pem,
+                    &bundle.key_pem,
+                    &self.cert.domains,
+                    now_unix(),
+                );
+                if !report.is_fatal() {
+                    return Err(e);
+                }
+                report
+            }
+        };
+        let err = result.to_error(None);
+        let mut live = lock(&self.live);
+        live.findings = result.findings;
+        live.last_error = Some(err.to_string());
+        live.refusals += 1;
+        Err(err)
+    }
+
+    /// Log a standing problem: when it appears or changes, then on the reminder schedule.
+    fn say(&self, problem: &str, what: &str) {
+        let mut reminder = lock(&self.reminder);
+        if reminder.due(problem, std::time::Instant::now()) {
+            let said = reminder.said();
+            drop(reminder);
+            warn!(error = %problem, times = said, "{what}");
+            lock(&self.live).problem_logged = said;
+        }
+    }
+
+    /// The standing problem is gone.
+    fn resolved(&self, what: &str) {
+        if lock(&self.reminder).clear() {
+            info!("{what}");
+        }
+        lock(&self.live).problem_logged = 0;
+    }
+
+    /// Log the coming expiry of the served files certificate at each threshold, once.
+    fn warn_expiry(&self, state: &mut FilesState, now: i64) {
+        let Some(not_after) = state.served_not_after else {
+            return;
+        };
+        let Some(threshold) = inspect::expiry_warning_due(not_after - now, state.expiry_warned)
+        else {
+            return;
+        };
+        state.expiry_warned = Some(threshold);
+        lock(&self.live).expiry_warned = Some(threshold);
+        if threshold == 0 {
+            error!(
+                not_after,
+                "the certificate from files has expired and is still served (nothing better to \
+                 serve); replace the files"
+            );
+        } else {
+            warn!(
+                not_after,
+                days_left = (not_after - now) / 86_400,
+                threshold_days = threshold,
+                "the certificate from files expires soon; replace the files"
+            );
+        }
     }
 
     async fn files_step(
@@ -481,35 +441,75 @@ impl CertWorker {
         cert: &std::path::Path,
         key: &std::path::Path,
         deployed_serial: &mut Option<String>,
-        last_stamp: &mut Option<files::FileStamp>,
+        state: &mut FilesState,
     ) -> Duration {
-        // Only re-parse when the files changed.
+        let poll = self.manager.timings.file_poll;
+        let now = now_unix();
+        lock(&self.live).looks += 1;
+        self.warn_expiry(state, now);
+        // Only re-read when the files changed (a missing file has no stamp: it is looked at
+        // each time, and the reminder keeps the log quiet), or when a certificate refused only
+        // for its start date may have become valid.
         let stamp = files::stamp(cert, key);
-        if stamp.is_some() && stamp == *last_stamp {
-            return FILE_POLL;
+        let time_passed = state.recheck_at.is_some_and(|at| now >= at);
+        if stamp.is_some() && stamp == state.stamp && !time_passed {
+            return poll;
         }
-        match files::load(cert, key) {
-            Ok(bundle) => {
+        state.stamp = stamp;
+        state.recheck_at = None;
+        match files::load_checked(cert, key, &self.cert.domains, now) {
+            (report, Some(bundle)) => {
                 // The serial may stay the same when an operator re-saves the same pair.
                 *deployed_serial = None;
                 if let Err(e) = self.deploy(&bundle, deployed_serial) {
-                    warn!(error = %e, "certificate files rejected; the previous pair stays in service");
+                    // `load_checked` and `deploy` apply the same check; a second look that
+                    // disagrees (the clock moved) is said like any refusal.
+                    self.say(
+                        &e.to_string(),
+                        "certificate files refused; the previous pair stays in service",
+                    );
+                    return poll;
                 }
-                *last_stamp = stamp;
+                self.resolved("certificate files accepted");
+                for warning in report.warnings() {
+                    // Expiry is said by threshold (`warn_expiry`), not at every change.
+                    if !matches!(warning, Finding::ExpiresSoon { .. }) {
+                        warn!(warning = %warning, "certificate files deployed with a warning");
+                    }
+                }
+                if state.served_not_after != Some(bundle.meta.not_after) {
+                    state.expiry_warned = None;
+                    lock(&self.live).expiry_warned = None;
+                }
+                state.served_not_after = Some(bundle.meta.not_after);
+                self.warn_expiry(state, now);
                 self.record(CertState::Valid, None, 0, None, None).await;
             }
-            Err(e) => {
-                if deployed_serial.is_some() {
-                    warn!(error = %e, "certificate files rejected; the previous pair stays in service");
-                } else {
-                    warn!(error = %e, "certificate files rejected; nothing to serve for these names yet");
+            (report, None) => {
+                if report.only_time_stands_in_the_way() {
+                    state.recheck_at = report
+                        .leaf
+                        .as_ref()
+                        .map(|l| l.not_before - inspect::CLOCK_SKEW);
                 }
-                *last_stamp = stamp;
+                let e = report.to_error(Some(cert.to_path_buf()));
+                {
+                    let mut live = lock(&self.live);
+                    live.findings = report.findings;
+                    live.last_error = Some(e.to_string());
+                    live.refusals += 1;
+                }
+                let what = if deployed_serial.is_some() {
+                    "certificate files refused; the previous pair stays in service"
+                } else {
+                    "certificate files refused; nothing to serve for these names yet"
+                };
+                self.say(&e.to_string(), what);
                 self.record(CertState::Failing, Some(&e), 0, None, None)
                     .await;
             }
         }
-        FILE_POLL
+        poll
     }
 
     /// The copy in this node's local cache, if any.
@@ -563,8 +563,15 @@ impl CertWorker {
         if deployed_serial.is_none()
             && let Some(bundle) = self.load_cached().await.filter(|b| self.cert.wants(b))
         {
-            info!(serial = %bundle.meta.serial, "serving the locally cached certificate until the store answers");
-            let _ = self.deploy(&bundle, deployed_serial);
+            match self.deploy(&bundle, deployed_serial) {
+                Ok(()) => {
+                    info!(serial = %bundle.meta.serial, "serving the locally cached certificate until the store answers")
+                }
+                Err(e) => self.say(
+                    &e.to_string(),
+                    "the locally cached certificate cannot be served",
+                ),
+            }
             *cached_serial = Some(bundle.meta.serial.clone());
         }
         let stored = match self.load_stored().await {
@@ -580,13 +587,34 @@ impl CertWorker {
         if let Some(bundle) = &current {
             self.save_cached(bundle, cached_serial).await;
         }
-        if let Some(bundle) = &current
-            && let Err(e) = self.deploy(bundle, deployed_serial)
-        {
-            warn!(error = %e, "stored certificate cannot be served; ordering a new one");
+        // A stored certificate that cannot be served is replaced, unless only its start date
+        // stands in the way (a peer's clock ahead of ours): then wait for it.
+        let mut unusable = false;
+        if let Some(bundle) = &current {
+            match self.deploy(bundle, deployed_serial) {
+                Ok(()) => self.resolved("the stored certificate can be served"),
+                Err(Error::Rejected { findings, .. })
+                    if findings.iter().all(Finding::is_temporal) =>
+                {
+                    self.say(
+                        &format!("{} (serial {})", join(&findings), bundle.meta.serial),
+                        "the stored certificate is not valid yet; waiting for its start",
+                    );
+                    let wait = (bundle.meta.not_before - inspect::CLOCK_SKEW - now).max(1) as u64;
+                    return Duration::from_secs(wait).min(self.manager.timings.resync);
+                }
+                Err(e) => {
+                    unusable = true;
+                    self.say(
+                        &format!("{e} (serial {})", bundle.meta.serial),
+                        "the stored certificate cannot be served; ordering a new one",
+                    );
+                }
+            }
         }
         let due = current
             .as_ref()
+            .filter(|_| !unusable)
             .map(|b| renewal::renew_at(&b.meta, jitter_seed(&b.meta.serial)))
             .unwrap_or(now);
         if let Some(bundle) = &current
@@ -627,9 +655,11 @@ impl CertWorker {
                     && renewal::renew_at(&fresh.meta, jitter_seed(&fresh.meta.serial))
                         > now_unix() =>
             {
-                let _ = guard.release().await;
-                let _ = self.deploy(&fresh, deployed_serial);
-                return Duration::ZERO;
+                // Taken only if it can be served; an unusable one is replaced below.
+                if self.deploy(&fresh, deployed_serial).is_ok() {
+                    let _ = guard.release().await;
+                    return Duration::ZERO;
+                }
             }
             Ok(_) => {}
             Err(e) => {
@@ -655,7 +685,12 @@ impl CertWorker {
         };
         self.record(state, None, backoff.failures(), None, Some(&guard.lease()))
             .await;
-        let result = self.obtain(current.as_ref()).await;
+        // A new certificate passes the same check before it is stored: one the CA got wrong is
+        // a failed attempt (with backoff), never a loop of orders.
+        let result = self
+            .obtain(current.as_ref())
+            .await
+            .and_then(|bundle| self.vet(&bundle).map(|_| bundle));
         let outcome = match result {
             Ok(bundle) => {
                 let key = self.cert.storage_key();
@@ -673,6 +708,8 @@ impl CertWorker {
                         backoff.reset();
                         if let Err(e) = self.deploy(&bundle, deployed_serial) {
                             warn!(error = %e, "new certificate cannot be served");
+                        } else {
+                            self.resolved("a servable certificate is stored again");
                         }
                         self.record(CertState::Valid, None, 0, None, Some(&guard.lease()))
                             .await;
@@ -859,6 +896,11 @@ impl CertWorker {
             Err(e) => debug!(error = %e, "could not record the certificate's status"),
         }
     }
+}
+
+fn join(findings: &[Finding]) -> String {
+    let parts: Vec<String> = findings.iter().map(ToString::to_string).collect();
+    parts.join("; ")
 }
 
 /// A stable per-certificate number in [0, 1) so every node picks the same point in a window.

@@ -45,6 +45,15 @@ pub const BACKOFF_SCHEDULE: [Duration; 4] = [
     Duration::from_secs(100 * 60), // 100 min
     Duration::from_secs(6 * 3600), // 6 h, the ceiling
 ];
+/// A standing problem (certificate files refused or missing, a stored certificate that cannot be
+/// served) is logged when it appears or changes, then again after each of these waits in turn,
+/// the last repeating (see `crate::notice::Reminder`).
+pub const REMINDER_SCHEDULE: [Duration; 4] = [
+    Duration::from_secs(10 * 60),   // 10 min
+    Duration::from_secs(3600),      // 1 h
+    Duration::from_secs(6 * 3600),  // 6 h
+    Duration::from_secs(24 * 3600), // then daily
+];
 /// Relative jitter applied to every backoff delay: the wait lies in `[d * 0.9, d * 1.1]`.
 pub const BACKOFF_JITTER: f64 = 0.10;
 /// The longest a CA's `Retry-After` on a failed order is honoured (a buggy or hostile value must
