@@ -109,6 +109,19 @@ impl Handler {
     /// awaiting, and answered with a ready future; only those two get a (boxed) future of their
     /// own, so the many requests answered at once do not carry the proxy's state around.
     pub(crate) fn call(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        // hyper decodes chunked and refuses codings it does not know as the last one, but takes
+        // `gzip, chunked`: the body would reach the upstream still gzip-coded, with nothing to
+        // say so (RFC 9112 6.1: 501). (The lane takes no request with a body.)
+        if req.headers().contains_key(header::TRANSFER_ENCODING) && !only_chunked(req.headers()) {
+            let mut response = text(
+                StatusCode::NOT_IMPLEMENTED,
+                "transfer coding not implemented\n",
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Reply::Ready(Some(response));
+        }
         // Each pending kind gets its own future: one enum of both would be as large as the
         // larger (the challenge lookup), and the proxy's is moved into its box per request.
         match self.decide(&req) {
@@ -330,6 +343,20 @@ fn request_host<B>(req: &Request<B>) -> Result<Host, &'static str> {
         (None, None) => return Err("no host"),
     };
     Host::parse(raw).map_err(|_| "invalid host")
+}
+
+/// Whether the request's `Transfer-Encoding` fields name exactly one coding, chunked.
+fn only_chunked(headers: &http::HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    codings
+        .next()
+        .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
 }
 
 /// The length of an HTTP/1 request head written plainly: request line, `name: value` lines

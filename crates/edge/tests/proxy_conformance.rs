@@ -452,3 +452,35 @@ async fn look_alike_forwarding_fields_do_not_reach_the_upstream() {
         }
     }
 }
+
+/// A request body in a transfer coding other than chunked alone would reach the upstream
+/// still coded, with nothing to say so: 501, as nginx answers.
+#[tokio::test]
+async fn request_transfer_codings_other_than_chunked_get_501() {
+    let up = Upstream::start("u0").await.expect("start the upstream");
+    let edge = start(vec![site(&["app.test"], Proxy::new(vec![up.url()]))]).await;
+    for coding in ["gzip, chunked", "gzip,chunked", "identity, chunked"] {
+        let mut wire = Wire::connect(edge.http).await;
+        wire.send(
+            format!(
+                "POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: {coding}\r\n\r\n\
+                 5\r\nhello\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let reply = wire.response(false).await;
+        assert_eq!(reply.status(), 501, "{coding}: {reply:?}");
+        assert!(reply.lists("connection", "close"), "{coding}: {reply:?}");
+    }
+    // Chunked alone goes through.
+    let mut wire = Wire::connect(edge.http).await;
+    wire.send(
+        b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let reply = wire.response(false).await;
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(reply.header("x-body-bytes"), Some("5"));
+    assert_eq!(up.requests(), 1);
+}
