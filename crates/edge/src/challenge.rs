@@ -9,12 +9,14 @@ use rustls::sign::CertifiedKey;
 /// should come quickly; the edge gives up after [`crate::Limits::challenge_timeout`].
 #[async_trait]
 pub trait ChallengeResponder: Send + Sync + 'static {
-    /// The key authorization for HTTP-01 `token` on `host` (a normalised, configured hostname),
-    /// or `None` (answered with 404).
+    /// The key authorization for HTTP-01 `token` on `host` (a normalised hostname, whether a
+    /// site serves it or not), or `None` (answered with 404). Asked for any well-formed token:
+    /// misses should be cheap to repeat.
     async fn http01(&self, host: &str, token: &str) -> Option<String>;
 
     /// The TLS-ALPN-01 certificate (with the acmeIdentifier extension) for `host` (the SNI,
-    /// lower-cased), or `None` to abort the handshake.
+    /// lower-cased, whether a site serves it or not), or `None` to abort the handshake. Asked
+    /// for every `acme-tls/1` handshake: misses should be cheap to repeat.
     async fn tls_alpn01(&self, host: &str) -> Option<Arc<CertifiedKey>>;
 }
 

@@ -190,15 +190,16 @@ impl Handler {
     }
 
     fn plain<B>(&self, req: &Request<B>, host: Host) -> Next {
+        // A challenge is answered for any host, served here or not (yet): the token is the
+        // secret, and the CA may ask any node behind the balancer about a name this node's
+        // sites do not list. Unknown tokens get 404 (the responder keeps misses off its store).
+        if let Some(token) = challenge_token(req) {
+            return Next::Http01(host, token.to_owned());
+        }
         let routes = self.edge.routes.load();
         let Some(route) = host.name().and_then(|name| routes.lookup(name)) else {
             return Next::Done(text(StatusCode::NOT_FOUND, "unknown host\n"));
         };
-        if let Some(token) = challenge_token(req) {
-            // The responder is awaited after the routes guard is let go: a long-lived guard
-            // slows arc-swap writers.
-            return Next::Http01(host, token.to_owned());
-        }
         if route.https_redirect {
             return Next::Done(
                 match https_location(&host, self.edge.https_port, req.uri()) {

@@ -307,13 +307,7 @@ impl Edge {
             Scheme::Https => {
                 let handshake = self
                     .tls
-                    .handshake(
-                        stream,
-                        &self.certs,
-                        &*self.challenges,
-                        &|name: &str| self.routes.load().contains(name),
-                        &self.limits,
-                    )
+                    .handshake(stream, &self.certs, &*self.challenges, &self.limits)
                     .await;
                 if let Handshake::Serve { stream, sni, key } = handshake {
                     // ALPN decides the protocol (RFC 9113 3.2); without it, HTTP/1.1.

@@ -99,7 +99,6 @@ impl TlsConfigs {
         stream: TcpStream,
         certs: &CertMap,
         challenges: &dyn ChallengeResponder,
-        configured: &(dyn Fn(&str) -> bool + Sync),
         limits: &Limits,
     ) -> Handshake {
         let deadline = Instant::now() + limits.tls_handshake_timeout;
@@ -127,14 +126,10 @@ impl TlsConfigs {
             return Handshake::Done;
         };
 
-        // Only names we serve are looked up, so acme-tls/1 hellos for random names cannot make
-        // every handshake a store lookup.
-        if wants_challenge && !configured(&sni.to_ascii_lowercase()) {
-            debug!(sni = %sni, "acme-tls/1 for a name we do not serve");
-            reject(start.io, Alert::UnrecognizedName, deadline).await;
-            return Handshake::Done;
-        }
+        // Any name is looked up, served here or not (yet): the CA may ask any node behind the
+        // balancer. The responder's negative cache keeps repeated misses off its store.
         if wants_challenge {
+            let sni = sni.to_ascii_lowercase();
             let lookup_by = deadline.min(Instant::now() + limits.challenge_timeout);
             let key = timeout_at(lookup_by, challenges.tls_alpn01(&sni))
                 .await

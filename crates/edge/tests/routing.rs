@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::*;
 use edge::{CertMap, Hsts, Limits};
 use http::StatusCode;
+use tokio::io::AsyncWriteExt as _;
 
 struct Fixture {
     ca: Ca,
@@ -207,11 +208,16 @@ async fn invalid_or_missing_host_is_400() {
 }
 
 #[tokio::test]
-async fn http01_challenges_are_answered_for_configured_hosts() {
+async fn http01_challenges_are_answered_for_any_host() {
     let f = fixture().await;
     f.edge
         .challenges
         .add_http01("old.test", "tok_EN-1", "tok_EN-1.thumbprint");
+    // A host no site lists (yet): another node ordered its certificate, and the CA asks this
+    // one (issue 12).
+    f.edge
+        .challenges
+        .add_http01("nobody.test", "tok_NB-2", "tok_NB-2.thumbprint");
     let path = "/.well-known/acme-challenge/tok_EN-1";
     let r = testkit::http_get(f.edge.http, "old.test", path)
         .await
@@ -225,13 +231,39 @@ async fn http01_challenges_are_answered_for_configured_hosts() {
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
 
-    // Unknown token, malformed token, unknown host: 404, never a redirect.
+    let unlisted = "/.well-known/acme-challenge/tok_NB-2";
+    for host in ["nobody.test", "NOBODY.test:80"] {
+        let r = testkit::http_get(f.edge.http, host, unlisted)
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+        assert_eq!(r.text(), "tok_NB-2.thumbprint");
+    }
+    // The lane hands challenges to hyper: a pipelined one behind a plain GET is answered too.
+    let mut tcp = tokio::net::TcpStream::connect(f.edge.http).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET {unlisted} HTTP/1.1\r\nHost: nobody.test\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let both = String::from_utf8(read_to_close(&mut tcp).await).unwrap();
+    assert!(both.starts_with("HTTP/1.1 404"), "{both}");
+    assert!(both.ends_with("tok_NB-2.thumbprint"), "{both}");
+
+    // Unknown token (for a served host or not), a token for another host, malformed tokens,
+    // and an unknown host off the challenge path: 404, never a redirect.
     for (host, path) in [
         ("old.test", "/.well-known/acme-challenge/other"),
         ("old.test", "/.well-known/acme-challenge/"),
         ("old.test", "/.well-known/acme-challenge/a.b"),
+        ("old.test", unlisted),
         ("www.old.test", path),
         ("nobody.test", path),
+        ("nobody.test", "/.well-known/acme-challenge/other"),
+        ("nobody.test", "/"),
     ] {
         let r = testkit::http_get(f.edge.http, host, path).await.unwrap();
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{host}{path}");

@@ -82,18 +82,17 @@ async fn tls_alpn_01_handshake_presents_the_challenge_certificate() {
     edge.challenges
         .add_alpn("new.test", Arc::clone(&challenge_new));
 
-    // A name we do not serve is refused before any challenge lookup.
+    // A name no site serves (yet) is answered too: another node ordered its certificate, and
+    // the CA asks this one (issue 12).
+    let challenge_other = self_signed("other.test");
     edge.challenges
-        .add_alpn("other.test", self_signed("other.test"));
-    let config = any_cert_config(&[b"acme-tls/1"]);
-    assert!(
-        testkit::tls_connect(edge.https, "other.test", config)
-            .await
-            .is_err(),
-        "acme-tls/1 for an unconfigured name must fail"
-    );
+        .add_alpn("other.test", Arc::clone(&challenge_other));
 
-    for (name, expected) in [("a.test", &challenge_a), ("new.test", &challenge_new)] {
+    for (name, expected) in [
+        ("a.test", &challenge_a),
+        ("new.test", &challenge_new),
+        ("other.test", &challenge_other),
+    ] {
         let config = any_cert_config(&[b"acme-tls/1"]);
         let mut tls = testkit::tls_connect(edge.https, name, config)
             .await
@@ -118,10 +117,21 @@ async fn tls_alpn_01_handshake_presents_the_challenge_certificate() {
         );
     }
 
-    // No challenge for the name: the handshake is refused.
-    let err = testkit::tls_connect(edge.https, "b.test", any_cert_config(&[b"acme-tls/1"]))
+    // No challenge for the name, served or not: the handshake is refused.
+    for name in ["b.test", "nobody.test"] {
+        let err = testkit::tls_connect(edge.https, name, any_cert_config(&[b"acme-tls/1"]))
+            .await
+            .expect_err("no challenge: no handshake");
+        assert_eq!(
+            received_alert(&err),
+            Some(AlertDescription::UnrecognisedName),
+            "{name}: {err:#}"
+        );
+    }
+    // Without acme-tls/1, a name no site serves gets no certificate.
+    let err = testkit::tls_handshake(edge.https, "other.test", ca.root_pem(), &[b"h2"])
         .await
-        .expect_err("no challenge: no handshake");
+        .expect_err("no site: no handshake");
     assert_eq!(
         received_alert(&err),
         Some(AlertDescription::UnrecognisedName),
