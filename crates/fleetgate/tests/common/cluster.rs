@@ -270,6 +270,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Add a site with `domains` to node `i`'s config only and send it SIGHUP: a rolling change,
+    /// the other nodes do not list the names (and [`Cluster::sites`] does not either).
+    pub fn add_site_to(&self, i: usize, domains: &[&str]) -> anyhow::Result<()> {
+        let mut sites = self.sites.clone();
+        sites.push(domains.iter().map(|d| d.to_string()).collect());
+        self.nodes[i].write_config(&site_config(&self.acme, &sites))?;
+        self.nodes[i].signal(Signal::Hup)
+    }
+
     /// Send SIGHUP to every running node (configs unchanged: every certificate task looks again).
     pub fn reload(&self) -> anyhow::Result<()> {
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
