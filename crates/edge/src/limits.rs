@@ -22,9 +22,10 @@ pub struct Limits {
     /// From accept to the end of the TLS handshake (including the ClientHello). Default 10 s.
     pub tls_handshake_timeout: Duration,
     /// Between two successful writes to a client: a client that takes nothing of what the
-    /// edge sends for this long (a response it stopped reading, a full window) has its
+    /// edge sends for this long (it stopped reading: its TCP window stays full) has its
     /// connection closed. The timer runs only while a write waits. nginx's `send_timeout`.
-    /// Default 60 s.
+    /// (An HTTP/2 client that reads but grants no flow-control window stalls its streams
+    /// without blocking a write; the idle timeout does not see it either.) Default 60 s.
     pub send_timeout: Duration,
     /// Connections served at once over all listeners of one [`crate::Edge`]. At the limit each
     /// listener holds one accepted connection unserved until a slot frees, and accepts no more
