@@ -25,7 +25,8 @@ pub struct Limits {
     /// edge sends for this long (it stopped reading: its TCP window stays full) has its
     /// connection closed. The timer runs only while a write waits. nginx's `send_timeout`.
     /// (An HTTP/2 client that reads but grants no flow-control window stalls its streams
-    /// without blocking a write; the idle timeout does not see it either.) Default 60 s.
+    /// without blocking a write: not covered; the idle timeout's graceful close waits for
+    /// those streams.) Default 60 s.
     pub send_timeout: Duration,
     /// Connections served at once over all listeners of one [`crate::Edge`]. At the limit each
     /// listener holds one accepted connection unserved until a slot frees, and accepts no more
