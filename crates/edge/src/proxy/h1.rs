@@ -45,6 +45,9 @@ const READ_SPACE: usize = 16 * 1024;
 const MIN_READ_SPACE: usize = 4 * 1024;
 /// A chunk-size line (with extensions) or a trailer line may be this long.
 const MAX_LINE: usize = 4 * 1024;
+/// Between two reads of a body, unless the connection is given its site's
+/// ([`Conn::with_read_timeout`]); the same as [`crate::Proxy::read_timeout`]'s default.
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +165,8 @@ pub(crate) struct Conn {
     out: Vec<u8>,
     /// The response head's fields as offsets (kept, as `out`).
     spans: Vec<Span>,
+    /// How long a body read may wait for the upstream (the site's `read_timeout`).
+    read_timeout: Duration,
     /// The body read timeout's timer: made the first time a body read waits, then kept with
     /// the connection.
     read_timer: Option<Pin<Box<Sleep>>>,
@@ -187,9 +192,16 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_SPACE),
             out: Vec::with_capacity(512),
             spans: Vec::with_capacity(16),
+            read_timeout: DEFAULT_READ_TIMEOUT,
             read_timer: None,
             waiting: false,
         }
+    }
+
+    /// The connection with body reads limited to `read_timeout` between two reads.
+    pub(crate) fn with_read_timeout(mut self, read_timeout: Duration) -> Conn {
+        self.read_timeout = read_timeout;
+        self
     }
 
     /// Whether an idle connection can take a request: nothing is waiting to be read and the
@@ -458,11 +470,10 @@ impl Conn {
     }
 
     /// The next piece of a response body, decoding `framing` (which it advances). `None` once
-    /// the body has ended. A read that waits `read_timeout` for the upstream fails.
+    /// the body has ended. A read that waits the read timeout for the upstream fails.
     pub(crate) fn poll_body(
         &mut self,
         framing: &mut Framing,
-        read_timeout: Duration,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, H1Error>>> {
         loop {
@@ -522,7 +533,7 @@ impl Conn {
             // More bytes are needed.
             let filled = match self.poll_fill(cx) {
                 Poll::Ready(filled) => filled,
-                Poll::Pending => return self.poll_read_timer(read_timeout, cx),
+                Poll::Pending => return self.poll_read_timer(cx),
             };
             self.waiting = false;
             match filled {
@@ -537,14 +548,11 @@ impl Conn {
         }
     }
 
-    /// A body read waits: pending until `read_timeout` has passed since the wait began, then
+    /// A body read waits: pending until the read timeout has passed since the wait began, then
     /// the timeout error. The timer is made once per connection, on its first wait (a small
     /// body comes with its head and never waits).
-    fn poll_read_timer(
-        &mut self,
-        read_timeout: Duration,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, H1Error>>> {
+    fn poll_read_timer(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, H1Error>>> {
+        let read_timeout = self.read_timeout;
         let timer = if self.waiting {
             match self.read_timer.as_mut() {
                 Some(timer) => timer,

@@ -278,7 +278,9 @@ impl Pool {
     /// A new connection; boxed once, as it moves between the pool and response bodies.
     async fn connect(&self, upstream: &Upstream) -> Result<Box<Conn>, UpstreamError> {
         let io = self.dial(upstream).await?;
-        Ok(Box::new(Conn::new(TokioIo::new(io), home())))
+        Ok(Box::new(
+            Conn::new(TokioIo::new(io), home()).with_read_timeout(self.read_timeout),
+        ))
     }
 }
 
@@ -352,16 +354,11 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().0 {
-            Source::Pooled {
-                conn,
-                framing,
-                pool,
-                ..
-            } => {
+            Source::Pooled { conn, framing, .. } => {
                 let Some(c) = conn.as_mut() else {
                     return Poll::Ready(None);
                 };
-                match ready!(c.poll_body(framing, pool.read_timeout, cx)) {
+                match ready!(c.poll_body(framing, cx)) {
                     Some(Ok(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
                     Some(Err(e)) => {
                         *conn = None;
