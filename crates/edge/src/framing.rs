@@ -1,6 +1,10 @@
 //! Response framing (RFC 9112 6.1–6.3): how a response body is delimited, decided in one
-//! place, [`response`], for reading the upstream's body and for every response the edge sends
-//! to a client: on the express lane, through hyper's HTTP/1.1 server and over HTTP/2.
+//! place for reading the upstream's body and for every response the edge sends to a client:
+//! on the express lane, through hyper's HTTP/1.1 server and over HTTP/2. [`response`] takes an
+//! upstream head's framing fields; [`fixed`] and [`streamed`] the edge's own answers (on
+//! hyper's path hyper frames those from the body's exact length, which is what [`fixed`]
+//! says); [`decoded`] a response hyper's client read (upgrade requests). All of them are
+//! `decide`.
 //!
 //! The rules:
 //! - every 1xx, 204 and 304 response, and every response to `HEAD`, has no body; 1xx, 204 and
