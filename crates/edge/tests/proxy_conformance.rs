@@ -484,3 +484,54 @@ async fn request_transfer_codings_other_than_chunked_get_501() {
     assert_eq!(reply.header("x-body-bytes"), Some("5"));
     assert_eq!(up.requests(), 1);
 }
+
+/// Defect 1 over HTTPS (HTTP/1.1 by ALPN: the same lane behind TLS).
+#[tokio::test]
+async fn framing_fields_named_by_connection_still_frame_the_body_over_https() {
+    let up = RawUpstream::start(|_, path| match path {
+        "/length" => (
+            b"HTTP/1.1 200 OK\r\nConnection: close, Content-Length\r\nContent-Length: 5\r\n\r\nhello",
+            true,
+        ),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond", false),
+    })
+    .await;
+    let ca = Ca::new();
+    let certs = Arc::new(CertMap::new());
+    certs
+        .insert("raw", ["raw.test"], ca.leaf(&["raw.test"]))
+        .unwrap();
+    let edge = TestEdge::start(
+        vec![site(&["raw.test"], Proxy::new(vec![up.url()]))],
+        certs,
+        Limits::default(),
+    )
+    .await;
+    let mut tls = testkit::tls_connect(
+        edge.https,
+        "raw.test",
+        tls_config(ca.root_pem(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let mut both = get_bytes("raw.test", "/length");
+    both.extend_from_slice(&get_bytes("raw.test", "/second"));
+    tls.write_all(&both).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(b"second") {
+        let n = tokio::time::timeout(DEADLINE, tls.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {:?}", text(&seen)))
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", text(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let all = text(&seen);
+    let (first_head, rest) = all.split_once("\r\n\r\n").unwrap();
+    assert!(
+        first_head.to_lowercase().contains("\r\ncontent-length: 5"),
+        "{first_head}"
+    );
+    assert!(rest.starts_with("helloHTTP/1.1 200 OK\r\n"), "{all}");
+}
