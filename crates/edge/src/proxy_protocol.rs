@@ -118,7 +118,7 @@ pub(crate) async fn read_header(stream: &mut TcpStream) -> Result<Origin, Header
 
 /// A complete header at the start of `input`: its length and what it says. `None` while more
 /// bytes are needed.
-fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError> {
+pub(crate) fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError> {
     // A v1 line is judged only once its CRLF is in (ppp reads a cut line as a bad port).
     let v1_prefix = &b"PROXY "[..input.len().min(6)];
     if input.starts_with(v1_prefix) && !input.windows(2).any(|w| w == b"\r\n") {
