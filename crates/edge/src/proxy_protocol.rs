@@ -121,16 +121,26 @@ pub(crate) async fn read_header(stream: &mut TcpStream) -> Result<Origin, Header
 pub(crate) fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError> {
     // A v1 line is judged only once its CRLF is in (ppp reads a cut line as a bad port).
     let v1_prefix = &b"PROXY "[..input.len().min(6)];
-    if input.starts_with(v1_prefix) && !input.windows(2).any(|w| w == b"\r\n") {
-        return if input.len() < V1_MAX {
-            Ok(None)
-        } else {
-            Err(HeaderError::Invalid("a v1 line without its end".to_owned()))
-        };
+    let v1 = input.starts_with(v1_prefix);
+    if v1 {
+        match input.windows(2).position(|w| w == b"\r\n") {
+            None if input.len() < V1_MAX => return Ok(None),
+            None => return Err(HeaderError::Invalid("a v1 line without its end".to_owned())),
+            // ppp would wait for more (found by fuzzing): refused now, as a line with no end.
+            Some(at) if at + 2 > V1_MAX => {
+                return Err(HeaderError::Invalid("a v1 line over 107 bytes".to_owned()));
+            }
+            Some(_) => {}
+        }
     }
     let result = HeaderResult::parse(input);
     if result.is_incomplete() {
-        return Ok(None);
+        // A whole v1 line is not incomplete, whatever ppp makes of it.
+        return if v1 {
+            Err(HeaderError::Invalid("an unreadable v1 line".to_owned()))
+        } else {
+            Ok(None)
+        };
     }
     match result {
         HeaderResult::V1(Ok(header)) => {
