@@ -24,6 +24,9 @@ const MAX_HEADER: usize = 16 + 216 + 1024;
 /// The longest v1 line, CRLF included (the specification's limit).
 const V1_MAX: usize = 107;
 
+/// The first 12 bytes of every v2 header.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
 /// Which peers are balancers that send a PROXY header on every connection.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyProtocol {
@@ -120,8 +123,15 @@ pub(crate) async fn read_header(stream: &mut TcpStream) -> Result<Origin, Header
 /// bytes are needed.
 pub(crate) fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError> {
     // A v1 line is judged only once its CRLF is in (ppp reads a cut line as a bad port).
-    let v1_prefix = &b"PROXY "[..input.len().min(6)];
-    let v1 = input.starts_with(v1_prefix);
+    // Which version it is, from the first bytes alone (ppp may call garbage incomplete; found
+    // by fuzzing).
+    let v1 = input.starts_with(&b"PROXY "[..input.len().min(6)]);
+    let v2 = input.starts_with(&V2_SIGNATURE[..input.len().min(V2_SIGNATURE.len())]);
+    if !v1 && !v2 {
+        return Err(HeaderError::Invalid(
+            "neither a v1 nor a v2 PROXY header".to_owned(),
+        ));
+    }
     if v1 {
         match input.windows(2).position(|w| w == b"\r\n") {
             None if input.len() < V1_MAX => return Ok(None),
