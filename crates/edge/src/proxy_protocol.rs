@@ -122,9 +122,7 @@ pub(crate) async fn read_header(stream: &mut TcpStream) -> Result<Origin, Header
 /// A complete header at the start of `input`: its length and what it says. `None` while more
 /// bytes are needed.
 pub(crate) fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError> {
-    // A v1 line is judged only once its CRLF is in (ppp reads a cut line as a bad port).
-    // Which version it is, from the first bytes alone (ppp may call garbage incomplete; found
-    // by fuzzing).
+    // Which version it is, from the first bytes alone (ppp may call garbage incomplete).
     let v1 = input.starts_with(&b"PROXY "[..input.len().min(6)]);
     let v2 = input.starts_with(&V2_SIGNATURE[..input.len().min(V2_SIGNATURE.len())]);
     if !v1 && !v2 {
@@ -132,17 +130,20 @@ pub(crate) fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError
             "neither a v1 nor a v2 PROXY header".to_owned(),
         ));
     }
-    if v1 {
+    // A v1 line is judged only once its CRLF is in (ppp reads a cut line as a bad port), and
+    // ppp sees that line alone: it ends a line at its first CR, whatever follows.
+    let input = if v1 {
         match input.windows(2).position(|w| w == b"\r\n") {
             None if input.len() < V1_MAX => return Ok(None),
             None => return Err(HeaderError::Invalid("a v1 line without its end".to_owned())),
-            // ppp would wait for more (found by fuzzing): refused now, as a line with no end.
             Some(at) if at + 2 > V1_MAX => {
                 return Err(HeaderError::Invalid("a v1 line over 107 bytes".to_owned()));
             }
-            Some(_) => {}
+            Some(at) => &input[..at + 2],
         }
-    }
+    } else {
+        input
+    };
     let result = HeaderResult::parse(input);
     if result.is_incomplete() {
         // A whole v1 line is not incomplete, whatever ppp makes of it.
@@ -163,6 +164,10 @@ pub(crate) fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError
                 }
                 v1::Addresses::Unknown => Origin::Balancer,
             };
+            if header.header.len() != input.len() {
+                // A CR inside the line: ppp's line is not the line.
+                return Err(HeaderError::Invalid("a CR inside a v1 line".to_owned()));
+            }
             Ok(Some((header.header.len(), origin)))
         }
         HeaderResult::V2(Ok(header)) => {
