@@ -63,12 +63,12 @@ pub(crate) enum Served {
 }
 
 /// A request head the lane takes.
-struct Parsed {
+pub(crate) struct Parsed {
     /// Its bytes, which the request's target and values share.
-    head: Bytes,
-    request: Request<()>,
+    pub(crate) head: Bytes,
+    pub(crate) request: Request<()>,
     /// The client asked for the connection to close after the response.
-    close: bool,
+    pub(crate) close: bool,
 }
 
 /// Serves requests on `io` until the connection ends or a request needs hyper.
@@ -234,13 +234,13 @@ fn closes(headers: &HeaderMap) -> bool {
 
 /// The fields of a request head: each name, and where its value is in the head. Kept by the
 /// connection so that parsing allocates nothing of its own.
-type Fields = Vec<(HeaderName, (usize, usize))>;
+pub(crate) type Fields = Vec<(HeaderName, (usize, usize))>;
 
 /// The request head at the front of `buf`, split off it: `Ok(None)` if incomplete, `Err` if it
 /// is not for this lane (or not valid: hyper then says why), `buf` as it was. The request's
 /// target and field values share the head's bytes, as hyper's do; its map is `spare` (empty)
 /// when there is one.
-fn parse(
+pub(crate) fn parse(
     buf: &mut BytesMut,
     fields: &mut Fields,
     spare: &mut HeaderMap,

@@ -16,6 +16,9 @@ mod challenge;
 mod error;
 mod express;
 mod framing;
+/// Entry points for fuzzing and its regression tests; not an API (see the module).
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod http;
 mod idle;

@@ -24,6 +24,9 @@ const MAX_HEADER: usize = 16 + 216 + 1024;
 /// The longest v1 line, CRLF included (the specification's limit).
 const V1_MAX: usize = 107;
 
+/// The first 12 bytes of every v2 header.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
 /// Which peers are balancers that send a PROXY header on every connection.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyProtocol {
@@ -118,19 +121,37 @@ pub(crate) async fn read_header(stream: &mut TcpStream) -> Result<Origin, Header
 
 /// A complete header at the start of `input`: its length and what it says. `None` while more
 /// bytes are needed.
-fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError> {
-    // A v1 line is judged only once its CRLF is in (ppp reads a cut line as a bad port).
-    let v1_prefix = &b"PROXY "[..input.len().min(6)];
-    if input.starts_with(v1_prefix) && !input.windows(2).any(|w| w == b"\r\n") {
-        return if input.len() < V1_MAX {
-            Ok(None)
-        } else {
-            Err(HeaderError::Invalid("a v1 line without its end".to_owned()))
-        };
+pub(crate) fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError> {
+    // Which version it is, from the first bytes alone (ppp may call garbage incomplete).
+    let v1 = input.starts_with(&b"PROXY "[..input.len().min(6)]);
+    let v2 = input.starts_with(&V2_SIGNATURE[..input.len().min(V2_SIGNATURE.len())]);
+    if !v1 && !v2 {
+        return Err(HeaderError::Invalid(
+            "neither a v1 nor a v2 PROXY header".to_owned(),
+        ));
     }
+    // A v1 line is judged only once its CRLF is in (ppp reads a cut line as a bad port), and
+    // ppp sees that line alone: it ends a line at its first CR, whatever follows.
+    let input = if v1 {
+        match input.windows(2).position(|w| w == b"\r\n") {
+            None if input.len() < V1_MAX => return Ok(None),
+            None => return Err(HeaderError::Invalid("a v1 line without its end".to_owned())),
+            Some(at) if at + 2 > V1_MAX => {
+                return Err(HeaderError::Invalid("a v1 line over 107 bytes".to_owned()));
+            }
+            Some(at) => &input[..at + 2],
+        }
+    } else {
+        input
+    };
     let result = HeaderResult::parse(input);
     if result.is_incomplete() {
-        return Ok(None);
+        // A whole v1 line is not incomplete, whatever ppp makes of it.
+        return if v1 {
+            Err(HeaderError::Invalid("an unreadable v1 line".to_owned()))
+        } else {
+            Ok(None)
+        };
     }
     match result {
         HeaderResult::V1(Ok(header)) => {
@@ -143,6 +164,10 @@ fn parse(input: &[u8]) -> Result<Option<(usize, Origin)>, HeaderError> {
                 }
                 v1::Addresses::Unknown => Origin::Balancer,
             };
+            if header.header.len() != input.len() {
+                // A CR inside the line: ppp's line is not the line.
+                return Err(HeaderError::Invalid("a CR inside a v1 line".to_owned()));
+            }
             Ok(Some((header.header.len(), origin)))
         }
         HeaderResult::V2(Ok(header)) => {

@@ -68,6 +68,8 @@ pub struct Edge {
     proxy_protocol: ProxyProtocol,
     /// Where connections run; on the accepting runtime without.
     shards: Option<Arc<Shards>>,
+    /// HTTP/1.1 connections start on the express lane (else hyper serves them throughout).
+    express_lane: bool,
 }
 
 impl Edge {
@@ -108,6 +110,7 @@ impl Edge {
             permits,
             proxy_protocol: ProxyProtocol::default(),
             shards: None,
+            express_lane: true,
         })
     }
 
@@ -130,6 +133,14 @@ impl Edge {
     /// their whole life (see [`Shards`]); the accept loops stay where they are spawned.
     pub fn with_shards(mut self, shards: Arc<Shards>) -> Edge {
         self.shards = Some(shards);
+        self
+    }
+
+    /// Whether HTTP/1.1 connections start on the express lane (the default) or are served by
+    /// hyper from their first byte. The differential tests compare the two; it is also the way
+    /// back to hyper alone should the lane be suspected of a fault.
+    pub fn with_express_lane(mut self, on: bool) -> Edge {
+        self.express_lane = on;
         self
     }
 
@@ -362,11 +373,15 @@ impl Edge {
             supervise(conn, watchdog, stop).await;
             return;
         }
-        let read =
-            match express::serve(&mut io, &handler, &activity, &mut watchdog, &mut stop).await {
-                Served::Closed => return,
-                Served::Handover(read) => read,
-            };
+        let served = if self.express_lane {
+            express::serve(&mut io, &handler, &activity, &mut watchdog, &mut stop).await
+        } else {
+            Served::Handover(bytes::Bytes::new())
+        };
+        let read = match served {
+            Served::Closed => return,
+            Served::Handover(read) => read,
+        };
         let io = TokioIo::new(Rewind::new(read, io));
         let conn = self.http1.serve_connection(io, service).with_upgrades();
         supervise(conn, watchdog, stop).await;

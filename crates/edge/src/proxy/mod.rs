@@ -11,10 +11,10 @@
 
 mod access;
 mod balancer;
-mod body;
+pub(crate) mod body;
 mod config;
 mod connector;
-mod h1;
+pub(crate) mod h1;
 mod headers;
 mod health;
 mod pool;
