@@ -23,7 +23,8 @@ pub use domain::{DomainError, DomainName};
 pub use error::{AcmeProblem, Error};
 pub use keys::KeyType;
 pub use manager::{
-    CertId, CertSource, CertState, CertStatus, Deployer, ManagedCert, Manager, Timings,
+    CertId, CertSource, CertState, CertStatus, Deployer, ManagedCert, Manager, RenewRequest,
+    Timings,
 };
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
