@@ -88,30 +88,69 @@ impl std::fmt::Display for Source {
 }
 
 /// Why a registry call did nothing.
-#[derive(Debug, thiserror::Error)]
+///
+/// (`Display` and `Error` by hand: thiserror would take the `source` field of `DomainTaken` for
+/// the error's cause.)
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum RegistryError {
     /// The spec breaks a site rule.
-    #[error("invalid site: {0}")]
     Invalid(FieldError),
     /// A domain already belongs to another site.
-    #[error("{domain} already belongs to the {source} site {site}")]
     DomainTaken {
         domain: String,
         site: String,
         source: Source,
     },
-    #[error("no registry site {id}")]
-    NotFound { id: String },
+    NotFound {
+        id: String,
+    },
     /// A conditional write named a version that is not the current one.
-    #[error("site {id} is at version {current}")]
-    VersionMismatch { id: String, current: u64 },
+    VersionMismatch {
+        id: String,
+        current: u64,
+    },
     /// A site with this id (first domain) exists already.
-    #[error("site {id} exists already")]
-    IdTaken { id: String },
+    IdTaken {
+        id: String,
+    },
     /// The store failed, or another writer held the registry lease too long. Retry.
-    #[error("the site registry is unavailable")]
-    Store(#[from] store::Error),
+    Store(store::Error),
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::Invalid(e) => write!(f, "invalid site: {e}"),
+            RegistryError::DomainTaken {
+                domain,
+                site,
+                source,
+            } => write!(f, "{domain} already belongs to the {source} site {site}"),
+            RegistryError::NotFound { id } => write!(f, "no registry site {id}"),
+            RegistryError::VersionMismatch { id, current } => {
+                write!(f, "site {id} is at version {current}")
+            }
+            RegistryError::IdTaken { id } => write!(f, "site {id} exists already"),
+            RegistryError::Store(e) => write!(f, "the site registry is unavailable: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RegistryError::Invalid(e) => Some(e),
+            RegistryError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<store::Error> for RegistryError {
+    fn from(e: store::Error) -> Self {
+        RegistryError::Store(e)
+    }
 }
 
 impl RegistryError {
@@ -150,14 +189,12 @@ impl Registry {
         let Some(bytes) = self.store.get(key).await? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| {
-                RegistryError::Store(store::Error::Corrupt {
-                    key: key.to_string(),
-                    detail: e.to_string(),
-                })
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            RegistryError::Store(store::Error::Corrupt {
+                key: key.to_string(),
+                detail: e.to_string(),
             })
+        })
     }
 
     /// Every registry site, sorted by id. A record that cannot be read as a site is skipped
@@ -206,10 +243,8 @@ impl Registry {
         let guard = self.lock().await?;
         let result = async {
             let previous = self.record(&key).await?;
-            if let Some(existing) = &previous {
-                if existing.spec.is_some() {
-                    return Err(RegistryError::IdTaken { id: id.clone() });
-                }
+            if previous.as_ref().is_some_and(|r| r.spec.is_some()) {
+                return Err(RegistryError::IdTaken { id: id.clone() });
             }
             self.registry_conflict(&domains, None).await?;
             let version = previous.map_or(1, |r| r.version + 1);
@@ -375,7 +410,9 @@ impl Registry {
         spec: SiteSpec,
         guard: &store::LeaseGuard,
     ) -> Result<Entry, RegistryError> {
-        let record = self.write(key, id, version, Some(spec.clone()), guard).await?;
+        let record = self
+            .write(key, id, version, Some(spec.clone()), guard)
+            .await?;
         Ok(Entry {
             id: record.id,
             version: record.version,

@@ -97,7 +97,9 @@ impl SiteSpec {
             }
         }
         let key_type = match &self.key_type {
-            Some(kt) => parse_key_type(kt).map_err(|m| FieldError::new(FieldPath::of(&["key_type"]), m))?,
+            Some(kt) => {
+                parse_key_type(kt).map_err(|m| FieldError::new(FieldPath::of(&["key_type"]), m))?
+            }
             None => env.default_key_type,
         };
         Ok(Site {
@@ -162,8 +164,7 @@ fn domains(raw: &[String]) -> Result<Vec<DomainName>, FieldError> {
 
 fn redirect(r: &RedirectSpec) -> Result<SiteAction, FieldError> {
     let to = r.to.trim().to_string();
-    if !(to.starts_with("https://") || to.starts_with("http://")) || to.len() <= "https://".len()
-    {
+    if !(to.starts_with("https://") || to.starts_with("http://")) || to.len() <= "https://".len() {
         return Err(FieldError::new(
             FieldPath::of(&["redirect", "to"]),
             format!("expected an absolute URL like \"https://example.com\", got {to:?}"),
@@ -244,10 +245,15 @@ fn proxy(p: &ProxySpec, env: &SiteEnv) -> Result<SiteAction, FieldError> {
         proxy.health = Some(health(h, &at.key("health"))?);
     }
     if let Some(h) = &p.host_header {
-        proxy.host_header = host_header(h).map_err(|m| FieldError::new(at.key("host_header"), m))?;
+        proxy.host_header =
+            host_header(h).map_err(|m| FieldError::new(at.key("host_header"), m))?;
     }
     for (value, key, into) in [
-        (&p.connect_timeout, "connect_timeout", &mut proxy.connect_timeout),
+        (
+            &p.connect_timeout,
+            "connect_timeout",
+            &mut proxy.connect_timeout,
+        ),
         (
             &p.response_header_timeout,
             "response_header_timeout",
