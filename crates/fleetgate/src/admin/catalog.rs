@@ -1,0 +1,185 @@
+//! Every site a node knows, file and registry, and the registry operations on them: the one place
+//! the admin API and `fleetgate sites` both call, so both refuse and accept the same things.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+
+use super::problem::{Problem, kind};
+use super::view::{SitePage, SiteSource, SiteView};
+
+/// `GET /v1/sites` without `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `limit` accepted.
+pub const MAX_PAGE: usize = 1000;
+
+/// File sites (from `config`) and registry sites (from the store).
+pub struct Catalog<'a> {
+    config: Arc<Config>,
+    registry: &'a sites::Registry,
+}
+
+impl<'a> Catalog<'a> {
+    pub fn new(config: Arc<Config>, registry: &'a sites::Registry) -> Catalog<'a> {
+        Catalog { config, registry }
+    }
+
+    /// The configuration file's sites, as written.
+    pub fn file_sites(&self) -> Vec<SiteView> {
+        self.config
+            .site_specs
+            .iter()
+            .map(|spec| SiteView {
+                id: spec.id(),
+                source: SiteSource::File,
+                version: None,
+                updated_at: None,
+                updated_by: None,
+                spec: spec.clone(),
+            })
+            .collect()
+    }
+
+    fn file_site(&self, id: &str) -> Option<SiteView> {
+        self.file_sites().into_iter().find(|s| s.id == id)
+    }
+
+    /// Every site, sorted by id (a file site before a registry site of the same id).
+    pub async fn list(&self) -> Result<Vec<SiteView>, Problem> {
+        let mut all = self.file_sites();
+        all.extend(
+            self.registry
+                .list()
+                .await
+                .map_err(Problem::from)?
+                .into_iter()
+                .map(SiteView::registry),
+        );
+        all.sort_by(|a, b| (&a.id, a.source).cmp(&(&b.id, b.source)));
+        Ok(all)
+    }
+
+    /// One page of [`Catalog::list`]: up to `limit` sites after `cursor`.
+    pub async fn page(&self, limit: usize, cursor: Option<&Cursor>) -> Result<SitePage, Problem> {
+        let all = self.list().await?;
+        // Sorted by (id, source): find the first entry past the cursor in that order.
+        let start = match cursor {
+            Some(c) => all.partition_point(|s| (&s.id, s.source) <= (&c.id, c.source)),
+            None => 0,
+        };
+        let sites: Vec<SiteView> = all.iter().skip(start).take(limit).cloned().collect();
+        let next_cursor = if start + sites.len() < all.len() {
+            sites.last().map(|s| {
+                Cursor {
+                    id: s.id.clone(),
+                    source: s.source,
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        Ok(SitePage { sites, next_cursor })
+    }
+
+    /// A site by id: the file's if the file has it, else the registry's.
+    pub async fn get(&self, id: &str) -> Result<SiteView, Problem> {
+        if let Some(view) = self.file_site(id) {
+            return Ok(view);
+        }
+        match self.registry.get(id).await.map_err(Problem::from)? {
+            Some(entry) => Ok(SiteView::registry(entry)),
+            None => Err(Problem::new(kind::NOT_FOUND, format!("no site {id}")).site(id)),
+        }
+    }
+
+    pub async fn create(&self, spec: sites::SiteSpec) -> Result<SiteView, Problem> {
+        let entry = self
+            .registry
+            .create(
+                spec,
+                &self.config.registry_env(),
+                &self.config.file_domains(),
+            )
+            .await?;
+        Ok(SiteView::registry(entry))
+    }
+
+    /// Replace registry site `id`; `if_match`: only if it is still at that version.
+    pub async fn update(
+        &self,
+        id: &str,
+        spec: sites::SiteSpec,
+        if_match: Option<u64>,
+    ) -> Result<SiteView, Problem> {
+        self.refuse_file_site(id, "edit it in the configuration file of each node")?;
+        let entry = self
+            .registry
+            .update(
+                id,
+                spec,
+                if_match,
+                &self.config.registry_env(),
+                &self.config.file_domains(),
+            )
+            .await?;
+        Ok(SiteView::registry(entry))
+    }
+
+    pub async fn delete(&self, id: &str, if_match: Option<u64>) -> Result<(), Problem> {
+        self.refuse_file_site(id, "remove it from the configuration file of each node")?;
+        Ok(self.registry.delete(id, if_match).await?)
+    }
+
+    fn refuse_file_site(&self, id: &str, how: &str) -> Result<(), Problem> {
+        match self.file_site(id) {
+            Some(_) => Err(Problem::new(
+                kind::FILE_SITE,
+                format!("{id} is a site of the configuration file; {how}"),
+            )
+            .site(id)),
+            None => Ok(()),
+        }
+    }
+
+    /// The certificates of every site (what `fleetgate certs` shows).
+    pub async fn managed_certs(&self) -> Result<Vec<certs::ManagedCert>, Problem> {
+        let config = &self.config;
+        let mut all = config.managed_certs();
+        let env = config.registry_env();
+        for entry in self.registry.list().await.map_err(Problem::from)? {
+            // A stored site that no longer validates here (say, no [acme] on this node) has
+            // no certificate this node would manage.
+            if let Ok(site) = entry.spec.validate(&env) {
+                all.extend(site.managed_certs(config.acme.as_ref()));
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Where a page starts: after the site `(id, source)`. Sent as `<source>:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub id: String,
+    pub source: SiteSource,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.source, self.id)
+    }
+
+    pub fn parse(text: &str) -> Option<Cursor> {
+        let (source, id) = text.split_once(':')?;
+        let source = match source {
+            "file" => SiteSource::File,
+            "registry" => SiteSource::Registry,
+            _ => return None,
+        };
+        (!id.is_empty()).then(|| Cursor {
+            id: id.to_string(),
+            source,
+        })
+    }
+}
