@@ -2,11 +2,13 @@
 
 use std::io::Write;
 
+use anyhow::Context;
+
 use crate::config::{Config, SiteAction, TlsChoice};
 
 /// `fleetgate check`: the config is valid (or `main` already reported why not); print it.
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    crate::run::routes(config)?;
+    crate::run::routes(&config.sites).with_context(|| config.file.display().to_string())?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: OK", config.file.display())?;
     writeln!(
@@ -116,7 +118,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 
 /// `fleetgate certs`: one row per certificate, read from storage and files.
 pub async fn certs(config: &Config) -> anyhow::Result<()> {
-    let (store, _) = crate::run::open_store(config).await?;
+    let (store, _) = crate::store_open::open_store(config).await?;
     let rows = certs::Manager::statuses(store.as_ref(), &config.managed_certs()).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut out = std::io::stdout().lock();
@@ -156,8 +158,8 @@ pub async fn certs(config: &Config) -> anyhow::Result<()> {
 
 /// `fleetgate ca export`: the built-in CA's root, PEM.
 pub async fn ca_export(config: &Config) -> anyhow::Result<()> {
-    let (store, _) = crate::run::open_store(config).await?;
-    let node = crate::run::node_name(config);
+    let (store, _) = crate::store_open::open_store(config).await?;
+    let node = crate::store_open::node_name(config);
     let ca = certs::internal::InternalCa::new(store, node);
     let pem = ca.root_pem().await?;
     print!("{pem}");

@@ -11,6 +11,7 @@ mod deploy;
 mod run;
 mod sites_cli;
 mod status;
+mod store_open;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

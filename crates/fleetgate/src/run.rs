@@ -8,8 +8,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, LogConfig, LogFormat, SealKeySource, SiteAction, StorageConfig};
+use crate::config::{Config, LogConfig, LogFormat, Site};
 use crate::deploy::{SharedChallenges, SniDeployer};
+use crate::store_open::{node_name, open_store};
 
 pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
@@ -28,161 +29,23 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
-/// The configured sealing key, if any: `storage.seal_key_file`, else `FLEETGATE_SEAL_KEY`.
-fn seal_key(config: &Config) -> anyhow::Result<Option<store::SealKey>> {
-    let key_text = match &config.seal_key {
-        Some(SealKeySource::File(path)) => Some((
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read storage.seal_key_file {}", path.display()))?,
-            format!("storage.seal_key_file {}", path.display()),
-        )),
-        None => std::env::var("FLEETGATE_SEAL_KEY")
-            .ok()
-            .map(|k| (k, "FLEETGATE_SEAL_KEY".to_string())),
-    };
-    match key_text {
-        Some((text, origin)) => Ok(Some(
-            store::SealKey::from_hex(&text).with_context(|| origin)?,
-        )),
-        None => Ok(None),
-    }
-}
-
-fn sealed(
-    backend: Arc<dyn store::Storage>,
-    key: &Option<store::SealKey>,
-) -> Arc<dyn store::Storage> {
-    match key {
-        Some(key) => Arc::new(store::SealedStore::new(
-            backend,
-            key,
-            certs::layout::sealed_prefixes(),
-        )),
-        None => backend,
-    }
-}
-
-fn open_dir(path: &std::path::Path) -> anyhow::Result<Arc<dyn store::Storage>> {
-    Ok(Arc::new(
-        store::DirStore::open(path.to_path_buf())
-            .with_context(|| format!("cannot open the storage directory {}", path.display()))?,
-    ))
-}
-
-/// Open the configured storage backend (private keys sealed when a sealing key is configured),
-/// and for shared backends this node's local cache.
-pub async fn open_store(
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>)> {
-    let key = seal_key(config)?;
-    let (backend, cache): (Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>) =
-        match &config.storage {
-            StorageConfig::Dir { path } => (open_dir(path)?, None),
-            StorageConfig::Postgres { url, path, ca_root } => {
-                let what = || format!("cannot use PostgreSQL (storage.url {})", redact(url));
-                let parsed: store::PostgresUrl = url.parse().with_context(what)?;
-                let mut options = store::PostgresOptions::default();
-                if let Some(pem) = read_pem(ca_root.as_deref(), "storage.ca_root")? {
-                    options = options.ca_root_pem(pem);
-                }
-                // Lazy: a node starts (and serves from its local cache) while the database is down.
-                let store =
-                    store::PostgresStore::connect_lazy_with(&parsed, options).with_context(what)?;
-                (Arc::new(store), Some(open_dir(&path.join("cache"))?))
-            }
-            StorageConfig::Redis {
-                url,
-                prefix,
-                path,
-                ca_root,
-            } => {
-                let mut builder = store::RedisStore::builder(url.clone()).prefix(prefix.clone());
-                if let Some(pem) = read_pem(ca_root.as_deref(), "storage.ca_root")? {
-                    builder = builder.ca_root_pem(pem);
-                }
-                let store = builder
-                    .connect_lazy()
-                    .with_context(|| format!("cannot use Redis (storage.url {})", redact(url)))?;
-                (Arc::new(store), Some(open_dir(&path.join("cache"))?))
-            }
-        };
-    Ok((sealed(backend, &key), cache.map(|c| sealed(c, &key))))
-}
-
-/// The PEM file a `ca_root` key names, when one is configured (the config checked it when it
-/// was loaded; it is read again where it is used).
-fn read_pem(path: Option<&std::path::Path>, key: &str) -> anyhow::Result<Option<String>> {
-    path.map(|path| {
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {key} {}", path.display()))
-    })
-    .transpose()
-}
-
-/// A URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// This node's name in logs and locks: `node` from the config, or hostname-pid.
-pub fn node_name(config: &Config) -> String {
-    if let Some(node) = &config.node {
-        return node.clone();
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "node".to_string());
-    format!("{host}-{}", std::process::id())
-}
-
-/// The edge's routing table for a config.
-pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
-    let sites = config
-        .sites
+/// The edge's routing table for `sites`.
+pub fn routes(sites: &[Site]) -> anyhow::Result<edge::Routes> {
+    let sites = sites
         .iter()
-        .map(|site| -> anyhow::Result<edge::Site> {
-            Ok(edge::Site {
-                names: site.domains.iter().map(|d| d.to_string()).collect(),
-                action: match &site.action {
-                    SiteAction::Redirect {
-                        to,
-                        status,
-                        keep_path,
-                    } => edge::Action::Redirect(edge::Redirect {
-                        to: to.clone(),
-                        status: *status,
-                        keep_path: *keep_path,
-                    }),
-                    SiteAction::Respond { status, body } => edge::Action::Respond {
-                        status: *status,
-                        body: bytes::Bytes::from(body.clone()),
-                    },
-                    SiteAction::Proxy { proxy, ca_root } => {
-                        let mut proxy = edge::Proxy::clone(proxy);
-                        proxy.ca_root_pem = read_pem(ca_root.as_deref(), "proxy.ca_root")?;
-                        edge::Action::Proxy(proxy)
-                    }
-                },
-                https_redirect: site.https_redirect,
-                hsts: site.hsts,
-                access_log: site.access_log,
-            })
+        .map(|site| {
+            site.edge_site()
+                .map_err(|e| anyhow::anyhow!("site {}: {e}", site.id()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    edge::Routes::new(sites).map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))
+    Ok(edge::Routes::new(sites)?)
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = node_name(&config);
     let (store, cache) = open_store(&config).await?;
-    let initial_routes = routes(&config)?;
+    let initial_routes =
+        routes(&config.sites).with_context(|| config.file.display().to_string())?;
     let cert_map = Arc::new(edge::CertMap::new());
     let cert_map_for_status = cert_map.clone();
     let manager = certs::Manager::with_cache(
@@ -234,6 +97,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     manager.apply(config.managed_certs());
+    // The admin API ([admin]), off without the section.
+    let _admin = match &config.admin {
+        Some(admin) => Some(
+            crate::admin::spawn(
+                admin,
+                crate::admin::AdminState::new(&config, store.clone(), node.clone()),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let heartbeat = crate::status::spawn_heartbeat(
         store.clone(),
         &config,
@@ -250,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 match Config::load(&current.file) {
-                    Ok(new) => match routes(&new) {
+                    Ok(new) => match routes(&new.sites) {
                         Ok(new_routes) => {
                             if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.proxy_protocol_from != current.proxy_protocol_from || new.workers != current.workers || new.storage != current.storage {
                                 warn!("listen (proxy_protocol_from and workers included) and storage changes take effect after a restart");

@@ -78,7 +78,7 @@ pub fn spawn_heartbeat(
 
 /// `fleetgate status`.
 pub async fn status(config: &Config) -> anyhow::Result<()> {
-    let (store, _) = crate::run::open_store(config).await?;
+    let (store, _) = crate::store_open::open_store(config).await?;
     let mut out = std::io::stdout().lock();
     let now = now();
 
