@@ -100,6 +100,9 @@ pub struct SiteArgs {
     /// The body of --respond.
     #[arg(long, requires = "respond")]
     body: Option<String>,
+    /// Where the certificate comes from: acme (the default) or internal.
+    #[arg(long)]
+    tls: Option<String>,
     /// The whole site as JSON (the `[[site]]` keys), as the API takes it.
     #[arg(long, group = "action", conflicts_with = "domains")]
     from_json: Option<PathBuf>,
@@ -147,6 +150,9 @@ impl SiteArgs {
         } else {
             None
         };
+        if let Some(tls) = &self.tls {
+            object.insert("tls".into(), json!(tls));
+        }
         match action {
             Some((key, value)) => {
                 for other in ["redirect", "proxy", "respond"] {
