@@ -340,7 +340,9 @@ impl Registry {
                 continue;
             }
             for held in &entry.spec.domains {
-                let held = held.trim().to_ascii_lowercase();
+                let held = certs::DomainName::parse(held)
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|_| held.trim().to_ascii_lowercase());
                 if let Some(domain) = domains.iter().find(|d| **d == held) {
                     return Err(RegistryError::DomainTaken {
                         domain: domain.clone(),
