@@ -877,3 +877,54 @@ async fn cli_add_list_set_rm_round_trip_without_a_node() -> Result<()> {
     assert_eq!(ids, ["e.example", "file.example"]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_now_through_the_api() -> Result<()> {
+    let (node, admin) = tcp_node(true).await?;
+    let roots = node.ca_root()?;
+    let first = testkit::wait_for_ok("file.example served", Duration::from_secs(20), || {
+        let roots = roots.clone();
+        let https = node.https;
+        async move { common::served_serial(https, "file.example", &roots).await }
+    })
+    .await?;
+    let accepted = admin
+        .send(Method::POST, "/v1/certs/file.example/renew", &[], None)
+        .await?;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{accepted:?}");
+    assert_eq!(accepted.json()["id"], "file.example");
+    let second = testkit::wait_for_ok(
+        "the renewed certificate served",
+        Duration::from_secs(20),
+        || {
+            let roots = roots.clone();
+            let (https, first) = (node.https, first.clone());
+            async move {
+                let serial = common::served_serial(https, "file.example", &roots).await?;
+                anyhow::ensure!(serial != first, "still the first certificate");
+                Ok(serial)
+            }
+        },
+    )
+    .await?;
+    assert_ne!(second, first);
+    let certs = admin.get("/v1/certs").await?.json();
+    let row = certs["certs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "file.example")
+        .cloned()
+        .context("file.example listed")?;
+    assert_eq!(row["state"], "valid", "{row}");
+    admin
+        .send(Method::POST, "/v1/certs/nope.example/renew", &[], None)
+        .await?
+        .problem(404);
+    admin
+        .with_token(None)
+        .send(Method::POST, "/v1/certs/file.example/renew", &[], None)
+        .await?
+        .problem(401);
+    Ok(())
+}

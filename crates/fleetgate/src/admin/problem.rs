@@ -7,11 +7,29 @@ use serde::Serialize;
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// One problem document. `kind` is a URN naming the kind of problem (`type` in the document);
+/// One problem document, boxed (handlers return it as their error, which should stay small).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Problem(Box<ProblemDoc>);
+
+impl std::ops::Deref for Problem {
+    type Target = ProblemDoc;
+    fn deref(&self) -> &ProblemDoc {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Problem {
+    fn deref_mut(&mut self) -> &mut ProblemDoc {
+        &mut self.0
+    }
+}
+
+/// The members of a problem document. `kind` is a URN naming the kind of problem (`type` in the document);
 /// `field` is a JSON pointer into the request body when one field is at fault; `errors` lists
 /// several faults at once (each with its own `field`).
 #[derive(Debug, Clone, Serialize)]
-pub struct Problem {
+pub struct ProblemDoc {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub title: &'static str,
@@ -130,7 +148,7 @@ pub mod kind {
 
 impl Problem {
     pub fn new(kind: kind::Kind, detail: impl Into<String>) -> Problem {
-        Problem {
+        Problem(Box::new(ProblemDoc {
             kind: kind.0,
             title: kind.1,
             status: kind.2.as_u16(),
@@ -141,7 +159,7 @@ impl Problem {
             current_version: None,
             www_authenticate: None,
             retry_after: None,
-        }
+        }))
     }
 
     /// The JSON pointer of the field at fault.
