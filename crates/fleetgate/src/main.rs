@@ -8,6 +8,7 @@ mod admin_config;
 mod commands;
 mod config;
 mod deploy;
+mod node_sites;
 mod run;
 mod sites_cli;
 mod status;

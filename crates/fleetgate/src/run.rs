@@ -1,4 +1,5 @@
-//! `fleetgate run`: build everything from the config, serve, reload on SIGHUP, drain on SIGTERM.
+//! `fleetgate run`: build everything from the config and the site registry, serve, follow
+//! registry changes, reload on SIGHUP, drain on SIGTERM.
 
 use std::sync::Arc;
 
@@ -8,8 +9,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, LogConfig, LogFormat, Site};
+use sites::{Entry, Registry};
+
+use crate::config::{Config, LogConfig, LogFormat, Site, managed_certs};
 use crate::deploy::{SharedChallenges, SniDeployer};
+use crate::node_sites::{self, RegistryCache};
 use crate::store_open::{node_name, open_store};
 
 pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
@@ -41,11 +45,33 @@ pub fn routes(sites: &[Site]) -> anyhow::Result<edge::Routes> {
     Ok(edge::Routes::new(sites)?)
 }
 
+/// Serve `file` and `registry` sites: the merged list (file first) becomes the edge's routes and
+/// the manager's certificates. Certificates that did not change keep their tasks (an order in
+/// flight goes on). Used at start, on SIGHUP and on every registry change.
+fn apply_sites(
+    edge: &edge::Edge,
+    manager: &Arc<certs::Manager>,
+    config: &Config,
+    registry: &[Entry],
+) -> anyhow::Result<usize> {
+    let sites = node_sites::merge(&config.sites, registry, &config.registry_env());
+    let routes = routes(&sites).with_context(|| config.file.display().to_string())?;
+    edge.set_routes(routes);
+    manager.apply(managed_certs(&sites, config.acme.as_ref()));
+    Ok(sites.len())
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = node_name(&config);
     let (store, cache) = open_store(&config).await?;
-    let initial_routes =
-        routes(&config.sites).with_context(|| config.file.display().to_string())?;
+    let shutdown = CancellationToken::new();
+    // Subscribe before the first read so that no change falls between the two.
+    let mut registry_changes = node_sites::watch(&store, config.timings.resync, shutdown.clone());
+    let registry = Registry::new(store.clone(), node.clone());
+    let registry_cache = RegistryCache::new(config.storage.path());
+    let (mut entries, origin) = node_sites::load(&registry, &registry_cache).await;
+    let initial = node_sites::merge(&config.sites, &entries, &config.registry_env());
+    let initial_routes = routes(&initial).with_context(|| config.file.display().to_string())?;
     let cert_map = Arc::new(edge::CertMap::new());
     let cert_map_for_status = cert_map.clone();
     let manager = certs::Manager::with_cache(
@@ -87,28 +113,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node = %node,
         http = %config.listen_http,
         https = %config.listen_https,
-        sites = config.sites.len(),
+        sites = initial.len(),
+        registry_sites = entries.len(),
+        registry_from = ?origin,
         workers = config.workers,
         version = env!("CARGO_PKG_VERSION"),
         "fleetgate started"
     );
 
-    let shutdown = CancellationToken::new();
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
-    manager.apply(config.managed_certs());
-    // The admin API ([admin]), off without the section.
-    let _admin = match &config.admin {
-        Some(admin) => Some(
-            crate::admin::spawn(
-                admin,
-                crate::admin::AdminState::new(&config, store.clone(), node.clone()),
-                shutdown.clone(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    manager.apply(managed_certs(&initial, config.acme.as_ref()));
+    drop(initial);
     let heartbeat = crate::status::spawn_heartbeat(
         store.clone(),
         &config,
@@ -116,6 +132,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cert_map_for_status,
         shutdown.clone(),
     );
+    let admin = match &config.admin {
+        Some(admin) => {
+            let state = crate::admin::AdminState::new(&config, store.clone(), node.clone());
+            Some(crate::admin::spawn(admin, state, shutdown.clone()).await?)
+        }
+        None => None,
+    };
 
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
@@ -124,20 +147,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                match Config::load(&current.file) {
-                    Ok(new) => match routes(&new.sites) {
-                        Ok(new_routes) => {
-                            if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.proxy_protocol_from != current.proxy_protocol_from || new.workers != current.workers || new.storage != current.storage {
-                                warn!("listen (proxy_protocol_from and workers included) and storage changes take effect after a restart");
-                            }
-                            edge.set_routes(new_routes);
-                            manager.apply(new.managed_certs());
-                            info!(sites = new.sites.len(), "configuration reloaded");
-                            current = new;
+                if let Some(new) = reload(&current, &edge, &manager, &entries) {
+                    current = new;
+                }
+            }
+            Some(()) = registry_changes.recv() => {
+                match registry.list().await {
+                    Ok(new) if new == entries => {}
+                    Ok(new) => {
+                        if let Err(e) = registry_cache.write(&new) {
+                            warn!(error = %format!("{e:#}"), "the registry's local copy was not updated");
                         }
-                        Err(e) => error!(error = %e, "configuration rejected; keeping the running one"),
-                    },
-                    Err(e) => error!(error = %e, "configuration rejected; keeping the running one"),
+                        match apply_sites(&edge, &manager, &current, &new) {
+                            Ok(n) => info!(sites = n, registry_sites = new.len(), "site registry change applied"),
+                            Err(e) => error!(error = %format!("{e:#}"), "site registry change not applied"),
+                        }
+                        entries = new;
+                    }
+                    Err(e) => warn!(error = %e, "cannot read the site registry; serving the last one known"),
                 }
             }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
@@ -148,6 +175,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // edge), then stop certificate work and release this node's leases.
     shutdown.cancel();
     let _ = tokio::join!(http_task, https_task, heartbeat);
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     // The listeners have drained their connections: the workers have nothing left to run.
     if let Some(shards) = &shards {
         shards.stop();
@@ -155,4 +185,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     manager.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: load the config file again and serve its sites with the registry's; `None` (and a
+/// logged error) keeps the running configuration.
+fn reload(
+    current: &Config,
+    edge: &edge::Edge,
+    manager: &Arc<certs::Manager>,
+    registry: &[Entry],
+) -> Option<Config> {
+    let new = match Config::load(&current.file) {
+        Ok(new) => new,
+        Err(e) => {
+            error!(error = %e, "configuration rejected; keeping the running one");
+            return None;
+        }
+    };
+    if new.listen_http != current.listen_http
+        || new.listen_https != current.listen_https
+        || new.proxy_protocol_from != current.proxy_protocol_from
+        || new.workers != current.workers
+        || new.storage != current.storage
+    {
+        warn!(
+            "listen (proxy_protocol_from and workers included) and storage changes take effect after a restart"
+        );
+    }
+    match apply_sites(edge, manager, &new, registry) {
+        Ok(n) => {
+            info!(sites = n, "configuration reloaded");
+            Some(new)
+        }
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "configuration rejected; keeping the running one");
+            None
+        }
+    }
 }

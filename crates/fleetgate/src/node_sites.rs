@@ -1,0 +1,238 @@
+//! The sites a running node serves: the config file's and the registry's, merged (the file wins
+//! a conflicting domain), the registry's changes as they happen, and the local copy of the
+//! registry that a node starts from while the shared store is down.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sites::{Entry, Registry, Site, SiteEnv};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// The file and registry sites this node serves, in that order. A registry site is left out,
+/// with a warning, when it does not validate on this node, or when one of its domains is held by
+/// a file site (the file wins) or by a registry site before it (by id).
+pub fn merge(file: &[Site], entries: &[Entry], env: &SiteEnv) -> Vec<Site> {
+    let mut held: HashMap<String, (String, &'static str)> = HashMap::new();
+    for site in file {
+        for d in &site.domains {
+            held.insert(d.to_string(), (site.id(), "config file"));
+        }
+    }
+    let mut out = file.to_vec();
+    for entry in entries {
+        let site = match entry.spec.validate(env) {
+            Ok(site) => site,
+            Err(e) => {
+                warn!(site = %entry.id, error = %e, "registry site not valid on this node; not served");
+                continue;
+            }
+        };
+        if let Some((domain, (holder, source))) = site
+            .domains
+            .iter()
+            .find_map(|d| held.get(&d.to_string()).map(|h| (d, h)))
+        {
+            warn!(
+                site = %entry.id, %domain, holder = %holder, source,
+                "registry site has a domain another site holds; the {source} wins, the registry site is not served"
+            );
+            continue;
+        }
+        for d in &site.domains {
+            held.insert(d.to_string(), (entry.id.clone(), "registry"));
+        }
+        out.push(site);
+    }
+    out
+}
+
+/// The last registry this node saw, in `storage.path` (`registry.json`), for starting while
+/// the shared store is down.
+#[derive(Debug, Clone)]
+pub struct RegistryCache {
+    path: PathBuf,
+}
+
+impl RegistryCache {
+    /// The cache in the folder `dir` (this node's `storage.path`).
+    pub fn new(dir: &Path) -> RegistryCache {
+        RegistryCache {
+            path: dir.join("registry.json"),
+        }
+    }
+
+    /// The cached registry; `None` when there is none yet.
+    pub fn read(&self) -> anyhow::Result<Option<Vec<Entry>>> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", self.path.display()));
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("{} is not a registry copy", self.path.display()))
+    }
+
+    /// Replace the cache atomically (temp file, fsync, rename), mode 0600.
+    pub fn write(&self, entries: &[Entry]) -> anyhow::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = self
+            .path
+            .with_extension(format!("json.tmp{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&serde_json::to_vec(entries)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// Where a node's registry came from at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Store,
+    Cache,
+    /// Neither answered: no registry sites until the store does.
+    Nothing,
+}
+
+/// The registry from the store (the cache updated to match), or from the cache when the store
+/// cannot be read.
+pub async fn load(registry: &Registry, cache: &RegistryCache) -> (Vec<Entry>, Origin) {
+    match registry.list().await {
+        Ok(entries) => {
+            if let Err(e) = cache.write(&entries) {
+                warn!(error = %format!("{e:#}"), "the registry's local copy was not updated");
+            }
+            (entries, Origin::Store)
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the site registry; serving its local copy");
+            match cache.read() {
+                Ok(Some(entries)) => (entries, Origin::Cache),
+                Ok(None) => (Vec::new(), Origin::Nothing),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "the registry's local copy is unusable");
+                    (Vec::new(), Origin::Nothing)
+                }
+            }
+        }
+    }
+}
+
+/// A signal each time the registry may have changed: a store change under `sites/`, a lost
+/// batch of events, or every `resync` (events are best effort). Signals coalesce.
+pub fn watch(
+    store: &Arc<dyn store::Storage>,
+    resync: Duration,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    let mut events = store.subscribe();
+    let prefix = Registry::prefix();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(resync);
+        tick.reset(); // the caller has just loaded the registry
+        let mut events_open = true;
+        loop {
+            let changed = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => true,
+                event = events.recv(), if events_open => match event {
+                    Ok(store::Change::Put(key) | store::Change::Deleted(key)) => {
+                        key.starts_with(&prefix)
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        events_open = false;
+                        false
+                    }
+                },
+            };
+            if changed && tx.try_send(()).is_err() && tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, domains: &[&str]) -> Entry {
+        let mut spec = sites::SiteSpec::new(domains.iter().map(|d| (*d).to_owned()).collect());
+        spec.tls = Some(sites::TlsSpec::Named("internal".into()));
+        spec.respond = Some(sites::RespondSpec::default());
+        Entry {
+            id: id.into(),
+            version: 1,
+            spec,
+            updated_at: 0,
+            updated_by: "test".into(),
+        }
+    }
+
+    fn env() -> SiteEnv {
+        SiteEnv {
+            base: None,
+            acme: false,
+            default_key_type: certs::KeyType::default(),
+        }
+    }
+
+    #[test]
+    fn the_file_wins_and_invalid_sites_are_skipped() {
+        let file = vec![
+            entry("f.example", &["f.example"])
+                .spec
+                .validate(&env())
+                .unwrap(),
+        ];
+        let mut acme = entry("acme.example", &["acme.example"]);
+        acme.spec.tls = None; // needs [acme], which this node lacks
+        let entries = [
+            entry("a.example", &["a.example"]),
+            entry("b.example", &["b.example", "F.example"]),
+            entry("c.example", &["c.example", "a.example"]),
+            acme,
+            entry("d.example", &["d.example"]),
+        ];
+        let ids: Vec<String> = merge(&file, &entries, &env())
+            .iter()
+            .map(Site::id)
+            .collect();
+        assert_eq!(ids, ["f.example", "a.example", "d.example"]);
+    }
+
+    #[test]
+    fn cache_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = RegistryCache::new(&dir.path().join("node"));
+        assert!(cache.read().unwrap().is_none());
+        let entries = vec![entry("a.example", &["a.example"])];
+        cache.write(&entries).unwrap();
+        assert_eq!(cache.read().unwrap().unwrap(), entries);
+        std::fs::write(dir.path().join("node/registry.json"), "{").unwrap();
+        assert!(cache.read().is_err());
+    }
+}
