@@ -436,6 +436,7 @@ async fn bad_input_is_refused_with_a_problem_and_changes_nothing() -> Result<()>
         .await?
         .problem(409);
     assert_eq!(p["site"], "file.example", "{p}");
+    assert_eq!(p["field"], "/domains/1", "{p}");
     assert!(
         p["detail"].as_str().unwrap().contains("www.file.example"),
         "{p}"

@@ -94,6 +94,7 @@ impl<'a> Catalog<'a> {
     }
 
     pub async fn create(&self, spec: sites::SiteSpec) -> Result<SiteView, Problem> {
+        let domains = spec.domains.clone();
         let entry = self
             .registry
             .create(
@@ -101,7 +102,8 @@ impl<'a> Catalog<'a> {
                 &self.config.registry_env(),
                 &self.config.file_domains(),
             )
-            .await?;
+            .await
+            .map_err(|e| refused(e, &domains))?;
         Ok(SiteView::registry(entry))
     }
 
@@ -113,6 +115,7 @@ impl<'a> Catalog<'a> {
         if_match: Option<u64>,
     ) -> Result<SiteView, Problem> {
         self.refuse_file_site(id, "edit it in the configuration file of each node")?;
+        let domains = spec.domains.clone();
         let entry = self
             .registry
             .update(
@@ -122,7 +125,8 @@ impl<'a> Catalog<'a> {
                 &self.config.registry_env(),
                 &self.config.file_domains(),
             )
-            .await?;
+            .await
+            .map_err(|e| refused(e, &domains))?;
         Ok(SiteView::registry(entry))
     }
 
@@ -156,6 +160,26 @@ impl<'a> Catalog<'a> {
         }
         Ok(all)
     }
+}
+
+/// A refused write as a problem; a taken domain is pointed at in the request's `domains`.
+fn refused(e: sites::RegistryError, domains: &[String]) -> Problem {
+    let taken = match &e {
+        sites::RegistryError::DomainTaken { domain, .. } => Some(domain.clone()),
+        _ => None,
+    };
+    let mut problem = Problem::from(e);
+    if let Some(domain) = taken {
+        let same = |d: &String| {
+            d.trim()
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(domain.trim_end_matches('.'))
+        };
+        if let Some(i) = domains.iter().position(same) {
+            problem.field = Some(format!("/domains/{i}"));
+        }
+    }
+    problem
 }
 
 /// Where a page starts: after the site `(id, source)`. Sent as `<source>:<id>`.

@@ -44,6 +44,9 @@ use crate::admin_config::{AdminConfig, AdminListen, AdminToken};
 use crate::config::Config;
 use problem::{Problem, kind};
 
+/// How long requests in flight may finish after shutdown.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 1024 * 1024;
 
@@ -243,8 +246,21 @@ pub async fn spawn(
         AdminListen::Tcp(_) => None,
     };
     Ok(tokio::spawn(async move {
-        if let Err(e) = serve(listener, router, async move { shutdown.cancelled().await }).await {
-            warn!(error = %e, "the admin API stopped");
+        let stop = shutdown.clone();
+        let served = serve(listener, router, async move { stop.cancelled().await });
+        // Requests in flight get DRAIN after shutdown; a client holding its connection longer
+        // does not hold up the node's exit.
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        };
+        tokio::select! {
+            result = served => {
+                if let Err(e) = result {
+                    warn!(error = %e, "the admin API stopped");
+                }
+            }
+            _ = deadline => warn!("admin API connections still open after the drain; closed"),
         }
         if let Some(path) = unix_path {
             let _ = std::fs::remove_file(path);
