@@ -119,7 +119,11 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 /// `fleetgate certs`: one row per certificate, read from storage and files.
 pub async fn certs(config: &Config) -> anyhow::Result<()> {
     let (store, _) = crate::store_open::open_store(config).await?;
-    let rows = certs::Manager::statuses(store.as_ref(), &config.managed_certs()).await;
+    let rows = certs::Manager::statuses(
+        store.as_ref(),
+        &crate::node_sites::managed_certs(config, store.clone()).await,
+    )
+    .await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -52,6 +52,25 @@ pub fn merge(file: &[Site], entries: &[Entry], env: &SiteEnv) -> Vec<Site> {
     out
 }
 
+/// The certificates a node of `config` keeps: its file's sites and the registry's, merged as
+/// `fleetgate run` merges them (file sites only, with a warning, when the registry cannot be
+/// read). For the one-shot commands.
+pub async fn managed_certs(
+    config: &crate::config::Config,
+    store: Arc<dyn store::Storage>,
+) -> Vec<certs::ManagedCert> {
+    let registry = Registry::new(store, crate::store_open::node_name(config));
+    let entries = match registry.list().await {
+        Ok(entries) => entries,
+        Err(e) => {
+            eprintln!("warning: registry sites left out: {e}");
+            Vec::new()
+        }
+    };
+    let sites = merge(&config.sites, &entries, &config.registry_env());
+    crate::config::managed_certs(&sites, config.acme.as_ref())
+}
+
 /// The last registry this node saw, in `storage.path` (`registry.json`), for starting while
 /// the shared store is down.
 #[derive(Debug, Clone)]
