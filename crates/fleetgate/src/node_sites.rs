@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sites::{Entry, Registry, Site, SiteEnv};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -132,65 +132,114 @@ pub enum Origin {
     Nothing,
 }
 
-/// The registry from the store (the cache updated to match), or from the cache when the store
-/// cannot be read.
-pub async fn load(registry: &Registry, cache: &RegistryCache) -> (Vec<Entry>, Origin) {
-    match registry.list().await {
-        Ok(entries) => {
+/// How long a starting node waits for the store's registry before serving its local copy (a
+/// node must start while the store is down; a healthy store answers in milliseconds).
+const START_WAIT: Duration = Duration::from_secs(1);
+/// How often a node whose registry is stale (the store did not answer) asks again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// The registry at start: the store's (the local copy updated to match) if it answers within
+/// [`START_WAIT`], else the local copy.
+pub async fn initial(registry: &Registry, cache: &RegistryCache) -> (Vec<Entry>, Origin) {
+    let error = match tokio::time::timeout(START_WAIT, registry.list()).await {
+        Ok(Ok(entries)) => {
             if let Err(e) = cache.write(&entries) {
                 warn!(error = %format!("{e:#}"), "the registry's local copy was not updated");
             }
-            (entries, Origin::Store)
+            return (entries, Origin::Store);
         }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {START_WAIT:?}"),
+    };
+    warn!(%error, "cannot read the site registry; serving its local copy");
+    match cache.read() {
+        Ok(Some(entries)) => (entries, Origin::Cache),
+        Ok(None) => (Vec::new(), Origin::Nothing),
         Err(e) => {
-            warn!(error = %e, "cannot read the site registry; serving its local copy");
-            match cache.read() {
-                Ok(Some(entries)) => (entries, Origin::Cache),
-                Ok(None) => (Vec::new(), Origin::Nothing),
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "the registry's local copy is unusable");
-                    (Vec::new(), Origin::Nothing)
-                }
-            }
+            warn!(error = %format!("{e:#}"), "the registry's local copy is unusable");
+            (Vec::new(), Origin::Nothing)
         }
     }
 }
 
-/// A signal each time the registry may have changed: a store change under `sites/`, a lost
-/// batch of events, or every `resync` (events are best effort). Signals coalesce.
-pub fn watch(
-    store: &Arc<dyn store::Storage>,
+/// Follow the registry in a task of its own: read it again on a store change under `sites/`
+/// (events arriving meanwhile coalesce), on a lost batch of events, every `resync` (events are
+/// best effort), and every [`RETRY`] while the last read failed. Each new registry is written to
+/// the local copy and published on the returned channel. `events` must have been subscribed
+/// before `known` was read, so no change falls between the two.
+pub fn follow(
+    registry: Registry,
+    cache: RegistryCache,
+    mut events: broadcast::Receiver<store::Change>,
     resync: Duration,
+    (known, origin): (Vec<Entry>, Origin),
     shutdown: CancellationToken,
-) -> mpsc::Receiver<()> {
-    let (tx, rx) = mpsc::channel(1);
-    let mut events = store.subscribe();
+) -> watch::Receiver<Vec<Entry>> {
+    let (tx, rx) = watch::channel(known);
     let prefix = Registry::prefix();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(resync);
-        tick.reset(); // the caller has just loaded the registry
+        tick.reset();
+        let mut retry = tokio::time::interval(RETRY);
+        retry.reset();
+        let mut stale = origin != Origin::Store;
         let mut events_open = true;
         loop {
-            let changed = tokio::select! {
+            let read = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => true,
-                event = events.recv(), if events_open => match event {
-                    Ok(store::Change::Put(key) | store::Change::Deleted(key)) => {
-                        key.starts_with(&prefix)
+                _ = retry.tick(), if stale => true,
+                event = events.recv(), if events_open => {
+                    let mut read = registry_event(event, &prefix, &mut events_open);
+                    // Everything already queued is covered by the one read below.
+                    while let Ok(more) = events.try_recv() {
+                        read |= registry_event(Ok(more), &prefix, &mut events_open);
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        events_open = false;
-                        false
-                    }
-                },
+                    read
+                }
             };
-            if changed && tx.try_send(()).is_err() && tx.is_closed() {
-                return;
+            if !read {
+                continue;
+            }
+            match registry.list().await {
+                Ok(entries) => {
+                    if stale {
+                        tracing::info!(sites = entries.len(), "the site registry answers again");
+                    }
+                    stale = false;
+                    if *tx.borrow() != entries {
+                        if let Err(e) = cache.write(&entries) {
+                            warn!(error = %format!("{e:#}"), "the registry's local copy was not updated");
+                        }
+                        tx.send_replace(entries);
+                    }
+                }
+                Err(e) => {
+                    if !stale {
+                        warn!(error = %e, "cannot read the site registry; serving the last one known");
+                    }
+                    stale = true;
+                }
             }
         }
     });
     rx
+}
+
+/// Whether a store event may have changed the registry.
+fn registry_event(
+    event: Result<store::Change, broadcast::error::RecvError>,
+    prefix: &store::StorageKey,
+    open: &mut bool,
+) -> bool {
+    match event {
+        Ok(store::Change::Put(key) | store::Change::Deleted(key)) => key.starts_with(prefix),
+        Err(broadcast::error::RecvError::Lagged(_)) => true,
+        Err(broadcast::error::RecvError::Closed) => {
+            *open = false;
+            false
+        }
+    }
 }
 
 #[cfg(test)]

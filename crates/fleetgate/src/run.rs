@@ -66,10 +66,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (store, cache) = open_store(&config).await?;
     let shutdown = CancellationToken::new();
     // Subscribe before the first read so that no change falls between the two.
-    let mut registry_changes = node_sites::watch(&store, config.timings.resync, shutdown.clone());
+    let registry_events = store.subscribe();
     let registry = Registry::new(store.clone(), node.clone());
     let registry_cache = RegistryCache::new(config.storage.path());
-    let (mut entries, origin) = node_sites::load(&registry, &registry_cache).await;
+    let (entries, origin) = node_sites::initial(&registry, &registry_cache).await;
     let initial = node_sites::merge(&config.sites, &entries, &config.registry_env());
     let initial_routes = routes(&initial).with_context(|| config.file.display().to_string())?;
     let cert_map = Arc::new(edge::CertMap::new());
@@ -125,6 +125,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     manager.apply(managed_certs(&initial, config.acme.as_ref()));
     drop(initial);
+    let mut registry_changes = node_sites::follow(
+        registry,
+        registry_cache,
+        registry_events,
+        config.timings.resync,
+        (entries, origin),
+        shutdown.clone(),
+    );
     let heartbeat = crate::status::spawn_heartbeat(
         store.clone(),
         &config,
@@ -147,24 +155,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
+                let entries = registry_changes.borrow().clone();
                 if let Some(new) = reload(&current, &edge, &manager, &entries) {
                     current = new;
                 }
             }
-            Some(()) = registry_changes.recv() => {
-                match registry.list().await {
-                    Ok(new) if new == entries => {}
-                    Ok(new) => {
-                        if let Err(e) = registry_cache.write(&new) {
-                            warn!(error = %format!("{e:#}"), "the registry's local copy was not updated");
-                        }
-                        match apply_sites(&edge, &manager, &current, &new) {
-                            Ok(n) => info!(sites = n, registry_sites = new.len(), "site registry change applied"),
-                            Err(e) => error!(error = %format!("{e:#}"), "site registry change not applied"),
-                        }
-                        entries = new;
-                    }
-                    Err(e) => warn!(error = %e, "cannot read the site registry; serving the last one known"),
+            Ok(()) = registry_changes.changed() => {
+                let entries = registry_changes.borrow_and_update().clone();
+                match apply_sites(&edge, &manager, &current, &entries) {
+                    Ok(n) => info!(sites = n, registry_sites = entries.len(), "site registry change applied"),
+                    Err(e) => error!(error = %format!("{e:#}"), "site registry change not applied"),
                 }
             }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }

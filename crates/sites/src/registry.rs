@@ -27,6 +27,8 @@ use crate::validate::SiteEnv;
 pub const LOCK: &str = "sites-registry";
 /// The lease's TTL (renewed by the guard while a write runs).
 const LOCK_TTL: Duration = Duration::from_secs(30);
+/// Sites read at once by `list`.
+const LIST_CONCURRENCY: usize = 16;
 /// How long a write waits for a concurrent writer to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -200,9 +202,14 @@ impl Registry {
     /// Every registry site, sorted by id. A record that cannot be read as a site is skipped
     /// with a warning, so one bad object does not take the registry down.
     pub async fn list(&self) -> Result<Vec<Entry>, RegistryError> {
-        let mut out = Vec::new();
-        for key in self.store.list(&Registry::prefix()).await? {
-            match self.record(&key).await {
+        use futures_util::StreamExt as _;
+        let keys = self.store.list(&Registry::prefix()).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut reads = futures_util::stream::iter(keys)
+            .map(|key| async move { self.record(&key).await })
+            .buffer_unordered(LIST_CONCURRENCY);
+        while let Some(read) = reads.next().await {
+            match read {
                 Ok(Some(record)) => out.extend(record.entry()),
                 Ok(None) => {} // removed since listed
                 Err(RegistryError::Store(store::Error::Corrupt { key, detail })) => {
