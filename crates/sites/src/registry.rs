@@ -9,6 +9,10 @@
 //! A removed site leaves a tombstone (`spec` absent) so versions never repeat: a stale
 //! `If-Match` cannot match a site removed and added again. Tombstones are not listed.
 //!
+//! Each domain of a registry site is claimed under `site-domains/<domain>` (the site's id) before
+//! the site is written, so a write checks its domains with one read each; a claim counts only
+//! while the site it names is live and lists the domain, so stale claims need no clean-up.
+//!
 //! Conflicts: a domain belongs to one site. The config file's sites come first (the caller
 //! passes their domains); the registry never takes a domain the file holds.
 
@@ -27,6 +31,8 @@ use crate::validate::SiteEnv;
 pub const LOCK: &str = "sites-registry";
 /// The lease's TTL (renewed by the guard while a write runs).
 const LOCK_TTL: Duration = Duration::from_secs(30);
+/// The prefix of domain claims ([`Claim`]).
+const CLAIMS: &str = "site-domains";
 /// Sites read at once by `list`.
 const LIST_CONCURRENCY: usize = 16;
 /// How long a write waits for a concurrent writer to finish.
@@ -255,6 +261,7 @@ impl Registry {
             }
             self.registry_conflict(&domains, None).await?;
             let version = previous.map_or(1, |r| r.version + 1);
+            self.claim(&domains, &id, &guard).await?;
             self.write_entry(&key, &id, version, spec, &guard).await
         }
         .await;
@@ -289,6 +296,7 @@ impl Registry {
         let result = async {
             let current = self.current(&key, &id, if_match).await?;
             self.registry_conflict(&domains, Some(&id)).await?;
+            self.claim(&domains, &id, &guard).await?;
             self.write_entry(&key, &id, current.version + 1, spec, &guard)
                 .await
         }
@@ -336,27 +344,62 @@ impl Registry {
         Ok(current)
     }
 
-    /// The first of `domains` held by a registry site other than `except`.
+    /// The first of `domains` held by a registry site other than `except`: each domain's claim
+    /// names a site, which holds the domain if it is live and still lists it (a claim left by a
+    /// removed site, an update that dropped the domain, or a write that never finished is
+    /// stale and ignored).
     async fn registry_conflict(
         &self,
         domains: &[String],
         except: Option<&str>,
     ) -> Result<(), RegistryError> {
-        for entry in self.list().await? {
-            if Some(entry.id.as_str()) == except {
+        for domain in domains {
+            let Some(key) = claim_key(domain) else {
+                continue;
+            };
+            let Some(bytes) = self.store.get(&key).await? else {
+                continue;
+            };
+            let Ok(claim) = serde_json::from_slice::<Claim>(&bytes) else {
+                tracing::warn!(%key, "unreadable domain claim ignored");
+                continue;
+            };
+            if Some(claim.site.as_str()) == except {
                 continue;
             }
-            for held in &entry.spec.domains {
-                let held = certs::DomainName::parse(held)
-                    .map(|d| d.to_string())
-                    .unwrap_or_else(|_| held.trim().to_ascii_lowercase());
-                if let Some(domain) = domains.iter().find(|d| **d == held) {
-                    return Err(RegistryError::DomainTaken {
-                        domain: domain.clone(),
-                        site: entry.id.clone(),
-                        source: Source::Registry,
-                    });
-                }
+            let Some(holder) = self.get(&claim.site).await? else {
+                continue;
+            };
+            if holder.spec.domains.iter().any(|d| normalized(d) == *domain) {
+                return Err(RegistryError::DomainTaken {
+                    domain: domain.clone(),
+                    site: holder.id,
+                    source: Source::Registry,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Claim `domains` for site `id` (before the site itself is written).
+    async fn claim(
+        &self,
+        domains: &[String],
+        id: &str,
+        guard: &store::LeaseGuard,
+    ) -> Result<(), RegistryError> {
+        let bytes = serde_json::to_vec(&Claim {
+            site: id.to_owned(),
+        })
+        .map_err(|e| {
+            RegistryError::Store(store::Error::Corrupt {
+                key: id.to_owned(),
+                detail: format!("cannot encode a claim: {e}"),
+            })
+        })?;
+        for domain in domains {
+            if let Some(key) = claim_key(domain) {
+                self.store.put_fenced(&key, &bytes, &guard.lease()).await?;
             }
         }
         Ok(())
@@ -430,6 +473,25 @@ impl Registry {
             updated_by: record.updated_by,
         })
     }
+}
+
+/// Which site claimed a domain: `site-domains/<domain>`, written under the registry lease
+/// before the site. The index that makes a write's conflict check cost one read per domain
+/// instead of a read of every site.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claim {
+    site: String,
+}
+
+fn claim_key(domain: &str) -> Option<StorageKey> {
+    StorageKey::new(CLAIMS).ok()?.join(domain).ok()
+}
+
+/// A domain as the registry compares it: a `DomainName`'s form when it is one.
+fn normalized(domain: &str) -> String {
+    certs::DomainName::parse(domain)
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| domain.trim().to_ascii_lowercase())
 }
 
 async fn release(guard: store::LeaseGuard) {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use sites::{
     RedirectSpec, Registry, RegistryError, RespondSpec, SiteEnv, SiteSpec, Source, TlsSpec,
 };
-use store::Storage;
+use store::{Storage, StorageKey};
 
 fn env() -> SiteEnv {
     SiteEnv {
@@ -32,9 +32,16 @@ fn redirect(domains: &[&str], to: &str) -> SiteSpec {
     spec
 }
 
-/// Every stored object under `sites/`, as bytes, to show that a refused call wrote nothing.
+/// Every stored object of the registry (sites and domain claims), as bytes, to show that a
+/// refused call wrote nothing.
 async fn snapshot(store: &Arc<dyn Storage>) -> Vec<(String, Vec<u8>)> {
     let mut keys = store.list(&Registry::prefix()).await.unwrap();
+    keys.extend(
+        store
+            .list(&StorageKey::new("site-domains").unwrap())
+            .await
+            .unwrap(),
+    );
     keys.sort();
     let mut out = Vec::new();
     for key in keys {
@@ -50,6 +57,14 @@ async fn lifecycle(store: Arc<dyn Storage>, other: Arc<dyn Storage>) {
     let reg_b = Registry::new(other, "node-b".into());
     let none = HashMap::new();
     assert!(reg.list().await.unwrap().is_empty());
+    // A claim left by a write that never finished (its site was never stored) is stale.
+    store
+        .put(
+            &StorageKey::new("site-domains/www.a.example").unwrap(),
+            br#"{"site":"ghost.example"}"#,
+        )
+        .await
+        .unwrap();
 
     let a = reg
         .create(
