@@ -304,6 +304,35 @@ async fn sites_round_trip_over_http1_and_http2() -> Result<()> {
             ("file.example".into(), "file".into(), Value::Null),
         ]
     );
+    // A site written by another writer (the CLI, through the store) is listed once its change
+    // event arrives: the listing is cached between changes.
+    let out = node.command(&[
+        "sites",
+        "add",
+        "--domains",
+        "cli.example",
+        "--respond",
+        "204",
+        "--tls",
+        "internal",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    testkit::wait_for("the CLI's site listed", Duration::from_secs(5), || {
+        let admin = admin.clone();
+        async move {
+            let all = admin.all_sites().await.ok()?;
+            all.iter().any(|s| s["id"] == "cli.example").then_some(())
+        }
+    })
+    .await?;
+    let removed = admin
+        .send(Method::DELETE, "/v1/sites/cli.example", &[], None)
+        .await?;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
     let file = admin.get("/v1/sites/file.example").await?.json();
     assert_eq!(file["spec"]["respond"]["body"], "file");
 

@@ -44,24 +44,28 @@ impl<'a> Catalog<'a> {
         self.file_sites().into_iter().find(|s| s.id == id)
     }
 
-    /// Every site, sorted by id (a file site before a registry site of the same id).
+    /// Every site, read now, sorted by id (a file site before a registry site of the same id).
     pub async fn list(&self) -> Result<Vec<SiteView>, Problem> {
-        let mut all = self.file_sites();
-        all.extend(
-            self.registry
-                .list()
-                .await
-                .map_err(Problem::from)?
-                .into_iter()
-                .map(SiteView::registry),
-        );
-        all.sort_by(|a, b| (&a.id, a.source).cmp(&(&b.id, b.source)));
-        Ok(all)
+        let entries = self.registry.list().await.map_err(Problem::from)?;
+        Ok(self.list_with(&entries))
     }
 
-    /// One page of [`Catalog::list`]: up to `limit` sites after `cursor`.
-    pub async fn page(&self, limit: usize, cursor: Option<&Cursor>) -> Result<SitePage, Problem> {
-        let all = self.list().await?;
+    /// Every site, the registry's being `entries`, sorted as [`Catalog::list`].
+    pub fn list_with(&self, entries: &[sites::Entry]) -> Vec<SiteView> {
+        let mut all = self.file_sites();
+        all.extend(entries.iter().cloned().map(SiteView::registry));
+        all.sort_by(|a, b| (&a.id, a.source).cmp(&(&b.id, b.source)));
+        all
+    }
+
+    /// One page of [`Catalog::list_with`]: up to `limit` sites after `cursor`.
+    pub fn page(
+        &self,
+        entries: &[sites::Entry],
+        limit: usize,
+        cursor: Option<&Cursor>,
+    ) -> SitePage {
+        let all = self.list_with(entries);
         // Sorted by (id, source): find the first entry past the cursor in that order.
         let start = match cursor {
             Some(c) => all.partition_point(|s| (&s.id, s.source) <= (&c.id, c.source)),
@@ -79,7 +83,7 @@ impl<'a> Catalog<'a> {
         } else {
             None
         };
-        Ok(SitePage { sites, next_cursor })
+        SitePage { sites, next_cursor }
     }
 
     /// A site by id: the file's if the file has it, else the registry's.
@@ -146,19 +150,20 @@ impl<'a> Catalog<'a> {
         }
     }
 
-    /// The certificates of every site (what `fleetgate certs` shows).
-    pub async fn managed_certs(&self) -> Result<Vec<certs::ManagedCert>, Problem> {
+    /// The certificates of every site (what `fleetgate certs` shows), the registry's being
+    /// `entries`.
+    pub fn managed_certs(&self, entries: &[sites::Entry]) -> Vec<certs::ManagedCert> {
         let config = &self.config;
         let mut all = config.managed_certs();
         let env = config.registry_env();
-        for entry in self.registry.list().await.map_err(Problem::from)? {
+        for entry in entries {
             // A stored site that no longer validates here (say, no [acme] on this node) has
             // no certificate this node would manage.
             if let Ok(site) = entry.spec.validate(&env) {
                 all.extend(site.managed_certs(config.acme.as_ref()));
             }
         }
-        Ok(all)
+        all
     }
 }
 

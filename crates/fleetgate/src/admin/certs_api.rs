@@ -33,7 +33,8 @@ pub struct CertList {
 }
 
 pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Response, Problem> {
-    let managed = state.catalog().managed_certs().await?;
+    let entries = state.registry_entries().await?;
+    let managed = state.catalog().managed_certs(&entries);
     let rows = certs::Manager::statuses(state.store.as_ref(), &managed).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let certs = rows
@@ -69,7 +70,8 @@ pub async fn renew(
     State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let managed = state.catalog().managed_certs().await?;
+    let entries = state.registry_entries().await?;
+    let managed = state.catalog().managed_certs(&entries);
     let Some(cert) = managed.into_iter().find(|c| c.id == id) else {
         return Err(Problem::new(kind::NOT_FOUND, format!("no certificate {id}")).site(id));
     };

@@ -26,6 +26,7 @@ pub mod view;
 pub use sites_api::parse_spec;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
@@ -58,6 +59,13 @@ pub struct AdminState {
     token: Option<AdminToken>,
     /// The configuration file as last loaded (file sites, the ACME section).
     config: RwLock<Arc<Config>>,
+    /// The registry as last listed, listed again only after it changed: listing reads every
+    /// site from the store, and paging through thousands must not do that for every page.
+    listing: tokio::sync::Mutex<Option<Arc<Vec<sites::Entry>>>>,
+    /// Set by the store's change events under `sites/` (and lost events) and by this API's own
+    /// writes; while nothing watches the store (`watching` false) every listing reads afresh.
+    stale: Arc<AtomicBool>,
+    watching: Arc<AtomicBool>,
 }
 
 impl AdminState {
@@ -69,7 +77,69 @@ impl AdminState {
             node,
             store,
             config: RwLock::new(Arc::new(config.clone())),
+            listing: tokio::sync::Mutex::new(None),
+            stale: Arc::new(AtomicBool::new(true)),
+            watching: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The registry's sites: the last listing unless the registry changed since.
+    pub async fn registry_entries(&self) -> Result<Arc<Vec<sites::Entry>>, Problem> {
+        let mut listing = self.listing.lock().await;
+        let stale = self.stale.swap(false, Ordering::AcqRel);
+        if let Some(entries) = &*listing
+            && !stale
+            && self.watching.load(Ordering::Acquire)
+        {
+            return Ok(entries.clone());
+        }
+        match self.registry.list().await {
+            Ok(entries) => {
+                let entries = Arc::new(entries);
+                *listing = Some(entries.clone());
+                Ok(entries)
+            }
+            Err(e) => {
+                self.stale.store(true, Ordering::Release);
+                Err(Problem::from(e))
+            }
+        }
+    }
+
+    /// This API wrote (or tried to write) the registry: the next listing reads it again.
+    pub fn registry_changed(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// Mark the listing stale on every store change under `sites/` until `shutdown`.
+    fn watch_registry(&self, shutdown: CancellationToken) {
+        let mut events = self.store.subscribe();
+        let (stale, watching) = (self.stale.clone(), self.watching.clone());
+        let prefix = sites::Registry::prefix();
+        self.watching.store(true, Ordering::Release);
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    event = events.recv() => event,
+                };
+                match event {
+                    Ok(store::Change::Put(key) | store::Change::Deleted(key)) => {
+                        if key.starts_with(&prefix) {
+                            stale.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        stale.store(true, Ordering::Release);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        // No more events: list afresh every time from now on.
+                        watching.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     fn config(&self) -> Arc<Config> {
@@ -221,6 +291,7 @@ pub async fn spawn(
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = bind(&admin.listen).await?;
+    state.watch_registry(shutdown.clone());
     let state = Arc::new(state);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the admin API's SIGHUP handler")?;

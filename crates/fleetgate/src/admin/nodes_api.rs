@@ -105,7 +105,8 @@ pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Response, Prob
             listen_https: beat.listen_https,
         });
     }
-    let managed = state.catalog().managed_certs().await?;
+    let entries = state.registry_entries().await?;
+    let managed = state.catalog().managed_certs(&entries);
     let rows = certs::Manager::statuses(store.as_ref(), &managed).await;
     let certificates_needing_work = rows
         .into_iter()

@@ -72,7 +72,8 @@ pub async fn list(
         p.errors = errors;
         return Err(p);
     }
-    let page = state.catalog().page(limit, cursor.as_ref()).await?;
+    let entries = state.registry_entries().await?;
+    let page = state.catalog().page(&entries, limit, cursor.as_ref());
     Ok(Json(page).into_response())
 }
 
@@ -90,7 +91,9 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     let spec = spec_from(&headers, body)?;
-    let view = state.catalog().create(spec).await?;
+    let view = state.catalog().create(spec).await;
+    state.registry_changed();
+    let view = view?;
     let mut response = site_response(StatusCode::CREATED, view.clone());
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/sites/{}", view.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -108,7 +111,9 @@ pub async fn update(
 ) -> Result<Response, Problem> {
     let if_match = if_match(&headers)?;
     let spec = spec_from(&headers, body)?;
-    let view = state.catalog().update(&id, spec, if_match).await?;
+    let view = state.catalog().update(&id, spec, if_match).await;
+    state.registry_changed();
+    let view = view?;
     Ok(site_response(StatusCode::OK, view))
 }
 
@@ -118,7 +123,9 @@ pub async fn remove(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let if_match = if_match(&headers)?;
-    state.catalog().delete(&id, if_match).await?;
+    let removed = state.catalog().delete(&id, if_match).await;
+    state.registry_changed();
+    removed?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
