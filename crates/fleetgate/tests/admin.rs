@@ -958,3 +958,64 @@ async fn renew_now_through_the_api() -> Result<()> {
         .problem(401);
     Ok(())
 }
+
+#[test]
+fn admin_config_errors_name_file_line_and_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("fleetgate.toml");
+    let write = |admin: &str| -> Result<()> {
+        std::fs::write(
+            &config,
+            format!(
+                "[storage]\nkind = \"dir\"\npath = \"{}\"\n\n[admin]\n{admin}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        Ok(())
+    };
+    let check = || {
+        let out = common::run_cli(&["check"], &config);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Off loopback without a token.
+    write("listen = \"0.0.0.0:9180\"")?;
+    let (ok, err) = check();
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("{}:6: admin.listen:", config.display())),
+        "{err}"
+    );
+    assert!(err.contains("token_file"), "{err}");
+    // A token file that is missing, then one too short.
+    write("listen = \"0.0.0.0:9180\"\ntoken_file = \"nope\"")?;
+    let (ok, err) = check();
+    assert!(!ok && err.contains(":7: admin.token_file:"), "{err}");
+    std::fs::write(dir.path().join("short"), "abc")?;
+    write("listen = \"0.0.0.0:9180\"\ntoken_file = \"short\"")?;
+    let (ok, err) = check();
+    assert!(!ok && err.contains("at least 16"), "{err}");
+    // Not an address; an unknown key.
+    write("listen = \"localhost\"")?;
+    let (ok, err) = check();
+    assert!(!ok && err.contains(":6: admin.listen:"), "{err}");
+    write("listen = \"127.0.0.1:9180\"\nport = 1")?;
+    let (ok, err) = check();
+    assert!(!ok && err.contains("admin.port"), "{err}");
+    // Loopback and unix sockets need no token; a token is fine anywhere.
+    for good in [
+        "listen = \"127.0.0.1:9180\"",
+        "listen = \"unix:admin.sock\"",
+    ] {
+        write(good)?;
+        let (ok, err) = check();
+        assert!(ok, "{good}: {err}");
+    }
+    std::fs::write(dir.path().join("token"), TOKEN)?;
+    write("listen = \"0.0.0.0:9180\"\ntoken_file = \"token\"")?;
+    let (ok, err) = check();
+    assert!(ok, "{err}");
+    Ok(())
+}
