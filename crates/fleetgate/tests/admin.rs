@@ -1019,3 +1019,35 @@ fn admin_config_errors_name_file_line_and_key() -> Result<()> {
     assert!(ok, "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_capped() -> Result<()> {
+    let (node, admin) = tcp_node(false).await?;
+    let Target::Tcp(addr) = admin.target.clone() else {
+        unreachable!()
+    };
+    // 64 clients that connect and say nothing hold every place...
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    let waiting = tokio::spawn({
+        let admin = admin.clone();
+        async move { admin.get("/v1/sites").await }
+    });
+    // ...so a request waits (the node itself is unaffected)...
+    let early = tokio::time::timeout(Duration::from_millis(300), async {
+        while !waiting.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(early.is_err(), "served past the cap");
+    let served = testkit::http_get(node.http, "file.example", "/").await?;
+    assert_eq!(served.status, StatusCode::PERMANENT_REDIRECT);
+    // ...until one of them goes.
+    drop(idle.pop());
+    let reply = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
+    assert_eq!(reply.status, StatusCode::OK);
+    Ok(())
+}

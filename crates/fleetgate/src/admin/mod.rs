@@ -16,6 +16,7 @@
 //! GET    /v1/nodes                  what `fleetgate status` shows
 //! ```
 
+mod capped;
 pub mod catalog;
 mod certs_api;
 mod nodes_api;
@@ -262,8 +263,8 @@ pub async fn bind(listen: &AdminListen) -> anyhow::Result<AdminListener> {
     }
 }
 
-/// Serve `router` on `listener` (HTTP/1.1 and HTTP/2) until `shutdown`, then let requests in
-/// flight finish.
+/// Serve `router` on `listener` (HTTP/1.1 and HTTP/2, at most [`capped::MAX_CONNECTIONS`]
+/// connections at once) until `shutdown`, then let requests in flight finish.
 pub async fn serve(
     listener: AdminListener,
     router: Router,
@@ -271,12 +272,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     match listener {
         AdminListener::Tcp(l) => {
-            axum::serve(l, router)
+            axum::serve(capped::Capped::new(l), router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         AdminListener::Unix(l) => {
-            axum::serve(l, router)
+            axum::serve(capped::Capped::new(l), router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
