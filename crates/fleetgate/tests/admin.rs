@@ -360,7 +360,7 @@ async fn sites_round_trip_over_http1_and_http2() -> Result<()> {
 
     // A file site is not the API's to change; an unknown one is not found.
     let p = admin
-        .send(Method::DELETE, "/v1/sites/file.example", &[], None)
+        .send(Method::DELETE, "/v1/sites/File.Example", &[], None)
         .await?
         .problem(409);
     assert_eq!(p["site"], "file.example");

@@ -40,8 +40,12 @@ impl<'a> Catalog<'a> {
             .collect()
     }
 
+    /// The file site with id `id` (ids are domains: compared without case).
     fn file_site(&self, id: &str) -> Option<SiteView> {
-        self.file_sites().into_iter().find(|s| s.id == id)
+        let id = id.trim_end_matches('.');
+        self.file_sites()
+            .into_iter()
+            .find(|s| s.id.eq_ignore_ascii_case(id))
     }
 
     /// Every site, read now, sorted by id (a file site before a registry site of the same id).
@@ -141,11 +145,11 @@ impl<'a> Catalog<'a> {
 
     fn refuse_file_site(&self, id: &str, how: &str) -> Result<(), Problem> {
         match self.file_site(id) {
-            Some(_) => Err(Problem::new(
+            Some(site) => Err(Problem::new(
                 kind::FILE_SITE,
-                format!("{id} is a site of the configuration file; {how}"),
+                format!("{} is a site of the configuration file; {how}", site.id),
             )
-            .site(id)),
+            .site(site.id)),
             None => Ok(()),
         }
     }
