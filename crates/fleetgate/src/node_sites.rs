@@ -2,7 +2,7 @@
 //! a conflicting domain), the registry's changes as they happen, and the local copy of the
 //! registry that a node starts from while the shared store is down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sites::{Entry, Registry, Site, SiteEnv};
+use store::StorageKey;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// The file and registry sites this node serves, in that order. A registry site is left out,
 /// with a warning, when it does not validate on this node, or when one of its domains is held by
@@ -135,13 +136,22 @@ pub enum Origin {
 /// How long a starting node waits for the store's registry before serving its local copy (a
 /// node must start while the store is down; a healthy store answers in milliseconds).
 const START_WAIT: Duration = Duration::from_secs(1);
+/// The same without a local copy: a new node (or one that never reached the store) has nothing
+/// to serve but the file's sites, so it gives a large registry more time.
+const FIRST_START_WAIT: Duration = Duration::from_secs(5);
 /// How often a node whose registry is stale (the store did not answer) asks again.
 const RETRY: Duration = Duration::from_secs(2);
 
 /// The registry at start: the store's (the local copy updated to match) if it answers within
-/// [`START_WAIT`], else the local copy.
+/// [`START_WAIT`] (or [`FIRST_START_WAIT`] when there is no local copy to serve meanwhile),
+/// else the local copy.
 pub async fn initial(registry: &Registry, cache: &RegistryCache) -> (Vec<Entry>, Origin) {
-    let error = match tokio::time::timeout(START_WAIT, registry.list()).await {
+    let wait = if cache.path.is_file() {
+        START_WAIT
+    } else {
+        FIRST_START_WAIT
+    };
+    let error = match tokio::time::timeout(wait, registry.list()).await {
         Ok(Ok(entries)) => {
             if let Err(e) = cache.write(&entries) {
                 warn!(error = %format!("{e:#}"), "the registry's local copy was not updated");
@@ -149,7 +159,7 @@ pub async fn initial(registry: &Registry, cache: &RegistryCache) -> (Vec<Entry>,
             return (entries, Origin::Store);
         }
         Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no answer within {START_WAIT:?}"),
+        Err(_) => format!("no answer within {wait:?}"),
     };
     warn!(%error, "cannot read the site registry; serving its local copy");
     match cache.read() {
@@ -162,11 +172,12 @@ pub async fn initial(registry: &Registry, cache: &RegistryCache) -> (Vec<Entry>,
     }
 }
 
-/// Follow the registry in a task of its own: read it again on a store change under `sites/`
-/// (events arriving meanwhile coalesce), on a lost batch of events, every `resync` (events are
-/// best effort), and every [`RETRY`] while the last read failed. Each new registry is written to
-/// the local copy and published on the returned channel. `events` must have been subscribed
-/// before `known` was read, so no change falls between the two.
+/// Follow the registry in a task of its own: on a store change under `sites/`, read that site
+/// (changes arriving meanwhile are read together); on a lost batch of events, every `resync`
+/// (events are best effort) and every [`RETRY`] while the store does not answer, read the whole
+/// registry. Each new registry is written to the local copy and published on the returned
+/// channel. `events` must have been subscribed before `known` was read, so no change falls
+/// between the two.
 pub fn follow(
     registry: Registry,
     cache: RegistryCache,
@@ -175,7 +186,16 @@ pub fn follow(
     (known, origin): (Vec<Entry>, Origin),
     shutdown: CancellationToken,
 ) -> watch::Receiver<Vec<Entry>> {
-    let (tx, rx) = watch::channel(known);
+    let (tx, rx) = watch::channel(known.clone());
+    let mut follower = Follower {
+        known: known
+            .into_iter()
+            .filter_map(|e| Some((Registry::key_of(&e.id)?, e)))
+            .collect(),
+        registry,
+        cache,
+        tx,
+    };
     let prefix = Registry::prefix();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(resync);
@@ -185,35 +205,31 @@ pub fn follow(
         let mut stale = origin != Origin::Store;
         let mut events_open = true;
         loop {
-            let read = tokio::select! {
+            let mut read = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => true,
-                _ = retry.tick(), if stale => true,
+                _ = tick.tick() => Read::All,
+                _ = retry.tick(), if stale => Read::All,
                 event = events.recv(), if events_open => {
-                    let mut read = registry_event(event, &prefix, &mut events_open);
-                    // Everything already queued is covered by the one read below.
+                    let mut read = Read::Nothing;
+                    read.add(event, &prefix, &mut events_open);
                     while let Ok(more) = events.try_recv() {
-                        read |= registry_event(Ok(more), &prefix, &mut events_open);
+                        read.add(Ok(more), &prefix, &mut events_open);
                     }
                     read
                 }
             };
-            if !read {
-                continue;
+            if stale && !matches!(read, Read::Nothing) {
+                read = Read::All;
             }
-            match registry.list().await {
-                Ok(entries) => {
-                    if stale {
-                        tracing::info!(sites = entries.len(), "the site registry answers again");
-                    }
+            match follower.read(read).await {
+                Ok(()) if stale => {
+                    info!(
+                        sites = follower.known.len(),
+                        "the site registry answers again"
+                    );
                     stale = false;
-                    if *tx.borrow() != entries {
-                        if let Err(e) = cache.write(&entries) {
-                            warn!(error = %format!("{e:#}"), "the registry's local copy was not updated");
-                        }
-                        tx.send_replace(entries);
-                    }
                 }
+                Ok(()) => {}
                 Err(e) => {
                     if !stale {
                         warn!(error = %e, "cannot read the site registry; serving the last one known");
@@ -226,19 +242,78 @@ pub fn follow(
     rx
 }
 
-/// Whether a store event may have changed the registry.
-fn registry_event(
-    event: Result<store::Change, broadcast::error::RecvError>,
-    prefix: &store::StorageKey,
-    open: &mut bool,
-) -> bool {
-    match event {
-        Ok(store::Change::Put(key) | store::Change::Deleted(key)) => key.starts_with(prefix),
-        Err(broadcast::error::RecvError::Lagged(_)) => true,
-        Err(broadcast::error::RecvError::Closed) => {
-            *open = false;
-            false
+/// What a batch of store events asks to read again.
+enum Read {
+    Nothing,
+    Keys(BTreeSet<StorageKey>),
+    All,
+}
+
+impl Read {
+    fn add(
+        &mut self,
+        event: Result<store::Change, broadcast::error::RecvError>,
+        prefix: &StorageKey,
+        open: &mut bool,
+    ) {
+        match event {
+            Ok(store::Change::Put(key) | store::Change::Deleted(key)) => {
+                if !key.starts_with(prefix) {
+                    return;
+                }
+                match self {
+                    Read::Nothing => *self = Read::Keys(BTreeSet::from([key])),
+                    Read::Keys(keys) => {
+                        keys.insert(key);
+                    }
+                    Read::All => {}
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => *self = Read::All,
+            Err(broadcast::error::RecvError::Closed) => *open = false,
         }
+    }
+}
+
+/// The follower's state: the registry as last read, by storage key.
+struct Follower {
+    registry: Registry,
+    cache: RegistryCache,
+    tx: watch::Sender<Vec<Entry>>,
+    known: BTreeMap<StorageKey, Entry>,
+}
+
+impl Follower {
+    async fn read(&mut self, what: Read) -> Result<(), sites::RegistryError> {
+        match what {
+            Read::Nothing => return Ok(()),
+            Read::All => {
+                self.known = self
+                    .registry
+                    .list()
+                    .await?
+                    .into_iter()
+                    .filter_map(|e| Some((Registry::key_of(&e.id)?, e)))
+                    .collect();
+            }
+            Read::Keys(keys) => {
+                for key in keys {
+                    match self.registry.entry_at(&key).await? {
+                        Some(entry) => self.known.insert(key, entry),
+                        None => self.known.remove(&key),
+                    };
+                }
+            }
+        }
+        let mut entries: Vec<Entry> = self.known.values().cloned().collect();
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        if *self.tx.borrow() != entries {
+            if let Err(e) = self.cache.write(&entries) {
+                warn!(error = %format!("{e:#}"), "the registry's local copy was not updated");
+            }
+            self.tx.send_replace(entries);
+        }
+        Ok(())
     }
 }
 

@@ -45,20 +45,36 @@ pub fn routes(sites: &[Site]) -> anyhow::Result<edge::Routes> {
     Ok(edge::Routes::new(sites)?)
 }
 
-/// Serve `file` and `registry` sites: the merged list (file first) becomes the edge's routes and
-/// the manager's certificates. Certificates that did not change keep their tasks (an order in
-/// flight goes on). Used at start, on SIGHUP and on every registry change.
-fn apply_sites(
-    edge: &edge::Edge,
-    manager: &Arc<certs::Manager>,
-    config: &Config,
-    registry: &[Entry],
-) -> anyhow::Result<usize> {
-    let sites = node_sites::merge(&config.sites, registry, &config.registry_env());
-    let routes = routes(&sites).with_context(|| config.file.display().to_string())?;
-    edge.set_routes(routes);
-    manager.apply(managed_certs(&sites, config.acme.as_ref()));
-    Ok(sites.len())
+/// What the node serves now: the edge's routes and the manager's certificates.
+struct Serving {
+    edge: Arc<edge::Edge>,
+    manager: Arc<certs::Manager>,
+    /// The certificates last handed to the manager.
+    certs: Vec<certs::ManagedCert>,
+}
+
+impl Serving {
+    /// Serve `config`'s file sites and the `registry` sites: the merged list (file first)
+    /// becomes the edge's routes and the manager's certificates. Certificates that did not
+    /// change keep their tasks (an order in flight goes on). The manager is told only when the
+    /// certificates changed, unless `reload` (SIGHUP: its tasks re-read files and storage).
+    /// Used at start, on SIGHUP and on every registry change.
+    fn apply_sites(
+        &mut self,
+        config: &Config,
+        registry: &[Entry],
+        reload: bool,
+    ) -> anyhow::Result<usize> {
+        let sites = node_sites::merge(&config.sites, registry, &config.registry_env());
+        let routes = routes(&sites).with_context(|| config.file.display().to_string())?;
+        self.edge.set_routes(routes);
+        let certs = managed_certs(&sites, config.acme.as_ref());
+        if reload || certs != self.certs {
+            self.manager.apply(certs.clone());
+            self.certs = certs;
+        }
+        Ok(sites.len())
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -123,7 +139,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
-    manager.apply(managed_certs(&initial, config.acme.as_ref()));
+    let initial_certs = managed_certs(&initial, config.acme.as_ref());
+    manager.apply(initial_certs.clone());
     drop(initial);
     let mut registry_changes = node_sites::follow(
         registry,
@@ -152,17 +169,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut current = config;
+    let mut serving = Serving {
+        edge: edge.clone(),
+        manager: manager.clone(),
+        certs: initial_certs,
+    };
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 let entries = registry_changes.borrow().clone();
-                if let Some(new) = reload(&current, &edge, &manager, &entries) {
+                if let Some(new) = reload(&current, &mut serving, &entries) {
                     current = new;
                 }
             }
             Ok(()) = registry_changes.changed() => {
                 let entries = registry_changes.borrow_and_update().clone();
-                match apply_sites(&edge, &manager, &current, &entries) {
+                match serving.apply_sites(&current, &entries, false) {
                     Ok(n) => info!(sites = n, registry_sites = entries.len(), "site registry change applied"),
                     Err(e) => error!(error = %format!("{e:#}"), "site registry change not applied"),
                 }
@@ -189,12 +211,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// SIGHUP: load the config file again and serve its sites with the registry's; `None` (and a
 /// logged error) keeps the running configuration.
-fn reload(
-    current: &Config,
-    edge: &edge::Edge,
-    manager: &Arc<certs::Manager>,
-    registry: &[Entry],
-) -> Option<Config> {
+fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option<Config> {
     let new = match Config::load(&current.file) {
         Ok(new) => new,
         Err(e) => {
@@ -212,7 +229,7 @@ fn reload(
             "listen (proxy_protocol_from and workers included) and storage changes take effect after a restart"
         );
     }
-    match apply_sites(edge, manager, &new, registry) {
+    match serving.apply_sites(&new, registry, true) {
         Ok(n) => {
             info!(sites = n, "configuration reloaded");
             Some(new)

@@ -188,7 +188,12 @@ impl Registry {
         StorageKey::new("sites").expect("\"sites\" is a valid storage key")
     }
 
-    /// The key of site `id`; `None` when no key can hold it (too long to be a domain).
+    /// The storage key of site `id`, as change events name it; `None` when no key can hold it
+    /// (too long to be a domain).
+    pub fn key_of(id: &str) -> Option<StorageKey> {
+        Registry::key(id)
+    }
+
     fn key(id: &str) -> Option<StorageKey> {
         Registry::prefix().join(&id.to_ascii_lowercase()).ok()
     }
@@ -226,6 +231,15 @@ impl Registry {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    /// The site stored under `key` (a key under [`Registry::prefix`], as change events name
+    /// them); `None` when there is none, or a removed site's tombstone.
+    pub async fn entry_at(&self, key: &StorageKey) -> Result<Option<Entry>, RegistryError> {
+        if !key.starts_with(&Registry::prefix()) {
+            return Ok(None);
+        }
+        Ok(self.record(key).await?.and_then(Record::entry))
     }
 
     /// Site `id`, if the registry has it.
