@@ -177,10 +177,31 @@ fn redirect(r: &RedirectSpec) -> Result<SiteAction, FieldError> {
             format!("expected 301, 302, 307 or 308, got {status}"),
         ));
     }
+    let keep_path = r.keep_path.unwrap_or(true);
+    // The edge's own rules for a target (no fragment, a valid host, no query with keep_path),
+    // so that a site accepted here is one every node can serve.
+    let probe = edge::Site {
+        names: vec!["example.com".into()],
+        action: edge::Action::Redirect(edge::Redirect {
+            to: to.clone(),
+            status,
+            keep_path,
+        }),
+        https_redirect: true,
+        hsts: None,
+        access_log: false,
+    };
+    if let Err(e) = edge::Routes::new(vec![probe]) {
+        let message = match e {
+            edge::EdgeError::InvalidRedirect { reason, .. } => format!("{reason}, got {to:?}"),
+            other => other.to_string(),
+        };
+        return Err(FieldError::new(FieldPath::of(&["redirect", "to"]), message));
+    }
     Ok(SiteAction::Redirect {
         to,
         status,
-        keep_path: r.keep_path.unwrap_or(true),
+        keep_path,
     })
 }
 

@@ -103,7 +103,24 @@ fn errors_name_the_field() {
             "ecdsa-p256",
         ),
     ];
-    for (text, pointer, message) in cases {
+    let edge_rules = [
+        (
+            r#"{"domains": ["a.example"], "redirect": {"to": "https://b.example/#top"}}"#,
+            "/redirect/to",
+            "fragment",
+        ),
+        (
+            r#"{"domains": ["a.example"], "redirect": {"to": "https://b.example/?q=1"}}"#,
+            "/redirect/to",
+            "query",
+        ),
+        (
+            r#"{"domains": ["a.example"], "redirect": {"to": "https://bad host/"}}"#,
+            "/redirect/to",
+            "",
+        ),
+    ];
+    for (text, pointer, message) in cases.into_iter().chain(edge_rules) {
         let spec: SiteSpec = serde_json::from_str(text).unwrap();
         let e = spec.validate(&env(None)).unwrap_err();
         assert_eq!(e.path.json_pointer(), pointer, "{text}: {e}");
