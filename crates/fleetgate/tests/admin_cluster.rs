@@ -162,6 +162,33 @@ async fn fleet_serves_registry_sites(cluster: Cluster) -> Result<()> {
     eprintln!("removal served everywhere after {removed_after:?}, edit after {edited_after:?}");
     // The other names kept their certificates: still one order per site.
     assert_eq!(cluster.ca_issued_serials().len(), SITES);
+
+    // Renew site 2 now, through node 1: one new order for the fleet, served by every node.
+    let name = "reg2.cluster.test";
+    let before = common::served_serial(cluster.nodes[0].https, name, &cluster.root).await?;
+    let reply = api(
+        admin(1),
+        Method::POST,
+        "/v1/certs/reg2.cluster.test/renew",
+        None,
+    )
+    .await?;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+    let before = &before;
+    testkit::wait_for_ok(
+        "every node serves the renewed certificate",
+        Duration::from_secs(60),
+        || async move {
+            for node in &cluster.nodes {
+                let serial = common::served_serial(node.https, name, &cluster.root).await?;
+                anyhow::ensure!(serial != *before, "{} still serves {serial}", node.ip);
+            }
+            Ok(())
+        },
+    )
+    .await
+    .with_context(|| cluster.logs())?;
+    assert_eq!(cluster.ca_issued_serials().len(), SITES + 1);
     Ok(())
 }
 
