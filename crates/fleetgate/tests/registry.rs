@@ -254,3 +254,59 @@ async fn a_restart_during_a_store_outage_serves_registry_sites_from_the_local_co
     node.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_sharing_a_directory_follow_the_registry() -> anyhow::Result<()> {
+    let first = tempfile::tempdir()?;
+    let data = first.path().join("data");
+    let mut a = Node::with_data(
+        first,
+        data.clone(),
+        testkit::loopback_ip(),
+        testkit::free_port(),
+        testkit::free_port(),
+        FILE_SITE,
+    )?;
+    let mut b = Node::with_data(
+        tempfile::tempdir()?,
+        data.clone(),
+        testkit::loopback_ip(),
+        testkit::free_port(),
+        testkit::free_port(),
+        FILE_SITE,
+    )?;
+    a.spawn()?;
+    b.spawn()?;
+    a.wait_listening().await?;
+    b.wait_listening().await?;
+    // Another process on the same directory (the CLI, say): its writes reach the nodes
+    // through the directory's change journal.
+    let store: Arc<dyn store::Storage> = Arc::new(store::DirStore::open(data)?);
+    let registry = Registry::new(store, "test".into());
+    registry
+        .create(
+            redirect(&["dir.fleet.test"], "https://dir.example/"),
+            &env(),
+            &HashMap::new(),
+        )
+        .await?;
+    let took = wait_all(
+        &[&a, &b],
+        "dir.fleet.test",
+        (301, Some("https://dir.example/")),
+        Duration::from_secs(2),
+    )
+    .await?;
+    eprintln!("dir backend: a new registry site was served by both nodes after {took:?}");
+    registry.delete("dir.fleet.test", None).await?;
+    wait_all(
+        &[&a, &b],
+        "dir.fleet.test",
+        (404, None),
+        Duration::from_secs(2),
+    )
+    .await?;
+    a.stop().await?;
+    b.stop().await?;
+    Ok(())
+}
