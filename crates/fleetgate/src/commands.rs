@@ -62,6 +62,12 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         let challenges: Vec<&str> = acme.challenges.iter().map(|c| c.as_str()).collect();
         writeln!(out, "acme: {} ({})", acme.directory, challenges.join(", "))?;
     }
+    if config.sites.is_empty() {
+        writeln!(
+            out,
+            "no [[site]]: this node serves the site registry's sites only"
+        )?;
+    }
     for (i, site) in config.sites.iter().enumerate() {
         let action = match &site.action {
             SiteAction::Redirect {
