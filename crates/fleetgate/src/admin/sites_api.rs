@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use tracing::info;
 
 use super::AdminState;
 use super::catalog::{Cursor, DEFAULT_PAGE, MAX_PAGE};
@@ -94,6 +95,7 @@ pub async fn create(
     let view = state.catalog().create(spec).await;
     state.registry_changed();
     let view = view?;
+    info!(site = %view.id, version = ?view.version, "admin API: site added");
     let mut response = site_response(StatusCode::CREATED, view.clone());
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/sites/{}", view.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -114,6 +116,7 @@ pub async fn update(
     let view = state.catalog().update(&id, spec, if_match).await;
     state.registry_changed();
     let view = view?;
+    info!(site = %view.id, version = ?view.version, "admin API: site changed");
     Ok(site_response(StatusCode::OK, view))
 }
 
@@ -126,6 +129,7 @@ pub async fn remove(
     let removed = state.catalog().delete(&id, if_match).await;
     state.registry_changed();
     removed?;
+    info!(site = %id, "admin API: site removed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
