@@ -4,6 +4,7 @@
 //! acme/<ca>/account.json                 ACME account credentials for one CA directory
 //! certs/<issuer>/<cert-id>.json          CertBundle (chain, key, meta) — <issuer> is acme-<ca> or internal
 //! status/<cert-id>.json                  last error and state for `fleetgate certs`
+//! renew/<cert-id>.json                   a request to renew now (`Manager::request_renewal`)
 //! challenges/http-01/<token>.json        HTTP-01 key authorization (+ domain)
 //! challenges/tls-alpn-01/<domain>.json   TLS-ALPN-01 key authorization digest
 //! internal/ca.json                       the built-in CA's root certificate and key
@@ -65,6 +66,11 @@ pub fn cert_lock(cert_id: &str) -> LockName {
 
 pub fn status(cert_id: &str) -> StorageKey {
     key(format!("status/{}.json", store::sanitize_segment(cert_id)))
+}
+
+/// A request to renew `cert_id` now, honoured by whichever node takes the certificate's lease.
+pub fn renew_request(cert_id: &str) -> StorageKey {
+    key(format!("renew/{}.json", store::sanitize_segment(cert_id)))
 }
 
 pub fn http01(token: &str) -> StorageKey {

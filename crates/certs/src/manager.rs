@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use rustls::sign::CertifiedKey;
 use store::{Change, Storage, StorageKey};
 use tokio::sync::Notify;
@@ -34,6 +35,19 @@ pub trait Deployer: Send + Sync + 'static {
     fn deploy(&self, id: &CertId, names: &[DomainName], key: Arc<CertifiedKey>);
     /// Stop serving what was deployed for `id`.
     fn retract(&self, id: &CertId);
+}
+
+/// A request to renew one certificate now (`renew/<id>.json`), written by
+/// [`Manager::request_renewal`] on any node (or by a tool with no manager running). Every
+/// node's task for the certificate reads it when woken by its change event (or when it starts);
+/// whichever takes the certificate's lease renews, once for the fleet, and removes the request.
+/// It names the serial to replace, so a request that another node already honoured is ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// The serial of the certificate to replace (hex, as in `CertMeta::serial`).
+    pub serial: String,
+    pub requested_at: i64,
+    pub requested_by: String,
 }
 
 /// Timings of the manager; the defaults suit production, tests shorten them.
@@ -157,7 +171,9 @@ impl Manager {
             if let Some(task) = tasks.remove(&id) {
                 task.cancel.cancel();
                 if let Some(key) = task.cert.storage_key() {
-                    lock(&self.watch).remove(&key);
+                    let mut watch = lock(&self.watch);
+                    watch.remove(&key);
+                    watch.remove(&layout::renew_request(&id));
                 }
                 if !wanted.contains_key(&id) {
                     info!(cert = %id, "certificate removed from the configuration");
@@ -173,7 +189,9 @@ impl Manager {
             let cancel = self.shutdown.child_token();
             let kick = Arc::new(Notify::new());
             if let Some(key) = cert.storage_key() {
-                lock(&self.watch).insert(key, kick.clone());
+                let mut watch = lock(&self.watch);
+                watch.insert(key, kick.clone());
+                watch.insert(layout::renew_request(&id), kick.clone());
             }
             // A files certificate that loads fine needs no status record: `fleetgate certs`
             // reads the files themselves. Only its failures are recorded.
@@ -273,6 +291,39 @@ impl Manager {
             }
         });
     }
+
+    /// Ask the fleet to renew `cert` now: writes a [`RenewRequest`] for the serial stored now.
+    /// `Ok(None)`: nothing is stored yet (the certificate is being obtained anyway). Files
+    /// certificates are not renewed by fleetgate (`Error::Config`).
+    pub async fn request_renewal(
+        store: &dyn Storage,
+        cert: &ManagedCert,
+        by: &str,
+    ) -> Result<Option<RenewRequest>> {
+        let Some(key) = cert.storage_key() else {
+            return Err(Error::Config(format!(
+                "{} comes from files; replace the files to renew it",
+                cert.id
+            )));
+        };
+        let Some(bytes) = store.get(&key).await? else {
+            return Ok(None);
+        };
+        let bundle = CertBundle::from_json(&bytes).map_err(|e| Error::InvalidCertificate {
+            path: None,
+            detail: format!("the stored certificate is unreadable: {e}"),
+        })?;
+        let request = RenewRequest {
+            serial: bundle.meta.serial.clone(),
+            requested_at: now_unix(),
+            requested_by: by.to_string(),
+        };
+        let bytes = serde_json::to_vec(&request)
+            .map_err(|e| Error::Config(format!("cannot encode the renewal request: {e}")))?;
+        store.put(&layout::renew_request(&cert.id), &bytes).await?;
+        info!(cert = %cert.id, serial = %request.serial, by, "renewal requested");
+        Ok(Some(request))
+    }
 }
 
 /// The loop that keeps one certificate current.
@@ -310,6 +361,11 @@ impl CertWorker {
         let mut backoff = Backoff::new();
         let mut files_state = FilesState::default();
         let mut cached_serial: Option<String> = None;
+        // Read the renewal request when starting and when woken (its change event kicks too).
+        let mut renew = RenewWanted {
+            check: true,
+            serial: None,
+        };
         loop {
             // Each step returns how long to sleep (or until kicked or cancelled).
             let delay = match &self.cert.source {
@@ -324,6 +380,7 @@ impl CertWorker {
                         &mut deployed_serial,
                         &mut cached_serial,
                         &mut backoff,
+                        &mut renew,
                     ))
                     .await
                 }
@@ -331,7 +388,10 @@ impl CertWorker {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 // A kick (SIGHUP, a change event) re-reads everything, files included.
-                _ = self.kick.notified() => files_state.stamp = None,
+                _ = self.kick.notified() => {
+                    files_state.stamp = None;
+                    renew.check = true;
+                }
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -555,6 +615,7 @@ impl CertWorker {
         deployed_serial: &mut Option<String>,
         cached_serial: &mut Option<String>,
         backoff: &mut Backoff,
+        renew: &mut RenewWanted,
     ) -> Duration {
         let now = now_unix();
         // Nothing served yet (this process just started): serve the local copy at once rather
@@ -617,8 +678,16 @@ impl CertWorker {
             .filter(|_| !unusable)
             .map(|b| renewal::renew_at(&b.meta, jitter_seed(&b.meta.serial)))
             .unwrap_or(now);
+        if renew.check {
+            renew.check = false;
+            renew.serial = self.load_renew_request().await.map(|r| r.serial);
+        }
+        let requested = current
+            .as_ref()
+            .is_some_and(|b| renew.serial.as_deref() == Some(b.meta.serial.as_str()));
         if let Some(bundle) = &current
             && due > now
+            && !requested
         {
             if let Some(next_ari) = self.maybe_check_ari(bundle, now).await {
                 let wait = (due.min(next_ari) - now).max(1) as u64;
@@ -653,10 +722,12 @@ impl CertWorker {
             Ok(Some(fresh))
                 if self.cert.wants(&fresh)
                     && renewal::renew_at(&fresh.meta, jitter_seed(&fresh.meta.serial))
-                        > now_unix() =>
+                        > now_unix()
+                    && !self.renewal_requested_for(&fresh).await =>
             {
                 // Taken only if it can be served; an unusable one is replaced below.
                 if self.deploy(&fresh, deployed_serial).is_ok() {
+                    renew.serial = None;
                     let _ = guard.release().await;
                     return Duration::ZERO;
                 }
@@ -706,6 +777,20 @@ impl CertWorker {
                 match written {
                     Ok(()) => {
                         backoff.reset();
+                        if requested {
+                            info!(replaced = ?renew.serial, "renewed on request");
+                            // The request is honoured (it names the serial just replaced, so a
+                            // copy left by a failed delete is ignored).
+                            if let Err(e) = self
+                                .manager
+                                .store
+                                .delete(&layout::renew_request(&self.cert.id))
+                                .await
+                            {
+                                debug!(error = %e, "could not remove the renewal request");
+                            }
+                        }
+                        renew.serial = None;
                         if let Err(e) = self.deploy(&bundle, deployed_serial) {
                             warn!(error = %e, "new certificate cannot be served");
                         } else {
@@ -732,6 +817,26 @@ impl CertWorker {
         };
         let _ = guard.release().await;
         outcome
+    }
+
+    /// The pending renewal request for this certificate, if any (unreadable ones are ignored).
+    async fn load_renew_request(&self) -> Option<RenewRequest> {
+        let key = layout::renew_request(&self.cert.id);
+        match self.manager.store.get(&key).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                debug!(error = %e, "cannot read the renewal request");
+                None
+            }
+        }
+    }
+
+    /// Whether a renewal request (re-read now, under the lease) asks to replace `bundle`.
+    async fn renewal_requested_for(&self, bundle: &CertBundle) -> bool {
+        self.load_renew_request()
+            .await
+            .is_some_and(|r| r.serial == bundle.meta.serial)
     }
 
     async fn obtain(&self, current: Option<&CertBundle>) -> Result<CertBundle> {
@@ -901,6 +1006,14 @@ impl CertWorker {
 fn join(findings: &[Finding]) -> String {
     let parts: Vec<String> = findings.iter().map(ToString::to_string).collect();
     parts.join("; ")
+}
+
+/// What a task knows of the renewal request for its certificate.
+struct RenewWanted {
+    /// Read the request from the store at the next step.
+    check: bool,
+    /// The serial a pending request asks to replace.
+    serial: Option<String>,
 }
 
 /// A stable per-certificate number in [0, 1) so every node picks the same point in a window.

@@ -2,11 +2,13 @@
 
 use std::io::Write;
 
+use anyhow::Context;
+
 use crate::config::{Config, SiteAction, TlsChoice};
 
 /// `fleetgate check`: the config is valid (or `main` already reported why not); print it.
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    crate::run::routes(config)?;
+    crate::run::routes(&config.sites).with_context(|| config.file.display().to_string())?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: OK", config.file.display())?;
     writeln!(
@@ -59,6 +61,12 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     if let Some(acme) = &config.acme {
         let challenges: Vec<&str> = acme.challenges.iter().map(|c| c.as_str()).collect();
         writeln!(out, "acme: {} ({})", acme.directory, challenges.join(", "))?;
+    }
+    if config.sites.is_empty() {
+        writeln!(
+            out,
+            "no [[site]]: this node serves the site registry's sites only"
+        )?;
     }
     for (i, site) in config.sites.iter().enumerate() {
         let action = match &site.action {
@@ -116,8 +124,12 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 
 /// `fleetgate certs`: one row per certificate, read from storage and files.
 pub async fn certs(config: &Config) -> anyhow::Result<()> {
-    let (store, _) = crate::run::open_store(config).await?;
-    let rows = certs::Manager::statuses(store.as_ref(), &config.managed_certs()).await;
+    let (store, _) = crate::store_open::open_store(config).await?;
+    let rows = certs::Manager::statuses(
+        store.as_ref(),
+        &crate::node_sites::managed_certs(config, store.clone()).await,
+    )
+    .await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -156,8 +168,8 @@ pub async fn certs(config: &Config) -> anyhow::Result<()> {
 
 /// `fleetgate ca export`: the built-in CA's root, PEM.
 pub async fn ca_export(config: &Config) -> anyhow::Result<()> {
-    let (store, _) = crate::run::open_store(config).await?;
-    let node = crate::run::node_name(config);
+    let (store, _) = crate::store_open::open_store(config).await?;
+    let node = crate::store_open::node_name(config);
     let ca = certs::internal::InternalCa::new(store, node);
     let pem = ca.root_pem().await?;
     print!("{pem}");

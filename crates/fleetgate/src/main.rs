@@ -3,11 +3,16 @@
 //! `main` only wires: parse the command line, set up logging, load the config, run the command,
 //! and turn errors into exit codes.
 
+mod admin;
+mod admin_config;
 mod commands;
 mod config;
 mod deploy;
+mod node_sites;
 mod run;
+mod sites_cli;
 mod status;
+mod store_open;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +52,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Registry sites, shared by the fleet: list, show, add, set, rm (through the store; no
+    /// node needs to run).
+    Sites {
+        #[command(subcommand)]
+        command: sites_cli::SitesCommand,
+    },
     /// The built-in CA.
     Ca {
         #[command(subcommand)]
@@ -73,6 +84,7 @@ fn main() -> ExitCode {
         Command::Ca {
             command: CaCommand::Export { config },
         } => config,
+        Command::Sites { command } => command.config(),
     };
     let config = match config::Config::load(config_path) {
         Ok(config) => config,
@@ -95,6 +107,9 @@ fn main() -> ExitCode {
         Command::Ca {
             command: CaCommand::Export { .. },
         } => runtime().and_then(|rt| rt.block_on(commands::ca_export(&config))),
+        Command::Sites { command } => {
+            runtime().and_then(|rt| rt.block_on(sites_cli::run(config, command)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

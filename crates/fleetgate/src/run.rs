@@ -1,4 +1,5 @@
-//! `fleetgate run`: build everything from the config, serve, reload on SIGHUP, drain on SIGTERM.
+//! `fleetgate run`: build everything from the config and the site registry, serve, follow
+//! registry changes, reload on SIGHUP, drain on SIGTERM.
 
 use std::sync::Arc;
 
@@ -8,8 +9,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, LogConfig, LogFormat, SealKeySource, SiteAction, StorageConfig};
+use sites::{Entry, Registry};
+
+use crate::config::{Config, LogConfig, LogFormat, Site, managed_certs};
 use crate::deploy::{SharedChallenges, SniDeployer};
+use crate::node_sites::{self, RegistryCache};
+use crate::store_open::{node_name, open_store};
 
 pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
@@ -28,161 +33,61 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
-/// The configured sealing key, if any: `storage.seal_key_file`, else `FLEETGATE_SEAL_KEY`.
-fn seal_key(config: &Config) -> anyhow::Result<Option<store::SealKey>> {
-    let key_text = match &config.seal_key {
-        Some(SealKeySource::File(path)) => Some((
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read storage.seal_key_file {}", path.display()))?,
-            format!("storage.seal_key_file {}", path.display()),
-        )),
-        None => std::env::var("FLEETGATE_SEAL_KEY")
-            .ok()
-            .map(|k| (k, "FLEETGATE_SEAL_KEY".to_string())),
-    };
-    match key_text {
-        Some((text, origin)) => Ok(Some(
-            store::SealKey::from_hex(&text).with_context(|| origin)?,
-        )),
-        None => Ok(None),
-    }
-}
-
-fn sealed(
-    backend: Arc<dyn store::Storage>,
-    key: &Option<store::SealKey>,
-) -> Arc<dyn store::Storage> {
-    match key {
-        Some(key) => Arc::new(store::SealedStore::new(
-            backend,
-            key,
-            certs::layout::sealed_prefixes(),
-        )),
-        None => backend,
-    }
-}
-
-fn open_dir(path: &std::path::Path) -> anyhow::Result<Arc<dyn store::Storage>> {
-    Ok(Arc::new(
-        store::DirStore::open(path.to_path_buf())
-            .with_context(|| format!("cannot open the storage directory {}", path.display()))?,
-    ))
-}
-
-/// Open the configured storage backend (private keys sealed when a sealing key is configured),
-/// and for shared backends this node's local cache.
-pub async fn open_store(
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>)> {
-    let key = seal_key(config)?;
-    let (backend, cache): (Arc<dyn store::Storage>, Option<Arc<dyn store::Storage>>) =
-        match &config.storage {
-            StorageConfig::Dir { path } => (open_dir(path)?, None),
-            StorageConfig::Postgres { url, path, ca_root } => {
-                let what = || format!("cannot use PostgreSQL (storage.url {})", redact(url));
-                let parsed: store::PostgresUrl = url.parse().with_context(what)?;
-                let mut options = store::PostgresOptions::default();
-                if let Some(pem) = read_pem(ca_root.as_deref(), "storage.ca_root")? {
-                    options = options.ca_root_pem(pem);
-                }
-                // Lazy: a node starts (and serves from its local cache) while the database is down.
-                let store =
-                    store::PostgresStore::connect_lazy_with(&parsed, options).with_context(what)?;
-                (Arc::new(store), Some(open_dir(&path.join("cache"))?))
-            }
-            StorageConfig::Redis {
-                url,
-                prefix,
-                path,
-                ca_root,
-            } => {
-                let mut builder = store::RedisStore::builder(url.clone()).prefix(prefix.clone());
-                if let Some(pem) = read_pem(ca_root.as_deref(), "storage.ca_root")? {
-                    builder = builder.ca_root_pem(pem);
-                }
-                let store = builder
-                    .connect_lazy()
-                    .with_context(|| format!("cannot use Redis (storage.url {})", redact(url)))?;
-                (Arc::new(store), Some(open_dir(&path.join("cache"))?))
-            }
-        };
-    Ok((sealed(backend, &key), cache.map(|c| sealed(c, &key))))
-}
-
-/// The PEM file a `ca_root` key names, when one is configured (the config checked it when it
-/// was loaded; it is read again where it is used).
-fn read_pem(path: Option<&std::path::Path>, key: &str) -> anyhow::Result<Option<String>> {
-    path.map(|path| {
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {key} {}", path.display()))
-    })
-    .transpose()
-}
-
-/// A URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// This node's name in logs and locks: `node` from the config, or hostname-pid.
-pub fn node_name(config: &Config) -> String {
-    if let Some(node) = &config.node {
-        return node.clone();
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "node".to_string());
-    format!("{host}-{}", std::process::id())
-}
-
-/// The edge's routing table for a config.
-pub fn routes(config: &Config) -> anyhow::Result<edge::Routes> {
-    let sites = config
-        .sites
+/// The edge's routing table for `sites`.
+pub fn routes(sites: &[Site]) -> anyhow::Result<edge::Routes> {
+    let sites = sites
         .iter()
-        .map(|site| -> anyhow::Result<edge::Site> {
-            Ok(edge::Site {
-                names: site.domains.iter().map(|d| d.to_string()).collect(),
-                action: match &site.action {
-                    SiteAction::Redirect {
-                        to,
-                        status,
-                        keep_path,
-                    } => edge::Action::Redirect(edge::Redirect {
-                        to: to.clone(),
-                        status: *status,
-                        keep_path: *keep_path,
-                    }),
-                    SiteAction::Respond { status, body } => edge::Action::Respond {
-                        status: *status,
-                        body: bytes::Bytes::from(body.clone()),
-                    },
-                    SiteAction::Proxy { proxy, ca_root } => {
-                        let mut proxy = edge::Proxy::clone(proxy);
-                        proxy.ca_root_pem = read_pem(ca_root.as_deref(), "proxy.ca_root")?;
-                        edge::Action::Proxy(proxy)
-                    }
-                },
-                https_redirect: site.https_redirect,
-                hsts: site.hsts,
-                access_log: site.access_log,
-            })
+        .map(|site| {
+            site.edge_site()
+                .map_err(|e| anyhow::anyhow!("site {}: {e}", site.id()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    edge::Routes::new(sites).map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))
+    Ok(edge::Routes::new(sites)?)
+}
+
+/// What the node serves now: the edge's routes and the manager's certificates.
+struct Serving {
+    edge: Arc<edge::Edge>,
+    manager: Arc<certs::Manager>,
+    /// The certificates last handed to the manager.
+    certs: Vec<certs::ManagedCert>,
+}
+
+impl Serving {
+    /// Serve `config`'s file sites and the `registry` sites: the merged list (file first)
+    /// becomes the edge's routes and the manager's certificates. Certificates that did not
+    /// change keep their tasks (an order in flight goes on). The manager is told only when the
+    /// certificates changed, unless `reload` (SIGHUP: its tasks re-read files and storage).
+    /// Used at start, on SIGHUP and on every registry change.
+    fn apply_sites(
+        &mut self,
+        config: &Config,
+        registry: &[Entry],
+        reload: bool,
+    ) -> anyhow::Result<usize> {
+        let sites = node_sites::merge(&config.sites, registry, &config.registry_env());
+        let routes = routes(&sites).with_context(|| config.file.display().to_string())?;
+        self.edge.set_routes(routes);
+        let certs = managed_certs(&sites, config.acme.as_ref());
+        if reload || certs != self.certs {
+            self.manager.apply(certs.clone());
+            self.certs = certs;
+        }
+        Ok(sites.len())
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = node_name(&config);
     let (store, cache) = open_store(&config).await?;
-    let initial_routes = routes(&config)?;
+    let shutdown = CancellationToken::new();
+    // Subscribe before the first read so that no change falls between the two.
+    let registry_events = store.subscribe();
+    let registry = Registry::new(store.clone(), node.clone());
+    let registry_cache = RegistryCache::new(config.storage.path());
+    let (entries, origin) = node_sites::initial(&registry, &registry_cache).await;
+    let initial = node_sites::merge(&config.sites, &entries, &config.registry_env());
+    let initial_routes = routes(&initial).with_context(|| config.file.display().to_string())?;
     let cert_map = Arc::new(edge::CertMap::new());
     let cert_map_for_status = cert_map.clone();
     let manager = certs::Manager::with_cache(
@@ -224,16 +129,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         node = %node,
         http = %config.listen_http,
         https = %config.listen_https,
-        sites = config.sites.len(),
+        sites = initial.len(),
+        registry_sites = entries.len(),
+        registry_from = ?origin,
         workers = config.workers,
         version = env!("CARGO_PKG_VERSION"),
         "fleetgate started"
     );
 
-    let shutdown = CancellationToken::new();
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
-    manager.apply(config.managed_certs());
+    let initial_certs = managed_certs(&initial, config.acme.as_ref());
+    manager.apply(initial_certs.clone());
+    drop(initial);
+    let mut registry_changes = node_sites::follow(
+        registry,
+        registry_cache,
+        registry_events,
+        config.timings.resync,
+        (entries, origin),
+        shutdown.clone(),
+    );
     let heartbeat = crate::status::spawn_heartbeat(
         store.clone(),
         &config,
@@ -241,28 +157,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cert_map_for_status,
         shutdown.clone(),
     );
+    let admin = match &config.admin {
+        Some(admin) => {
+            let state = crate::admin::AdminState::new(&config, store.clone(), node.clone());
+            Some(crate::admin::spawn(admin, state, shutdown.clone()).await?)
+        }
+        None => None,
+    };
 
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut current = config;
+    let mut serving = Serving {
+        edge: edge.clone(),
+        manager: manager.clone(),
+        certs: initial_certs,
+    };
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                match Config::load(&current.file) {
-                    Ok(new) => match routes(&new) {
-                        Ok(new_routes) => {
-                            if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.proxy_protocol_from != current.proxy_protocol_from || new.workers != current.workers || new.storage != current.storage {
-                                warn!("listen (proxy_protocol_from and workers included) and storage changes take effect after a restart");
-                            }
-                            edge.set_routes(new_routes);
-                            manager.apply(new.managed_certs());
-                            info!(sites = new.sites.len(), "configuration reloaded");
-                            current = new;
-                        }
-                        Err(e) => error!(error = %e, "configuration rejected; keeping the running one"),
-                    },
-                    Err(e) => error!(error = %e, "configuration rejected; keeping the running one"),
+                let entries = registry_changes.borrow().clone();
+                if let Some(new) = reload(&current, &mut serving, &entries) {
+                    current = new;
+                }
+            }
+            Ok(()) = registry_changes.changed() => {
+                let entries = registry_changes.borrow_and_update().clone();
+                match serving.apply_sites(&current, &entries, false) {
+                    Ok(n) => info!(sites = n, registry_sites = entries.len(), "site registry change applied"),
+                    Err(e) => error!(error = %format!("{e:#}"), "site registry change not applied"),
                 }
             }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
@@ -273,6 +197,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // edge), then stop certificate work and release this node's leases.
     shutdown.cancel();
     let _ = tokio::join!(http_task, https_task, heartbeat);
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     // The listeners have drained their connections: the workers have nothing left to run.
     if let Some(shards) = &shards {
         shards.stop();
@@ -280,4 +207,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     manager.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: load the config file again and serve its sites with the registry's; `None` (and a
+/// logged error) keeps the running configuration.
+fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option<Config> {
+    let new = match Config::load(&current.file) {
+        Ok(new) => new,
+        Err(e) => {
+            error!(error = %e, "configuration rejected; keeping the running one");
+            return None;
+        }
+    };
+    if new.listen_http != current.listen_http
+        || new.listen_https != current.listen_https
+        || new.proxy_protocol_from != current.proxy_protocol_from
+        || new.workers != current.workers
+        || new.storage != current.storage
+    {
+        warn!(
+            "listen (proxy_protocol_from and workers included) and storage changes take effect after a restart"
+        );
+    }
+    match serving.apply_sites(&new, registry, true) {
+        Ok(n) => {
+            info!(sites = n, "configuration reloaded");
+            Some(new)
+        }
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "configuration rejected; keeping the running one");
+            None
+        }
+    }
 }

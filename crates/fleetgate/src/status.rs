@@ -78,7 +78,7 @@ pub fn spawn_heartbeat(
 
 /// `fleetgate status`.
 pub async fn status(config: &Config) -> anyhow::Result<()> {
-    let (store, _) = crate::run::open_store(config).await?;
+    let (store, _) = crate::store_open::open_store(config).await?;
     let mut out = std::io::stdout().lock();
     let now = now();
 
@@ -126,7 +126,11 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
     }
 
     writeln!(out, "\ncertificates needing work:")?;
-    let rows = certs::Manager::statuses(store.as_ref(), &config.managed_certs()).await;
+    let rows = certs::Manager::statuses(
+        store.as_ref(),
+        &crate::node_sites::managed_certs(config, store.clone()).await,
+    )
+    .await;
     let mut any = false;
     for row in rows.iter().filter(|r| r.state != certs::CertState::Valid) {
         any = true;

@@ -37,6 +37,7 @@ pub struct ClusterBuilder {
     storage_extra: String,
     nonce_reject: u8,
     proxy_protocol: bool,
+    admin: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -50,6 +51,7 @@ impl Default for ClusterBuilder {
             storage_extra: String::new(),
             nonce_reject: 0,
             proxy_protocol: false,
+            admin: false,
         }
     }
 }
@@ -59,6 +61,12 @@ impl ClusterBuilder {
     /// the nodes trust; probes straight to a node (from 127.0.0.1) stay direct clients.
     pub fn proxy_protocol(mut self) -> Self {
         self.proxy_protocol = true;
+        self
+    }
+
+    /// Every node serves the admin API (no token) on its own address, port [`Cluster::admin_addr`].
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
         self
     }
 
@@ -142,6 +150,7 @@ impl ClusterBuilder {
         let data = shared.path().join("data");
         let mut nodes = Vec::new();
         let (node_http, node_https) = (testkit::free_port(), testkit::free_port());
+        let admin_port = self.admin.then(testkit::free_port);
         for _ in 0..self.nodes {
             let ip = testkit::loopback_ip();
             let dir = tempfile::tempdir()?;
@@ -176,6 +185,12 @@ impl ClusterBuilder {
             )?;
             if self.proxy_protocol {
                 node.listen_extra = format!("proxy_protocol_from = [\"{lb_ip}\"]");
+                node.write_config(&body)?;
+            }
+            if let Some(port) = admin_port {
+                // Its own table, written after [listen]'s keys on every rewrite of the config.
+                node.listen_extra
+                    .push_str(&format!("\n[admin]\nlisten = \"{ip}:{port}\"\n"));
                 node.write_config(&body)?;
             }
             nodes.push(node);
@@ -214,6 +229,7 @@ impl ClusterBuilder {
             root,
             acme,
             sites,
+            admin_port,
             _shared: shared,
         })
     }
@@ -242,6 +258,7 @@ pub struct Cluster {
     acme: String,
     /// The configured sites, each a list of names (the first is the certificate's id).
     pub sites: Vec<Vec<String>>,
+    admin_port: Option<u16>,
     // The shared directory (and the dir backend's data) lives as long as the nodes.
     _shared: tempfile::TempDir,
 }
@@ -249,6 +266,12 @@ pub struct Cluster {
 impl Cluster {
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::default()
+    }
+
+    /// Node `i`'s admin API (built with [`ClusterBuilder::admin`]).
+    pub fn admin_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.admin_port
+            .map(|port| SocketAddr::from((self.nodes[i].ip, port)))
     }
 
     /// Every configured name.

@@ -1,0 +1,218 @@
+//! Every site a node knows, file and registry, and the registry operations on them: the one place
+//! the admin API and `fleetgate sites` both call, so both refuse and accept the same things.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+
+use super::problem::{Problem, kind};
+use super::view::{SitePage, SiteSource, SiteView};
+
+/// `GET /v1/sites` without `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `limit` accepted.
+pub const MAX_PAGE: usize = 1000;
+
+/// File sites (from `config`) and registry sites (from the store).
+pub struct Catalog<'a> {
+    config: Arc<Config>,
+    registry: &'a sites::Registry,
+}
+
+impl<'a> Catalog<'a> {
+    pub fn new(config: Arc<Config>, registry: &'a sites::Registry) -> Catalog<'a> {
+        Catalog { config, registry }
+    }
+
+    /// The configuration file's sites, as written.
+    pub fn file_sites(&self) -> Vec<SiteView> {
+        self.config
+            .site_specs
+            .iter()
+            .map(|spec| SiteView {
+                id: spec.id(),
+                source: SiteSource::File,
+                version: None,
+                updated_at: None,
+                updated_by: None,
+                spec: spec.clone(),
+            })
+            .collect()
+    }
+
+    /// The file site with id `id` (ids are domains: compared without case).
+    fn file_site(&self, id: &str) -> Option<SiteView> {
+        let id = id.trim_end_matches('.');
+        self.file_sites()
+            .into_iter()
+            .find(|s| s.id.eq_ignore_ascii_case(id))
+    }
+
+    /// Every site, read now, sorted by id (a file site before a registry site of the same id).
+    pub async fn list(&self) -> Result<Vec<SiteView>, Problem> {
+        let entries = self.registry.list().await.map_err(Problem::from)?;
+        Ok(self.list_with(&entries))
+    }
+
+    /// Every site, the registry's being `entries`, sorted as [`Catalog::list`].
+    pub fn list_with(&self, entries: &[sites::Entry]) -> Vec<SiteView> {
+        let mut all = self.file_sites();
+        all.extend(entries.iter().cloned().map(SiteView::registry));
+        all.sort_by(|a, b| (&a.id, a.source).cmp(&(&b.id, b.source)));
+        all
+    }
+
+    /// One page of [`Catalog::list_with`]: up to `limit` sites after `cursor`.
+    pub fn page(
+        &self,
+        entries: &[sites::Entry],
+        limit: usize,
+        cursor: Option<&Cursor>,
+    ) -> SitePage {
+        let all = self.list_with(entries);
+        // Sorted by (id, source): find the first entry past the cursor in that order.
+        let start = match cursor {
+            Some(c) => all.partition_point(|s| (&s.id, s.source) <= (&c.id, c.source)),
+            None => 0,
+        };
+        let sites: Vec<SiteView> = all.iter().skip(start).take(limit).cloned().collect();
+        let next_cursor = if start + sites.len() < all.len() {
+            sites.last().map(|s| {
+                Cursor {
+                    id: s.id.clone(),
+                    source: s.source,
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        SitePage { sites, next_cursor }
+    }
+
+    /// A site by id: the file's if the file has it, else the registry's.
+    pub async fn get(&self, id: &str) -> Result<SiteView, Problem> {
+        if let Some(view) = self.file_site(id) {
+            return Ok(view);
+        }
+        match self.registry.get(id).await.map_err(Problem::from)? {
+            Some(entry) => Ok(SiteView::registry(entry)),
+            None => Err(Problem::new(kind::NOT_FOUND, format!("no site {id}")).site(id)),
+        }
+    }
+
+    pub async fn create(&self, spec: sites::SiteSpec) -> Result<SiteView, Problem> {
+        let domains = spec.domains.clone();
+        let entry = self
+            .registry
+            .create(
+                spec,
+                &self.config.registry_env(),
+                &self.config.file_domains(),
+            )
+            .await
+            .map_err(|e| refused(e, &domains))?;
+        Ok(SiteView::registry(entry))
+    }
+
+    /// Replace registry site `id`; `if_match`: only if it is still at that version.
+    pub async fn update(
+        &self,
+        id: &str,
+        spec: sites::SiteSpec,
+        if_match: Option<u64>,
+    ) -> Result<SiteView, Problem> {
+        self.refuse_file_site(id, "edit it in the configuration file of each node")?;
+        let domains = spec.domains.clone();
+        let entry = self
+            .registry
+            .update(
+                id,
+                spec,
+                if_match,
+                &self.config.registry_env(),
+                &self.config.file_domains(),
+            )
+            .await
+            .map_err(|e| refused(e, &domains))?;
+        Ok(SiteView::registry(entry))
+    }
+
+    pub async fn delete(&self, id: &str, if_match: Option<u64>) -> Result<(), Problem> {
+        self.refuse_file_site(id, "remove it from the configuration file of each node")?;
+        Ok(self.registry.delete(id, if_match).await?)
+    }
+
+    fn refuse_file_site(&self, id: &str, how: &str) -> Result<(), Problem> {
+        match self.file_site(id) {
+            Some(site) => Err(Problem::new(
+                kind::FILE_SITE,
+                format!("{} is a site of the configuration file; {how}", site.id),
+            )
+            .site(site.id)),
+            None => Ok(()),
+        }
+    }
+
+    /// The certificates of every site (what `fleetgate certs` shows), the registry's being
+    /// `entries`.
+    pub fn managed_certs(&self, entries: &[sites::Entry]) -> Vec<certs::ManagedCert> {
+        let config = &self.config;
+        let mut all = config.managed_certs();
+        let env = config.registry_env();
+        for entry in entries {
+            // A stored site that no longer validates here (say, no [acme] on this node) has
+            // no certificate this node would manage.
+            if let Ok(site) = entry.spec.validate(&env) {
+                all.extend(site.managed_certs(config.acme.as_ref()));
+            }
+        }
+        all
+    }
+}
+
+/// A refused write as a problem; a taken domain is pointed at in the request's `domains`.
+fn refused(e: sites::RegistryError, domains: &[String]) -> Problem {
+    let taken = match &e {
+        sites::RegistryError::DomainTaken { domain, .. } => Some(domain.clone()),
+        _ => None,
+    };
+    let mut problem = Problem::from(e);
+    if let Some(domain) = taken {
+        let same = |d: &String| {
+            d.trim()
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(domain.trim_end_matches('.'))
+        };
+        if let Some(i) = domains.iter().position(same) {
+            problem.field = Some(format!("/domains/{i}"));
+        }
+    }
+    problem
+}
+
+/// Where a page starts: after the site `(id, source)`. Sent as `<source>:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub id: String,
+    pub source: SiteSource,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.source, self.id)
+    }
+
+    pub fn parse(text: &str) -> Option<Cursor> {
+        let (source, id) = text.split_once(':')?;
+        let source = match source {
+            "file" => SiteSource::File,
+            "registry" => SiteSource::Registry,
+            _ => return None,
+        };
+        (!id.is_empty()).then(|| Cursor {
+            id: id.to_string(),
+            source,
+        })
+    }
+}

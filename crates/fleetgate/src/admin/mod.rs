@@ -1,0 +1,341 @@
+//! The admin API (`[admin]`): JSON over HTTP/1.1 and HTTP/2 (h2c) on a loopback address or a
+//! unix socket, bearer token when configured, RFC 9457 problem documents for every error.
+//!
+//! Layers: `serve`/`router` (this file) -> handlers (`sites_api`, `certs_api`, `nodes_api`) -> `catalog`
+//! (file + registry sites, the operations the CLI shares) -> `view` (the JSON forms) and
+//! `problem` (errors).
+//!
+//! ```text
+//! GET    /v1/sites?limit=&cursor=   file and registry sites, paged by id
+//! GET    /v1/sites/{id}
+//! POST   /v1/sites                  201 + Location + ETag: the stored entry
+//! PUT    /v1/sites/{id}             If-Match: <version> (optional); 412 when stale
+//! DELETE /v1/sites/{id}             registry sites only (409 for a file site)
+//! GET    /v1/certs                  what `fleetgate certs` shows
+//! POST   /v1/certs/{id}/renew       202: renewed once for the fleet, under the lease
+//! GET    /v1/nodes                  what `fleetgate status` shows
+//! ```
+
+mod capped;
+pub mod catalog;
+mod certs_api;
+mod nodes_api;
+pub mod problem;
+mod sites_api;
+pub mod view;
+
+pub use sites_api::parse_spec;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin_config::{AdminConfig, AdminListen, AdminToken};
+use crate::config::Config;
+use problem::{Problem, kind};
+
+/// How long requests in flight may finish after shutdown.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What the handlers share.
+pub struct AdminState {
+    pub node: String,
+    pub store: Arc<dyn store::Storage>,
+    pub registry: sites::Registry,
+    token: Option<AdminToken>,
+    /// The configuration file as last loaded (file sites, the ACME section).
+    config: RwLock<Arc<Config>>,
+    /// The registry as last listed, listed again only after it changed: listing reads every
+    /// site from the store, and paging through thousands must not do that for every page.
+    listing: tokio::sync::Mutex<Option<Arc<Vec<sites::Entry>>>>,
+    /// Set by the store's change events under `sites/` (and lost events) and by this API's own
+    /// writes; while nothing watches the store (`watching` false) every listing reads afresh.
+    stale: Arc<AtomicBool>,
+    watching: Arc<AtomicBool>,
+}
+
+impl AdminState {
+    /// The admin API of a node running `config`, with the node's store (sealed as the node's).
+    pub fn new(config: &Config, store: Arc<dyn store::Storage>, node: String) -> AdminState {
+        AdminState {
+            registry: sites::Registry::new(store.clone(), node.clone()),
+            token: config.admin.as_ref().and_then(|a| a.token.clone()),
+            node,
+            store,
+            config: RwLock::new(Arc::new(config.clone())),
+            listing: tokio::sync::Mutex::new(None),
+            stale: Arc::new(AtomicBool::new(true)),
+            watching: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The registry's sites: the last listing unless the registry changed since.
+    pub async fn registry_entries(&self) -> Result<Arc<Vec<sites::Entry>>, Problem> {
+        let mut listing = self.listing.lock().await;
+        let stale = self.stale.swap(false, Ordering::AcqRel);
+        if let Some(entries) = &*listing
+            && !stale
+            && self.watching.load(Ordering::Acquire)
+        {
+            return Ok(entries.clone());
+        }
+        match self.registry.list().await {
+            Ok(entries) => {
+                let entries = Arc::new(entries);
+                *listing = Some(entries.clone());
+                Ok(entries)
+            }
+            Err(e) => {
+                self.stale.store(true, Ordering::Release);
+                Err(Problem::from(e))
+            }
+        }
+    }
+
+    /// This API wrote (or tried to write) the registry: the next listing reads it again.
+    pub fn registry_changed(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// Mark the listing stale on every store change under `sites/` until `shutdown`.
+    fn watch_registry(&self, shutdown: CancellationToken) {
+        let mut events = self.store.subscribe();
+        let (stale, watching) = (self.stale.clone(), self.watching.clone());
+        let prefix = sites::Registry::prefix();
+        self.watching.store(true, Ordering::Release);
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    event = events.recv() => event,
+                };
+                match event {
+                    Ok(store::Change::Put(key) | store::Change::Deleted(key)) => {
+                        if key.starts_with(&prefix) {
+                            stale.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        stale.store(true, Ordering::Release);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        // No more events: list afresh every time from now on.
+                        watching.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_config(&self, config: Config) {
+        let config = Arc::new(config);
+        match self.config.write() {
+            Ok(mut c) => *c = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+
+    pub fn catalog(&self) -> catalog::Catalog<'_> {
+        catalog::Catalog::new(self.config(), &self.registry)
+    }
+}
+
+/// The admin API's routes, with the token check in front of every one of them.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/v1/sites", get(sites_api::list).post(sites_api::create))
+        .route(
+            "/v1/sites/{id}",
+            get(sites_api::show)
+                .put(sites_api::update)
+                .delete(sites_api::remove),
+        )
+        .route("/v1/certs", get(certs_api::list))
+        .route("/v1/certs/{id}/renew", post(certs_api::renew))
+        .route("/v1/nodes", get(nodes_api::list))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+async fn not_found() -> Problem {
+    Problem::new(
+        kind::NOT_FOUND,
+        "no such endpoint; see /v1/sites, /v1/certs, /v1/nodes",
+    )
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(kind::METHOD, "this endpoint does not take that method")
+}
+
+/// 401 unless the request carries `Authorization: Bearer <token>` (compared in constant time).
+async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim_start())
+        });
+    match given {
+        Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => next.run(req).await,
+        Some(_) => {
+            let mut p = Problem::new(
+                kind::UNAUTHORIZED,
+                "the bearer token is not the one configured",
+            );
+            p.www_authenticate = Some("Bearer realm=\"fleetgate\", error=\"invalid_token\"");
+            p.into_response()
+        }
+        None => {
+            let mut p = Problem::new(
+                kind::UNAUTHORIZED,
+                "send Authorization: Bearer <token> (the token in admin.token_file)",
+            );
+            p.www_authenticate = Some("Bearer realm=\"fleetgate\"");
+            p.into_response()
+        }
+    }
+}
+
+/// A bound admin listener: TCP or a unix socket.
+pub enum AdminListener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Bind `[admin] listen`. A unix socket's stale file is replaced; the socket is made 0600.
+pub async fn bind(listen: &AdminListen) -> anyhow::Result<AdminListener> {
+    match listen {
+        AdminListen::Tcp(addr) => Ok(AdminListener::Tcp(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?,
+        )),
+        AdminListen::Unix(path) => {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            if let Ok(meta) = std::fs::symlink_metadata(path)
+                && meta.file_type().is_socket()
+            {
+                // A socket left by a previous run (a live one would fail below too: the bind
+                // of a second node on one path is a configuration mistake either way).
+                let _ = std::fs::remove_file(path);
+            }
+            let listener = UnixListener::bind(path).with_context(|| {
+                format!("cannot listen on unix:{} (admin.listen)", path.display())
+            })?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
+            Ok(AdminListener::Unix(listener))
+        }
+    }
+}
+
+/// Serve `router` on `listener` (HTTP/1.1 and HTTP/2, at most [`capped::MAX_CONNECTIONS`]
+/// connections at once) until `shutdown`, then let requests in flight finish.
+pub async fn serve(
+    listener: AdminListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match listener {
+        AdminListener::Tcp(l) => {
+            axum::serve(capped::Capped::new(l), router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        AdminListener::Unix(l) => {
+            axum::serve(capped::Capped::new(l), router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// Bind and start the admin API for `fleetgate run`. The file sites it checks domains against
+/// follow SIGHUP reloads (a reload that fails keeps the last good file, as the node does).
+pub async fn spawn(
+    admin: &AdminConfig,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = bind(&admin.listen).await?;
+    state.watch_registry(shutdown.clone());
+    let state = Arc::new(state);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the admin API's SIGHUP handler")?;
+    let reload_state = state.clone();
+    let reload_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = reload_shutdown.cancelled() => return,
+                _ = hup.recv() => {
+                    let path = reload_state.config().file.clone();
+                    if let Ok(config) = Config::load(&path) {
+                        reload_state.set_config(config);
+                    }
+                }
+            }
+        }
+    });
+    info!(listen = %admin.listen, token = admin.token.is_some(), "admin API listening");
+    let router = router(state);
+    let unix_path = match &admin.listen {
+        AdminListen::Unix(path) => Some(path.clone()),
+        AdminListen::Tcp(_) => None,
+    };
+    Ok(tokio::spawn(async move {
+        let stop = shutdown.clone();
+        let served = serve(listener, router, async move { stop.cancelled().await });
+        // Requests in flight get DRAIN after shutdown; a client holding its connection longer
+        // does not hold up the node's exit.
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        };
+        tokio::select! {
+            result = served => {
+                if let Err(e) = result {
+                    warn!(error = %e, "the admin API stopped");
+                }
+            }
+            _ = deadline => warn!("admin API connections still open after the drain; closed"),
+        }
+        if let Some(path) = unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }))
+}

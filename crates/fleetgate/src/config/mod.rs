@@ -1,0 +1,325 @@
+//! The configuration file: a raw serde form (unknown keys rejected, [`raw`]) converted once into
+//! a validated [`Config`], one section at a time ([`sections`], and [`file_sites`] for the
+//! `[[site]]` tables, whose rules live in the `sites` crate). Every error names the file, the
+//! line and the key.
+
+mod file_sites;
+mod raw;
+mod sections;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use certs::KeyType;
+use certs::acme::AcmeSettings;
+use toml::Spanned;
+
+pub use sites::{Site, SiteAction, SiteEnv, SiteSpec, TlsChoice};
+
+/// A configuration error: where, which key, and what was expected.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub node: Option<String>,
+    pub listen_http: SocketAddr,
+    pub listen_https: SocketAddr,
+    /// Balancers that send a PROXY protocol header (`listen.proxy_protocol_from`); empty: off.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Worker threads with connections pinned to them (`listen.workers`); 0: the shared,
+    /// work-stealing runtime serves every connection.
+    pub workers: usize,
+    pub storage: StorageConfig,
+    /// Where the sealing key comes from; `None` stores private keys unsealed.
+    pub seal_key: Option<SealKeySource>,
+    /// Lease TTL and resync interval of the certificate manager.
+    pub timings: certs::Timings,
+    pub acme: Option<AcmeSettings>,
+    /// `acme.key_type`: the key type of sites that name none.
+    pub default_key_type: KeyType,
+    pub log: LogConfig,
+    pub limits: edge::Limits,
+    /// `[admin]`: the admin API, off without the section.
+    pub admin: Option<crate::admin_config::AdminConfig>,
+    /// The file's `[[site]]` tables, validated, in file order.
+    pub sites: Vec<Site>,
+    /// The same tables as written (for showing them, e.g. in the admin API).
+    pub site_specs: Vec<SiteSpec>,
+}
+
+/// Where the shared state lives. `path` is the store itself for `dir`, and this node's local
+/// cache (served from while the shared store is down) for `postgres` and `redis`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageConfig {
+    Dir {
+        path: PathBuf,
+    },
+    Postgres {
+        url: String,
+        path: PathBuf,
+        /// `storage.ca_root`: roots for verifying the database's TLS certificate.
+        ca_root: Option<PathBuf>,
+    },
+    Redis {
+        url: String,
+        prefix: String,
+        path: PathBuf,
+        /// `storage.ca_root`: roots for verifying Redis's TLS certificate (`rediss://`).
+        ca_root: Option<PathBuf>,
+    },
+}
+
+impl StorageConfig {
+    /// This node's own folder: the store itself for `dir`, the local cache's parent otherwise.
+    pub fn path(&self) -> &Path {
+        match self {
+            StorageConfig::Dir { path }
+            | StorageConfig::Postgres { path, .. }
+            | StorageConfig::Redis { path, .. } => path,
+        }
+    }
+}
+
+/// The sealing key's origin when it is a file; without one, the `FLEETGATE_SEAL_KEY`
+/// environment variable is used if set. The key itself is read when the store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealKeySource {
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// The file being parsed: where errors point.
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    /// The config file's folder: relative paths resolve against it.
+    base: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    /// An error at `span` (a default value's empty `0..0` span has no line).
+    fn err(
+        &self,
+        span: Option<Range<usize>>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let line = span
+            .filter(|s| !(s.start == 0 && s.end == 0))
+            .map(|s| self.line_of(s.start));
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// `path` resolved (relative to the config file), which must name an existing file.
+    fn existing_file(&self, path: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let file = self.resolve(path.get_ref());
+        if !file.is_file() {
+            return Err(self.err(
+                Some(path.span()),
+                key,
+                format!("no such file: {}", file.display()),
+            ));
+        }
+        Ok(file)
+    }
+
+    /// A TOML syntax or shape error from serde, with the dotted key it happened at.
+    fn toml_err(&self, e: &toml::de::Error) -> ConfigError {
+        let key = e
+            .span()
+            .map(|s| key_at(self.text, s.start))
+            .unwrap_or_default();
+        let mut err = self.err(e.span(), key, e.message().trim().to_string());
+        if err.line.is_none() && e.span().is_some() {
+            err.line = Some(1);
+        }
+        err
+    }
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Validate configuration text; `file` is used in errors and to resolve relative paths.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let ctx = Ctx {
+            file,
+            text,
+            base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ctx.toml_err(&e))?;
+        let listen = sections::listen(&ctx, &raw.listen)?;
+        let storage = sections::storage(&ctx, &raw.storage)?;
+        let mut timings = storage.timings;
+        let acme = sections::acme(&ctx, raw.acme.as_ref(), &mut timings.limits)?;
+        let log = sections::log(&ctx, &raw.log)?;
+        let limits = sections::limits(&ctx, &raw.limits)?;
+        let admin = (raw.admin.as_ref())
+            .map(|a| crate::admin_config::parse(a, &|p: &str| ctx.resolve(p)))
+            .transpose()
+            .map_err(|e| ctx.err(Some(e.span), e.key, e.message))?;
+        let env = SiteEnv {
+            base: Some(ctx.base.clone()),
+            acme: acme.settings.is_some(),
+            default_key_type: acme.key_type,
+        };
+        let sites = file_sites::sites(&ctx, &raw.sites, &env)?;
+        Ok(Config {
+            file: file.to_path_buf(),
+            node: raw.node,
+            listen_http: listen.http,
+            listen_https: listen.https,
+            proxy_protocol_from: listen.proxy_protocol_from,
+            workers: listen.workers,
+            storage: storage.storage,
+            seal_key: storage.seal_key,
+            timings,
+            acme: acme.settings,
+            default_key_type: acme.key_type,
+            log,
+            limits,
+            admin,
+            sites,
+            site_specs: raw.sites,
+        })
+    }
+
+    /// The certificates the file's sites need: one per site (split above
+    /// [`sites::MAX_NAMES_PER_CERT`] names).
+    pub fn managed_certs(&self) -> Vec<certs::ManagedCert> {
+        managed_certs(&self.sites, self.acme.as_ref())
+    }
+
+    /// How registry sites (JSON: absolute paths only) are validated on this node.
+    pub fn registry_env(&self) -> SiteEnv {
+        SiteEnv {
+            base: None,
+            acme: self.acme.is_some(),
+            default_key_type: self.default_key_type,
+        }
+    }
+
+    /// Every domain the file's sites hold, with the id of the site holding it.
+    pub fn file_domains(&self) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        for site in &self.sites {
+            let id = site.id();
+            for d in &site.domains {
+                out.insert(d.to_string(), id.clone());
+            }
+        }
+        out
+    }
+}
+
+/// The certificates `sites` need, in order.
+pub fn managed_certs(sites: &[Site], acme: Option<&AcmeSettings>) -> Vec<certs::ManagedCert> {
+    sites.iter().flat_map(|s| s.managed_certs(acme)).collect()
+}
+
+/// The dotted key at byte `offset` of `text`, for parse errors: the nearest table header above
+/// (`[listen]`, `[[site]]` as `site[N]`) and the key on that line, e.g. `listen.htps`.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[offset..]
+        .find('\n')
+        .map(|i| offset + i)
+        .unwrap_or(text.len());
+    let line = text[line_start..line_end].trim();
+    let mut table = String::new();
+    let mut site_index: Option<usize> = None;
+    for l in text[..line_start].lines() {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim();
+            if name == "site" {
+                site_index = Some(site_index.map_or(0, |i| i + 1));
+                table = format!("site[{}]", site_index.unwrap_or(0));
+            } else {
+                table = name.to_string();
+            }
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    let key = if line.starts_with('[') {
+        ""
+    } else {
+        line.split('=').next().unwrap_or("").trim()
+    };
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key.to_string(),
+        (false, false) => format!("{table}.{key}"),
+    }
+}

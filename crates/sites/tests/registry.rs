@@ -1,0 +1,333 @@
+//! The registry against every storage backend (a directory, a real PostgreSQL, a real Redis):
+//! create/update/delete with versions, conflicts naming the holder, nothing written on error,
+//! and concurrent creates of one domain from two writers (two "nodes" with their own store
+//! handles): exactly one wins.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sites::{
+    RedirectSpec, Registry, RegistryError, RespondSpec, SiteEnv, SiteSpec, Source, TlsSpec,
+};
+use store::{Storage, StorageKey};
+
+fn env() -> SiteEnv {
+    SiteEnv {
+        base: None,
+        acme: false,
+        default_key_type: certs::KeyType::default(),
+    }
+}
+
+fn redirect(domains: &[&str], to: &str) -> SiteSpec {
+    let mut spec = SiteSpec::new(domains.iter().map(|d| (*d).to_owned()).collect());
+    spec.tls = Some(TlsSpec::Named("internal".into()));
+    spec.redirect = Some(RedirectSpec {
+        to: to.into(),
+        status: None,
+        keep_path: None,
+    });
+    spec
+}
+
+/// Every stored object of the registry (sites and domain claims), as bytes, to show that a
+/// refused call wrote nothing.
+async fn snapshot(store: &Arc<dyn Storage>) -> Vec<(String, Vec<u8>)> {
+    let mut keys = store.list(&Registry::prefix()).await.unwrap();
+    keys.extend(
+        store
+            .list(&StorageKey::new("site-domains").unwrap())
+            .await
+            .unwrap(),
+    );
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys {
+        out.push((key.to_string(), store.get(&key).await.unwrap().unwrap()));
+    }
+    out
+}
+
+/// The whole lifecycle on one backend; `other` opens a second handle onto the same store (a
+/// second node).
+async fn lifecycle(store: Arc<dyn Storage>, other: Arc<dyn Storage>) {
+    let reg = Registry::new(store.clone(), "node-a".into());
+    let reg_b = Registry::new(other, "node-b".into());
+    let none = HashMap::new();
+    assert!(reg.list().await.unwrap().is_empty());
+    // A claim left by a write that never finished (its site was never stored) is stale.
+    store
+        .put(
+            &StorageKey::new("site-domains/www.a.example").unwrap(),
+            br#"{"site":"ghost.example"}"#,
+        )
+        .await
+        .unwrap();
+
+    let a = reg
+        .create(
+            redirect(&["A.example", "www.a.example"], "https://x.example"),
+            &env(),
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.id.as_str(), a.version, a.updated_by.as_str()),
+        ("a.example", 1, "node-a")
+    );
+    assert_eq!(reg_b.get("a.example").await.unwrap().unwrap(), a);
+    assert_eq!(
+        reg_b.get("A.EXAMPLE").await.unwrap().unwrap().id,
+        "a.example"
+    );
+    assert!(reg.get("missing.example").await.unwrap().is_none());
+
+    // Refusals, each leaving the store as it was.
+    let before = snapshot(&store).await;
+    let e = reg_b
+        .create(
+            redirect(&["b.example", "WWW.a.example"], "https://x.example"),
+            &env(),
+            &none,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::DomainTaken { domain, site, source: Source::Registry }
+            if domain == "www.a.example" && site == "a.example"),
+        "{e:?}"
+    );
+    let file: HashMap<String, String> =
+        [("c.example".to_owned(), "file.example".to_owned())].into();
+    let e = reg
+        .create(
+            redirect(&["b.example", "c.example"], "https://x.example"),
+            &env(),
+            &file,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::DomainTaken { site, source: Source::File, .. } if site == "file.example"),
+        "{e:?}"
+    );
+    let e = reg
+        .create(redirect(&["a.example"], "https://y.example"), &env(), &none)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::IdTaken { id } if id == "a.example"),
+        "{e:?}"
+    );
+    let e = reg
+        .create(redirect(&["b.example"], "y.example"), &env(), &none)
+        .await
+        .unwrap_err();
+    let RegistryError::Invalid(field) = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(field.path.json_pointer(), "/redirect/to");
+    let e = reg
+        .update(
+            "a.example",
+            redirect(&["a.example"], "https://y.example"),
+            Some(7),
+            &env(),
+            &none,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::VersionMismatch { current: 1, .. }),
+        "{e:?}"
+    );
+    let e = reg
+        .update(
+            "nope.example",
+            redirect(&["nope.example"], "https://y.example"),
+            None,
+            &env(),
+            &none,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::NotFound { .. }), "{e:?}");
+    let e = reg.delete("a.example", Some(2)).await.unwrap_err();
+    assert!(
+        matches!(e, RegistryError::VersionMismatch { current: 1, .. }),
+        "{e:?}"
+    );
+    assert_eq!(
+        snapshot(&store).await,
+        before,
+        "a refused call changed the store"
+    );
+
+    // Update (conditional and not), from the other node.
+    let a2 = reg_b
+        .update(
+            "a.example",
+            redirect(&["a.example"], "https://y.example"),
+            Some(1),
+            &env(),
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!((a2.version, a2.updated_by.as_str()), (2, "node-b"));
+    // www.a.example was released by the update: another site may take it now.
+    let b = reg
+        .create(
+            redirect(&["b.example", "www.a.example"], "https://x.example"),
+            &env(),
+            &none,
+        )
+        .await
+        .unwrap();
+    let mut respond = SiteSpec::new(vec!["a.example".into()]);
+    respond.tls = Some(TlsSpec::Named("internal".into()));
+    respond.respond = Some(RespondSpec {
+        status: Some(204),
+        body: None,
+    });
+    let a3 = reg
+        .update("a.example", respond.clone(), None, &env(), &none)
+        .await
+        .unwrap();
+    assert_eq!(a3.version, 3);
+    assert_eq!(a3.spec, respond);
+    let ids: Vec<String> = reg
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, ["a.example", "b.example"]);
+
+    // Delete; versions go on if the id comes back, so an old If-Match cannot match.
+    reg_b.delete("a.example", Some(3)).await.unwrap();
+    assert!(reg.get("a.example").await.unwrap().is_none());
+    assert!(matches!(
+        reg.delete("a.example", None).await.unwrap_err(),
+        RegistryError::NotFound { .. }
+    ));
+    let again = reg
+        .create(redirect(&["a.example"], "https://z.example"), &env(), &none)
+        .await
+        .unwrap();
+    assert_eq!(again.version, 5);
+    assert_eq!(reg.list().await.unwrap().len(), 2);
+    reg.delete("b.example", Some(b.version)).await.unwrap();
+    assert_eq!(reg.list().await.unwrap().len(), 1);
+}
+
+/// Two writers create sites sharing a domain at the same moment: one wins, the other is told
+/// which site holds the domain.
+async fn concurrent_creates(store: Arc<dyn Storage>, other: Arc<dyn Storage>) {
+    let none = HashMap::new();
+    for round in 0..5 {
+        let reg_a = Registry::new(store.clone(), "node-a".into());
+        let reg_b = Registry::new(other.clone(), "node-b".into());
+        let shared = format!("shared{round}.example");
+        let a = redirect(
+            &[&format!("a{round}.example"), &shared],
+            "https://x.example",
+        );
+        let b = redirect(
+            &[&format!("b{round}.example"), &shared],
+            "https://x.example",
+        );
+        let (env_a, env_b) = (env(), env());
+        let (ra, rb) = tokio::join!(
+            reg_a.create(a, &env_a, &none),
+            reg_b.create(b, &env_b, &none)
+        );
+        let (winner, loser) = match (ra, rb) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+            other => panic!("round {round}: expected exactly one winner, got {other:?}"),
+        };
+        assert!(
+            matches!(&loser, RegistryError::DomainTaken { domain, site, source: Source::Registry }
+                if *domain == shared && *site == winner.id),
+            "{loser:?}"
+        );
+        let holders = reg_a
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.spec.domains.contains(&shared))
+            .count();
+        assert_eq!(holders, 1);
+    }
+}
+
+mod dir {
+    use super::*;
+
+    fn open(path: &std::path::Path) -> Arc<dyn Storage> {
+        Arc::new(store::DirStore::open(path.to_path_buf()).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        super::lifecycle(open(dir.path()), open(dir.path())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        super::concurrent_creates(open(dir.path()), open(dir.path())).await;
+    }
+}
+
+mod postgres {
+    use super::*;
+
+    async fn open(pg: &testkit::Postgres) -> Arc<dyn Storage> {
+        Arc::new(store::PostgresStore::connect(&pg.url()).await.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lifecycle() {
+        let pg = testkit::Postgres::start().await.unwrap();
+        super::lifecycle(open(&pg).await, open(&pg).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_creates() {
+        let pg = testkit::Postgres::start().await.unwrap();
+        super::concurrent_creates(open(&pg).await, open(&pg).await).await;
+    }
+}
+
+mod redis {
+    use super::*;
+
+    async fn open(server: &testkit::RedisServer) -> Arc<dyn Storage> {
+        Arc::new(
+            store::RedisStore::builder(server.url())
+                .prefix("fleetgate:")
+                .connect()
+                .await
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lifecycle() {
+        let server = testkit::RedisServer::start().await.unwrap();
+        super::lifecycle(open(&server).await, open(&server).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_creates() {
+        let server = testkit::RedisServer::start().await.unwrap();
+        super::concurrent_creates(open(&server).await, open(&server).await).await;
+    }
+}
