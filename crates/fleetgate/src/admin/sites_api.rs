@@ -145,12 +145,16 @@ fn site_response(status: StatusCode, view: SiteView) -> Response {
     response
 }
 
-/// `If-Match: 3` or `If-Match: "3"` (the ETag as sent); absent: `None`.
+/// `If-Match: 3` or `If-Match: "3"` (the ETag as sent); absent or `*`: `None`.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or("").trim();
+    if text == "*" {
+        // Any current version: the site must exist, which PUT and DELETE require anyway.
+        return Ok(None);
+    }
     let unquoted = text
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
