@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
 use store::{Change, Storage, StorageKey};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -280,7 +280,8 @@ impl Manager {
                             kick.notify_one();
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Ok(Change::Missed)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Missed events: wake everyone to re-read.
                         for kick in lock(&manager.watch).values() {
                             kick.notify_one();

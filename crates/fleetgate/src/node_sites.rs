@@ -269,7 +269,9 @@ impl Read {
                     Read::All => {}
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => *self = Read::All,
+            Ok(store::Change::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                *self = Read::All
+            }
             Err(broadcast::error::RecvError::Closed) => *open = false,
         }
     }

@@ -38,6 +38,8 @@ pub(crate) fn append(root: &Path, instance: &str, change: &Change) {
     let (op, key) = match change {
         Change::Put(k) => ('P', k),
         Change::Deleted(k) => ('D', k),
+        // Only ever raised locally, for this process's subscribers; nothing to tell the others.
+        Change::Missed => return,
     };
     let line = format!("{op} {instance} {}\n", key.as_str());
     let path = path(root);

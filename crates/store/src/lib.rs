@@ -29,7 +29,9 @@
 //!   unchanged or with the complete write.
 //! - **Change events.** [`Storage::subscribe`] delivers a [`Change`] for writes and deletes this
 //!   process makes and, where the backend can, for writes by other processes. Delivery is best
-//!   effort: a subscriber must also resync periodically.
+//!   effort: a subscriber must also resync periodically. A backend whose event stream from other
+//!   processes was interrupted sends [`Change::Missed`] once it is back, so subscribers re-read
+//!   at once instead of at their next resync.
 //! - **Timeouts.** Backends bound each call; a call that would hang reports
 //!   [`Error::Unavailable`], which is retryable.
 
@@ -60,6 +62,10 @@ pub use sealed::{SealKey, SealKeyError, SealedStore};
 pub enum Change {
     Put(StorageKey),
     Deleted(StorageKey),
+    /// Changes by other processes may have gone unreported: the backend's event stream was
+    /// down (it just reconnected, or connected only after the store was opened). A subscriber
+    /// re-reads everything it follows, as after `RecvError::Lagged`.
+    Missed,
 }
 
 /// Errors from a storage backend.

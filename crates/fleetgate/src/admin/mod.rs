@@ -130,7 +130,8 @@ impl AdminState {
                             stale.store(true, Ordering::Release);
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Ok(store::Change::Missed)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         stale.store(true, Ordering::Release);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {

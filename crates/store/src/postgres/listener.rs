@@ -34,6 +34,8 @@ pub(super) fn payload(origin: &str, change: &Change) -> String {
     match change {
         Change::Put(key) => format!("P:{origin}:{key}"),
         Change::Deleted(key) => format!("D:{origin}:{key}"),
+        // Raised locally only; a peer that gets one ignores it (not a P or D payload).
+        Change::Missed => format!("M:{origin}:"),
     }
 }
 
@@ -127,12 +129,14 @@ pub(super) async fn run(
                     Ok(Ok(s)) => {
                         if connected_before {
                             tracing::info!(
-                                "change listener reconnected; changes made while it was down were \
-                             not reported (the periodic resync covers them)"
+                                "change listener reconnected; subscribers re-read what changed \
+                                 while it was down"
                             );
                         } else {
                             tracing::debug!("change listener connected");
                         }
+                        // Notifications sent before this LISTEN are gone: say so.
+                        let _ = forward.events.send(Change::Missed);
                         connected_before = true;
                         backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
                         s

@@ -35,6 +35,8 @@ pub(super) fn encode(origin: &str, change: &Change) -> String {
     match change {
         Change::Put(key) => format!("{origin} {PUT} {key}"),
         Change::Deleted(key) => format!("{origin} {DELETED} {key}"),
+        // Raised locally only; a peer that gets one ignores it (neither PUT nor DELETED).
+        Change::Missed => format!("{origin} missed"),
     }
 }
 
@@ -69,17 +71,21 @@ impl Subscriber {
     pub async fn run(self) {
         let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
         let mut failures = 0u32;
+        let mut lost_before = false;
         loop {
             match self.connect().await {
                 Ok((sink, stream)) => {
-                    if failures > 0 {
+                    if failures > 0 || lost_before {
                         tracing::info!(channel = %self.channel, "change subscription restored");
+                        // Messages published while unsubscribed are gone: say so.
+                        let _ = self.events.send(Change::Missed);
                     }
                     failures = 0;
                     backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
                     self.subscribed.send_replace(true);
                     let reason = self.forward(sink, stream).await;
                     self.subscribed.send_replace(false);
+                    lost_before = true;
                     tracing::warn!(
                         channel = %self.channel,
                         %reason,
