@@ -442,9 +442,13 @@ fn the_lane_and_hyper_forward_the_same_requests() {
         )
     });
     // Bounded for a loaded two-core machine: each case is two pipelines of up to five
-    // requests over loopback.
+    // requests over loopback. PROPTEST_CASES=N runs more.
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(512);
     let mut runner = TestRunner::new(Config {
-        cases: 256,
+        cases,
         failure_persistence: None,
         max_shrink_iters: 200,
         ..Config::default()

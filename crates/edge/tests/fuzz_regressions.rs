@@ -89,3 +89,29 @@ fn a_length_named_by_connection_still_frames_the_body() {
         assert_eq!(outcome.body.concat(), b"hello");
     }
 }
+
+/// Found while writing fuzz/chunked_body's reference decoder (the target now compares cut and
+/// uncut reads over 4 KiB too): a chunk line over the 4 KiB limit passed when it arrived in
+/// one read and failed when cut, so the same response worked or broke with the network's
+/// segment boundaries.
+#[test]
+fn a_chunk_line_over_the_limit_fails_however_it_arrives() {
+    let long = format!(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;{}\r\nhello\r\n0\r\n\r\n",
+        "x".repeat(5000)
+    );
+    for cuts in [vec![], vec![3000], vec![4600]] {
+        let outcome = upstream_response(
+            long.as_bytes(),
+            &Exchange {
+                cuts: cuts.clone(),
+                ..Exchange::default()
+            },
+        );
+        assert!(
+            matches!(outcome.end, Some(edge::fuzzing::BodyEnd::Error(_))),
+            "cut at {cuts:?}: {:?}",
+            outcome.end
+        );
+    }
+}

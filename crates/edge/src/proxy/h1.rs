@@ -502,6 +502,11 @@ impl Conn {
                 }
                 Framing::ChunkSize | Framing::ChunkEnd | Framing::Trailers => {
                     if let Some(line_len) = memchr::memchr(b'\n', &self.buf) {
+                        // Too long however it arrives (it passed when read in one piece and
+                        // failed when cut).
+                        if line_len > MAX_LINE {
+                            return Poll::Ready(Some(Err(H1Error::InvalidChunk("line too long"))));
+                        }
                         let line = self.buf.split_to(line_len + 1);
                         let line = line
                             .strip_suffix(b"\n")
