@@ -6,9 +6,30 @@ use anyhow::Context;
 
 use crate::config::{Config, SiteAction, TlsChoice};
 
-/// `fleetgate check`: the config is valid (or `main` already reported why not); print it.
+/// `fleetgate check`: the config is valid (or `main` already reported why not) and every
+/// certificate from files may be served, decided by [`crate::config::check_certificates`], the
+/// same function a SIGHUP reload calls. Errors (`file:line: site[i].tls: ...`) and warnings go
+/// to stderr before anything else; only a config without errors is listed, after `file: OK`.
 pub fn check(config: &Config) -> anyhow::Result<()> {
     crate::run::routes(&config.sites).with_context(|| config.file.display().to_string())?;
+    // Purchased certificates must be servable now, not at 3 a.m. on the next reload.
+    let certs = crate::config::check_certificates(config);
+    {
+        let mut err = std::io::stderr().lock();
+        for finding in &certs.fatal {
+            writeln!(err, "{finding}")?;
+        }
+        for finding in &certs.warnings {
+            writeln!(err, "warning: {finding}")?;
+        }
+    }
+    if certs.is_fatal() {
+        anyhow::bail!(
+            "{}: {} problem(s) with certificate files; fleetgate would not serve them",
+            config.file.display(),
+            certs.fatal.len()
+        );
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: OK", config.file.display())?;
     writeln!(
@@ -102,22 +123,6 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         for d in &site.domains {
             writeln!(out, "  {d}")?;
         }
-    }
-    // Purchased certificates must load now, not at 3 a.m. on the next reload.
-    let mut bad = 0;
-    for (i, site) in config.sites.iter().enumerate() {
-        if let TlsChoice::Files { cert, key } = &site.tls
-            && let Err(e) = certs::files::load(cert, key)
-        {
-            writeln!(out, "site[{i}].tls: {:#}", anyhow::Error::from(e))?;
-            bad += 1;
-        }
-    }
-    if bad > 0 {
-        anyhow::bail!(
-            "{}: {bad} certificate file pair(s) cannot be used",
-            config.file.display()
-        );
     }
     Ok(())
 }

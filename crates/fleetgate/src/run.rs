@@ -210,7 +210,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: load the config file again and serve its sites with the registry's; `None` (and a
-/// logged error) keeps the running configuration.
+/// logged error) keeps the running configuration. The file is judged exactly as `fleetgate
+/// check` judges it: [`Config::load`], then [`crate::config::check_certificates`].
 fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option<Config> {
     let new = match Config::load(&current.file) {
         Ok(new) => new,
@@ -219,6 +220,20 @@ fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option
             return None;
         }
     };
+    let certs = crate::config::check_certificates(&new);
+    for finding in &certs.warnings {
+        warn!(warning = %finding, "certificate warning in the reloaded configuration");
+    }
+    if certs.is_fatal() {
+        for finding in &certs.fatal {
+            error!(error = %finding, "certificate refused");
+        }
+        error!(
+            errors = certs.fatal.len(),
+            "configuration rejected (certificate files fleetgate would not serve; `fleetgate check` says the same); keeping the running one"
+        );
+        return None;
+    }
     if new.listen_http != current.listen_http
         || new.listen_https != current.listen_https
         || new.proxy_protocol_from != current.proxy_protocol_from

@@ -3,6 +3,7 @@
 //! `[[site]]` tables, whose rules live in the `sites` crate). Every error names the file, the
 //! line and the key.
 
+mod cert_check;
 mod file_sites;
 mod raw;
 mod sections;
@@ -18,6 +19,7 @@ use certs::KeyType;
 use certs::acme::AcmeSettings;
 use toml::Spanned;
 
+pub use cert_check::{check_certificates, site_certificate};
 pub use sites::{Site, SiteAction, SiteEnv, SiteSpec, TlsChoice};
 
 /// A configuration error: where, which key, and what was expected.
@@ -72,6 +74,9 @@ pub struct Config {
     pub sites: Vec<Site>,
     /// The same tables as written (for showing them, e.g. in the admin API).
     pub site_specs: Vec<SiteSpec>,
+    /// The line of each site's `tls` key (else of its `[[site]]` header), for certificate
+    /// findings.
+    pub site_tls_lines: Vec<Option<usize>>,
 }
 
 /// Where the shared state lives. `path` is the store itself for `dir`, and this node's local
@@ -232,6 +237,12 @@ impl Config {
             default_key_type: acme.key_type,
         };
         let sites = file_sites::sites(&ctx, &raw.sites, &env)?;
+        let site_tls_lines = (0..sites.len())
+            .map(|i| {
+                file_sites::field_span(text, i, &sites::FieldPath::of(&["tls"]))
+                    .map(|span| ctx.line_of(span.start))
+            })
+            .collect();
         Ok(Config {
             file: file.to_path_buf(),
             node: raw.node,
@@ -249,6 +260,7 @@ impl Config {
             admin,
             sites,
             site_specs: raw.sites,
+            site_tls_lines,
         })
     }
 
