@@ -5,6 +5,7 @@
 
 mod cert_check;
 mod file_sites;
+mod messages;
 mod raw;
 mod sections;
 #[cfg(test)]
@@ -187,13 +188,17 @@ impl Ctx<'_> {
         Ok(file)
     }
 
-    /// A TOML syntax or shape error from serde, with the dotted key it happened at.
+    /// A TOML syntax or shape error from serde, with the dotted key it happened at and what it
+    /// expected in the user's words.
     fn toml_err(&self, e: &toml::de::Error) -> ConfigError {
         let key = e
             .span()
-            .map(|s| key_at(self.text, s.start))
+            .map(|s| {
+                messages::key_of_span(self.text, &s).unwrap_or_else(|| key_at(self.text, s.start))
+            })
             .unwrap_or_default();
-        let mut err = self.err(e.span(), key, e.message().trim().to_string());
+        let message = messages::in_user_words(e.message(), &key);
+        let mut err = self.err(e.span(), key, message);
         if err.line.is_none() && e.span().is_some() {
             err.line = Some(1);
         }
@@ -220,6 +225,9 @@ impl Config {
             text,
             base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
+        if let Some((span, key, message)) = messages::single_table_for_array(text) {
+            return Err(ctx.err(Some(span), key, message));
+        }
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ctx.toml_err(&e))?;
         let listen = sections::listen(&ctx, &raw.listen)?;
         let storage = sections::storage(&ctx, &raw.storage)?;
