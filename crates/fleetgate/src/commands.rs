@@ -127,8 +127,41 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `fleetgate certs` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertsForm {
+    /// One row per certificate, long fields cut to fit.
+    Table,
+    /// The table with full domain lists and issuers, each finding on a line below its row.
+    Wide,
+    /// One JSON array.
+    Json,
+}
+
+/// One certificate in `fleetgate certs --json`.
+#[derive(Debug, serde::Serialize)]
+struct CertJson<'a> {
+    id: &'a str,
+    domains: Vec<String>,
+    source: String,
+    issuer: Option<&'a str>,
+    not_after: Option<i64>,
+    days_left: Option<f64>,
+    state: certs::CertState,
+    last_error: Option<&'a str>,
+    findings: Vec<FindingJson<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct FindingJson<'a> {
+    severity: certs::Severity,
+    message: String,
+    #[serde(flatten)]
+    finding: &'a certs::Finding,
+}
+
 /// `fleetgate certs`: one row per certificate, read from storage and files.
-pub async fn certs(config: &Config) -> anyhow::Result<()> {
+pub async fn certs(config: &Config, form: CertsForm) -> anyhow::Result<()> {
     let (store, _) = crate::store_open::open_store(config).await?;
     let rows = certs::Manager::statuses(
         store.as_ref(),
@@ -136,14 +169,63 @@ pub async fn certs(config: &Config) -> anyhow::Result<()> {
     )
     .await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let days_left = |not_after: Option<i64>| not_after.map(|t| (t - now) as f64 / 86_400.0);
     let mut out = std::io::stdout().lock();
+    if form == CertsForm::Json {
+        let doc: Vec<CertJson<'_>> = rows
+            .iter()
+            .map(|row| CertJson {
+                id: row.id.as_str(),
+                domains: row.domains.iter().map(ToString::to_string).collect(),
+                source: row.source.to_string(),
+                issuer: row.issuer.as_deref(),
+                not_after: row.not_after,
+                days_left: days_left(row.not_after),
+                state: row.state,
+                last_error: row.last_error.as_deref(),
+                findings: row
+                    .findings
+                    .iter()
+                    .map(|f| FindingJson {
+                        severity: f.severity(),
+                        message: f.to_string(),
+                        finding: f,
+                    })
+                    .collect(),
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let wide = form == CertsForm::Wide;
+    let domain_lists: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let domains: Vec<String> = row.domains.iter().map(|d| d.to_string()).collect();
+            domains.join(",")
+        })
+        .collect();
+    let (domains_width, issuer_width) = if wide {
+        (
+            domain_lists
+                .iter()
+                .map(|d| d.chars().count())
+                .fold(7, usize::max),
+            rows.iter()
+                .filter_map(|r| r.issuer.as_deref())
+                .map(|i| i.chars().count())
+                .fold(6, usize::max),
+        )
+    } else {
+        (40, 32)
+    };
     writeln!(
         out,
-        "{:<40} {:<9} {:<32} {:<20} {:>9} {:<9} LAST ERROR",
+        "{:<domains_width$} {:<9} {:<issuer_width$} {:<20} {:>9} {:<9} LAST ERROR",
         "DOMAINS", "SOURCE", "ISSUER", "NOT AFTER", "DAYS LEFT", "STATE"
     )?;
-    for row in rows {
-        let domains: Vec<String> = row.domains.iter().map(|d| d.to_string()).collect();
+    for (row, domains) in rows.iter().zip(&domain_lists) {
         let not_after = row
             .not_after
             .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
@@ -152,21 +234,31 @@ pub async fn certs(config: &Config) -> anyhow::Result<()> {
                     .ok()
             })
             .unwrap_or_else(|| "-".to_string());
-        let days = row
-            .not_after
-            .map(|t| format!("{:.1}", (t - now) as f64 / 86_400.0))
+        let days = days_left(row.not_after)
+            .map(|d| format!("{d:.1}"))
             .unwrap_or_else(|| "-".to_string());
+        let issuer = row.issuer.as_deref().unwrap_or("-");
+        let (domains, issuer) = if wide {
+            (domains.clone(), issuer.to_string())
+        } else {
+            (truncate(domains, 40), truncate(issuer, 32))
+        };
         writeln!(
             out,
-            "{:<40} {:<9} {:<32} {:<20} {:>9} {:<9} {}",
-            truncate(&domains.join(","), 40),
+            "{:<domains_width$} {:<9} {:<issuer_width$} {:<20} {:>9} {:<9} {}",
+            domains,
             row.source.to_string(),
-            truncate(row.issuer.as_deref().unwrap_or("-"), 32),
+            issuer,
             not_after,
             days,
             row.state.to_string(),
             row.last_error.as_deref().unwrap_or("-"),
         )?;
+        if wide {
+            for finding in &row.findings {
+                writeln!(out, "    {}: {finding}", finding.severity())?;
+            }
+        }
     }
     Ok(())
 }
@@ -177,10 +269,9 @@ pub async fn ca_export(config: &Config) -> anyhow::Result<()> {
     let node = crate::store_open::node_name(config);
     let ca = certs::internal::InternalCa::new(store, node);
     let pem = ca.root_pem().await?;
-    print!("{pem}");
+    std::io::stdout().lock().write_all(pem.as_bytes())?;
     Ok(())
 }
-
 fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_string()

@@ -205,6 +205,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shards.stop();
     }
     manager.shutdown().await;
+    crate::status::mark_stopped(store.as_ref(), &node).await;
     info!("stopped");
     Ok(())
 }
