@@ -415,3 +415,52 @@ async fn run_and_sighup_refuse_unservable_certificates_and_keep_serving_the_prev
     assert!(status.success(), "{status:?}");
     Ok(())
 }
+
+#[test]
+fn a_registry_site_with_unservable_files_is_refused_naming_tls() -> Result<()> {
+    let vendor = Vendor::new()?;
+    let files = tempfile::tempdir()?;
+    write_pair(files.path(), "expired", &vendor.chain(&SHOP, -400, -30)?)?;
+    write_pair(files.path(), "good", &vendor.chain(&SHOP, -1, 90)?)?;
+    let node = Node::new(
+        testkit::loopback_ip(),
+        testkit::free_port(),
+        testkit::free_port(),
+        "",
+    )?;
+    let spec = |stem: &str| -> Result<std::path::PathBuf> {
+        let path = node.path(&format!("{stem}.json"));
+        let json = serde_json::json!({
+            "domains": SHOP,
+            "respond": { "status": 200 },
+            "tls": {
+                "cert": files.path().join(format!("{stem}.pem")),
+                "key": files.path().join(format!("{stem}.key")),
+            },
+        });
+        std::fs::write(&path, serde_json::to_vec(&json)?)?;
+        Ok(path)
+    };
+    let expired = spec("expired")?;
+    let out = node.command(&[
+        "sites",
+        "add",
+        "--from-json",
+        &expired.display().to_string(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("tls: the certificate expired on "),
+        "{stderr}"
+    );
+    let listed = text(&node.command(&["sites", "list"]).stdout);
+    assert!(!listed.contains("shop.fleet.test"), "{listed}");
+
+    let good = spec("good")?;
+    let out = node.command(&["sites", "add", "--from-json", &good.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&node.command(&["sites", "list"]).stdout);
+    assert!(listed.contains("shop.fleet.test"), "{listed}");
+    Ok(())
+}
