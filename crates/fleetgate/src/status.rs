@@ -14,6 +14,8 @@ use crate::config::Config;
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A node whose heartbeat is older than this is shown as gone.
 const NODE_GONE_AFTER: i64 = 60;
+/// A running node prunes old heartbeats every this many beats (an hour).
+const PRUNE_EVERY_BEATS: u64 = 360;
 /// A node that stopped cleanly is shown as `stopped` this long, then dropped.
 const STOPPED_SHOWN_FOR: i64 = 10 * 60;
 /// A node silent this long is dropped (its heartbeat deleted): it is not coming back under
@@ -97,7 +99,14 @@ pub fn spawn_heartbeat(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+        let mut beats: u64 = 0;
         loop {
+            // Now and then (at the first beat, then hourly) drop the heartbeats of nodes no
+            // longer worth listing, so they do not pile up where nobody runs `fleetgate status`.
+            if beats % PRUNE_EVERY_BEATS == 0 {
+                prune(store.as_ref()).await;
+            }
+            beats += 1;
             let beat = Heartbeat {
                 node: node.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -191,6 +200,18 @@ async fn node_rows(store: &dyn store::Storage, keys: Vec<store::StorageKey>) -> 
     }
     rows.sort_by(|a, b| a.node.cmp(&b.node));
     rows
+}
+
+/// Delete the heartbeats of nodes no longer worth listing (see [`NodeState::of`]).
+async fn prune(store: &dyn store::Storage) {
+    let keys = match store.list(&certs::layout::nodes_prefix()).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::debug!(error = %e, "heartbeats not listed");
+            return;
+        }
+    };
+    node_rows(store, keys).await;
 }
 
 /// `fleetgate status --json`.

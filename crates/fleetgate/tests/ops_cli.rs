@@ -202,6 +202,19 @@ async fn status_shows_a_clean_stop_and_drops_long_silent_nodes() -> Result<()> {
             .any(|l| l.contains("silent-5-min") && l.contains(" gone ")),
         "{table}"
     );
+
+    // Running nodes prune too, so heartbeats do not pile up where nobody runs `status`.
+    let old = certs::layout::node("killed-3-days-ago");
+    let beat = heartbeat("killed-3-days-ago", now() - 3 * 86_400, None);
+    store.put(&old, &serde_json::to_vec(&beat)?).await?;
+    node.start().await?;
+    testkit::wait_for(
+        "the running node to delete the old heartbeat",
+        Duration::from_secs(20),
+        || async { store.get(&old).await.ok().flatten().is_none().then_some(()) },
+    )
+    .await?;
+    node.stop().await?;
     Ok(())
 }
 
