@@ -103,7 +103,7 @@ pub fn spawn_heartbeat(
         loop {
             // Now and then (at the first beat, then hourly) drop the heartbeats of nodes no
             // longer worth listing, so they do not pile up where nobody runs `fleetgate status`.
-            if beats % PRUNE_EVERY_BEATS == 0 {
+            if beats.is_multiple_of(PRUNE_EVERY_BEATS) {
                 prune(store.as_ref()).await;
             }
             beats += 1;
