@@ -245,12 +245,14 @@ impl Config {
             default_key_type: acme.key_type,
         };
         let sites = file_sites::sites(&ctx, &raw.sites, &env)?;
-        let site_tls_lines = (0..sites.len())
-            .map(|i| {
-                file_sites::field_span(text, i, &sites::FieldPath::of(&["tls"]))
-                    .map(|span| ctx.line_of(span.start))
-            })
-            .collect();
+        // Lines found by binary search over the newlines: a file of thousands of sites is
+        // scanned once, not once per site.
+        let newlines: Vec<usize> = text.match_indices('\n').map(|(i, _)| i).collect();
+        let site_tls_lines =
+            file_sites::field_spans(text, sites.len(), &sites::FieldPath::of(&["tls"]))
+                .into_iter()
+                .map(|span| span.map(|s| newlines.partition_point(|&n| n < s.start) + 1))
+                .collect();
         Ok(Config {
             file: file.to_path_buf(),
             node: raw.node,
