@@ -464,3 +464,50 @@ fn a_registry_site_with_unservable_files_is_refused_naming_tls() -> Result<()> {
     assert!(listed.contains("shop.fleet.test"), "{listed}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_refuses_unservable_files_with_a_problem_naming_tls() -> Result<()> {
+    let vendor = Vendor::new()?;
+    let files = tempfile::tempdir()?;
+    write_pair(
+        files.path(),
+        "wrongname",
+        &vendor.chain(&["www.other.test"], -1, 90)?,
+    )?;
+    let admin = testkit::free_addr(testkit::loopback_ip());
+    let mut node = Node::new(
+        testkit::loopback_ip(),
+        testkit::free_port(),
+        testkit::free_port(),
+        &format!("[admin]\nlisten = \"{admin}\"\n"),
+    )?;
+    node.start().await?;
+    let spec = serde_json::json!({
+        "domains": SHOP,
+        "respond": { "status": 200 },
+        "tls": {
+            "cert": files.path().join("wrongname.pem"),
+            "key": files.path().join("wrongname.key"),
+        },
+    });
+    let request = http::Request::post("/v1/sites")
+        .header("host", admin.to_string())
+        .header("content-type", "application/json")
+        .body(bytes::Bytes::from(serde_json::to_vec(&spec)?))?;
+    let reply = testkit::wait_for_ok("the admin API", DEADLINE, || {
+        testkit::http_request(admin, request.clone())
+    })
+    .await
+    .with_context(|| node.log())?;
+    assert_eq!(reply.status.as_u16(), 422, "{}", reply.text());
+    let problem: serde_json::Value = serde_json::from_slice(&reply.body)?;
+    assert_eq!(problem["field"], "/tls", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("does not cover shop.fleet.test")),
+        "{problem}"
+    );
+    node.stop().await?;
+    Ok(())
+}
