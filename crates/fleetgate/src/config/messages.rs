@@ -146,6 +146,9 @@ fn expected_words(expected: &str, key: &str) -> String {
     if duration {
         return "a duration like \"5s\" (in quotes; units ms, s, m, h, d)".to_string();
     }
+    if TABLE_ARRAYS.contains(&key) && expected == "a sequence" {
+        return format!("[[{key}]] tables, one per {key}");
+    }
     if matches!(last, "http" | "https") && expected == "a string" {
         return "an address like \"0.0.0.0:443\" (in quotes)".to_string();
     }
