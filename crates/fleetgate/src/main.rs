@@ -46,11 +46,21 @@ enum Command {
     Certs {
         #[arg(long, short)]
         config: PathBuf,
+        /// One JSON array of certificates (with the check's findings) instead of the table.
+        #[arg(long, conflicts_with = "wide")]
+        json: bool,
+        /// Full domain lists and issuers, and every finding of the certificate check.
+        #[arg(long)]
+        wide: bool,
     },
-    /// Cluster health: nodes seen recently, store health, pending orders, locks held and by whom.
+    /// Cluster health: nodes up, stopped or gone, store health, certificates needing work,
+    /// locks held and by whom.
     Status {
         #[arg(long, short)]
         config: PathBuf,
+        /// One JSON document instead of the tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Registry sites, shared by the fleet: list, show, add, set, rm (through the store; no
     /// node needs to run).
@@ -79,8 +89,8 @@ fn main() -> ExitCode {
     let config_path = match &cli.command {
         Command::Run { config }
         | Command::Check { config }
-        | Command::Certs { config }
-        | Command::Status { config } => config,
+        | Command::Certs { config, .. }
+        | Command::Status { config, .. } => config,
         Command::Ca {
             command: CaCommand::Export { config },
         } => config,
@@ -102,8 +112,17 @@ fn main() -> ExitCode {
             }
             runtime().and_then(|rt| rt.block_on(run::run(config)))
         }
-        Command::Certs { .. } => runtime().and_then(|rt| rt.block_on(commands::certs(&config))),
-        Command::Status { .. } => runtime().and_then(|rt| rt.block_on(status::status(&config))),
+        Command::Certs { json, wide, .. } => {
+            let form = match (json, wide) {
+                (true, _) => commands::CertsForm::Json,
+                (false, true) => commands::CertsForm::Wide,
+                (false, false) => commands::CertsForm::Table,
+            };
+            runtime().and_then(|rt| rt.block_on(commands::certs(&config, form)))
+        }
+        Command::Status { json, .. } => {
+            runtime().and_then(|rt| rt.block_on(status::status(&config, json)))
+        }
         Command::Ca {
             command: CaCommand::Export { .. },
         } => runtime().and_then(|rt| rt.block_on(commands::ca_export(&config))),
@@ -113,11 +132,26 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`fleetgate certs | head -1`): it has all it wanted.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether `e` is a write to a closed pipe (stdout whose reader exited), however wrapped.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -3,7 +3,9 @@
 //! `[[site]]` tables, whose rules live in the `sites` crate). Every error names the file, the
 //! line and the key.
 
+mod cert_check;
 mod file_sites;
+mod messages;
 mod raw;
 mod sections;
 #[cfg(test)]
@@ -18,6 +20,7 @@ use certs::KeyType;
 use certs::acme::AcmeSettings;
 use toml::Spanned;
 
+pub use cert_check::{check_certificates, site_certificate};
 pub use sites::{Site, SiteAction, SiteEnv, SiteSpec, TlsChoice};
 
 /// A configuration error: where, which key, and what was expected.
@@ -72,6 +75,9 @@ pub struct Config {
     pub sites: Vec<Site>,
     /// The same tables as written (for showing them, e.g. in the admin API).
     pub site_specs: Vec<SiteSpec>,
+    /// The line of each site's `tls` key (else of its `[[site]]` header), for certificate
+    /// findings.
+    pub site_tls_lines: Vec<Option<usize>>,
 }
 
 /// Where the shared state lives. `path` is the store itself for `dir`, and this node's local
@@ -182,13 +188,17 @@ impl Ctx<'_> {
         Ok(file)
     }
 
-    /// A TOML syntax or shape error from serde, with the dotted key it happened at.
+    /// A TOML syntax or shape error from serde, with the dotted key it happened at and what it
+    /// expected in the user's words.
     fn toml_err(&self, e: &toml::de::Error) -> ConfigError {
         let key = e
             .span()
-            .map(|s| key_at(self.text, s.start))
+            .map(|s| {
+                messages::key_of_span(self.text, &s).unwrap_or_else(|| key_at(self.text, s.start))
+            })
             .unwrap_or_default();
-        let mut err = self.err(e.span(), key, e.message().trim().to_string());
+        let message = messages::in_user_words(e.message(), &key);
+        let mut err = self.err(e.span(), key, message);
         if err.line.is_none() && e.span().is_some() {
             err.line = Some(1);
         }
@@ -215,6 +225,9 @@ impl Config {
             text,
             base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
+        if let Some((span, key, message)) = messages::single_table_for_array(text) {
+            return Err(ctx.err(Some(span), key, message));
+        }
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ctx.toml_err(&e))?;
         let listen = sections::listen(&ctx, &raw.listen)?;
         let storage = sections::storage(&ctx, &raw.storage)?;
@@ -232,6 +245,14 @@ impl Config {
             default_key_type: acme.key_type,
         };
         let sites = file_sites::sites(&ctx, &raw.sites, &env)?;
+        // Lines found by binary search over the newlines: a file of thousands of sites is
+        // scanned once, not once per site.
+        let newlines: Vec<usize> = text.match_indices('\n').map(|(i, _)| i).collect();
+        let site_tls_lines =
+            file_sites::field_spans(text, sites.len(), &sites::FieldPath::of(&["tls"]))
+                .into_iter()
+                .map(|span| span.map(|s| newlines.partition_point(|&n| n < s.start) + 1))
+                .collect();
         Ok(Config {
             file: file.to_path_buf(),
             node: raw.node,
@@ -249,6 +270,7 @@ impl Config {
             admin,
             sites,
             site_specs: raw.sites,
+            site_tls_lines,
         })
     }
 
