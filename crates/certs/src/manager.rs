@@ -763,14 +763,33 @@ impl CertWorker {
             .obtain(current.as_ref())
             .await
             .and_then(|bundle| self.vet(&bundle).map(|_| bundle));
-        let outcome = match result {
+        let lease = guard.lease();
+        let outcome = self
+            .settle(result, requested, renew, deployed_serial, backoff, &lease)
+            .await;
+        let _ = guard.release().await;
+        outcome
+    }
+
+    /// What became of an attempt: a new certificate is stored under the lease (fenced), then
+    /// served; a failure is recorded with its backoff. Returns how long to wait.
+    async fn settle(
+        &self,
+        result: Result<CertBundle>,
+        requested: bool,
+        renew: &mut RenewWanted,
+        deployed_serial: &mut Option<String>,
+        backoff: &mut Backoff,
+        lease: &store::Lease,
+    ) -> Duration {
+        match result {
             Ok(bundle) => {
                 let key = self.cert.storage_key();
                 let written = match key {
                     Some(key) => self
                         .manager
                         .store
-                        .put_fenced(&key, &bundle.to_json(), &guard.lease())
+                        .put_fenced(&key, &bundle.to_json(), lease)
                         .await
                         .map_err(Error::from),
                     None => Ok(()),
@@ -797,7 +816,7 @@ impl CertWorker {
                         } else {
                             self.resolved("a servable certificate is stored again");
                         }
-                        self.record(CertState::Valid, None, 0, None, Some(&guard.lease()))
+                        self.record(CertState::Valid, None, 0, None, Some(lease))
                             .await;
                         Duration::ZERO
                     }
@@ -806,18 +825,16 @@ impl CertWorker {
                         // a certificate that is not durably stored; a peer may have one.
                         warn!(error = %e, "could not store the new certificate; discarding it");
                         // Refused too when the lease was lost: the status is the new holder's.
-                        self.attempt_failed(backoff, &e, &guard.lease()).await
+                        self.attempt_failed(backoff, &e, lease).await
                     }
                 }
             }
             Err(e) => {
-                let delay = self.attempt_failed(backoff, &e, &guard.lease()).await;
+                let delay = self.attempt_failed(backoff, &e, lease).await;
                 warn!(error = %e, failures = backoff.failures(), retry_in_secs = delay.as_secs(), "obtaining the certificate failed");
                 delay
             }
-        };
-        let _ = guard.release().await;
-        outcome
+        }
     }
 
     /// The pending renewal request for this certificate, if any (unreadable ones are ignored).
