@@ -1,0 +1,57 @@
+//! fleetgate's delegated DNS zone for DNS-01: the domain's owner CNAMEs
+//! `_acme-challenge.<name>` to `<id>.<zone>` once, and every node answers that zone's TXT
+//! records from the shared store, so the delegation has no single point of failure.
+//!
+//! Layers, each using only the ones below it:
+//! - `server`: the UDP/TCP listener ([`DnsServer`]): framing, limits, timeouts, shutdown.
+//! - `zone`: the answers ([`Zone`]): SOA/NS at the apex, TXT from the store, NXDOMAIN/NODATA,
+//!   REFUSED outside the zone.
+//! - `wire`: the DNS wire format through hickory-proto (decode, classify, encode, truncate).
+//! - `records`: the zone's data in the store ([`Records`]: TXT values, delegations), with the
+//!   key layout in `layout`.
+//!
+//! **Architecture invariant:** `dns` knows nothing about ACME; it serves whatever TXT values
+//! [`Records`] holds.
+
+pub mod layout;
+pub mod records;
+pub mod server;
+pub mod wire;
+pub mod zone;
+
+pub use records::{Delegation, Records};
+pub use server::{DnsServer, Limits};
+pub use zone::Zone;
+
+/// Errors of the DNS crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration that cannot work (the zone, its name servers).
+    #[error("{0}")]
+    Config(String),
+    /// Bad input: a name or TXT value that cannot be stored or served.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage: {0}")]
+    Store(#[from] store::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether trying again later may succeed (storage outages).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Store(e) => e.is_retryable(),
+            Error::Io { .. } => true,
+            Error::Config(_) | Error::Invalid(_) => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
