@@ -1,0 +1,182 @@
+//! DNS-01 end to end with real components: Pebble validates through BIND 9 as its recursive
+//! resolver; BIND holds the customer's zone (`shop.test`, with `_acme-challenge` CNAMEd into the
+//! delegated zone) and forwards the delegated zone (`acme.ops.test`) to two fleetgate DNS
+//! listeners on their own 127.0.0.x, which answer from the shared store the issuer writes to.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use certs::acme::{AcmeIssuer, AcmeSettings};
+use certs::{ChallengeKind, Challenges, Dns01, DomainName, Error, KeyType};
+use dns::{DnsServer, Records, Zone};
+use store::{DirStore, Storage};
+use testkit::{Bind, Pebble};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const ZONE: &str = "acme.ops.test";
+
+/// One node's DNS listener; stopped by [`Listener::stop`] or when the test ends.
+struct Listener {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<dns::Result<()>>,
+}
+
+impl Listener {
+    async fn start(records: &Records) -> Listener {
+        let zone = Zone::new(ZONE, &["ns1.ops.test".into(), "ns2.ops.test".into()]).unwrap();
+        let server = DnsServer::bind(
+            SocketAddr::from((testkit::loopback_ip(), 0)),
+            zone,
+            records.clone(),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        Listener { addr, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn names(list: &[&str]) -> Vec<DomainName> {
+    list.iter().map(|n| DomainName::parse(n).unwrap()).collect()
+}
+
+fn settings(pebble: &Pebble, challenges: &[ChallengeKind]) -> AcmeSettings {
+    AcmeSettings {
+        directory: pebble.directory_url(),
+        email: None,
+        ca_root: Some(pebble.listener_ca_path().to_path_buf()),
+        eab: None,
+        challenges: challenges.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_and_plain_certificates_through_a_delegated_zone_even_with_one_listener_down() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Storage> = Arc::new(DirStore::open(store_dir.path()).unwrap());
+    let records = Records::new(Arc::clone(&store));
+    let shop = records.delegate("shop.test").await.unwrap();
+    let www = records.delegate("www.shop.test").await.unwrap();
+
+    let first = Listener::start(&records).await;
+    let second = Listener::start(&records).await;
+    let bind = Bind::builder()
+        .primary_zone(
+            "shop.test",
+            &format!(
+                "@ IN A 127.0.0.1\n_acme-challenge IN CNAME {}.\n_acme-challenge.www IN CNAME {}.\n",
+                shop.target(ZONE),
+                www.target(ZONE)
+            ),
+        )
+        .forward_zone(ZONE, &[first.addr, second.addr])
+        .start()
+        .await
+        .unwrap();
+    let pebble = Pebble::builder()
+        .dns_server(bind.addr())
+        .start()
+        .await
+        .unwrap();
+
+    let solver = Arc::new(Dns01::delegated(records.clone(), ZONE));
+    let issuer = AcmeIssuer::new(
+        settings(&pebble, &[ChallengeKind::Dns01]),
+        Arc::clone(&store),
+        Arc::new(Challenges::new(Arc::clone(&store))),
+        "node-a".to_string(),
+    )
+    .with_dns01(Arc::clone(&solver));
+    assert!(issuer.solves_dns01());
+
+    // Both listeners up: a wildcard and its base name in one order (two TXT values on one name).
+    let wildcard = issuer
+        .issue(
+            &names(&["*.shop.test", "shop.test"]),
+            KeyType::EcdsaP256,
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nnamed log:\n{}", bind.log_contents()));
+    let mut issued = wildcard.meta.names.clone();
+    issued.sort();
+    assert_eq!(issued, ["*.shop.test", "shop.test"]);
+    // The values are gone after the order.
+    assert!(records.txt(&shop.target(ZONE)).await.unwrap().is_empty());
+
+    // One listener down before the order: the resolver uses the other.
+    first.stop().await;
+    let plain = issuer
+        .issue(&names(&["www.shop.test"]), KeyType::EcdsaP256, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nnamed log:\n{}", bind.log_contents()));
+    assert_eq!(plain.meta.names, ["www.shop.test"]);
+    let again = issuer
+        .issue(
+            &names(&["*.shop.test", "shop.test"]),
+            KeyType::EcdsaP256,
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nnamed log:\n{}", bind.log_contents()));
+    assert_ne!(again.meta.serial, wildcard.meta.serial);
+    assert!(records.txt(&www.target(ZONE)).await.unwrap().is_empty());
+    assert!(records.txt(&shop.target(ZONE)).await.unwrap().is_empty());
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn wildcards_need_dns01_and_dns01_needs_a_zone() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Storage> = Arc::new(DirStore::open(store_dir.path()).unwrap());
+    // Nothing is asked of the CA: the checks come first.
+    let settings = |challenges: &[ChallengeKind]| AcmeSettings {
+        directory: "https://127.0.0.1:9/dir".to_string(),
+        email: None,
+        ca_root: None,
+        eab: None,
+        challenges: challenges.to_vec(),
+    };
+    let challenges = Arc::new(Challenges::new(Arc::clone(&store)));
+    let http_only = AcmeIssuer::new(
+        settings(&[ChallengeKind::Http01]),
+        Arc::clone(&store),
+        Arc::clone(&challenges),
+        "n".into(),
+    );
+    let err = http_only
+        .issue(&names(&["*.shop.test"]), KeyType::EcdsaP256, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("dns-01")),
+        "{err}"
+    );
+    let no_zone = AcmeIssuer::new(
+        settings(&[ChallengeKind::Dns01]),
+        Arc::clone(&store),
+        challenges,
+        "n".into(),
+    );
+    let err = no_zone
+        .issue(&names(&["shop.test"]), KeyType::EcdsaP256, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("[dns]")),
+        "{err}"
+    );
+}
