@@ -7,6 +7,8 @@
 //! - `zone`: the answers ([`Zone`]): SOA/NS at the apex, TXT from the store, NXDOMAIN/NODATA,
 //!   REFUSED outside the zone.
 //! - `wire`: the DNS wire format through hickory-proto (decode, classify, encode, truncate).
+//! - `lookup`: a stub-resolver client (UDP, TCP on truncation) for checks; the listener does
+//!   not use it.
 //! - `records`: the zone's data in the store ([`Records`]: TXT values, delegations), with the
 //!   key layout in `layout`.
 //!
@@ -14,11 +16,14 @@
 //! [`Records`] holds.
 
 pub mod layout;
+pub mod lookup;
 pub mod records;
 pub mod server;
 pub mod wire;
 pub mod zone;
 
+/// The DNS types answers are made of, for callers that read them (`fleetgate dns check`).
+pub use hickory_proto as hickory;
 pub use records::{Delegation, Records};
 pub use server::{DnsServer, Limits};
 pub use zone::Zone;

@@ -14,6 +14,7 @@ use crate::{Error, Result};
 /// that cached the previous order's set would fail the next order's validation. Measured: with
 /// 5 s, BIND answered a re-order of the same names within 5 s from its cache ("Correct value not
 /// found"). The values are asked for a handful of times per order, so the load is nothing.
+/// (BIND still answers a TTL-0 record from its cache for the rest of the second it fetched it.)
 pub const TXT_TTL: u32 = 0;
 /// TTL of the SOA and NS records.
 pub const APEX_TTL: u32 = 3600;

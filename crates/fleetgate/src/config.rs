@@ -54,6 +54,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default, rename = "site")]
     sites: Vec<Spanned<RawSite>>,
+    #[serde(default)]
+    dns: Option<Spanned<crate::config_dns::RawDns>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,6 +339,7 @@ pub struct Config {
     pub log: LogConfig,
     pub limits: edge::Limits,
     pub sites: Vec<SiteConfig>,
+    pub dns: Option<crate::config_dns::DnsConfig>,
 }
 
 /// Where the shared state lives. `path` is the store itself for `dir`, and this node's local
@@ -686,7 +689,7 @@ impl Config {
                                     Some(item.span()),
                                     "acme.challenges",
                                     format!(
-                                        "expected \"http-01\" or \"tls-alpn-01\", got {:?}",
+                                        "expected \"http-01\", \"tls-alpn-01\" or \"dns-01\", got {:?}",
                                         item.get_ref()
                                     ),
                                 )
@@ -740,6 +743,15 @@ impl Config {
                 })
             }
         };
+
+        let dns =
+            crate::config_dns::parse(raw.dns.as_ref(), &|span, key, m| ctx.err(span, key, m))?;
+        if let Some(acme_raw) = &raw.acme {
+            let challenges = acme.as_ref().map_or(&[][..], |a| &a.challenges[..]);
+            crate::config_dns::check_challenges(dns.as_ref(), challenges, None, &|m| {
+                ctx.err(Some(acme_raw.span()), "acme.challenges", m)
+            })?;
+        }
 
         let log = LogConfig {
             format: match raw
@@ -917,9 +929,14 @@ impl Config {
                 if acme.is_none() {
                     return Err(ctx.err(Some(site.tls.as_ref().map(|t| t.span()).unwrap_or(site_span)), at("tls"), "uses ACME (the default) but there is no [acme] section; add one, or set tls = \"internal\" or tls = { cert = ..., key = ... }"));
                 }
-                if let Some(w) = domains.iter().find(|d| d.is_wildcard()) {
-                    return Err(ctx.err(Some(site.domains.span()), at("domains"), format!("{w} is a wildcard: ACME wildcards need DNS-01, which fleetgate does not do; use tls = \"internal\" or a files certificate")));
-                }
+                let wildcard = domains
+                    .iter()
+                    .find(|d| d.is_wildcard())
+                    .map(DomainName::as_str);
+                let challenges = acme.as_ref().map_or(&[][..], |a| &a.challenges[..]);
+                crate::config_dns::check_challenges(dns.as_ref(), challenges, wildcard, &|m| {
+                    ctx.err(Some(site.domains.span()), at("domains"), m)
+                })?;
             }
             let key_type = match &site.key_type {
                 Some(kt) => parse_key_type(&ctx, kt, &at("key_type"))?,
@@ -971,6 +988,7 @@ impl Config {
             log,
             limits,
             sites,
+            dns,
         })
     }
 

@@ -5,7 +5,10 @@
 
 mod commands;
 mod config;
+mod config_dns;
 mod deploy;
+mod dns_commands;
+mod dns_node;
 mod run;
 mod status;
 
@@ -52,6 +55,30 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// The delegated DNS-01 zone ([dns]).
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DnsCommand {
+    /// Store NAME's delegation and print the CNAME its owner adds (no node needs to run).
+    Delegate {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Resolve NAME's delegation through the system resolver and say what is missing or wrong.
+    Check {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Ask this resolver (IP:PORT) instead of /etc/resolv.conf's first nameserver.
+        #[arg(long)]
+        resolver: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +99,9 @@ fn main() -> ExitCode {
         | Command::Status { config } => config,
         Command::Ca {
             command: CaCommand::Export { config },
+        } => config,
+        Command::Dns {
+            command: DnsCommand::Delegate { config, .. } | DnsCommand::Check { config, .. },
         } => config,
     };
     let config = match config::Config::load(config_path) {
@@ -95,6 +125,18 @@ fn main() -> ExitCode {
         Command::Ca {
             command: CaCommand::Export { .. },
         } => runtime().and_then(|rt| rt.block_on(commands::ca_export(&config))),
+        Command::Dns { command } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                match &command {
+                    DnsCommand::Delegate { name, .. } => {
+                        dns_commands::delegate(&config, name).await
+                    }
+                    DnsCommand::Check { name, resolver, .. } => {
+                        dns_commands::check(&config, name, *resolver).await
+                    }
+                }
+            })
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -231,6 +231,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
+    // [dns]: DNS-01 through the delegated zone, and its listener when `dns.listen` is set.
+    let dns_task = crate::dns_node::start(&config, &store, &manager, shutdown.clone()).await?;
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     manager.apply(config.managed_certs());
@@ -252,8 +254,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 match Config::load(&current.file) {
                     Ok(new) => match routes(&new) {
                         Ok(new_routes) => {
-                            if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.proxy_protocol_from != current.proxy_protocol_from || new.workers != current.workers || new.storage != current.storage {
-                                warn!("listen (proxy_protocol_from and workers included) and storage changes take effect after a restart");
+                            if new.listen_http != current.listen_http || new.listen_https != current.listen_https || new.proxy_protocol_from != current.proxy_protocol_from || new.workers != current.workers || new.storage != current.storage || new.dns != current.dns {
+                                warn!("listen (proxy_protocol_from and workers included), storage and dns changes take effect after a restart");
                             }
                             edge.set_routes(new_routes);
                             manager.apply(new.managed_certs());
@@ -273,6 +275,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // edge), then stop certificate work and release this node's leases.
     shutdown.cancel();
     let _ = tokio::join!(http_task, https_task, heartbeat);
+    if let Some(dns_task) = dns_task {
+        let _ = dns_task.await;
+    }
     // The listeners have drained their connections: the workers have nothing left to run.
     if let Some(shards) = &shards {
         shards.stop();
