@@ -1,6 +1,10 @@
-//! DNS-01 through the fleet's delegated zone: the TXT value for `_acme-challenge.<name>` is
-//! written to the store under the delegation's target (`<id>.<zone>`, which the domain's owner
-//! CNAMEd `_acme-challenge.<name>` to), where every node's DNS listener answers it from.
+//! DNS-01, two ways:
+//! - through the fleet's delegated zone: the TXT value for `_acme-challenge.<name>` is written to
+//!   the store under the delegation's target (`<id>.<zone>`, which the domain's owner CNAMEd
+//!   `_acme-challenge.<name>` to), where every node's DNS listener answers it from;
+//! - by RFC 2136 (TSIG-signed) updates to a primary the operator runs, for names in its zone:
+//!   `_acme-challenge.<name>` itself gets the value, read back from the primary before the CA
+//!   is told.
 //!
 //! The order code publishes every DNS-01 value of an order, checks that each is visible, then
 //! tells the CA to validate (all at once: a resolver that cached one value must not be asked for
@@ -8,7 +12,9 @@
 
 use std::time::Duration;
 
-use dns::Records;
+use std::sync::Arc;
+
+use dns::{Records, Rfc2136};
 
 use crate::{DomainName, Error, Result};
 
@@ -17,73 +23,132 @@ const VISIBLE_DEADLINE: Duration = Duration::from_secs(30);
 /// How often visibility is checked while waiting.
 const VISIBLE_POLL: Duration = Duration::from_millis(200);
 
-/// Solves DNS-01 challenges in the delegated zone.
-#[derive(Debug, Clone)]
+/// TTL of TXT records added by RFC 2136 (the delegated zone's own TTL is the listener's).
+const RFC2136_TTL: u32 = 60;
+
+/// Solves DNS-01 challenges: by RFC 2136 for names in a configured zone, through the delegated
+/// zone for the others.
+#[derive(Debug, Clone, Default)]
 pub struct Dns01 {
-    records: Records,
-    zone: String,
+    delegated: Option<(Records, String)>,
+    rfc2136: Vec<Arc<Rfc2136>>,
+}
+
+/// Where a published value went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// The store, for the delegated zone.
+    Delegated,
+    /// The RFC 2136 primary for this zone.
+    Rfc2136 { zone: String },
 }
 
 /// One TXT value an order published: the name that holds it and the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedTxt {
-    /// The delegation target, `<id>.<zone>`.
+    /// The delegation target `<id>.<zone>`, or `_acme-challenge.<name>` for RFC 2136.
     pub name: String,
     pub value: String,
     /// The name being validated (a wildcard's base name).
     pub domain: String,
+    pub via: Via,
 }
 
 impl Dns01 {
     /// Solve through the zone `zone`, whose records (and delegations) are in `records`.
     pub fn delegated(records: Records, zone: &str) -> Dns01 {
         Dns01 {
-            records,
-            zone: zone.trim_end_matches('.').to_ascii_lowercase(),
+            delegated: Some((records, zone.trim_end_matches('.').to_ascii_lowercase())),
+            rfc2136: Vec::new(),
         }
     }
 
-    pub fn zone(&self) -> &str {
-        &self.zone
+    /// Solve by RFC 2136 updates through `primary` for names in its zone (added to any other
+    /// way this solver has; the first zone that covers a name is used).
+    pub fn with_rfc2136(mut self, primary: Rfc2136) -> Dns01 {
+        self.rfc2136.push(Arc::new(primary));
+        self
+    }
+
+    /// The delegated zone, if this solver has one.
+    pub fn zone(&self) -> Option<&str> {
+        self.delegated.as_ref().map(|(_, zone)| zone.as_str())
     }
 
     /// Publish `value` for `domain`'s DNS-01 challenge (`*.` stripped: a wildcard is validated
-    /// at its base name). Fails when `domain` has no delegation: the CA could never see it.
+    /// at its base name). Fails when neither an RFC 2136 zone covers `domain` nor has it a
+    /// delegation: the CA could never see the value.
     pub async fn publish(&self, domain: &DomainName, value: &str) -> Result<PublishedTxt> {
         let base = domain
             .as_str()
             .strip_prefix("*.")
             .unwrap_or(domain.as_str());
-        let delegation = self
-            .records
+        let challenge = format!("_acme-challenge.{base}");
+        if let Some(primary) = self.rfc2136.iter().find(|p| p.covers(&challenge)) {
+            primary
+                .add_txt(&challenge, value, RFC2136_TTL)
+                .await
+                .map_err(from_dns)?;
+            tracing::debug!(domain = base, zone = primary.zone(), server = %primary.server(), "DNS-01 value added by RFC 2136");
+            return Ok(PublishedTxt {
+                name: challenge,
+                value: value.to_string(),
+                domain: base.to_string(),
+                via: Via::Rfc2136 {
+                    zone: primary.zone().to_string(),
+                },
+            });
+        }
+        let Some((records, zone)) = &self.delegated else {
+            return Err(Error::Config(format!(
+                "no DNS-01 zone covers {base}: no RFC 2136 zone contains {challenge} and there is no delegated zone ([dns])"
+            )));
+        };
+        let delegation = records
             .delegation(base)
             .await
             .map_err(from_dns)?
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "{base} has no DNS-01 delegation; run `fleetgate dns delegate {base}` and have its owner add the record it prints"
-                ))
+            .ok_or_else(|| Error::Dns {
+                detail: format!(
+                    "{base} has no delegation; run `fleetgate dns delegate {base}` and have its owner add the record it prints"
+                ),
+                // The operator can delegate at any time, without touching the config.
+                retryable: true,
             })?;
-        let name = delegation.target(&self.zone);
-        self.records.add_txt(&name, value).await.map_err(from_dns)?;
+        let name = delegation.target(zone);
+        records.add_txt(&name, value).await.map_err(from_dns)?;
         tracing::debug!(domain = base, txt = %name, "DNS-01 value published");
         Ok(PublishedTxt {
             name,
             value: value.to_string(),
             domain: base.to_string(),
+            via: Via::Delegated,
         })
     }
 
-    /// Whether every value in `published` is served (read back from the store, which every
-    /// listener answers from).
+    /// Whether every value in `published` is served: read back from the store (which every
+    /// listener answers from), or from the RFC 2136 primary.
     pub async fn visible(&self, published: &[PublishedTxt]) -> Result<bool> {
         for txt in published {
-            let values = self.records.txt(&txt.name).await.map_err(from_dns)?;
+            let values = match &txt.via {
+                Via::Delegated => match &self.delegated {
+                    Some((records, _)) => records.txt(&txt.name).await.map_err(from_dns)?,
+                    None => Vec::new(),
+                },
+                Via::Rfc2136 { zone } => match self.primary(zone) {
+                    Some(primary) => primary.txt(&txt.name).await.map_err(from_dns)?,
+                    None => Vec::new(),
+                },
+            };
             if !values.contains(&txt.value) {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    fn primary(&self, zone: &str) -> Option<&Rfc2136> {
+        self.rfc2136.iter().find(|p| p.zone() == zone).map(|p| &**p)
     }
 
     /// Wait until [`visible`](Self::visible), saying so in the log when it does not hold at once.
@@ -110,16 +175,27 @@ impl Dns01 {
 
     /// Remove a value published for an order.
     pub async fn withdraw(&self, txt: &PublishedTxt) -> Result<()> {
-        self.records
-            .remove_txt(&txt.name, &txt.value)
-            .await
-            .map_err(from_dns)
+        match &txt.via {
+            Via::Delegated => match &self.delegated {
+                Some((records, _)) => records.remove_txt(&txt.name, &txt.value).await,
+                None => Ok(()),
+            },
+            Via::Rfc2136 { zone } => match self.primary(zone) {
+                Some(primary) => primary.remove_txt(&txt.name, &txt.value).await,
+                None => Ok(()),
+            },
+        }
+        .map_err(from_dns)
     }
 }
 
 fn from_dns(e: dns::Error) -> Error {
     match e {
         dns::Error::Store(e) => Error::Store(e),
+        e @ (dns::Error::Io { .. } | dns::Error::Rejected { .. }) => Error::Dns {
+            retryable: e.is_retryable(),
+            detail: e.to_string(),
+        },
         other => Error::Config(other.to_string()),
     }
 }
@@ -143,6 +219,7 @@ mod tests {
                 .contains("fleetgate dns delegate shop.example"),
             "{err}"
         );
+        assert!(err.is_retryable());
 
         let d = records.delegate("shop.example").await.unwrap();
         let a = solver.publish(&shop, "v1").await.unwrap();

@@ -180,3 +180,92 @@ async fn wildcards_need_dns01_and_dns01_needs_a_zone() {
         "{err}"
     );
 }
+
+/// A TSIG secret for tests (base64 of 32 bytes), and another the primary does not know.
+const TSIG_SECRET: &str = "ZmxlZXRnYXRlLXRzaWctc2VjcmV0LWZvci10ZXN0cyE=";
+const WRONG_SECRET: &str = "bm90LXRoZS1zZWNyZXQtdGhlLXByaW1hcnkta25vd3M=";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc2136_with_tsig_against_bind_as_primary() {
+    let bind = Bind::builder()
+        .updatable_zone(
+            "upd.test",
+            "@ IN A 127.0.0.1\n",
+            "fleetgate-test",
+            "hmac-sha256",
+            TSIG_SECRET,
+        )
+        .start()
+        .await
+        .unwrap();
+    let key = dns::TsigKey::new("fleetgate-test", "hmac-sha256", TSIG_SECRET).unwrap();
+    let primary = dns::Rfc2136::new(bind.addr(), "upd.test", Some(key)).unwrap();
+
+    // A wrong key is refused and changes nothing.
+    let wrong = dns::Rfc2136::new(
+        bind.addr(),
+        "upd.test",
+        Some(dns::TsigKey::new("fleetgate-test", "hmac-sha256", WRONG_SECRET).unwrap()),
+    )
+    .unwrap();
+    let err = wrong
+        .add_txt("_acme-challenge.upd.test", "forged", 60)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, dns::Error::Rejected { .. }), "{err}");
+    assert!(
+        primary
+            .txt("_acme-challenge.upd.test")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Names outside the zone are refused before anything is sent.
+    assert!(
+        primary
+            .add_txt("_acme-challenge.other.test", "x", 60)
+            .await
+            .is_err()
+    );
+
+    let pebble = Pebble::builder()
+        .dns_server(bind.addr())
+        .start()
+        .await
+        .unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Storage> = Arc::new(DirStore::open(store_dir.path()).unwrap());
+    let solver = Arc::new(Dns01::default().with_rfc2136(primary.clone()));
+    let issuer = AcmeIssuer::new(
+        settings(&pebble, &[ChallengeKind::Dns01]),
+        Arc::clone(&store),
+        Arc::new(Challenges::new(Arc::clone(&store))),
+        "node-a".to_string(),
+    )
+    .with_dns01(solver);
+    let bundle = issuer
+        .issue(
+            &names(&["*.upd.test", "upd.test"]),
+            KeyType::EcdsaP256,
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nnamed log:\n{}", bind.log_contents()));
+    let mut issued = bundle.meta.names.clone();
+    issued.sort();
+    assert_eq!(issued, ["*.upd.test", "upd.test"]);
+    // Both values were removed from the primary after the order.
+    assert!(
+        primary
+            .txt("_acme-challenge.upd.test")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        bind.log_contents()
+            .contains("updating zone 'upd.test/IN': deleting an RR"),
+        "{}",
+        bind.log_contents()
+    );
+}

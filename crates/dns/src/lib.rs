@@ -9,6 +9,8 @@
 //! - `wire`: the DNS wire format through hickory-proto (decode, classify, encode, truncate).
 //! - `lookup`: a stub-resolver client (UDP, TCP on truncation) for checks; the listener does
 //!   not use it.
+//! - `update`: RFC 2136 updates with TSIG to a primary the operator runs ([`Rfc2136`]), for
+//!   zones this crate does not serve.
 //! - `records`: the zone's data in the store ([`Records`]: TXT values, delegations), with the
 //!   key layout in `layout`.
 //!
@@ -19,6 +21,7 @@ pub mod layout;
 pub mod lookup;
 pub mod records;
 pub mod server;
+pub mod update;
 pub mod wire;
 pub mod zone;
 
@@ -26,6 +29,7 @@ pub mod zone;
 pub use hickory_proto as hickory;
 pub use records::{Delegation, Records};
 pub use server::{DnsServer, Limits};
+pub use update::{Rfc2136, TsigKey};
 pub use zone::Zone;
 
 /// Errors of the DNS crate.
@@ -40,6 +44,13 @@ pub enum Error {
     Invalid(String),
     #[error("storage: {0}")]
     Store(#[from] store::Error),
+    /// A DNS server answered an error rcode (an RFC 2136 primary refusing an update).
+    #[error("cannot {what}: the server answered {rcode}")]
+    Rejected {
+        what: String,
+        rcode: String,
+        retryable: bool,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -54,6 +65,7 @@ impl Error {
         match self {
             Error::Store(e) => e.is_retryable(),
             Error::Io { .. } => true,
+            Error::Rejected { retryable, .. } => *retryable,
             Error::Config(_) | Error::Invalid(_) => false,
         }
     }

@@ -31,6 +31,8 @@ const PROBE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
 #[derive(Debug, Clone, Default)]
 pub struct BindBuilder {
     primaries: Vec<(String, String)>,
+    /// zone -> the TSIG key allowed to update it.
+    updatable: Vec<(String, TsigKeySpec)>,
     forwards: Vec<(String, Vec<SocketAddr>)>,
 }
 
@@ -40,6 +42,29 @@ impl BindBuilder {
     pub fn primary_zone(mut self, zone: &str, records: &str) -> Self {
         self.primaries
             .push((zone.trim_end_matches('.').to_string(), records.to_string()));
+        self
+    }
+
+    /// Like [`primary_zone`](Self::primary_zone), and open to RFC 2136 updates signed with the
+    /// TSIG key `key_name` (`algorithm` as BIND names it, e.g. `hmac-sha256`; `secret` base64).
+    pub fn updatable_zone(
+        mut self,
+        zone: &str,
+        records: &str,
+        key_name: &str,
+        algorithm: &str,
+        secret: &str,
+    ) -> Self {
+        let zone = zone.trim_end_matches('.').to_string();
+        self.primaries.push((zone.clone(), records.to_string()));
+        self.updatable.push((
+            zone,
+            TsigKeySpec {
+                name: key_name.to_string(),
+                algorithm: algorithm.to_string(),
+                secret: secret.to_string(),
+            },
+        ));
         self
     }
 
@@ -142,6 +167,13 @@ controls {{ }};
         let probe = format!("@ IN A {PROBE_IP}\n");
         let primaries =
             std::iter::once((PROBE_ZONE.to_string(), probe)).chain(self.primaries.iter().cloned());
+        for (_, key) in &self.updatable {
+            writeln!(
+                conf,
+                "key \"{}\" {{ algorithm {}; secret \"{}\"; }};",
+                key.name, key.algorithm, key.secret
+            )?;
+        }
         for (zone, records) in primaries {
             let file = format!("{zone}.zone");
             write(
@@ -150,9 +182,13 @@ controls {{ }};
                     "$TTL 60\n@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 5\n@ IN NS ns.{zone}.\nns IN A 127.0.0.1\n{records}\n"
                 ),
             )?;
+            let update = match self.updatable.iter().find(|(z, _)| *z == zone) {
+                Some((_, key)) => format!(" allow-update {{ key \"{}\"; }};", key.name),
+                None => String::new(),
+            };
             writeln!(
                 conf,
-                "zone \"{zone}\" {{ type primary; file \"{d}/{file}\"; }};"
+                "zone \"{zone}\" {{ type primary; file \"{d}/{file}\";{update} }};"
             )?;
         }
         for (zone, servers) in &self.forwards {
@@ -167,6 +203,13 @@ controls {{ }};
         }
         Ok(conf)
     }
+}
+
+#[derive(Debug, Clone)]
+struct TsigKeySpec {
+    name: String,
+    algorithm: String,
+    secret: String,
 }
 
 /// `named` lives in /usr/sbin, which a non-root PATH may lack.
