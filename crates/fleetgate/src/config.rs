@@ -744,8 +744,9 @@ impl Config {
             }
         };
 
-        let dns =
-            crate::config_dns::parse(raw.dns.as_ref(), &|span, key, m| ctx.err(span, key, m))?;
+        let dns = crate::config_dns::parse(raw.dns.as_ref(), &resolve, &|span, key, m| {
+            ctx.err(span, key, m)
+        })?;
         if let Some(acme_raw) = &raw.acme {
             let challenges = acme.as_ref().map_or(&[][..], |a| &a.challenges[..]);
             crate::config_dns::check_challenges(dns.as_ref(), challenges, None, &|m| {

@@ -10,14 +10,18 @@ use dns::lookup::query;
 
 use crate::config::Config;
 
-/// The `[dns]` section, which both commands need.
-fn section(config: &Config) -> anyhow::Result<&crate::config_dns::DnsConfig> {
-    config.dns.as_ref().with_context(|| {
-        format!(
-            "{} has no [dns] section (zone, ns): there is no zone to delegate to",
-            config.file.display()
-        )
-    })
+/// The delegated zone of the `[dns]` section, which both commands need.
+fn section(config: &Config) -> anyhow::Result<&crate::config_dns::ZoneConfig> {
+    config
+        .dns
+        .as_ref()
+        .and_then(|dns| dns.zone.as_ref())
+        .with_context(|| {
+            format!(
+                "{} has no [dns] section with a zone (zone, ns): there is no zone to delegate to",
+                config.file.display()
+            )
+        })
 }
 
 /// `fleetgate dns delegate NAME`: store the delegation (or find the existing one) and print the

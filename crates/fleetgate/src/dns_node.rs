@@ -1,5 +1,5 @@
-//! The delegated DNS-01 zone in `run`: the solver for the certificate manager and, with
-//! `[dns] listen`, the listener.
+//! DNS-01 in `run`: the solver for the certificate manager (the delegated zone and the RFC 2136
+//! zones of `[dns]`) and, with `[dns] listen`, the delegated zone's listener.
 
 use std::sync::Arc;
 
@@ -22,14 +22,18 @@ pub async fn start(
         return Ok(None);
     };
     let records = Records::new(Arc::clone(store));
-    manager.set_dns01(Arc::new(certs::Dns01::delegated(
-        records.clone(),
-        dns.zone.apex(),
-    )));
-    let Some(listen) = dns.listen else {
+    let mut solver = match &dns.zone {
+        Some(zone) => certs::Dns01::delegated(records.clone(), zone.zone.apex()),
+        None => certs::Dns01::default(),
+    };
+    for entry in &dns.rfc2136 {
+        solver = solver.with_rfc2136(entry.client()?);
+    }
+    manager.set_dns01(Arc::new(solver));
+    let (Some(listen), Some(zone)) = (dns.listen, &dns.zone) else {
         return Ok(None);
     };
-    let server = dns::DnsServer::bind(listen, dns.zone.clone(), records)
+    let server = dns::DnsServer::bind(listen, zone.zone.clone(), records)
         .await
         .with_context(|| format!("cannot listen on {listen} (dns.listen)"))?;
     Ok(Some(tokio::spawn(async move {

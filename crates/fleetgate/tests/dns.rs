@@ -209,8 +209,97 @@ fn config_dns01_without_a_zone_and_bad_dns_sections_are_refused() {
             "[dns]\nzone = \"acme.ops.test\"\nns = [\"ns1.ops.test\"]\nttl = 5\n",
             "ttl",
         ),
+        ("[dns]\nlisten = \"127.0.0.1:53\"\n", "dns.zone"),
+        ("[dns]\n", "empty [dns] section"),
+        (
+            "[[dns.rfc2136]]\nserver = \"127.0.0.1:53\"\nzone = \"shop.test\"\ntsig_key = \"k\"\n",
+            "go together",
+        ),
+        (
+            "[[dns.rfc2136]]\nserver = \"127.0.0.1:53\"\nzone = \"shop.test\"\ntsig_key = \"k\"\ntsig_secret_file = \"/nonexistent/tsig.key\"\n",
+            "no such file",
+        ),
+        (
+            "[[dns.rfc2136]]\nserver = \"ns.shop.test\"\nzone = \"shop.test\"\n",
+            "dns.rfc2136[0].server",
+        ),
     ] {
         let e = check_config(body).unwrap_err();
         assert!(e.contains(needle), "{body}: {e}");
     }
+}
+
+const TSIG_SECRET: &str = "ZmxlZXRnYXRlLXRzaWctc2VjcmV0LWZvci10ZXN0cyE=";
+
+/// `[[dns.rfc2136]]` only (no delegated zone): the node updates BIND, the primary of `upd.test`,
+/// with TSIG, and Pebble validates through the same BIND.
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc2136_through_the_binary() -> anyhow::Result<()> {
+    let bind = Bind::builder()
+        .updatable_zone(
+            "upd.test",
+            "@ IN A 127.0.0.1\n",
+            "fleetgate-node",
+            "hmac-sha256",
+            TSIG_SECRET,
+        )
+        .start()
+        .await?;
+    let pebble = Pebble::builder().dns_server(bind.addr()).start().await?;
+    let root = pebble.issuing_root_pem().await?;
+    let ip = testkit::loopback_ip();
+    let mut node = Node::new(ip, testkit::free_port(), testkit::free_port(), "")?;
+    let secret_file = node.path("tsig.key");
+    std::fs::write(&secret_file, format!("{TSIG_SECRET}\n"))?;
+    node.write_config(&format!(
+        r#"
+[acme]
+directory = "{dir_url}"
+ca_root = "{ca_root}"
+challenges = ["dns-01"]
+
+[[dns.rfc2136]]
+server = "{server}"
+zone = "upd.test"
+tsig_key = "fleetgate-node"
+tsig_secret_file = "{secret}"
+
+[[site]]
+domains = ["*.upd.test", "upd.test"]
+respond = {{ status = 200, body = "upd" }}
+"#,
+        dir_url = pebble.directory_url(),
+        ca_root = pebble.listener_ca_path().display(),
+        server = bind.addr(),
+        secret = secret_file.display(),
+    ))?;
+    node.start().await?;
+    testkit::wait_for_ok("a certificate for www.upd.test", ISSUE_DEADLINE, || {
+        served_serial(node.https, "www.upd.test", &root)
+    })
+    .await
+    .with_context(|| format!("{}\nnamed:\n{}", node.log(), bind.log_contents()))?;
+    // The primary no longer holds the values.
+    let primary = dns::Rfc2136::new(
+        bind.addr(),
+        "upd.test",
+        Some(dns::TsigKey::new(
+            "fleetgate-node",
+            "hmac-sha256",
+            TSIG_SECRET,
+        )?),
+    )?;
+    testkit::wait_for_ok(
+        "the TXT values removed",
+        Duration::from_secs(10),
+        || async {
+            let left = primary.txt("_acme-challenge.upd.test").await?;
+            ensure!(left.is_empty(), "still there: {left:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    let status = node.stop().await?;
+    ensure!(status.success(), "{status:?}");
+    Ok(())
 }
