@@ -135,7 +135,9 @@ impl BindBuilder {
         match ready {
             Ok(None) => Ok(Bind { child, addr, dir }),
             Ok(Some(status)) => Err((
-                log.contains("address in use"),
+                // Another process took the port between our probe and named's bind.
+                log.contains("address in use")
+                    || log.contains("unable to listen on any configured interfaces"),
                 anyhow::anyhow!("named exited at startup ({status}); log:\n{log}"),
             )),
             Err(e) => Err((false, e.context(format!("log of named:\n{log}")))),
