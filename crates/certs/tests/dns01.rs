@@ -284,3 +284,53 @@ async fn rfc2136_with_tsig_against_bind_as_primary() {
         bind.log_contents()
     );
 }
+
+/// A node that hangs instead of dying: its address takes queries and never answers (UDP and
+/// TCP bound, nothing read). The resolver waits for it, then asks the other listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_listener_is_waited_out() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Storage> = Arc::new(DirStore::open(store_dir.path()).unwrap());
+    let records = Records::new(Arc::clone(&store));
+    let shop = records.delegate("shop.test").await.unwrap();
+    let hung_ip = testkit::loopback_ip();
+    let hung_udp = tokio::net::UdpSocket::bind((hung_ip, 0)).await.unwrap();
+    let hung = hung_udp.local_addr().unwrap();
+    let _hung_tcp = tokio::net::TcpListener::bind(hung).await.unwrap();
+    let alive = Listener::start(&records).await;
+    let bind = Bind::builder()
+        .primary_zone(
+            "shop.test",
+            &format!("_acme-challenge IN CNAME {}.\n", shop.target(ZONE)),
+        )
+        .forward_zone(ZONE, &[hung, alive.addr])
+        .start()
+        .await
+        .unwrap();
+    let pebble = Pebble::builder()
+        .dns_server(bind.addr())
+        .start()
+        .await
+        .unwrap();
+    let issuer = AcmeIssuer::new(
+        settings(&pebble, &[ChallengeKind::Dns01]),
+        Arc::clone(&store),
+        Arc::new(Challenges::new(Arc::clone(&store))),
+        "node-a".to_string(),
+    )
+    .with_dns01(Arc::new(Dns01::delegated(records.clone(), ZONE)));
+    let started = std::time::Instant::now();
+    issuer
+        .issue(
+            &names(&["*.shop.test", "shop.test"]),
+            KeyType::EcdsaP256,
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nnamed log:\n{}", bind.log_contents()));
+    eprintln!(
+        "issued *.shop.test + shop.test in {:?} (one listener hung)",
+        started.elapsed()
+    );
+    alive.stop().await;
+}
