@@ -45,13 +45,22 @@ pub async fn check(
     name: &str,
     resolver: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    let name = dns::records::normalize_name(name.strip_prefix("*.").unwrap_or(name))?;
+    let challenge = format!("_acme-challenge.{name}");
+    if let Some(entry) = config
+        .dns
+        .iter()
+        .flat_map(|dns| &dns.rfc2136)
+        .find(|entry| entry.client().is_ok_and(|client| client.covers(&challenge)))
+    {
+        return check_rfc2136(entry, &challenge).await;
+    }
     let dns = section(config)?;
     let zone = dns.zone.apex();
     let resolver = match resolver {
         Some(r) => r,
         None => system_resolver()?,
     };
-    let name = dns::records::normalize_name(name.strip_prefix("*.").unwrap_or(name))?;
     let (store, _cache) = crate::run::open_store(config).await?;
     let records = Records::new(store);
     let delegation = records.delegation(&name).await?;
@@ -75,7 +84,6 @@ pub async fn check(
     }
 
     // 1. The owner's CNAME.
-    let challenge = format!("_acme-challenge.{name}");
     let answer = query(resolver, &challenge, RecordType::CNAME)
         .await
         .with_context(|| format!("cannot ask the resolver {resolver}"))?;
@@ -185,6 +193,38 @@ pub async fn check(
         "{problems} problem(s) with the DNS-01 delegation of {name}"
     );
     Ok(())
+}
+
+/// For a name solved by RFC 2136: the primary answers a signed read of the challenge name
+/// (which proves the address, the zone and the key; it changes nothing).
+async fn check_rfc2136(
+    entry: &crate::config_dns::Rfc2136Config,
+    challenge: &str,
+) -> anyhow::Result<()> {
+    let client = entry.client()?;
+    let how = match &entry.tsig {
+        Some((key, algorithm, _)) => format!("TSIG key {key} ({algorithm})"),
+        None => "no TSIG key".to_string(),
+    };
+    match client.txt(challenge).await {
+        Ok(values) => {
+            println!(
+                "ok:      {challenge} is in the RFC 2136 zone {}: the primary {} answers with {how} ({} TXT values now)",
+                client.zone(),
+                client.server(),
+                values.len()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!(
+                "PROBLEM: {challenge} is in the RFC 2136 zone {}, but the primary {} does not answer a read signed with {how}: {e}",
+                client.zone(),
+                client.server()
+            );
+            anyhow::bail!("1 problem with the DNS-01 set-up of {challenge}")
+        }
+    }
 }
 
 fn rcode_text(rcode: ResponseCode) -> String {

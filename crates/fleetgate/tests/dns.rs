@@ -273,6 +273,13 @@ respond = {{ status = 200, body = "upd" }}
         server = bind.addr(),
         secret = secret_file.display(),
     ))?;
+    let check = node.command(&["dns", "check", "upd.test"]);
+    ensure!(check.status.success(), "{check:?}");
+    ensure!(
+        stdout(&check).contains("is in the RFC 2136 zone upd.test: the primary"),
+        "{}",
+        stdout(&check)
+    );
     node.start().await?;
     testkit::wait_for_ok("a certificate for www.upd.test", ISSUE_DEADLINE, || {
         served_serial(node.https, "www.upd.test", &root)
@@ -301,5 +308,14 @@ respond = {{ status = 200, body = "upd" }}
     .await?;
     let status = node.stop().await?;
     ensure!(status.success(), "{status:?}");
+
+    // A secret the primary does not know: check says so and fails.
+    std::fs::write(
+        &secret_file,
+        "bm90LXRoZS1zZWNyZXQtdGhlLXByaW1hcnkta25vd3M=\n",
+    )?;
+    let check = node.command(&["dns", "check", "upd.test"]);
+    ensure!(!check.status.success(), "{check:?}");
+    ensure!(stdout(&check).contains("PROBLEM:"), "{}", stdout(&check));
     Ok(())
 }
