@@ -319,3 +319,85 @@ respond = {{ status = 200, body = "upd" }}
     ensure!(stdout(&check).contains("PROBLEM:"), "{}", stdout(&check));
     Ok(())
 }
+
+/// Two nodes share a store and both answer for the delegated zone; one is killed (SIGKILL),
+/// then the other is given a wildcard site (SIGHUP) and gets its certificate through the
+/// resolver, which finds the dead node's address silent and asks the live one.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_one_killed_before_the_order() -> anyhow::Result<()> {
+    let (ip_a, ip_b) = (testkit::loopback_ip(), testkit::loopback_ip());
+    let (dns_a, dns_b) = (testkit::free_addr(ip_a), testkit::free_addr(ip_b));
+    let dir_a = tempfile::tempdir()?;
+    let data = dir_a.path().join("data");
+    let mut a = Node::with_data(
+        dir_a,
+        data.clone(),
+        ip_a,
+        testkit::free_port(),
+        testkit::free_port(),
+        &dns_section(dns_a),
+    )?;
+    let delegate = a.command(&["dns", "delegate", "shop.test"]);
+    ensure!(delegate.status.success(), "{delegate:?}");
+    let target = stdout(&delegate)
+        .trim()
+        .strip_prefix("_acme-challenge.shop.test. CNAME ")
+        .and_then(|t| t.strip_suffix('.'))
+        .context("the record")?
+        .to_string();
+    let bind = Bind::builder()
+        .primary_zone(
+            "shop.test",
+            &format!("_acme-challenge IN CNAME {target}.\n"),
+        )
+        .forward_zone(ZONE, &[dns_a, dns_b])
+        .start()
+        .await?;
+    let pebble = Pebble::builder().dns_server(bind.addr()).start().await?;
+    let root = pebble.issuing_root_pem().await?;
+    let acme = format!(
+        "[acme]\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenges = [\"dns-01\"]\n\n",
+        pebble.directory_url(),
+        pebble.listener_ca_path().display()
+    );
+    a.write_config(&format!("{acme}{}", dns_section(dns_a)))?;
+    let mut b = Node::with_data(
+        tempfile::tempdir()?,
+        data,
+        ip_b,
+        testkit::free_port(),
+        testkit::free_port(),
+        &format!("{acme}{}", dns_section(dns_b)),
+    )?;
+    a.start().await?;
+    b.start().await?;
+    // Both answer for the zone from the shared store.
+    for server in [dns_a, dns_b] {
+        let answer = dns::lookup::query(server, &target, dns::hickory::rr::RecordType::TXT).await?;
+        ensure!(
+            answer.response_code() == dns::hickory::op::ResponseCode::NoError,
+            "{server}: {answer:?}"
+        );
+    }
+
+    a.signal(testkit::Signal::Kill)?;
+    b.write_config(&format!(
+        "{acme}{}\n[[site]]\ndomains = [\"*.shop.test\", \"shop.test\"]\nrespond = {{ status = 200, body = \"shop\" }}\n",
+        dns_section(dns_b)
+    ))?;
+    b.signal(testkit::Signal::Hup)?;
+    testkit::wait_for_ok("a certificate for www.shop.test", ISSUE_DEADLINE, || {
+        served_serial(b.https, "www.shop.test", &root)
+    })
+    .await
+    .with_context(|| format!("{}\nnamed:\n{}", b.log(), bind.log_contents()))?;
+    ensure!(
+        b.log().contains("certificate issued"),
+        "issued on the first attempt: {}",
+        b.log()
+    );
+    ensure!(!b.log().contains("order failed"), "{}", b.log());
+    let status = b.stop().await?;
+    ensure!(status.success(), "{status:?}");
+    Ok(())
+}
