@@ -246,6 +246,55 @@ mod tests {
         assert_eq!(u16::from(rcode_of(&bytes)), 16);
     }
 
+    proptest::proptest! {
+        /// Any bytes: no panic, and an error answer is always a readable response.
+        #[test]
+        fn any_packet_is_classified_without_panic(packet in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            check_classified(&packet);
+        }
+
+        /// A valid query with bytes flipped (the likelier shape of a broken packet).
+        #[test]
+        fn corrupted_queries_are_classified_without_panic(
+            flips in proptest::collection::vec((0usize..64, proptest::num::u8::ANY), 1..6),
+            cut in 0usize..12,
+        ) {
+            let mut packet = query_bytes(|m| {
+                let mut edns = Edns::new();
+                edns.set_max_payload(1232);
+                m.set_edns(edns);
+            });
+            for (at, byte) in flips {
+                if let Some(b) = packet.get_mut(at) {
+                    *b ^= byte;
+                }
+            }
+            packet.truncate(packet.len().saturating_sub(cut));
+            check_classified(&packet);
+        }
+    }
+
+    fn check_classified(packet: &[u8]) {
+        match decode(packet) {
+            Decoded::Ignore => {}
+            Decoded::Error { bytes, .. } => {
+                let answer = Message::from_vec(&bytes).expect("error answers are readable");
+                assert_eq!(answer.message_type(), MessageType::Response);
+            }
+            Decoded::Query(request) => {
+                let reply = Reply {
+                    rcode: ResponseCode::NoError,
+                    authoritative: true,
+                    answers: Vec::new(),
+                    authority: Vec::new(),
+                };
+                let bytes = encode(&request, &reply, request.udp_limit());
+                assert!(bytes.len() <= request.udp_limit());
+                Message::from_vec(&bytes).expect("answers are readable");
+            }
+        }
+    }
+
     #[test]
     fn udp_limit_follows_edns() {
         let Decoded::Query(plain) = decode(&query_bytes(|_| {})) else {
