@@ -79,10 +79,7 @@ impl Dns01 {
     /// at its base name). Fails when neither an RFC 2136 zone covers `domain` nor has it a
     /// delegation: the CA could never see the value.
     pub async fn publish(&self, domain: &DomainName, value: &str) -> Result<PublishedTxt> {
-        let base = domain
-            .as_str()
-            .strip_prefix("*.")
-            .unwrap_or(domain.as_str());
+        let base = base_name(domain);
         let challenge = format!("_acme-challenge.{base}");
         if let Some(primary) = self.rfc2136.iter().find(|p| p.covers(&challenge)) {
             primary
@@ -100,21 +97,13 @@ impl Dns01 {
             });
         }
         let Some((records, zone)) = &self.delegated else {
-            return Err(Error::Config(format!(
-                "no DNS-01 zone covers {base}: no RFC 2136 zone contains {challenge} and there is no delegated zone ([dns])"
-            )));
+            return Err(self.not_covered(domain));
         };
         let delegation = records
             .delegation(base)
             .await
             .map_err(from_dns)?
-            .ok_or_else(|| Error::Dns {
-                detail: format!(
-                    "{base} has no delegation; run `fleetgate dns delegate {base}` and have its owner add the record it prints"
-                ),
-                // The operator can delegate at any time, without touching the config.
-                retryable: true,
-            })?;
+            .ok_or_else(|| self.not_covered(domain))?;
         let name = delegation.target(zone);
         records.add_txt(&name, value).await.map_err(from_dns)?;
         tracing::debug!(domain = base, txt = %name, "DNS-01 value published");
@@ -124,6 +113,40 @@ impl Dns01 {
             domain: base.to_string(),
             via: Via::Delegated,
         })
+    }
+
+    /// Whether [`publish`](Self::publish) can work for `domain`: an RFC 2136 zone holds its
+    /// challenge name, or it has a delegation.
+    pub async fn covers(&self, domain: &DomainName) -> Result<bool> {
+        let base = base_name(domain);
+        if self
+            .rfc2136
+            .iter()
+            .any(|p| p.covers(&format!("_acme-challenge.{base}")))
+        {
+            return Ok(true);
+        }
+        match &self.delegated {
+            Some((records, _)) => Ok(records.delegation(base).await.map_err(from_dns)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// Why `domain` cannot be solved here, and what to do.
+    pub fn not_covered(&self, domain: &DomainName) -> Error {
+        let base = base_name(domain);
+        match &self.delegated {
+            Some(_) => Error::Dns {
+                detail: format!(
+                    "{base} has no delegation; run `fleetgate dns delegate {base}` and have its owner add the record it prints"
+                ),
+                // The operator can delegate at any time, without touching the config.
+                retryable: true,
+            },
+            None => Error::Config(format!(
+                "no DNS-01 zone covers {base}: no [[dns.rfc2136]] zone contains _acme-challenge.{base} and there is no delegated zone"
+            )),
+        }
     }
 
     /// Whether every value in `published` is served: read back from the store (which every
@@ -187,6 +210,14 @@ impl Dns01 {
         }
         .map_err(from_dns)
     }
+}
+
+/// The name a DNS-01 challenge validates: a wildcard's base name.
+fn base_name(domain: &DomainName) -> &str {
+    domain
+        .as_str()
+        .strip_prefix("*.")
+        .unwrap_or(domain.as_str())
 }
 
 fn from_dns(e: dns::Error) -> Error {

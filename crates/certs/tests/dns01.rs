@@ -334,3 +334,103 @@ async fn a_hung_listener_is_waited_out() {
     );
     alive.stop().await;
 }
+
+/// Answers HTTP-01 from the store, as any node's edge would (just enough HTTP/1.1 for Pebble).
+async fn http01_responder(listener: tokio::net::TcpListener, challenges: Arc<Challenges>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let challenges = Arc::clone(&challenges);
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&head).to_string();
+            let path = text.split_whitespace().nth(1).unwrap_or("");
+            let host = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Host: ")
+                        .or_else(|| l.strip_prefix("host: "))
+                })
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let token = path
+                .strip_prefix("/.well-known/acme-challenge/")
+                .unwrap_or("");
+            let answer = match challenges.http01(&host, token).await {
+                Some(ka) => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ka}",
+                    ka.len()
+                ),
+                None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string(),
+            };
+            let _ = stream.write_all(answer.as_bytes()).await;
+        });
+    }
+}
+
+/// `challenges = ["dns-01", "http-01"]`: a name without a delegation is validated by HTTP-01
+/// instead; a wildcard without one fails before the CA is asked to validate, retryably, saying
+/// how to delegate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelegated_names_fall_back_to_http01_and_wildcards_say_what_to_do() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Storage> = Arc::new(DirStore::open(store_dir.path()).unwrap());
+    let records = Records::new(Arc::clone(&store));
+    let listener = Listener::start(&records).await;
+    let bind = Bind::builder()
+        .primary_zone("plain.test", "@ IN A 127.0.0.1\n")
+        .forward_zone(ZONE, &[listener.addr])
+        .start()
+        .await
+        .unwrap();
+    let http = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let pebble = Pebble::builder()
+        .dns_server(bind.addr())
+        .http_port(http.local_addr().unwrap().port())
+        .start()
+        .await
+        .unwrap();
+    let challenges = Arc::new(Challenges::new(Arc::clone(&store)));
+    tokio::spawn(http01_responder(
+        http,
+        Arc::new(Challenges::new(Arc::clone(&store))),
+    ));
+    let issuer = AcmeIssuer::new(
+        settings(&pebble, &[ChallengeKind::Dns01, ChallengeKind::Http01]),
+        Arc::clone(&store),
+        challenges,
+        "node-a".to_string(),
+    )
+    .with_dns01(Arc::new(Dns01::delegated(records.clone(), ZONE)));
+
+    let plain = issuer
+        .issue(&names(&["plain.test"]), KeyType::EcdsaP256, None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nnamed log:\n{}", bind.log_contents()));
+    assert_eq!(plain.meta.names, ["plain.test"]);
+
+    let err = issuer
+        .issue(&names(&["*.plain.test"]), KeyType::EcdsaP256, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::Dns { .. }), "{err}");
+    assert!(err.is_retryable());
+    assert!(
+        err.to_string()
+            .contains("run `fleetgate dns delegate plain.test`"),
+        "{err}"
+    );
+    listener.stop().await;
+}

@@ -149,9 +149,10 @@ struct Solvers<'a> {
 }
 
 impl Solvers<'_> {
-    /// Whether this node can solve `kind` (DNS-01 needs the delegated zone).
-    fn can_solve(&self, kind: ChallengeKind) -> bool {
-        kind != ChallengeKind::Dns01 || self.dns01.is_some()
+    /// Whether this node can solve `kind` for a name: DNS-01 needs a solver that covers it
+    /// (`dns01_covers`: a delegation or an RFC 2136 zone).
+    fn can_solve(&self, kind: ChallengeKind, dns01_covers: bool) -> bool {
+        kind != ChallengeKind::Dns01 || (self.dns01.is_some() && dns01_covers)
     }
 }
 
@@ -222,8 +223,15 @@ async fn solve(order: &mut Order, solvers: &Solvers<'_>, cleanup: &mut Cleanup) 
         let domain = DomainName::parse(&name).map_err(|e| Error::Acme {
             problem: problem::local_problem(format!("the CA asks to authorize {name:?}: {e}")),
         })?;
+        // A name DNS-01 cannot cover (not delegated yet) falls back to the next configured type.
+        let dns01_covers = match solvers.dns01 {
+            Some(dns01) if preferences.contains(&ChallengeKind::Dns01) => {
+                dns01.covers(&domain).await?
+            }
+            _ => false,
+        };
         let Some(kind) = preferences.iter().copied().find(|kind| {
-            solvers.can_solve(*kind)
+            solvers.can_solve(*kind, dns01_covers)
                 && authz
                     .challenges
                     .iter()
@@ -234,6 +242,17 @@ async fn solve(order: &mut Order, solvers: &Solvers<'_>, cleanup: &mut Cleanup) 
                 .iter()
                 .map(|c| format!("{:?}", c.r#type))
                 .collect();
+            if let Some(dns01) = solvers.dns01
+                && !dns01_covers
+                && preferences.contains(&ChallengeKind::Dns01)
+                && authz
+                    .challenges
+                    .iter()
+                    .any(|c| c.r#type == ChallengeType::Dns01)
+            {
+                // Only DNS-01 would do (a wildcard, say), and the name is not delegated yet.
+                return Err(dns01.not_covered(&domain));
+            }
             let wanted: Vec<&str> = preferences.iter().map(|k| k.as_str()).collect();
             return Err(Error::Config(format!(
                 "the CA offers {} for {domain}, none of the configured challenge types ({})",
@@ -270,7 +289,7 @@ async fn solve(order: &mut Order, solvers: &Solvers<'_>, cleanup: &mut Cleanup) 
                     .await?;
             }
             ChallengeKind::Dns01 => {
-                // `can_solve` let DNS-01 be picked only with a solver.
+                // `can_solve` lets DNS-01 be picked only with a solver.
                 let Some(dns01) = solvers.dns01 else {
                     return Err(Error::Config("no DNS-01 solver".to_string()));
                 };
