@@ -3,8 +3,10 @@
 //! ```text
 //! dns/delegations/<name>.json      Delegation {name, id}: _acme-challenge.<name> CNAMEs to <id>.<zone>
 //! dns/ids/<id>.json                the same Delegation, found by id (the listener's "does this name exist")
-//! dns/txt/<fqdn>/<hash>.json       TxtRecord {name, value}: one object per value, <hash> = the first
-//!                                  32 hex digits of SHA-256(value)
+//! dns/txt/<fqdn>/<hash>.json       TxtRecord {name, value, created_ms}: one object per value,
+//!                                  <hash> = the first 32 hex digits of SHA-256(value)
+//! dns/acme-dns/<username>.json     an acme-dns account: subdomain, allowfrom, PBKDF2 hash of the
+//!                                  password (never the password)
 //! ```
 //!
 //! One object per TXT value, not one object per name: a wildcard and its base name (`*.shop.example`
@@ -35,6 +37,13 @@ pub fn delegations_prefix() -> StorageKey {
 
 pub fn delegation_id(id: &str) -> StorageKey {
     key(format!("dns/ids/{}.json", store::sanitize_segment(id)))
+}
+
+pub fn acme_dns_account(username: &str) -> StorageKey {
+    key(format!(
+        "dns/acme-dns/{}.json",
+        store::sanitize_segment(username)
+    ))
 }
 
 /// The prefix holding every TXT value of `fqdn`.

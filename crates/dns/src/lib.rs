@@ -11,12 +11,15 @@
 //!   not use it.
 //! - `update`: RFC 2136 updates with TSIG to a primary the operator runs ([`Rfc2136`]), for
 //!   zones this crate does not serve.
+//! - `acme_dns`: the acme-dns protocol without HTTP ([`AcmeDns`]: accounts with hashed
+//!   passwords, updates checked for key, network, subdomain and value), over `records`.
 //! - `records`: the zone's data in the store ([`Records`]: TXT values, delegations), with the
 //!   key layout in `layout`.
 //!
 //! **Architecture invariant:** `dns` knows nothing about ACME; it serves whatever TXT values
 //! [`Records`] holds.
 
+pub mod acme_dns;
 pub mod layout;
 pub mod lookup;
 pub mod records;
@@ -25,6 +28,7 @@ pub mod update;
 pub mod wire;
 pub mod zone;
 
+pub use acme_dns::{AcmeDns, Registration};
 /// The DNS types answers are made of, for callers that read them (`fleetgate dns check`).
 pub use hickory_proto as hickory;
 pub use records::{Delegation, Records};
@@ -44,6 +48,9 @@ pub enum Error {
     Invalid(String),
     #[error("storage: {0}")]
     Store(#[from] store::Error),
+    /// Credentials or source address refused (acme-dns: HTTP 401).
+    #[error("{0}")]
+    Denied(String),
     /// A DNS server answered an error rcode (an RFC 2136 primary refusing an update).
     #[error("cannot {what}: the server answered {rcode}")]
     Rejected {
@@ -66,7 +73,7 @@ impl Error {
             Error::Store(e) => e.is_retryable(),
             Error::Io { .. } => true,
             Error::Rejected { retryable, .. } => *retryable,
-            Error::Config(_) | Error::Invalid(_) => false,
+            Error::Config(_) | Error::Invalid(_) | Error::Denied(_) => false,
         }
     }
 }

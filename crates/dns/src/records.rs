@@ -43,6 +43,9 @@ impl Delegation {
 struct TxtRecord {
     name: String,
     value: String,
+    /// When it was added, Unix milliseconds (0 in records written before this field).
+    #[serde(default)]
+    created_ms: u64,
 }
 
 /// TXT values and delegations in the shared store.
@@ -56,6 +59,11 @@ impl Records {
         Records { store }
     }
 
+    /// The store underneath (for the other objects of the zone's layout).
+    pub(crate) fn store(&self) -> &Arc<dyn Storage> {
+        &self.store
+    }
+
     /// Add `value` to the TXT records of `name` (other values stay). Idempotent.
     pub async fn add_txt(&self, name: &str, value: &str) -> Result<()> {
         let name = normalize_name(name)?;
@@ -63,6 +71,10 @@ impl Records {
         let record = TxtRecord {
             name: name.clone(),
             value: value.to_string(),
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| Error::Invalid(e.to_string()))?;
         self.store.put(&layout::txt(&name, value), &bytes).await?;
@@ -76,26 +88,41 @@ impl Records {
         Ok(())
     }
 
-    /// The TXT values of `name`, sorted. Objects that do not belong to `name` (a sanitised key
-    /// shared by two names cannot happen for valid names, but the value says) are skipped.
+    /// The TXT values of `name`, sorted.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>> {
+        let mut values: Vec<String> = self
+            .txt_entries(name)
+            .await?
+            .into_iter()
+            .map(|(value, _)| value)
+            .collect();
+        values.sort();
+        values.dedup();
+        Ok(values)
+    }
+
+    /// The TXT values of `name` with when each was added (Unix milliseconds), oldest first.
+    /// Objects that do not belong to `name` (a sanitised key shared by two names cannot happen
+    /// for valid names, but the value says) are skipped.
+    pub async fn txt_entries(&self, name: &str) -> Result<Vec<(String, u64)>> {
         let name = normalize_name(name)?;
         let keys = self.store.list(&layout::txt_prefix(&name)).await?;
-        let mut values = Vec::with_capacity(keys.len());
+        let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
             // Withdrawn between `list` and `get`: simply gone.
             let Some(bytes) = self.store.get(&key).await? else {
                 continue;
             };
             match serde_json::from_slice::<TxtRecord>(&bytes) {
-                Ok(record) if record.name == name => values.push(record.value),
+                Ok(record) if record.name == name => {
+                    entries.push((record.value, record.created_ms))
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(%key, error = %e, "unreadable TXT record in the store"),
             }
         }
-        values.sort();
-        values.dedup();
-        Ok(values)
+        entries.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(entries)
     }
 
     /// The delegation of `name`, created (with a fresh random id) when there is none.
