@@ -9,13 +9,16 @@
 //!                                  password (never the password)
 //! ```
 //!
+//! Lock: `dns-delegate-<name>`, held while a delegation is created (two nodes delegating one
+//! name at once get the same id).
+//!
 //! One object per TXT value, not one object per name: a wildcard and its base name (`*.shop.example`
 //! and `shop.example`) put two values on one name during one order, possibly from two nodes at once,
 //! and separate objects need no read-modify-write (no lock). A name's values are `list` of its prefix.
 //! Names are lower-case ASCII without the trailing dot; `sanitize_segment` keeps every character a
 //! DNS name checked by [`crate::records`] can have, so a segment maps back to exactly one name.
 
-use store::StorageKey;
+use store::{LockName, StorageKey};
 
 /// Every key below is built from fixed segments and `sanitize_segment` output (at most 200 bytes
 /// each, well under the 512-byte limit), which `StorageKey::new` always accepts; so this cannot fail.
@@ -29,6 +32,10 @@ pub fn delegation(name: &str) -> StorageKey {
         "dns/delegations/{}.json",
         store::sanitize_segment(name)
     ))
+}
+
+pub fn delegation_lock(name: &str) -> LockName {
+    LockName::new(&format!("dns-delegate-{name}"))
 }
 
 pub fn delegations_prefix() -> StorageKey {

@@ -13,6 +13,9 @@ use crate::{Error, Result, layout};
 pub const MAX_TXT_LEN: usize = 255;
 /// Length of a delegation id (lower-case letters and digits; about 103 bits).
 const ID_LEN: usize = 20;
+/// The lock held while a delegation is made: its lease, and how long to wait for a peer's.
+const DELEGATE_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+const DELEGATE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// `_acme-challenge.<name>` is a CNAME to `<id>.<zone>`, whose TXT records this fleet serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,12 +128,40 @@ impl Records {
         Ok(entries)
     }
 
-    /// The delegation of `name`, created (with a fresh random id) when there is none.
+    /// The delegation of `name`, created (with a fresh random id) when there is none. Created
+    /// under a lock, so concurrent callers (two nodes) agree on one id.
     pub async fn delegate(&self, name: &str) -> Result<Delegation> {
         let name = normalize_name(name.strip_prefix("*.").unwrap_or(name))?;
         if let Some(existing) = self.delegation(&name).await? {
             return Ok(existing);
         }
+        let owner = format!("dns-{}-{:016x}", std::process::id(), fastrand::u64(..));
+        let guard = store::lock(
+            &self.store,
+            &layout::delegation_lock(&name),
+            &owner,
+            DELEGATE_LOCK_TTL,
+            DELEGATE_LOCK_WAIT,
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "another process has been delegating {name} for {DELEGATE_LOCK_WAIT:?}; try again"
+            ))
+        })?;
+        // Re-check under the lock: a peer may have just made it.
+        let result = match self.delegation(&name).await {
+            Ok(Some(existing)) => Ok(existing),
+            Ok(None) => self.create_delegation(name).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = guard.release().await {
+            tracing::debug!(error = %e, "releasing the delegation lock failed; it expires");
+        }
+        result
+    }
+
+    async fn create_delegation(&self, name: String) -> Result<Delegation> {
         let delegation = Delegation {
             id: std::iter::repeat_with(|| {
                 let n = fastrand::u8(0..36);
@@ -269,6 +300,24 @@ mod tests {
             )
         );
         assert_eq!(r.delegations().await.unwrap(), [d]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_delegations_agree_on_one_id() {
+        let (_dir, r) = records();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let r = r.clone();
+                tokio::spawn(async move { r.delegate("race.example").await.unwrap() })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.push(task.await.unwrap().id);
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        assert_eq!(r.delegations().await.unwrap().len(), 1);
     }
 
     #[tokio::test]
