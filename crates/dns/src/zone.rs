@@ -1,6 +1,10 @@
 //! The zone's answers: SOA and NS at the apex, TXT from the store anywhere inside, NXDOMAIN for
 //! names that do not exist, NODATA for types a name lacks, REFUSED outside the zone. Below: the
 //! wire types and [`Records`]; above: the listener.
+//!
+//! A name exists when it is the apex, holds TXT values, or is `<id>.<apex>` for a delegation.
+//! Records are only ever written one label below the apex (delegation ids, acme-dns
+//! subdomains), so there are no empty non-terminals to answer NODATA for.
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{NS, SOA, TXT};
