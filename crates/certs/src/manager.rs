@@ -96,6 +96,8 @@ pub struct Manager {
     internal: Arc<InternalCa>,
     node: String,
     issuers: Mutex<HashMap<String, Arc<AcmeIssuer>>>,
+    /// The DNS-01 solver handed to every ACME issuer ([`Manager::set_dns01`]).
+    dns01: Mutex<Option<Arc<crate::Dns01>>>,
     tasks: Mutex<HashMap<CertId, Task>>,
     /// Storage key -> the kick of the task that owns it.
     watch: Mutex<HashMap<StorageKey, Arc<Notify>>>,
@@ -138,6 +140,7 @@ impl Manager {
             internal,
             node,
             issuers: Mutex::default(),
+            dns01: Mutex::default(),
             tasks: Mutex::default(),
             watch: Mutex::default(),
             tracker: TaskTracker::new(),
@@ -239,17 +242,28 @@ impl Manager {
         self.tracker.wait().await;
     }
 
+    /// Solve DNS-01 challenges through `dns01` (the node's delegated zone). Call before
+    /// [`Manager::apply`]: issuers made earlier keep what they had.
+    pub fn set_dns01(&self, dns01: Arc<crate::Dns01>) {
+        *lock(&self.dns01) = Some(dns01);
+    }
+
     fn issuer(&self, settings: &AcmeSettings) -> Arc<AcmeIssuer> {
+        let dns01 = lock(&self.dns01).clone();
         let mut issuers = lock(&self.issuers);
         issuers
             .entry(settings.directory.clone())
             .or_insert_with(|| {
-                Arc::new(AcmeIssuer::new(
+                let issuer = AcmeIssuer::new(
                     settings.clone(),
                     self.store.clone(),
                     self.challenges.clone(),
                     self.node.clone(),
-                ))
+                );
+                Arc::new(match dns01 {
+                    Some(dns01) => issuer.with_dns01(dns01),
+                    None => issuer,
+                })
             })
             .clone()
     }

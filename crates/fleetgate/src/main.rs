@@ -7,7 +7,10 @@ mod admin;
 mod admin_config;
 mod commands;
 mod config;
+mod config_dns;
 mod deploy;
+mod dns_commands;
+mod dns_node;
 mod node_sites;
 mod run;
 mod sites_cli;
@@ -73,6 +76,30 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// The delegated DNS-01 zone ([dns]).
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DnsCommand {
+    /// Store NAME's delegation and print the CNAME its owner adds (no node needs to run).
+    Delegate {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Resolve NAME's delegation through the system resolver and say what is missing or wrong.
+    Check {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Ask this resolver (IP:PORT) instead of /etc/resolv.conf's first nameserver.
+        #[arg(long)]
+        resolver: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +122,9 @@ fn main() -> ExitCode {
             command: CaCommand::Export { config },
         } => config,
         Command::Sites { command } => command.config(),
+        Command::Dns {
+            command: DnsCommand::Delegate { config, .. } | DnsCommand::Check { config, .. },
+        } => config,
     };
     let config = match config::Config::load(config_path) {
         Ok(config) => config,
@@ -129,6 +159,18 @@ fn main() -> ExitCode {
         Command::Sites { command } => {
             runtime().and_then(|rt| rt.block_on(sites_cli::run(config, command)))
         }
+        Command::Dns { command } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                match &command {
+                    DnsCommand::Delegate { name, .. } => {
+                        dns_commands::delegate(&config, name).await
+                    }
+                    DnsCommand::Check { name, resolver, .. } => {
+                        dns_commands::check(&config, name, *resolver).await
+                    }
+                }
+            })
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -169,6 +169,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "fleetgate started"
     );
 
+    // [dns]: DNS-01 through the delegated zone, and its listener when `dns.listen` is set.
+    let dns_task = crate::dns_node::start(&config, &store, &manager, shutdown.clone()).await?;
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     let initial_certs = managed_certs(&initial, config.acme.as_ref());
@@ -232,6 +234,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    if let Some(dns_task) = dns_task {
+        let _ = dns_task.await;
+    }
     // The listeners have drained their connections: the workers have nothing left to run.
     if let Some(shards) = &shards {
         shards.stop();
@@ -272,9 +277,10 @@ fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option
         || new.proxy_protocol_from != current.proxy_protocol_from
         || new.workers != current.workers
         || new.storage != current.storage
+        || new.dns != current.dns
     {
         warn!(
-            "listen (proxy_protocol_from and workers included) and storage changes take effect after a restart"
+            "listen (proxy_protocol_from and workers included), storage and dns changes take effect after a restart"
         );
     }
     match serving.apply_sites(&new, registry, true) {

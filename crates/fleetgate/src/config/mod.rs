@@ -71,6 +71,8 @@ pub struct Config {
     pub limits: edge::Limits,
     /// `[admin]`: the admin API, off without the section.
     pub admin: Option<crate::admin_config::AdminConfig>,
+    /// `[dns]`: the delegated DNS-01 zone this node serves and RFC 2136 servers; off without it.
+    pub dns: Option<crate::config_dns::DnsConfig>,
     /// The file's `[[site]]` tables, validated, in file order.
     pub sites: Vec<Site>,
     /// The same tables as written (for showing them, e.g. in the admin API).
@@ -239,9 +241,24 @@ impl Config {
             .map(|a| crate::admin_config::parse(a, &|p: &str| ctx.resolve(p)))
             .transpose()
             .map_err(|e| ctx.err(Some(e.span), e.key, e.message))?;
+        let dns = crate::config_dns::parse(
+            raw.dns.as_ref(),
+            &|p: &str| ctx.resolve(p),
+            &|span, key, message| ctx.err(span, key, message),
+        )?;
+        let challenges = acme
+            .settings
+            .as_ref()
+            .map_or(&[][..], |a| &a.challenges[..]);
+        if let Some(acme_raw) = &raw.acme {
+            crate::config_dns::check_challenges(dns.as_ref(), challenges, None, &|m| {
+                ctx.err(Some(acme_raw.span()), "acme.challenges", m)
+            })?;
+        }
         let env = SiteEnv {
             base: Some(ctx.base.clone()),
             acme: acme.settings.is_some(),
+            dns01: dns.is_some() && challenges.contains(&certs::ChallengeKind::Dns01),
             default_key_type: acme.key_type,
         };
         let sites = file_sites::sites(&ctx, &raw.sites, &env)?;
@@ -268,6 +285,7 @@ impl Config {
             log,
             limits,
             admin,
+            dns,
             sites,
             site_specs: raw.sites,
             site_tls_lines,
@@ -285,6 +303,11 @@ impl Config {
         SiteEnv {
             base: None,
             acme: self.acme.is_some(),
+            dns01: self.dns.is_some()
+                && self
+                    .acme
+                    .as_ref()
+                    .is_some_and(|a| a.challenges.contains(&certs::ChallengeKind::Dns01)),
             default_key_type: self.default_key_type,
         }
     }
