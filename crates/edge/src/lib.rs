@@ -23,6 +23,7 @@ mod host;
 mod http;
 mod idle;
 mod limits;
+mod names;
 mod proxy;
 mod proxy_protocol;
 mod redirect;
