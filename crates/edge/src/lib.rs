@@ -33,6 +33,7 @@ mod server;
 mod shards;
 mod signal;
 mod tls;
+mod wire;
 
 pub use challenge::{ChallengeResponder, NoChallenges};
 pub use error::EdgeError;
