@@ -27,8 +27,8 @@ use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 
 use crate::express;
-use crate::proxy::body::RequestBody;
 use crate::proxy::h1::{Conn, Framing};
+use crate::proxy::request_body::RequestBody;
 use crate::proxy_protocol::{self, Origin};
 
 /// What the lane's parser made of a buffer.

@@ -25,9 +25,9 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::io::poll_read_buf;
 
 use crate::framing::{self, ResponseFraming};
-use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::connector::Io;
 use crate::proxy::headers;
+use crate::proxy::request_body::{RequestBody, RequestBodyError};
 use crate::wire;
 
 /// An upstream connection's transport (TCP, or TLS over TCP), with tokio's IO traits.

@@ -18,6 +18,7 @@ pub(crate) mod h1;
 mod headers;
 mod health;
 mod pool;
+pub(crate) mod request_body;
 mod tunnel;
 
 use std::future::{Future as _, poll_fn};
@@ -43,10 +44,11 @@ use crate::error::EdgeError;
 use crate::framing;
 use crate::http::Handler;
 use balancer::{Balancer, InFlight, Tried, Upstream};
-use body::{RequestBody, RequestBodyError, UpstreamBody};
+use body::UpstreamBody;
 use connector::ClientSettings;
 use headers::{Forwarding, SetHost, Target};
 use pool::{PooledBody, UpstreamClient, UpstreamError};
+use request_body::{RequestBody, RequestBodyError};
 
 impl Proxy {
     /// Checks one upstream URL as [`crate::Routes::new`] will (`http[s]://host[:port]`, no
