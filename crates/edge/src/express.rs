@@ -205,7 +205,7 @@ where
     let down = Downstream {
         peer: handler.peer,
         https,
-        conn: Arc::clone(handler),
+        conn: Arc::<Handler>::clone(handler),
     };
     let mut forward = std::pin::pin!(forwarder.forward(request.map(|()| None), down, log, true));
     loop {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::host::Host;
-use crate::proxy::{AccessLog, Downstream, Forwarder};
+use crate::proxy::{AccessLog, ClientConn, Downstream, Forwarder};
 use crate::redirect::https_location;
 use crate::routes::{Prepared, Route};
 use crate::server::Edge;
@@ -46,6 +47,16 @@ pub(crate) struct Handler {
     pub(crate) peer: SocketAddr,
     /// The edge's shutdown (upgraded tunnels end with it).
     pub(crate) shutdown: CancellationToken,
+}
+
+impl ClientConn for Handler {
+    fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    fn drain_timeout(&self) -> Duration {
+        self.edge.limits.drain_timeout
+    }
 }
 
 /// The future of one request's answer: ready at once, or the proxy's or challenge lookup's.

@@ -42,7 +42,6 @@ pub use config::{HealthCheck, HostHeader, Policy, Proxy};
 
 use crate::error::EdgeError;
 use crate::framing;
-use crate::http::Handler;
 use balancer::{Balancer, InFlight, Tried, Upstream};
 use body::UpstreamBody;
 use connector::ClientSettings;
@@ -64,7 +63,16 @@ pub(crate) struct Downstream {
     pub(crate) https: bool,
     /// The connection's handler: the edge's shutdown and drain timeout, which also end
     /// upgraded tunnels.
-    pub(crate) conn: Arc<Handler>,
+    pub(crate) conn: Arc<dyn ClientConn>,
+}
+
+/// What the proxy needs of the client's connection, implemented by the layer above (the
+/// request handler), so that the proxy does not depend on it.
+pub(crate) trait ClientConn: Send + Sync {
+    /// The edge's shutdown.
+    fn shutdown(&self) -> &CancellationToken;
+    /// How long requests in flight may drain after shutdown.
+    fn drain_timeout(&self) -> Duration;
 }
 
 /// `host_header` with the literal made into a header value once.
@@ -423,8 +431,8 @@ fn respond(
             client_upgrade,
             upstream_upgrade,
             in_flight,
-            down.conn.shutdown.clone(),
-            down.conn.edge.limits.drain_timeout,
+            down.conn.shutdown().clone(),
+            down.conn.drain_timeout(),
         );
         return Response::from_parts(parts, ResponseBody::empty());
     }
