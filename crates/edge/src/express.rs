@@ -81,8 +81,8 @@ pub(crate) async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let header_read_timeout = handler.edge.limits.header_read_timeout;
-    let max_head = handler.edge.limits.h1_max_head();
+    let header_read_timeout = handler.shared.limits.header_read_timeout;
+    let max_head = handler.shared.limits.h1_max_head();
     let mut buf = BytesMut::with_capacity(READ_SPACE);
     let mut out = BytesMut::new();
     let mut fields = Fields::new();
