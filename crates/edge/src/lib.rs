@@ -14,13 +14,13 @@
 
 mod challenge;
 mod error;
-mod express;
 mod framing;
 /// Entry points for fuzzing and its regression tests; not an API (see the module).
 #[doc(hidden)]
 pub mod fuzzing;
+mod handler;
 mod host;
-mod http;
+mod http1;
 mod idle;
 mod limits;
 mod names;

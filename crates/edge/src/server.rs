@@ -21,8 +21,8 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::challenge::ChallengeResponder;
 use crate::error::EdgeError;
-use crate::express::{self, Rewind, Served};
-use crate::http::{Handler, Shared, Transport};
+use crate::handler::{Handler, Shared, Transport};
+use crate::http1::{self as lane, Rewind, Served};
 use crate::idle::{Activity, Tracked, Watchdog};
 use crate::limits::Limits;
 use crate::proxy_protocol::{self, Origin, ProxyProtocol};
@@ -341,7 +341,7 @@ impl Edge {
 
     /// Serves HTTP/2 (`h2`) or HTTP/1.1 on one connection until the client leaves, the connection has
     /// been quiet too long, or shutdown; the last two close it gracefully. HTTP/1.1 starts on the
-    /// express lane ([`express::serve`]) and goes to hyper at the first request the lane does
+    /// express lane ([`lane::serve`]) and goes to hyper at the first request the lane does
     /// not take. An HTTP/1.1 protocol switch (WebSocket) hands the connection to the proxy's
     /// tunnel and ends this.
     async fn serve<I>(
@@ -382,7 +382,7 @@ impl Edge {
             return;
         }
         let served = if self.express_lane {
-            express::serve(&mut io, &handler, &activity, &mut watchdog, &mut stop).await
+            lane::serve(&mut io, &handler, &activity, &mut watchdog, &mut stop).await
         } else {
             Served::Handover(bytes::Bytes::new())
         };

@@ -141,7 +141,7 @@ pub(crate) struct Head {
 }
 
 /// A response head written out for an HTTP/1.1 client, for the server side that writes heads
-/// itself ([`crate::express`]): no `HeaderMap` is built, the fields are copied as they came.
+/// itself ([`crate::http1`]): no `HeaderMap` is built, the fields are copied as they came.
 #[derive(Debug)]
 pub(crate) struct ClientHead {
     /// The status line and the fields, without the empty line that ends the head: the

@@ -208,7 +208,7 @@ impl Forwarder {
     /// over the limit).
     ///
     /// Takes everything it uses by value: the future is boxed as it is, with no async wrapper
-    /// around it (see [`crate::http::Reply`]).
+    /// around it (see [`crate::handler::Reply`]).
     ///
     /// `req` has no body (`None`) on the express lane, which also asks for the upstream's head
     /// written out for the client (`client_head`, see [`ResponseBody::take_client_head`]).

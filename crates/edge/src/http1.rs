@@ -1,4 +1,5 @@
-//! The express lane: plain HTTP/1.1 requests served without hyper's server.
+//! The HTTP/1.1 lane (nicknamed the express lane): plain HTTP/1.1 requests served without
+//! hyper's server.
 //!
 //! Serving a small request through hyper's server side cost more CPU than anything else
 //! fleetgate does for it: the dispatcher, the encoding of every answer, and for the proxy a
@@ -37,7 +38,7 @@ use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
 use crate::framing;
-use crate::http::{Body, Handler, Next, Proxied};
+use crate::handler::{Body, Handler, Next, Proxied};
 use crate::idle::{Activity, Watchdog};
 use crate::proxy::Downstream;
 use crate::signal::Waiter;
