@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
 use store::{Change, Storage, StorageKey};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -764,50 +764,15 @@ impl CertWorker {
             .and_then(|bundle| self.vet(&bundle).map(|_| bundle));
         let outcome = match result {
             Ok(bundle) => {
-                let key = self.cert.storage_key();
-                let written = match key {
-                    Some(key) => self
-                        .manager
-                        .store
-                        .put_fenced(&key, &bundle.to_json(), &guard.lease())
-                        .await
-                        .map_err(Error::from),
-                    None => Ok(()),
-                };
-                match written {
-                    Ok(()) => {
-                        backoff.reset();
-                        if requested {
-                            info!(replaced = ?renew.serial, "renewed on request");
-                            // The request is honoured (it names the serial just replaced, so a
-                            // copy left by a failed delete is ignored).
-                            if let Err(e) = self
-                                .manager
-                                .store
-                                .delete(&layout::renew_request(&self.cert.id))
-                                .await
-                            {
-                                debug!(error = %e, "could not remove the renewal request");
-                            }
-                        }
-                        renew.serial = None;
-                        if let Err(e) = self.deploy(&bundle, deployed_serial) {
-                            warn!(error = %e, "new certificate cannot be served");
-                        } else {
-                            self.resolved("a servable certificate is stored again");
-                        }
-                        self.record(CertState::Valid, None, 0, None, Some(&guard.lease()))
-                            .await;
-                        Duration::ZERO
-                    }
-                    Err(e) => {
-                        // Lease lost (we stalled past the TTL) or the store failed: never serve
-                        // a certificate that is not durably stored; a peer may have one.
-                        warn!(error = %e, "could not store the new certificate; discarding it");
-                        // Refused too when the lease was lost: the status is the new holder's.
-                        self.attempt_failed(backoff, &e, &guard.lease()).await
-                    }
-                }
+                self.store_new(
+                    bundle,
+                    &guard.lease(),
+                    requested,
+                    deployed_serial,
+                    backoff,
+                    renew,
+                )
+                .await
             }
             Err(e) => {
                 let delay = self.attempt_failed(backoff, &e, &guard.lease()).await;
@@ -817,6 +782,63 @@ impl CertWorker {
         };
         let _ = guard.release().await;
         outcome
+    }
+
+    /// A new certificate, vetted: stored under the lease, then served; the renewal request it
+    /// honours is removed. Returns when to look again.
+    async fn store_new(
+        &self,
+        bundle: CertBundle,
+        lease: &store::Lease,
+        requested: bool,
+        deployed_serial: &mut Option<String>,
+        backoff: &mut Backoff,
+        renew: &mut RenewWanted,
+    ) -> Duration {
+        let key = self.cert.storage_key();
+        let written = match key {
+            Some(key) => self
+                .manager
+                .store
+                .put_fenced(&key, &bundle.to_json(), lease)
+                .await
+                .map_err(Error::from),
+            None => Ok(()),
+        };
+        match written {
+            Ok(()) => {
+                backoff.reset();
+                if requested {
+                    info!(replaced = ?renew.serial, "renewed on request");
+                    // The request is honoured (it names the serial just replaced, so a
+                    // copy left by a failed delete is ignored).
+                    if let Err(e) = self
+                        .manager
+                        .store
+                        .delete(&layout::renew_request(&self.cert.id))
+                        .await
+                    {
+                        debug!(error = %e, "could not remove the renewal request");
+                    }
+                }
+                renew.serial = None;
+                if let Err(e) = self.deploy(&bundle, deployed_serial) {
+                    warn!(error = %e, "new certificate cannot be served");
+                } else {
+                    self.resolved("a servable certificate is stored again");
+                }
+                self.record(CertState::Valid, None, 0, None, Some(lease))
+                    .await;
+                Duration::ZERO
+            }
+            Err(e) => {
+                // Lease lost (we stalled past the TTL) or the store failed: never serve
+                // a certificate that is not durably stored; a peer may have one.
+                warn!(error = %e, "could not store the new certificate; discarding it");
+                // Refused too when the lease was lost: the status is the new holder's.
+                self.attempt_failed(backoff, &e, lease).await
+            }
+        }
     }
 
     /// The pending renewal request for this certificate, if any (unreadable ones are ignored).
