@@ -24,8 +24,7 @@ use crate::limits::Limits;
 use crate::proxy::{AccessLog, ClientConn, Downstream, Forwarder};
 use crate::redirect::https_location;
 use crate::resolver::CertMap;
-use crate::routes::Routes;
-use crate::routes::{Prepared, Route};
+use crate::routes::{Prepared, Route, Routes};
 
 /// Response body type of every answer: fixed, or an upstream's streamed through.
 pub(crate) type Body = crate::proxy::ResponseBody;

@@ -116,10 +116,20 @@ impl Edge {
     /// The port plain-HTTP requests are redirected to (default 443, which is left out of the
     /// Location).
     pub fn with_https_port(mut self, port: u16) -> Edge {
-        // `self` is owned and `Edge` is not `Clone`: no connection holds `shared` yet (they
-        // get it from an `Arc<Edge>`), so the `Arc` is unique and `get_mut` always succeeds.
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.https_port = port;
+        match Arc::get_mut(&mut self.shared) {
+            // The usual case: an edge being built, which no connection has seen yet.
+            Some(shared) => shared.https_port = port,
+            // Connections of an `Edge` taken back out of its `Arc` still read the old one.
+            None => {
+                let old = &self.shared;
+                self.shared = Arc::new(Shared {
+                    routes: ArcSwap::new(old.routes.load_full()),
+                    certs: Arc::clone(&old.certs),
+                    challenges: Arc::clone(&old.challenges),
+                    limits: old.limits.clone(),
+                    https_port: port,
+                });
+            }
         }
         self
     }
