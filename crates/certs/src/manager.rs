@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
 use store::{Change, Storage, StorageKey};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -230,6 +230,15 @@ impl Manager {
         let tasks = lock(&self.tasks);
         let task = tasks.get(id)?;
         Some(lock(&task.live).clone())
+    }
+
+    /// Every managed certificate with what its task knows now (for metrics), in no order.
+    pub fn live_statuses(&self) -> Vec<(ManagedCert, LiveStatus)> {
+        let tasks = lock(&self.tasks);
+        tasks
+            .values()
+            .map(|task| (task.cert.clone(), lock(&task.live).clone()))
+            .collect()
     }
 
     /// Stop every task (an order in flight is abandoned; its lease is released or expires).

@@ -13,6 +13,7 @@ mod run;
 mod sites_cli;
 mod status;
 mod store_open;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

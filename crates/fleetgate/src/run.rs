@@ -81,6 +81,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = node_name(&config);
     let (store, cache) = open_store(&config).await?;
     let shutdown = CancellationToken::new();
+    // Metrics are recorded only when the admin listener (which serves `/metrics`) is on; without
+    // a recorder every metric call is a no-op.
+    let telemetry = match &config.admin {
+        Some(_) => Some(crate::telemetry::Telemetry::install()?),
+        None => None,
+    };
+    let store: Arc<dyn store::Storage> = match &telemetry {
+        Some(_) => Arc::new(crate::telemetry::TimedStore::new(
+            store,
+            match &config.storage {
+                crate::config::StorageConfig::Dir { .. } => "dir",
+                crate::config::StorageConfig::Postgres { .. } => "postgres",
+                crate::config::StorageConfig::Redis { .. } => "redis",
+            },
+        )),
+        None => store,
+    };
     // Subscribe before the first read so that no change falls between the two.
     let registry_events = store.subscribe();
     let registry = Registry::new(store.clone(), node.clone());
@@ -159,7 +176,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let admin = match &config.admin {
         Some(admin) => {
-            let state = crate::admin::AdminState::new(&config, store.clone(), node.clone());
+            let mut state = crate::admin::AdminState::new(&config, store.clone(), node.clone());
+            if let Some(telemetry) = &telemetry {
+                telemetry.spawn_upkeep(shutdown.clone());
+                telemetry
+                    .lag
+                    .clone()
+                    .spawn(store.clone(), &node, shutdown.clone());
+                state = state.with_metrics(crate::admin::MetricsSource {
+                    telemetry: telemetry.clone(),
+                    manager: manager.clone(),
+                });
+            }
             Some(crate::admin::spawn(admin, state, shutdown.clone()).await?)
         }
         None => None,

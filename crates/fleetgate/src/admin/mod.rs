@@ -14,11 +14,13 @@
 //! GET    /v1/certs                  what `fleetgate certs` shows
 //! POST   /v1/certs/{id}/renew       202: renewed once for the fleet, under the lease
 //! GET    /v1/nodes                  what `fleetgate status` shows
+//! GET    /metrics                   Prometheus text format (`crate::telemetry`)
 //! ```
 
 mod capped;
 pub mod catalog;
 mod certs_api;
+mod metrics_api;
 mod nodes_api;
 pub mod problem;
 mod sites_api;
@@ -52,8 +54,16 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// What `/metrics` reads: the recorder and the running node's certificate manager.
+pub struct MetricsSource {
+    pub telemetry: crate::telemetry::Telemetry,
+    pub manager: Arc<certs::Manager>,
+}
+
 /// What the handlers share.
 pub struct AdminState {
+    /// Set by `fleetgate run` when the recorder is installed.
+    metrics: Option<MetricsSource>,
     pub node: String,
     pub store: Arc<dyn store::Storage>,
     pub registry: sites::Registry,
@@ -73,6 +83,7 @@ impl AdminState {
     /// The admin API of a node running `config`, with the node's store (sealed as the node's).
     pub fn new(config: &Config, store: Arc<dyn store::Storage>, node: String) -> AdminState {
         AdminState {
+            metrics: None,
             registry: sites::Registry::new(store.clone(), node.clone()),
             token: config.admin.as_ref().and_then(|a| a.token.clone()),
             node,
@@ -82,6 +93,12 @@ impl AdminState {
             stale: Arc::new(AtomicBool::new(true)),
             watching: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Serve `/metrics` from `source`.
+    pub fn with_metrics(mut self, source: MetricsSource) -> AdminState {
+        self.metrics = Some(source);
+        self
     }
 
     /// The registry's sites: the last listing unless the registry changed since.
@@ -176,6 +193,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/certs", get(certs_api::list))
         .route("/v1/certs/{id}/renew", post(certs_api::renew))
         .route("/v1/nodes", get(nodes_api::list))
+        .route("/metrics", get(metrics_api::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -186,7 +204,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 async fn not_found() -> Problem {
     Problem::new(
         kind::NOT_FOUND,
-        "no such endpoint; see /v1/sites, /v1/certs, /v1/nodes",
+        "no such endpoint; see /v1/sites, /v1/certs, /v1/nodes, /metrics",
     )
 }
 
