@@ -15,14 +15,19 @@
 //! POST   /v1/certs/{id}/renew       202: renewed once for the fleet, under the lease
 //! GET    /v1/nodes                  what `fleetgate status` shows
 //! GET    /metrics                   Prometheus text format (`crate::telemetry`)
+//! POST   /v1/session                {"token"}: the dashboard's HttpOnly cookie (`session`)
+//! DELETE /v1/session
+//! GET    /                          the dashboard (`dashboard`; no token needed for the page)
 //! ```
 
 mod capped;
 pub mod catalog;
 mod certs_api;
+mod dashboard;
 mod metrics_api;
 mod nodes_api;
 pub mod problem;
+pub mod session;
 mod sites_api;
 pub mod view;
 
@@ -194,6 +199,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/certs/{id}/renew", post(certs_api::renew))
         .route("/v1/nodes", get(nodes_api::list))
         .route("/metrics", get(metrics_api::scrape))
+        .route("/v1/session", post(session::create).delete(session::remove))
+        .route("/", get(dashboard::page))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -212,11 +221,25 @@ async fn method_not_allowed() -> Problem {
     Problem::new(kind::METHOD, "this endpoint does not take that method")
 }
 
-/// 401 unless the request carries `Authorization: Bearer <token>` (compared in constant time).
+/// Paths served without a token: the dashboard's page and assets (no data in them) and the
+/// session endpoint that checks the token itself.
+fn public(req: &Request) -> bool {
+    matches!(
+        req.uri().path(),
+        "/" | "/dashboard.js" | "/dashboard.css" | "/v1/session"
+    )
+}
+
+/// 401 unless the request carries `Authorization: Bearer <token>` or the dashboard's session
+/// cookie (compared in constant time); 403 for a cookie-authenticated write without
+/// `X-Fleetgate: 1` (see `session`).
 async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     let Some(token) = &state.token else {
         return next.run(req).await;
     };
+    if public(&req) {
+        return next.run(req).await;
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -237,14 +260,27 @@ async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next:
             p.www_authenticate = Some("Bearer realm=\"fleetgate\", error=\"invalid_token\"");
             p.into_response()
         }
-        None => {
-            let mut p = Problem::new(
-                kind::UNAUTHORIZED,
-                "send Authorization: Bearer <token> (the token in admin.token_file)",
-            );
-            p.www_authenticate = Some("Bearer realm=\"fleetgate\"");
-            p.into_response()
-        }
+        None => match session::cookie_token(req.headers()) {
+            Some(cookie) if bool::from(cookie.as_slice().ct_eq(token.as_bytes())) => {
+                if session::csrf_ok(req.method(), req.headers()) {
+                    next.run(req).await
+                } else {
+                    Problem::new(
+                        kind::FORBIDDEN,
+                        "a write authenticated by the session cookie needs X-Fleetgate: 1",
+                    )
+                    .into_response()
+                }
+            }
+            _ => {
+                let mut p = Problem::new(
+                    kind::UNAUTHORIZED,
+                    "send Authorization: Bearer <token> (the token in admin.token_file)",
+                );
+                p.www_authenticate = Some("Bearer realm=\"fleetgate\"");
+                p.into_response()
+            }
+        },
     }
 }
 
