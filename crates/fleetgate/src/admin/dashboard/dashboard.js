@@ -5,7 +5,8 @@
 
 const POLL_MS = 3000;
 const DAY = 86400;
-const TIMELINE_DAYS = 90;
+const MIN_TIMELINE_DAYS = 90;
+let timelineSpan = MIN_TIMELINE_DAYS * DAY; // now -> the latest expiry, at least 90 days
 const MAX_EVENTS = 100;
 
 const $ = (id) => document.getElementById(id);
@@ -95,19 +96,26 @@ function action(spec) {
   return "–";
 }
 
+// Position through the CSSOM: the page's CSP refuses style attributes.
+function place(span, left, width) {
+  span.style.left = `${left}%`;
+  span.style.width = `${width}%`;
+  return span;
+}
+
 function timeline(cert) {
   const now = Date.now() / 1000;
-  const span = TIMELINE_DAYS * DAY;
+  const span = timelineSpan;
   const pct = (t) => Math.max(0, Math.min(100, ((t - now) / span) * 100));
-  const bar = el("div", { class: "timeline", title: "now → 90 days" });
+  const bar = el("div", { class: "timeline" });
   if (cert.renewal_window) {
     const [a, b] = cert.renewal_window;
     const left = pct(a);
     const width = Math.max(1, pct(b) - left);
-    bar.append(el("span", { class: "renew", style: `left:${left}%;width:${width}%`, title: `renew from ${when(a)}` }));
+    bar.append(place(el("span", { class: "renew", title: `renewal ${when(a)} – ${when(b)}` }), left, width));
   }
   if (cert.not_after) {
-    bar.append(el("span", { class: "exp", style: `left:${Math.min(99, pct(cert.not_after))}%;width:1%`, title: `expires ${when(cert.not_after)}` }));
+    bar.append(place(el("span", { class: "exp", title: `expires ${when(cert.not_after)}` }), Math.min(99, pct(cert.not_after)), 1));
   }
   return bar;
 }
@@ -155,6 +163,10 @@ function diff(now) {
 
 function renderCerts(certs) {
   $("certs-count").textContent = `(${certs.length})`;
+  const now = Date.now() / 1000;
+  const latest = Math.max(0, ...certs.map((c) => (c.not_after || 0) - now));
+  timelineSpan = Math.max(MIN_TIMELINE_DAYS * DAY, latest * 1.05);
+  $("timeline-days").textContent = Math.round(timelineSpan / DAY);
   $("certs").tBodies[0].replaceChildren(...certs.map((c) => el("tr", { "data-cert": c.id },
     el("td", {}, el("strong", {}, c.id), el("div", { class: "muted" }, c.domains.join(", ")), el("div", { class: "muted" }, c.source + (c.issuer ? ` · ${c.issuer}` : ""))),
     el("td", {}, badge(c.state)),
