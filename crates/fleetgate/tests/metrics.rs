@@ -153,6 +153,14 @@ async fn metrics_after_issuance_on_three_nodes_and_a_killed_store() -> Result<()
                         .any(|s| s.name == "fleetgate_store_event_lag_seconds"),
                     "node {i}: no event lag yet"
                 );
+                let heard = samples
+                    .iter()
+                    .filter(|x| x.name == "fleetgate_node_last_heard_seconds")
+                    .count();
+                anyhow::ensure!(
+                    heard == cluster.nodes.len(),
+                    "node {i}: {heard} nodes heard"
+                );
                 scrapes.push(text);
             }
             Ok(scrapes)

@@ -34,6 +34,7 @@ pub const STORE_OP_DURATION: &str = "fleetgate_store_operation_duration_seconds"
 pub const STORE_ERRORS: &str = "fleetgate_store_errors_total";
 pub const STORE_EVENT_LAG: &str = "fleetgate_store_event_lag_seconds";
 pub const LEASES_HELD: &str = "fleetgate_leases_held";
+pub const NODE_LAST_HEARD: &str = "fleetgate_node_last_heard_seconds";
 pub const HTTP_REQUESTS: &str = "fleetgate_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "fleetgate_http_request_duration_seconds";
 pub const TLS_HANDSHAKES: &str = "fleetgate_tls_handshakes_total";
@@ -117,12 +118,13 @@ impl Telemetry {
         let mut live = manager.live_statuses();
         live.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         let managed: Vec<certs::ManagedCert> = live.iter().map(|(c, _)| c.clone()).collect();
-        let (states, locks) = tokio::join!(
+        let (states, locks, beats) = tokio::join!(
             tokio::time::timeout(
                 SCRAPE_STORE_TIMEOUT,
                 certs::Manager::statuses(store, &managed)
             ),
             tokio::time::timeout(SCRAPE_STORE_TIMEOUT, store.locks()),
+            tokio::time::timeout(SCRAPE_STORE_TIMEOUT, heartbeats(store)),
         );
         let recorder = PrometheusBuilder::new().build_recorder();
         ::metrics::with_local_recorder(&recorder, || {
@@ -175,12 +177,38 @@ impl Telemetry {
                     gauge!(LEASES_HELD, "node" => node.to_string()).set(n);
                 }
             }
+            describe_gauge!(
+                NODE_LAST_HEARD,
+                ::metrics::Unit::Seconds,
+                "Unix time of each node's last heartbeat in the store (every 10 s while it runs)"
+            );
+            if let Ok(beats) = &beats {
+                for beat in beats {
+                    gauge!(NODE_LAST_HEARD, "node" => beat.node.clone()).set(beat.last_seen as f64);
+                }
+            }
             if let Some(lag) = self.lag.seconds() {
                 gauge!(STORE_EVENT_LAG).set(lag);
             }
         });
         recorder.handle().render()
     }
+}
+
+/// Every node's last heartbeat, as the store holds them (unreadable ones left out).
+async fn heartbeats(store: &dyn store::Storage) -> Vec<crate::status::Heartbeat> {
+    let Ok(keys) = store.list(&certs::layout::nodes_prefix()).await else {
+        return Vec::new();
+    };
+    let mut beats = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Ok(Some(bytes)) = store.get(&key).await
+            && let Ok(beat) = serde_json::from_slice(&bytes)
+        {
+            beats.push(beat);
+        }
+    }
+    beats
 }
 
 /// HELP lines of the event metrics.
