@@ -13,6 +13,7 @@ mod run;
 mod sites_cli;
 mod status;
 mod store_open;
+mod systemd;
 mod telemetry;
 
 use std::path::PathBuf;

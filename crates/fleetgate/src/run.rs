@@ -158,6 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     let initial_certs = managed_certs(&initial, config.acme.as_ref());
     manager.apply(initial_certs.clone());
+    let serving_sites = initial.len();
     drop(initial);
     let mut registry_changes = node_sites::follow(
         registry,
@@ -194,6 +195,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    // Every listener is bound (the admin API's too): tell systemd (Type=notify).
+    crate::systemd::ready(serving_sites);
+    crate::systemd::spawn_watchdog(shutdown.clone());
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut current = config;
@@ -223,6 +227,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Stop accepting and drain in-flight requests (bounded by limits.drain_timeout inside the
     // edge), then stop certificate work and release this node's leases.
+    crate::systemd::stopping();
     shutdown.cancel();
     let _ = tokio::join!(http_task, https_task, heartbeat);
     if let Some(admin) = admin {
