@@ -8,6 +8,7 @@ mod admin_config;
 mod commands;
 mod config;
 mod deploy;
+mod manual;
 mod node_sites;
 mod run;
 mod sites_cli;
@@ -19,7 +20,7 @@ mod telemetry;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,6 +66,14 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Print a shell completion script (e.g. `fleetgate completions bash >
+    /// /usr/share/bash-completion/completions/fleetgate`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `fleetgate manpage > /usr/local/share/man/man1/fleetgate.1`.
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +96,9 @@ fn main() -> ExitCode {
             command: CaCommand::Export { config },
         } => config,
         Command::Sites { command } => command.config(),
+        // Need no config.
+        Command::Completions { shell } => return manual::completions(*shell, Cli::command()),
+        Command::Manpage => return manual::manpage(Cli::command()),
     };
     let config = match config::Config::load(config_path) {
         Ok(config) => config,
@@ -112,6 +124,8 @@ fn main() -> ExitCode {
         Command::Sites { command } => {
             runtime().and_then(|rt| rt.block_on(sites_cli::run(config, command)))
         }
+        // Answered above, before the config was read.
+        Command::Completions { .. } | Command::Manpage => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -84,3 +84,54 @@ async fn ready_after_the_listeners_watchdog_pings_and_stopping_on_sigterm() -> R
     assert!(status.success(), "{status:?}");
     Ok(())
 }
+
+fn fleetgate(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::bin())
+        .args(args)
+        .output()
+        .expect("run the fleetgate binary")
+}
+
+/// The packaging kit generated from clap: completions that bash parses, and a man page with
+/// every subcommand, without a config file.
+#[test]
+fn completions_and_man_page_come_from_the_command_line_definition() {
+    let bash = fleetgate(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let script = String::from_utf8(bash.stdout).unwrap();
+    assert!(script.contains("complete -F _fleetgate"), "{script}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleetgate.bash");
+    std::fs::write(&path, &script).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(check.success(), "bash -n refused the completion script");
+    for shell in ["zsh", "fish"] {
+        let out = fleetgate(&["completions", shell]);
+        assert!(out.status.success() && out.stdout.len() > 200, "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("manpage"),
+            "{shell}"
+        );
+    }
+    assert!(!fleetgate(&["completions", "tcsh"]).status.success());
+
+    let man = fleetgate(&["manpage"]);
+    assert!(man.status.success());
+    let page = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH fleetgate 1"),
+        "{page}"
+    );
+    for section in [
+        "FLEETGATE RUN",
+        "FLEETGATE SITES",
+        "FLEETGATE COMPLETIONS",
+        "\\-\\-config",
+    ] {
+        assert!(page.contains(section), "{section} missing");
+    }
+}
