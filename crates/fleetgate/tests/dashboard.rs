@@ -442,6 +442,8 @@ async fn the_session_cookie_stands_for_the_token_and_writes_need_the_csrf_header
         .await
     };
     assert_eq!(login("wrong", true).await?.status, 401);
+    let info = send(admin, Method::GET, "/v1/session", &[], "").await?;
+    assert_eq!(info.text(), r#"{"token_required":true}"#);
     assert_eq!(login(TOKEN, false).await?.status, 403);
     let ok = login(TOKEN, true).await?;
     assert_eq!(ok.status, 204);
@@ -528,6 +530,10 @@ async fn the_dashboard_asks_for_the_token_once() -> Result<()> {
             Ok(())
         })
         .await?;
+        let logout_hidden = browser
+            .eval("return document.getElementById('logout').hidden;", json!([]))
+            .await?;
+        anyhow::ensure!(logout_hidden == false, "no way to forget the token");
         // A reload does not ask again (the cookie), and the script cannot see the token.
         browser.goto(&format!("http://{admin}/")).await?;
         testkit::wait_for_ok("the sites after reload", Duration::from_secs(10), || async move {

@@ -17,6 +17,7 @@
 //! GET    /metrics                   Prometheus text format (`crate::telemetry`)
 //! POST   /v1/session                {"token"}: the dashboard's HttpOnly cookie (`session`)
 //! DELETE /v1/session
+//! GET    /v1/session                {"token_required": bool}
 //! GET    /                          the dashboard (`dashboard`; no token needed for the page)
 //! ```
 
@@ -199,7 +200,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/certs/{id}/renew", post(certs_api::renew))
         .route("/v1/nodes", get(nodes_api::list))
         .route("/metrics", get(metrics_api::scrape))
-        .route("/v1/session", post(session::create).delete(session::remove))
+        .route(
+            "/v1/session",
+            get(session::show)
+                .post(session::create)
+                .delete(session::remove),
+        )
         .route("/", get(dashboard::page))
         .route("/dashboard.js", get(dashboard::script))
         .route("/dashboard.css", get(dashboard::style))

@@ -2,7 +2,8 @@
 //! SameSite=Strict cookie holding the token (hex), so the page never keeps the token in script,
 //! storage or a URL. The API takes that cookie in place of `Authorization: Bearer`; a write
 //! (anything but GET/HEAD) authenticated by the cookie must also carry `X-Fleetgate: 1`, a header
-//! a cross-site form or image cannot send (CSRF). `DELETE /v1/session` forgets the cookie.
+//! a cross-site form or image cannot send (CSRF). `DELETE /v1/session` forgets the cookie;
+//! `GET /v1/session` says whether a token is needed at all.
 
 use std::sync::Arc;
 
@@ -96,6 +97,19 @@ pub async fn create(
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     Ok(response)
+}
+
+#[derive(serde::Serialize)]
+pub struct SessionInfo {
+    /// Whether the API needs a token (the page offers to forget it only then).
+    token_required: bool,
+}
+
+/// `GET /v1/session`: whether a token is needed (no secret in the answer).
+pub async fn show(State(state): State<Arc<AdminState>>) -> axum::Json<SessionInfo> {
+    axum::Json(SessionInfo {
+        token_required: state.token.is_some(),
+    })
 }
 
 /// `DELETE /v1/session`: the cookie is cleared.

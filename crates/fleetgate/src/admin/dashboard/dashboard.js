@@ -184,10 +184,11 @@ function renderSites(list) {
     el("td", {}, s.source),
     el("td", {}, s.spec.domains.join(", ")),
     el("td", {}, action(s.spec)),
-    el("td", {}, s.source === "registry" ? [
-      el("button", { onclick: () => edit(s.id) }, "Edit"),
-      el("button", { onclick: (e) => removeSite(s.id, e.target) }, "Remove"),
-    ].reduce((f, b) => { f.append(b); return f; }, document.createDocumentFragment()) : el("span", { class: "muted" }, "config file")),
+    s.source === "registry"
+      ? el("td", {},
+        el("button", { onclick: () => edit(s.id) }, "Edit"),
+        el("button", { onclick: (e) => removeSite(s.id, e.target) }, "Remove"))
+      : el("td", { class: "muted" }, "config file"),
   )));
 }
 
@@ -240,9 +241,12 @@ function showLogin() {
   $("status").textContent = "token needed";
 }
 
+let tokenRequired = false;
+
 function showMain() {
   $("login").hidden = true;
   $("main").hidden = false;
+  $("logout").hidden = !tokenRequired;
 }
 
 async function login(ev) {
@@ -251,7 +255,7 @@ async function login(ev) {
   $("token").value = "";
   if (!r.ok) { $("login-error").textContent = problemText(r.json); return; }
   $("login-error").textContent = "";
-  $("logout").hidden = false;
+  tokenRequired = true;
   await refresh();
 }
 
@@ -333,7 +337,9 @@ async function removeSite(id, button) {
   refresh();
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
+  const session = await api("GET", "/v1/session");
+  tokenRequired = Boolean(session.ok && session.json && session.json.token_required);
   $("login").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
   $("site-form").addEventListener("submit", saveSite);
