@@ -53,6 +53,10 @@ const FAST_BUCKETS: &[f64] = &[
 /// How long a scrape waits for the store (leases, renewal states) before leaving them out.
 const SCRAPE_STORE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long the renewal states read from the store serve scrapes: they cost two reads per
+/// certificate, and several Prometheus servers (or a fast one) must not multiply that.
+const STATES_FRESH_FOR: Duration = Duration::from_secs(10);
+
 /// How often histogram samples are folded into their buckets when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -61,6 +65,8 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 pub struct Telemetry {
     handle: PrometheusHandle,
     pub lag: Arc<EventLag>,
+    /// The renewal states last read, and when.
+    states: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<certs::CertStatus>>)>>>,
 }
 
 fn builder() -> anyhow::Result<PrometheusBuilder> {
@@ -78,7 +84,27 @@ impl Telemetry {
         Ok(Telemetry {
             handle,
             lag: Arc::new(EventLag::default()),
+            states: Arc::default(),
         })
+    }
+
+    /// The renewal states of `managed`: read from the store at most every
+    /// [`STATES_FRESH_FOR`] (a scrape that waits on another's read shares its result).
+    async fn states(
+        &self,
+        store: &dyn store::Storage,
+        managed: &[certs::ManagedCert],
+    ) -> Arc<Vec<certs::CertStatus>> {
+        let mut cached = self.states.lock().await;
+        if let Some((at, states)) = &*cached
+            && at.elapsed() < STATES_FRESH_FOR
+            && states.len() == managed.len()
+        {
+            return states.clone();
+        }
+        let states = Arc::new(certs::Manager::statuses(store, managed).await);
+        *cached = Some((std::time::Instant::now(), states.clone()));
+        states
     }
 
     /// Fold histogram samples into buckets regularly, so memory stays bounded without scrapes.
@@ -119,10 +145,7 @@ impl Telemetry {
         live.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         let managed: Vec<certs::ManagedCert> = live.iter().map(|(c, _)| c.clone()).collect();
         let (states, locks, beats) = tokio::join!(
-            tokio::time::timeout(
-                SCRAPE_STORE_TIMEOUT,
-                certs::Manager::statuses(store, &managed)
-            ),
+            tokio::time::timeout(SCRAPE_STORE_TIMEOUT, self.states(store, &managed)),
             tokio::time::timeout(SCRAPE_STORE_TIMEOUT, store.locks()),
             tokio::time::timeout(SCRAPE_STORE_TIMEOUT, heartbeats(store)),
         );
@@ -153,7 +176,7 @@ impl Telemetry {
                 }
             }
             if let Ok(states) = &states {
-                for row in states {
+                for row in states.iter() {
                     for state in [
                         certs::CertState::Pending,
                         certs::CertState::Valid,
