@@ -60,13 +60,16 @@ const STATES_FRESH_FOR: Duration = Duration::from_secs(10);
 /// How often histogram samples are folded into their buckets when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// Renewal states as read at an instant.
+type StatesRead = (std::time::Instant, Arc<Vec<certs::CertStatus>>);
+
 /// The process's recorder (installed once) and the event lag.
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     handle: PrometheusHandle,
     pub lag: Arc<EventLag>,
     /// The renewal states last read, and when.
-    states: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<certs::CertStatus>>)>>>,
+    states: Arc<tokio::sync::Mutex<Option<StatesRead>>>,
 }
 
 fn builder() -> anyhow::Result<PrometheusBuilder> {
