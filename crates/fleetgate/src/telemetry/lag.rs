@@ -69,9 +69,10 @@ impl EventLag {
         }
     }
 
-    /// A change was heard: if it is a peer's probe, its age is the lag.
-    fn heard(&self, key: &StorageKey, prefix: &StorageKey) {
-        if !key.starts_with(prefix) {
+    /// A change was heard: if it is a peer's probe (under `prefix`, not under `mine`: every
+    /// backend also hands a process its own writes, at once), its age is the lag.
+    fn heard(&self, key: &StorageKey, prefix: &StorageKey, mine: &StorageKey) {
+        if !key.starts_with(prefix) || key.starts_with(mine) {
             return;
         }
         let Some(written) = key.segments().last().and_then(|s| s.parse::<u64>().ok()) else {
@@ -108,6 +109,7 @@ impl EventLag {
         let mut events = store.subscribe();
         let listener = self.clone();
         let stop = shutdown.clone();
+        let own = mine.clone();
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {
@@ -115,7 +117,7 @@ impl EventLag {
                     event = events.recv() => event,
                 };
                 match event {
-                    Ok(Change::Put(key)) => listener.heard(&key, &prefix),
+                    Ok(Change::Put(key)) => listener.heard(&key, &prefix, &own),
                     Ok(Change::Deleted(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -158,6 +160,10 @@ mod tests {
         let lag = EventLag::default();
         assert_eq!(lag.seconds(), None);
         let prefix = probe_prefix();
+        let mine = prefix.join("a").unwrap();
+        // Our own probe, handed back at once: not a measure.
+        lag.heard(&mine.join(&now_ms().to_string()).unwrap(), &prefix, &mine);
+        assert_eq!(lag.seconds(), None);
         let written = now_ms() - 1500;
         lag.heard(
             &prefix
@@ -166,11 +172,12 @@ mod tests {
                 .join(&written.to_string())
                 .unwrap(),
             &prefix,
+            &mine,
         );
         let seen = lag.seconds().unwrap();
         assert!((1.5..3.0).contains(&seen), "{seen}");
         // Not a probe: ignored.
-        lag.heard(&StorageKey::new("certs/x/1").unwrap(), &prefix);
+        lag.heard(&StorageKey::new("certs/x/1").unwrap(), &prefix, &mine);
         assert!(lag.seconds().unwrap() >= 1.5);
         lag.wrote(false);
         assert!(lag.seconds().unwrap() >= 1.5);
