@@ -331,8 +331,22 @@ async fn exercise(cluster: &Cluster, browser: &Browser) -> Result<()> {
     )
     .await?;
     eprintln!("problem shown for {broken}: {api_error}");
-    let events = browser.text("#events").await?;
-    assert!(events.contains(&format!("site {name} added")), "{events}");
+    // The node's events (the new certificates, the failed order with the CA's problem) and
+    // the page's own (the site added), in the list.
+    testkit::wait_for_ok("the events list", Duration::from_secs(20), || async move {
+        let events = browser.text("#events").await?;
+        anyhow::ensure!(events.contains(&format!("site {name} added")), "{events}");
+        anyhow::ensure!(
+            events.contains(&format!("order failed for {broken}: {api_error}")),
+            "{events}"
+        );
+        anyhow::ensure!(
+            events.contains(&format!("certificate {name}: stored")),
+            "{events}"
+        );
+        Ok(())
+    })
+    .await?;
 
     browser.screenshot("1080p-with-failure").await?;
     browser.resize(412, 915).await?;

@@ -14,6 +14,7 @@
 //! GET    /v1/certs                  what `fleetgate certs` shows
 //! POST   /v1/certs/{id}/renew       202: renewed once for the fleet, under the lease
 //! GET    /v1/nodes                  what `fleetgate status` shows
+//! GET    /v1/events                 the last 100 events seen by this node (`events`)
 //! GET    /metrics                   Prometheus text format (`crate::telemetry`)
 //! POST   /v1/session                {"token"}: the dashboard's HttpOnly cookie (`session`)
 //! DELETE /v1/session
@@ -25,6 +26,7 @@ mod capped;
 pub mod catalog;
 mod certs_api;
 mod dashboard;
+mod events;
 mod metrics_api;
 mod nodes_api;
 pub mod problem;
@@ -70,6 +72,8 @@ pub struct MetricsSource {
 pub struct AdminState {
     /// Set by `fleetgate run` when the recorder is installed.
     metrics: Option<MetricsSource>,
+    /// What happened recently (`/v1/events`), followed while the API is served.
+    events: Arc<events::EventLog>,
     pub node: String,
     pub store: Arc<dyn store::Storage>,
     pub registry: sites::Registry,
@@ -90,6 +94,7 @@ impl AdminState {
     pub fn new(config: &Config, store: Arc<dyn store::Storage>, node: String) -> AdminState {
         AdminState {
             metrics: None,
+            events: Arc::default(),
             registry: sites::Registry::new(store.clone(), node.clone()),
             token: config.admin.as_ref().and_then(|a| a.token.clone()),
             node,
@@ -199,6 +204,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/certs", get(certs_api::list))
         .route("/v1/certs/{id}/renew", post(certs_api::renew))
         .route("/v1/nodes", get(nodes_api::list))
+        .route("/v1/events", get(events::list))
         .route("/metrics", get(metrics_api::scrape))
         .route(
             "/v1/session",
@@ -219,7 +225,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 async fn not_found() -> Problem {
     Problem::new(
         kind::NOT_FOUND,
-        "no such endpoint; see /v1/sites, /v1/certs, /v1/nodes, /metrics",
+        "no such endpoint; see /v1/sites, /v1/certs, /v1/nodes, /v1/events, /metrics",
     )
 }
 
@@ -353,6 +359,10 @@ pub async fn spawn(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = bind(&admin.listen).await?;
     state.watch_registry(shutdown.clone());
+    state
+        .events
+        .clone()
+        .spawn(state.store.clone(), shutdown.clone());
     let state = Arc::new(state);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the admin API's SIGHUP handler")?;

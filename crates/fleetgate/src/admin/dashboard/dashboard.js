@@ -120,39 +120,39 @@ function timeline(cert) {
   return bar;
 }
 
+// Events: the node's (GET /v1/events: certificates, failures, leases, nodes) and this page's
+// own (site changes it saw or made), newest first.
+let serverEvents = [];
+const EVENT_LABEL = {
+  "certificate": "certificate",
+  "failed": "order failed for",
+  "recovered": "recovered:",
+  "lease-taken-over": "lease taken over:",
+  "node-joined": "node joined:",
+  "node-silent": "node went silent:",
+  "node-back": "node back:",
+};
+
 function event(text) {
   events.unshift({ at: new Date(), text });
   events.length = Math.min(events.length, MAX_EVENTS);
-  const list = $("events");
-  list.replaceChildren(...events.map((e) =>
-    el("li", {}, el("time", {}, e.at.toISOString().slice(11, 19)), e.text)));
+  renderEvents();
 }
 
+function renderEvents() {
+  const all = serverEvents
+    .map((e) => ({ at: new Date(e.at * 1000), text: `${EVENT_LABEL[e.kind] || e.kind} ${e.subject}: ${e.detail}`, kind: e.kind }))
+    .concat(events)
+    .sort((a, b) => b.at - a.at)
+    .slice(0, MAX_EVENTS);
+  $("events").replaceChildren(...all.map((e) =>
+    el("li", { class: e.kind === "failed" || e.kind === "node-silent" ? "bad" : "" },
+      el("time", {}, e.at.toISOString().slice(11, 19)), e.text)));
+}
+
+// Site changes between two polls (the node reports certificates, nodes and leases itself).
 function diff(now) {
   if (!prev) return;
-  for (const c of now.certs) {
-    const o = prev.certs.get(c.id);
-    if (!o) { event(`certificate ${c.id} added (${c.state})`); continue; }
-    if (o.not_after !== c.not_after && c.not_after) {
-      event(`certificate ${c.id} ${o.not_after ? "renewed" : "issued"}, expires ${when(c.not_after)}`);
-    }
-    if (o.state !== c.state) {
-      event(`certificate ${c.id}: ${o.state} → ${c.state}` + (c.state === "failing" && c.last_error ? `: ${c.last_error}` : ""));
-    } else if (c.last_error && c.last_error !== o.last_error) {
-      event(`certificate ${c.id} failed: ${c.last_error}`);
-    }
-  }
-  for (const id of prev.certs.keys()) if (!now.certs.some((c) => c.id === id)) event(`certificate ${id} removed`);
-  for (const n of now.nodes) {
-    const o = prev.nodes.get(n.node);
-    if (!o) event(`node ${n.node} joined`);
-    else if (o.state !== n.state) event(n.state === "gone" ? `node ${n.node} went silent` : `node ${n.node} is back`);
-  }
-  for (const l of now.locks) {
-    const o = prev.locks.get(l.name);
-    if (!o) event(`lease ${l.name} taken by ${l.owner}`);
-    else if (o.owner !== l.owner) event(`lease ${l.name} taken over by ${l.owner} (from ${o.owner})`);
-  }
   for (const s of now.sites) {
     const o = prev.sites.get(s.id);
     if (!o) event(`site ${s.id} added`);
@@ -209,22 +209,18 @@ function renderNodes(n) {
 
 async function refresh() {
   try {
-    const [certs, list, nodes] = await Promise.all([getJson("/v1/certs"), allSites(), getJson("/v1/nodes")]);
+    const [certs, list, nodes, recent] = await Promise.all([
+      getJson("/v1/certs"), allSites(), getJson("/v1/nodes"), getJson("/v1/events"),
+    ]);
+    serverEvents = recent.events;
     showMain();
     sites = new Map(list.map((s) => [s.id, s]));
     renderCerts(certs.certs);
     renderSites(list);
     renderNodes(nodes);
-    const now = {
-      certs: certs.certs, nodes: nodes.nodes, locks: nodes.locks, sites: list,
-    };
-    diff(now);
-    prev = {
-      certs: new Map(now.certs.map((c) => [c.id, c])),
-      nodes: new Map(now.nodes.map((x) => [x.node, x])),
-      locks: new Map(now.locks.map((l) => [l.name, l])),
-      sites: new Map(now.sites.map((s) => [s.id, s])),
-    };
+    diff({ sites: list });
+    prev = { sites: new Map(list.map((s) => [s.id, s])) };
+    renderEvents();
     $("status").textContent = `updated ${new Date().toISOString().slice(11, 19)} UTC`;
     $("status").className = "muted";
   } catch (e) {
