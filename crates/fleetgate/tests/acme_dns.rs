@@ -423,3 +423,35 @@ async fn open_registration_and_update_rate_limit() -> anyhow::Result<()> {
     ensure!(status.success(), "{status:?}\n{}", fleet.node.log());
     Ok(())
 }
+
+#[test]
+fn acme_dns_listen_needs_admin_and_a_zone() {
+    for (body, needle) in [
+        (
+            "[dns]\nzone = \"acme.ops.test\"\nns = [\"ns1.ops.test\"]\nacme_dns_listen = \"127.0.0.1:8053\"\n",
+            "add an [admin] section",
+        ),
+        (
+            "[admin]\nlisten = \"127.0.0.1:9000\"\n[[dns.rfc2136]]\nserver = \"127.0.0.1:53\"\nzone = \"shop.test\"\n[dns]\nacme_dns_listen = \"127.0.0.1:8053\"\n",
+            "dns.acme_dns_listen",
+        ),
+        (
+            "[admin]\nlisten = \"127.0.0.1:9000\"\n[dns]\nzone = \"acme.ops.test\"\nns = [\"ns1.ops.test\"]\nacme_dns_listen = \"8053\"\n",
+            "dns.acme_dns_listen",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("f.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[storage]\nkind = \"dir\"\npath = \"{}\"\n{body}",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let out = common::run_cli(&["check"], &config);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(needle), "{body}: {stderr}");
+    }
+}
