@@ -41,6 +41,8 @@ const MAX_BODY: usize = 8 * 1024;
 /// Update attempts per source address per window; PBKDF2 makes each one cost CPU on purpose.
 const UPDATES_PER_WINDOW: u32 = 30;
 const WINDOW: Duration = Duration::from_secs(60);
+/// Source addresses tracked at once; past it, new addresses wait for the window to pass.
+const TRACKED: usize = 10_000;
 /// Password checks running at once, node-wide.
 const CONCURRENT_CHECKS: usize = 2;
 
@@ -93,6 +95,9 @@ impl AcmeDnsState {
         };
         let now = Instant::now();
         attempts.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        if attempts.len() >= TRACKED && !attempts.contains_key(&ip) {
+            return false;
+        }
         let (_, count) = attempts.entry(ip).or_insert((now, 0));
         *count = count.saturating_add(1);
         *count <= UPDATES_PER_WINDOW
