@@ -452,6 +452,9 @@ fn acme_dns_listen_needs_admin_and_a_zone() {
         .unwrap();
         let out = common::run_cli(&["check"], &config);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(needle), "{body}: {stderr}");
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{body}: {stderr}"
+        );
     }
 }
