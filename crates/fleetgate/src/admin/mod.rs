@@ -20,8 +20,11 @@
 //! DELETE /v1/session
 //! GET    /v1/session                {"token_required": bool}
 //! GET    /                          the dashboard (`dashboard`; no token needed for the page)
+//! POST   /acme-dns/register|update  the acme-dns API (`acme_dns`): its own credentials, not the
+//! GET    /acme-dns/health           token; also alone on `[dns] acme_dns_listen`
 //! ```
 
+pub mod acme_dns;
 mod capped;
 pub mod catalog;
 mod certs_api;
@@ -87,12 +90,25 @@ pub struct AdminState {
     /// writes; while nothing watches the store (`watching` false) every listing reads afresh.
     stale: Arc<AtomicBool>,
     watching: Arc<AtomicBool>,
+    /// The acme-dns routes' state (their own credentials and rate limit).
+    acme_dns: Arc<acme_dns::AcmeDnsState>,
 }
 
 impl AdminState {
     /// The admin API of a node running `config`, with the node's store (sealed as the node's).
     pub fn new(config: &Config, store: Arc<dyn store::Storage>, node: String) -> AdminState {
+        let token = config.admin.as_ref().and_then(|a| a.token.clone());
+        let api = config
+            .dns
+            .as_ref()
+            .and_then(|d| d.zone.as_ref())
+            .map(|z| dns::AcmeDns::new(dns::Records::new(store.clone()), z.zone.apex()));
+        let open = config
+            .dns
+            .as_ref()
+            .is_some_and(|d| d.acme_dns_open_registration);
         AdminState {
+            acme_dns: Arc::new(acme_dns::AcmeDnsState::new(api, open, token)),
             metrics: None,
             events: Arc::default(),
             registry: sites::Registry::new(store.clone(), node.clone()),
@@ -220,7 +236,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
+        // Beside the token check, not behind it: acme-dns clients authenticate themselves.
+        .with_state(state.clone())
+        .merge(acme_dns::router(state.acme_dns.clone()))
 }
 
 async fn not_found() -> Problem {
@@ -339,12 +357,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     match listener {
         AdminListener::Tcp(l) => {
-            axum::serve(capped::Capped::new(l), router)
+            let service = router.into_make_service_with_connect_info::<acme_dns::Peer>();
+            axum::serve(capped::Capped::new(l), service)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         AdminListener::Unix(l) => {
-            axum::serve(capped::Capped::new(l), router)
+            let service = router.into_make_service_with_connect_info::<acme_dns::Peer>();
+            axum::serve(capped::Capped::new(l), service)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
@@ -383,6 +403,27 @@ pub async fn spawn(
         }
     });
     info!(listen = %admin.listen, token = admin.token.is_some(), "admin API listening");
+    if let Some(addr) = state.config().dns.as_ref().and_then(|d| d.acme_dns_listen) {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (dns.acme_dns_listen)"))?;
+        info!(listen = %addr, "acme-dns API listening");
+        let only = acme_dns::router(state.acme_dns.clone()).fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"error": "not_found: see /acme-dns/register, /acme-dns/update, /acme-dns/health"})),
+            )
+        });
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = serve(AdminListener::Tcp(listener), only, async move {
+                stop.cancelled().await
+            });
+            if let Err(e) = served.await {
+                warn!(error = %e, "the acme-dns API stopped");
+            }
+        });
+    }
     let router = router(state);
     let unix_path = match &admin.listen {
         AdminListen::Unix(path) => Some(path.clone()),
