@@ -173,7 +173,13 @@ async fn request_path_metrics_count_what_was_sent() -> Result<()> {
         &config(&a, &b, admin),
     )?;
     node.start().await?;
-    let root = node.ca_root()?;
+    // `ca export` may meet the starting node making the CA under its lease: asked again then.
+    let root = testkit::wait_for_ok(
+        "the built-in CA's root",
+        Duration::from_secs(20),
+        || async { node.ca_root() },
+    )
+    .await?;
     for name in [APP, HELLO] {
         testkit::wait_for_ok(
             &format!("a certificate for {name}"),
