@@ -21,6 +21,7 @@ use tracing::debug;
 use crate::challenge::ChallengeResponder;
 use crate::host::Host;
 use crate::limits::Limits;
+use crate::observe::{Count, Observer, SiteTally};
 use crate::proxy::{AccessLog, ClientConn, Downstream, Forwarder};
 use crate::redirect::https_location;
 use crate::resolver::CertMap;
@@ -51,6 +52,21 @@ pub(crate) struct Shared {
     pub(crate) challenges: Arc<dyn ChallengeResponder>,
     pub(crate) limits: Limits,
     pub(crate) https_port: u16,
+    /// Where connections and handshakes are reported.
+    pub(crate) observer: Arc<dyn Observer>,
+    /// Requests are timed and counted (an observer was set).
+    pub(crate) observing: bool,
+    /// Where requests that match no site are counted, and HTTP-01 challenges.
+    pub(crate) unknown: SiteTally,
+    pub(crate) acme: SiteTally,
+}
+
+impl Shared {
+    /// The time a request's head was read, if requests are counted.
+    #[inline]
+    pub(crate) fn clock(&self) -> Option<std::time::Instant> {
+        self.observing.then(std::time::Instant::now)
+    }
 }
 
 /// Handles the requests of one connection.
@@ -78,13 +94,14 @@ impl ClientConn for Handler {
 // requests answered at once, the most frequent kind.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Reply {
-    Ready(Option<Response<Body>>),
+    Ready(Option<Response<Body>>, Count),
     /// The future, and the `Strict-Transport-Security` value to add to its response. (Added
     /// here rather than by an async wrapper: each async layer around the proxy's future
     /// made the boxed state larger, and that state is moved into its box per request.)
     Pending(
         Pin<Box<dyn Future<Output = Response<Body>> + Send>>,
         Option<HeaderValue>,
+        Count,
     ),
 }
 
@@ -95,11 +112,16 @@ impl Future for Reply {
         match self.get_mut() {
             // Polled again after it was ready only if hyper broke the Future contract; an
             // empty 500 beats a panic.
-            Reply::Ready(response) => Poll::Ready(Ok(response
-                .take()
-                .unwrap_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")))),
-            Reply::Pending(future, hsts) => {
+            Reply::Ready(response, count) => {
+                let response = response
+                    .take()
+                    .unwrap_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"));
+                count.finish(response.status().as_u16());
+                Poll::Ready(Ok(response))
+            }
+            Reply::Pending(future, hsts, count) => {
                 let mut response = ready!(future.as_mut().poll(cx));
+                count.finish(response.status().as_u16());
                 if let Some(hsts) = hsts.take() {
                     response
                         .headers_mut()
@@ -113,7 +135,7 @@ impl Future for Reply {
 
 /// A site action decided while the routes were borrowed, run after they were let go.
 pub(crate) enum Next {
-    Done(Response<Body>),
+    Done(Response<Body>, SiteTally),
     /// An HTTP-01 challenge request for this token (empty if malformed).
     Http01(Host, String),
     Proxy(Proxied),
@@ -127,6 +149,8 @@ pub(crate) struct Proxied {
     pub(crate) https: bool,
     /// `Strict-Transport-Security` for the response.
     pub(crate) hsts: Option<HeaderValue>,
+    /// Where the request is counted.
+    pub(crate) tally: SiteTally,
 }
 
 impl Handler {
@@ -134,6 +158,7 @@ impl Handler {
     /// awaiting, and answered with a ready future; only those two get a (boxed) future of their
     /// own, so the many requests answered at once do not carry the proxy's state around.
     pub(crate) fn call(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        let start = self.shared.clock();
         // hyper decodes chunked and refuses codings it does not know as the last one, but takes
         // `gzip, chunked`: the body would reach the upstream still gzip-coded, with nothing to
         // say so (RFC 9112 6.1: 501). (The lane takes no request with a body.)
@@ -145,21 +170,29 @@ impl Handler {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Reply::Ready(Some(response));
+            return Reply::Ready(
+                Some(response),
+                Count::new(self.shared.unknown.clone(), start),
+            );
         }
         // Each pending kind gets its own future: one enum of both would be as large as the
         // larger (the challenge lookup), and the proxy's is moved into its box per request.
         match self.decide(&req) {
-            Next::Done(response) => Reply::Ready(Some(response)),
-            Next::Http01(host, token) => Reply::Pending(
-                Box::pin(async move { self.http01(&host, &token).await }),
-                None,
-            ),
+            Next::Done(response, tally) => Reply::Ready(Some(response), Count::new(tally, start)),
+            Next::Http01(host, token) => {
+                let count = Count::new(self.shared.acme.clone(), start);
+                Reply::Pending(
+                    Box::pin(async move { self.http01(&host, &token).await }),
+                    None,
+                    count,
+                )
+            }
             Next::Proxy(Proxied {
                 forwarder,
                 log,
                 https,
                 hsts,
+                tally,
             }) => {
                 let down = Downstream {
                     peer: self.peer,
@@ -169,6 +202,7 @@ impl Handler {
                 Reply::Pending(
                     Box::pin(forwarder.forward(req.map(Some), down, log, false)),
                     hsts,
+                    Count::new(tally, start),
                 )
             }
         }
@@ -188,7 +222,7 @@ impl Handler {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Next::Done(response);
+            return Next::Done(response, self.shared.unknown.clone());
         }
         let host = match request_host(req) {
             Ok(host) => host,
@@ -205,7 +239,7 @@ impl Handler {
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                return Next::Done(response);
+                return Next::Done(response, self.shared.unknown.clone());
             }
         };
         match &self.transport {
@@ -223,7 +257,10 @@ impl Handler {
         }
         let routes = self.shared.routes.load();
         let Some(route) = host.name().and_then(|name| routes.lookup(name)) else {
-            return Next::Done(text(StatusCode::NOT_FOUND, "unknown host\n"));
+            return Next::Done(
+                text(StatusCode::NOT_FOUND, "unknown host\n"),
+                self.shared.unknown.clone(),
+            );
         };
         if route.https_redirect {
             return Next::Done(
@@ -231,6 +268,7 @@ impl Handler {
                     Some(location) => redirect(StatusCode::PERMANENT_REDIRECT, location),
                     None => text(StatusCode::BAD_REQUEST, "bad request\n"),
                 },
+                route.tally.clone(),
             );
         }
         // The routes guard is let go on return, before an upstream answers.
@@ -239,7 +277,7 @@ impl Handler {
 
     fn tls<B>(&self, req: &Request<B>, host: &Host, sni: &str, key: &Arc<CertifiedKey>) -> Next {
         let Some(name) = host.name() else {
-            return Next::Done(misdirected());
+            return Next::Done(misdirected(), self.shared.unknown.clone());
         };
         // Another name on the same connection is fine only if the certificate presented in the
         // handshake is the one for that name too (HTTP/2 connection reuse, RFC 9113 9.1.1).
@@ -250,11 +288,11 @@ impl Handler {
                 .lookup(name)
                 .is_some_and(|k| Arc::ptr_eq(&k, key))
         {
-            return Next::Done(misdirected());
+            return Next::Done(misdirected(), self.shared.unknown.clone());
         }
         let routes = self.shared.routes.load();
         let Some(route) = routes.lookup(name) else {
-            return Next::Done(misdirected());
+            return Next::Done(misdirected(), self.shared.unknown.clone());
         };
         prepare(route, req, host, self.peer, true, route.hsts.clone())
     }
@@ -302,6 +340,7 @@ fn prepare<B>(
             log,
             https,
             hsts,
+            tally: route.tally.clone(),
         });
     }
     let mut response = act(route, req);
@@ -314,7 +353,7 @@ fn prepare<B>(
             .headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
-    Next::Done(response)
+    Next::Done(response, route.tally.clone())
 }
 
 /// The site's own action (not the proxy's).

@@ -40,6 +40,7 @@ use tracing::debug;
 use crate::framing;
 use crate::handler::{Body, Handler, Next, Proxied};
 use crate::idle::{Activity, Watchdog};
+use crate::observe::Count;
 use crate::proxy::Downstream;
 use crate::signal::Waiter;
 use crate::wire::{put_date, put_field, put_status_line};
@@ -141,21 +142,23 @@ where
         let head_request = request.method() == Method::HEAD;
         waiting = false;
         activity.request_started();
-        let (response, hsts) = match handler.decide(&request) {
+        let start = handler.shared.clock();
+        let (response, hsts, tally) = match handler.decide(&request) {
             // The challenge lookup is hyper's (it is rare, and awaits the responder).
             Next::Http01(..) => {
                 unread(head, &mut buf);
                 return Served::Handover(buf.freeze());
             }
-            Next::Done(response) => {
+            Next::Done(response, tally) => {
                 spare = std::mem::take(request.headers_mut());
                 spare.clear();
-                (response, None)
+                (response, None, tally)
             }
             Next::Proxy(mut proxied) => {
                 let hsts = proxied.hsts.take();
+                let tally = proxied.tally.take();
                 match forward(io, &mut buf, max_head, handler, proxied, request).await {
-                    Some(response) => (response, hsts),
+                    Some(response) => (response, hsts, tally),
                     None => {
                         debug!("client went away; request cancelled");
                         return Served::Closed;
@@ -165,6 +168,7 @@ where
         };
         // On shutdown the response says the connection closes, as hyper's graceful close does;
         // so does an answer that says so itself (to a bad request).
+        Count::new(tally, start).finish(response.status().as_u16());
         let close = close || closes(response.headers()) || stop.has_fired();
         let reply = Reply {
             hsts,
@@ -201,7 +205,8 @@ where
         forwarder,
         log,
         https,
-        hsts: _, // taken by the caller, which adds it to the response
+        hsts: _,  // taken by the caller, which adds it to the response
+        tally: _, // taken by the caller, which counts the response
     } = proxied;
     let down = Downstream {
         peer: handler.peer,

@@ -24,6 +24,7 @@ mod http1;
 mod idle;
 mod limits;
 mod names;
+mod observe;
 mod proxy;
 mod proxy_protocol;
 mod redirect;
@@ -39,6 +40,10 @@ pub use challenge::{ChallengeResponder, NoChallenges};
 pub use error::EdgeError;
 pub use host::{Host, HostError};
 pub use limits::Limits;
+pub use observe::{
+    ACME_SITE, Handshake, Listener, NoObserver, Observer, SiteObserver, UNKNOWN_SITE,
+    UpstreamObserver,
+};
 pub use proxy::{HealthCheck, HostHeader, Policy, Proxy};
 pub use proxy_protocol::ProxyProtocol;
 pub use redirect::Redirect;

@@ -10,6 +10,7 @@ use http::header::HeaderValue;
 
 use crate::error::EdgeError;
 use crate::names::{Pattern, lookup, parse_pattern};
+use crate::observe::{NoObserver, Observer, SiteTally};
 use crate::proxy::{Forwarder, Proxy};
 use crate::redirect::{PreparedRedirect, Redirect};
 
@@ -99,10 +100,12 @@ pub(crate) struct Route {
     pub(crate) https_redirect: bool,
     pub(crate) hsts: Option<HeaderValue>,
     pub(crate) access_log: bool,
+    /// Where the site's requests are counted (made once, here).
+    pub(crate) tally: SiteTally,
 }
 
 impl Route {
-    fn new(site: &Site) -> Result<Route, EdgeError> {
+    fn new(site: &Site, id: &str, observer: &dyn Observer) -> Result<Route, EdgeError> {
         let action = match &site.action {
             Action::Redirect(redirect) => Prepared::Redirect(PreparedRedirect::new(redirect)?),
             Action::Respond { status, body } => {
@@ -119,13 +122,14 @@ impl Route {
                     body: body.clone(),
                 }
             }
-            Action::Proxy(proxy) => Prepared::Proxy(Arc::new(Forwarder::new(proxy)?)),
+            Action::Proxy(proxy) => Prepared::Proxy(Arc::new(Forwarder::new(proxy, id, observer)?)),
         };
         Ok(Route {
             action,
             https_redirect: site.https_redirect,
             hsts: site.hsts.as_ref().map(Hsts::header_value),
             access_log: site.access_log,
+            tally: observer.site(id),
         })
     }
 }
@@ -144,12 +148,25 @@ impl Routes {
     /// Validates the sites: every hostname valid and in one site only, statuses allowed for the
     /// action, redirect targets absolute http(s) URLs.
     pub fn new(sites: Vec<Site>) -> Result<Routes, EdgeError> {
+        let sites = sites
+            .into_iter()
+            .map(|site| (site.names.first().cloned().unwrap_or_default(), site))
+            .collect();
+        Routes::with_observer(sites, &NoObserver)
+    }
+
+    /// As [`Routes::new`], each site with its id (the `site` label of its metrics), reporting
+    /// to `observer`: its recorders are asked for here, once per site and upstream.
+    pub fn with_observer(
+        sites: Vec<(String, Site)>,
+        observer: &dyn Observer,
+    ) -> Result<Routes, EdgeError> {
         let mut routes = Routes::default();
-        for site in &sites {
+        for (id, site) in &sites {
             if site.names.is_empty() {
                 return Err(EdgeError::NoNames);
             }
-            let route = Arc::new(Route::new(site)?);
+            let route = Arc::new(Route::new(site, id, observer)?);
             for name in &site.names {
                 let (table, key) = match parse_pattern(name)? {
                     Pattern::Exact(key) => (&mut routes.exact, key),

@@ -25,6 +25,7 @@ use crate::handler::{Handler, Shared, Transport};
 use crate::http1::{self as lane, Rewind, Served};
 use crate::idle::{Activity, Tracked, Watchdog};
 use crate::limits::Limits;
+use crate::observe::{self, NoObserver, Observer, OpenConnection};
 use crate::proxy_protocol::{self, Origin, ProxyProtocol};
 use crate::resolver::CertMap;
 use crate::routes::Routes;
@@ -46,6 +47,13 @@ impl Scheme {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
+        }
+    }
+
+    fn listener(self) -> observe::Listener {
+        match self {
+            Scheme::Http => observe::Listener::Http,
+            Scheme::Https => observe::Listener::Https,
         }
     }
 }
@@ -102,6 +110,10 @@ impl Edge {
                 challenges,
                 limits,
                 https_port: 443,
+                observer: Arc::new(NoObserver),
+                observing: false,
+                unknown: None,
+                acme: None,
             }),
             tls,
             http1,
@@ -116,22 +128,44 @@ impl Edge {
     /// The port plain-HTTP requests are redirected to (default 443, which is left out of the
     /// Location).
     pub fn with_https_port(mut self, port: u16) -> Edge {
-        match Arc::get_mut(&mut self.shared) {
-            // The usual case: an edge being built, which no connection has seen yet.
-            Some(shared) => shared.https_port = port,
-            // Connections of an `Edge` taken back out of its `Arc` still read the old one.
-            None => {
-                let old = &self.shared;
-                self.shared = Arc::new(Shared {
-                    routes: ArcSwap::new(old.routes.load_full()),
-                    certs: Arc::clone(&old.certs),
-                    challenges: Arc::clone(&old.challenges),
-                    limits: old.limits.clone(),
-                    https_port: port,
-                });
-            }
-        }
+        self.change_shared(|shared| shared.https_port = port);
         self
+    }
+
+    /// Reports connections, TLS handshakes and requests to `observer` (the default reports
+    /// nothing). Sites and upstreams are counted as the routes were built: see
+    /// [`Routes::with_observer`].
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Edge {
+        self.change_shared(|shared| {
+            shared.unknown = observer.site(observe::UNKNOWN_SITE);
+            shared.acme = observer.site(observe::ACME_SITE);
+            shared.observer = observer;
+            shared.observing = true;
+        });
+        self
+    }
+
+    /// Changes the shared state while the edge is being built.
+    fn change_shared(&mut self, change: impl FnOnce(&mut Shared)) {
+        if Arc::get_mut(&mut self.shared).is_none() {
+            // Connections of an `Edge` taken back out of its `Arc` still read the old one.
+            let old = &self.shared;
+            self.shared = Arc::new(Shared {
+                routes: ArcSwap::new(old.routes.load_full()),
+                certs: Arc::clone(&old.certs),
+                challenges: Arc::clone(&old.challenges),
+                limits: old.limits.clone(),
+                https_port: old.https_port,
+                observer: Arc::clone(&old.observer),
+                observing: old.observing,
+                unknown: old.unknown.clone(),
+                acme: old.acme.clone(),
+            });
+        }
+        // Unique now: made above if it was not.
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            change(shared);
+        }
     }
 
     /// Connections from these balancers start with a PROXY protocol header (v1 or v2) naming
@@ -246,8 +280,14 @@ impl Edge {
                 },
                 None => (None, Accepted::Here(stream)),
             };
+            // Counted from here; the task owns the count, on whichever runtime it runs.
+            let open = self
+                .shared
+                .observing
+                .then(|| OpenConnection::new(&self.shared.observer, scheme.listener()));
             let task = async move {
                 let _permit = permit;
+                let _open = open;
                 let stream = match stream {
                     Accepted::Here(stream) => stream,
                     Accepted::Moving(stream) => match TcpStream::from_std(stream) {
@@ -336,6 +376,7 @@ impl Edge {
                         &self.shared.certs,
                         &*self.shared.challenges,
                         &self.shared.limits,
+                        &*self.shared.observer,
                     )
                     .await;
                 if let Handshake::Serve { stream, sni, key } = handshake {

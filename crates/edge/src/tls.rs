@@ -19,6 +19,7 @@ use tracing::debug;
 use crate::challenge::ChallengeResponder;
 use crate::error::EdgeError;
 use crate::limits::Limits;
+use crate::observe::{Handshake as Outcome, Observer};
 use crate::resolver::CertMap;
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
@@ -100,7 +101,20 @@ impl TlsConfigs {
         certs: &CertMap,
         challenges: &dyn ChallengeResponder,
         limits: &Limits,
+        observer: &dyn Observer,
     ) -> Handshake {
+        let (handshake, outcome) = self.triage(stream, certs, challenges, limits).await;
+        observer.handshake(outcome);
+        handshake
+    }
+
+    async fn triage(
+        &self,
+        stream: TcpStream,
+        certs: &CertMap,
+        challenges: &dyn ChallengeResponder,
+        limits: &Limits,
+    ) -> (Handshake, Outcome) {
         let deadline = Instant::now() + limits.tls_handshake_timeout;
         let start = match timeout_at(
             deadline,
@@ -111,11 +125,11 @@ impl TlsConfigs {
             Ok(Ok(start)) => start,
             Ok(Err(error)) => {
                 debug!(%error, "no valid ClientHello");
-                return Handshake::Done;
+                return (Handshake::Done, Outcome::Failed);
             }
             Err(_) => {
                 debug!("ClientHello timed out");
-                return Handshake::Done;
+                return (Handshake::Done, Outcome::Failed);
             }
         };
         let hello = start.client_hello();
@@ -123,7 +137,7 @@ impl TlsConfigs {
         let Some(sni) = hello.server_name().map(str::to_owned) else {
             debug!("no SNI");
             reject(start.io, Alert::HandshakeFailure, deadline).await;
-            return Handshake::Done;
+            return (Handshake::Done, Outcome::NoCertificate);
         };
 
         // Any name is looked up, served here or not (yet): the CA may ask any node behind the
@@ -138,13 +152,13 @@ impl TlsConfigs {
             let Some(key) = key else {
                 debug!(sni, "no TLS-ALPN-01 challenge for this name");
                 reject(start.io, Alert::UnrecognizedName, deadline).await;
-                return Handshake::Done;
+                return (Handshake::Done, Outcome::AcmeChallenge);
             };
             let config = match self.challenge(key) {
                 Ok(config) => config,
                 Err(error) => {
                     debug!(%error, "cannot build the TLS-ALPN-01 configuration");
-                    return Handshake::Done;
+                    return (Handshake::Done, Outcome::AcmeChallenge);
                 }
             };
             match timeout_at(deadline, start.into_stream(config)).await {
@@ -156,7 +170,7 @@ impl TlsConfigs {
                 Ok(Err(error)) => debug!(sni, %error, "TLS-ALPN-01 handshake failed"),
                 Err(_) => debug!(sni, "TLS-ALPN-01 handshake timed out"),
             }
-            return Handshake::Done;
+            return (Handshake::Done, Outcome::AcmeChallenge);
         }
 
         // Checked here, rather than left to the resolver, to answer `unrecognized_name` instead
@@ -164,21 +178,24 @@ impl TlsConfigs {
         let Some(key) = certs.lookup(&sni) else {
             debug!(sni, "unknown SNI");
             reject(start.io, Alert::UnrecognizedName, deadline).await;
-            return Handshake::Done;
+            return (Handshake::Done, Outcome::NoCertificate);
         };
         match timeout_at(deadline, start.into_stream(Arc::clone(&self.main))).await {
-            Ok(Ok(stream)) => Handshake::Serve {
-                stream: Box::new(stream),
-                sni,
-                key,
-            },
+            Ok(Ok(stream)) => (
+                Handshake::Serve {
+                    stream: Box::new(stream),
+                    sni,
+                    key,
+                },
+                Outcome::Ok,
+            ),
             Ok(Err(error)) => {
                 debug!(sni, %error, "TLS handshake failed");
-                Handshake::Done
+                (Handshake::Done, Outcome::Failed)
             }
             Err(_) => {
                 debug!(sni, "TLS handshake timed out");
-                Handshake::Done
+                (Handshake::Done, Outcome::Failed)
             }
         }
     }

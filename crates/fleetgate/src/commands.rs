@@ -11,7 +11,8 @@ use crate::config::{Config, SiteAction, TlsChoice};
 /// same function a SIGHUP reload calls. Errors (`file:line: site[i].tls: ...`) and warnings go
 /// to stderr before anything else; only a config without errors is listed, after `file: OK`.
 pub fn check(config: &Config) -> anyhow::Result<()> {
-    crate::run::routes(&config.sites).with_context(|| config.file.display().to_string())?;
+    crate::run::routes(&config.sites, &edge::NoObserver)
+        .with_context(|| config.file.display().to_string())?;
     // Purchased certificates must be servable now, not at 3 a.m. on the next reload.
     let certs = crate::config::check_certificates(config);
     {

@@ -33,16 +33,18 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
-/// The edge's routing table for `sites`.
-pub fn routes(sites: &[Site]) -> anyhow::Result<edge::Routes> {
+/// The edge's routing table for `sites`, each site's requests and upstreams reported to
+/// `observer` under the site's id.
+pub fn routes(sites: &[Site], observer: &dyn edge::Observer) -> anyhow::Result<edge::Routes> {
     let sites = sites
         .iter()
         .map(|site| {
             site.edge_site()
+                .map(|edge_site| (site.id().to_string(), edge_site))
                 .map_err(|e| anyhow::anyhow!("site {}: {e}", site.id()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(edge::Routes::new(sites)?)
+    Ok(edge::Routes::with_observer(sites, observer)?)
 }
 
 /// A listener on `addr` (the config's `key`), or an error that says how to fix the usual causes.
@@ -87,6 +89,8 @@ struct Serving {
     manager: Arc<certs::Manager>,
     /// The certificates last handed to the manager.
     certs: Vec<certs::ManagedCert>,
+    /// Where the routes' sites report their requests (the metrics, or nothing).
+    observer: Arc<dyn edge::Observer>,
 }
 
 impl Serving {
@@ -102,7 +106,8 @@ impl Serving {
         reload: bool,
     ) -> anyhow::Result<usize> {
         let sites = node_sites::merge(&config.sites, registry, &config.registry_env());
-        let routes = routes(&sites).with_context(|| config.file.display().to_string())?;
+        let routes =
+            routes(&sites, &*self.observer).with_context(|| config.file.display().to_string())?;
         self.edge.set_routes(routes);
         let certs = managed_certs(&sites, config.acme.as_ref());
         if reload || certs != self.certs {
@@ -140,7 +145,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry_cache = RegistryCache::new(config.storage.path());
     let (entries, origin) = node_sites::initial(&registry, &registry_cache).await;
     let initial = node_sites::merge(&config.sites, &entries, &config.registry_env());
-    let initial_routes = routes(&initial).with_context(|| config.file.display().to_string())?;
+    // The request path's metrics, with the recorder only: else a no-op observer (requests
+    // are then neither timed nor counted).
+    let observer: Arc<dyn edge::Observer> = match &telemetry {
+        Some(_) => Arc::new(crate::telemetry::edge::EdgeMetrics::new()),
+        None => Arc::new(edge::NoObserver),
+    };
+    let initial_routes =
+        routes(&initial, &*observer).with_context(|| config.file.display().to_string())?;
     let cert_map = Arc::new(edge::CertMap::new());
     let cert_map_for_status = cert_map.clone();
     let manager = certs::Manager::with_cache(
@@ -167,6 +179,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("cannot set up the listeners' TLS")?
     .with_https_port(config.listen_https.port())
     .with_proxy_protocol(edge::ProxyProtocol::new(config.proxy_protocol_from.clone()));
+    if telemetry.is_some() {
+        edge = edge.with_observer(Arc::clone(&observer));
+    }
     if let Some(shards) = &shards {
         edge = edge.with_shards(Arc::clone(shards));
     }
@@ -239,6 +254,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         edge: edge.clone(),
         manager: manager.clone(),
         certs: initial_certs,
+        observer,
     };
     loop {
         tokio::select! {

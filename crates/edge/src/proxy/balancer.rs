@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::error::EdgeError;
+use crate::observe::UpstreamObserver;
 use crate::proxy::config::Policy;
 
 /// One upstream web server and what is known about its health.
@@ -33,6 +34,8 @@ pub(crate) struct Upstream {
     retry_at_ms: AtomicU64,
     /// The last active check's verdict (true until a check fails).
     active_ok: AtomicBool,
+    /// Told of health changes and response times, if the site is observed.
+    pub(crate) observer: Option<Arc<dyn UpstreamObserver>>,
 }
 
 impl Upstream {
@@ -73,6 +76,7 @@ impl Upstream {
             fails: AtomicU32::new(0),
             retry_at_ms: AtomicU64::new(0),
             active_ok: AtomicBool::new(true),
+            observer: None,
         })
     }
 
@@ -116,6 +120,11 @@ impl Balancer {
         fail_after: u32,
         fail_timeout: Duration,
     ) -> Balancer {
+        for u in &upstreams {
+            if let Some(observer) = &u.observer {
+                observer.up(true);
+            }
+        }
         Balancer {
             upstreams: upstreams.into_boxed_slice(),
             policy,
@@ -204,6 +213,7 @@ impl Balancer {
             let before = u.fails.swap(0, Ordering::Relaxed);
             if before >= self.fail_after {
                 info!(upstream = %u.name, "upstream answers again; back in rotation");
+                self.report(u);
             }
         }
     }
@@ -224,6 +234,7 @@ impl Balancer {
                     retry_in = ?self.fail_timeout,
                     "upstream failing; taken out of rotation"
                 );
+                self.report(u);
             }
         }
     }
@@ -236,9 +247,20 @@ impl Balancer {
             let fails = u.fails.swap(0, Ordering::Relaxed);
             if !was || fails >= self.fail_after {
                 info!(upstream = %u.name, "health check passes; upstream in rotation");
+                self.report(u);
             }
         } else if was {
             warn!(upstream = %u.name, "health check fails; upstream out of rotation");
+            self.report(u);
+        }
+    }
+
+    /// Tells the upstream's observer whether it is in rotation now (called on changes only).
+    fn report(&self, u: &Upstream) {
+        if let Some(observer) = &u.observer {
+            let up = u.active_ok.load(Ordering::Relaxed)
+                && u.fails.load(Ordering::Relaxed) < self.fail_after;
+            observer.up(up);
         }
     }
 }

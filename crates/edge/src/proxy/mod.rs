@@ -42,6 +42,7 @@ pub use config::{HealthCheck, HostHeader, Policy, Proxy};
 
 use crate::error::EdgeError;
 use crate::framing;
+use crate::observe::Observer;
 use balancer::{Balancer, InFlight, Tried, Upstream};
 use body::UpstreamBody;
 use connector::ClientSettings;
@@ -113,7 +114,12 @@ impl std::fmt::Debug for Forwarder {
 impl Forwarder {
     /// Checks the settings, builds the client and, inside a tokio runtime, starts the health
     /// checks. Outside a runtime (e.g. validating a configuration) nothing is started.
-    pub(crate) fn new(proxy: &Proxy) -> Result<Forwarder, EdgeError> {
+    /// `site_id` and `observer`: where the upstreams' health and response times are reported.
+    pub(crate) fn new(
+        proxy: &Proxy,
+        site_id: &str,
+        observer: &dyn Observer,
+    ) -> Result<Forwarder, EdgeError> {
         let invalid = |what: &str, reason: &str| EdgeError::InvalidProxy {
             what: what.to_owned(),
             reason: reason.to_owned(),
@@ -124,7 +130,12 @@ impl Forwarder {
         let upstreams = proxy
             .upstreams
             .iter()
-            .map(|u| Upstream::parse(u))
+            .map(|u| {
+                Upstream::parse(u).map(|mut u| {
+                    u.observer = observer.upstream(site_id, &u.name);
+                    u
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         for (what, value) in [
             ("connect_timeout", proxy.connect_timeout),
@@ -317,6 +328,11 @@ impl Forwarder {
             // this future is moved on every request.
             // Pinned where it is made and raced with the timer by reference: `timeout()` would
             // move the whole future into its own state (two copies of it per request).
+            // The clock is read only for an observed upstream.
+            let sent = upstream
+                .observer
+                .as_ref()
+                .map(|_| std::time::Instant::now());
             let answer = {
                 let mut send = std::pin::pin!(async {
                     if is_upgrade {
@@ -351,6 +367,9 @@ impl Forwarder {
             };
             match answer {
                 Ok(Ok(response)) => {
+                    if let (Some(observer), Some(sent)) = (&upstream.observer, sent) {
+                        observer.response(sent.elapsed());
+                    }
                     in_flight.succeeded();
                     return respond(response, in_flight, client_upgrade.take(), &down, log);
                 }

@@ -1,22 +1,45 @@
-#![allow(dead_code)] // Called by the edge once wired: /work/notes/metrics-edge.md (phase 2 of issue 14).
-//! The request path's metrics, for the edge to call once its layering work has merged (see
-//! `/work/notes/metrics-edge.md` for where). Nothing calls this yet.
+//! The request path's metrics: the binary's [`edge::Observer`], given to the edge by `run`
+//! when `[admin]` is on (without it the edge reports to `edge::NoObserver`).
 //!
-//! Cost on the request path: handles are looked up once per site (or listener, or upstream) and
-//! kept, so a request costs a clock read, a counter increment and a histogram record: atomics,
-//! no allocation, no hashing of label strings. The status code is the only label not known in
-//! advance; the few codes a site answers are kept in a small list read through a lock that is
-//! only written the first time a code is seen.
+//! Cost on the request path: handles are made once per site (or listener, or upstream), when
+//! the routes are built, and kept, so a request costs a clock read, a histogram record and a
+//! counter increment: atomics, no allocation, no lock, no hashing of label strings. The status
+//! code is the only label not known in advance: the common codes have a fixed slot each
+//! (registered the first time the code is seen, then read without a lock); any other code
+//! goes through a short list under a lock.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use ::metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use edge::{Handshake, Listener};
 
 use super::{
     CONNECTIONS_OPEN, HTTP_REQUEST_DURATION, HTTP_REQUESTS, TLS_HANDSHAKES, UPSTREAM_DURATION,
     UPSTREAM_UP,
 };
+
+/// The status codes with a fixed slot, in slot order.
+const COMMON_CODES: [u16; 12] = [200, 204, 301, 302, 304, 308, 400, 404, 421, 502, 503, 504];
+
+/// The slot of a common code (a jump table, no search).
+fn slot(code: u16) -> Option<usize> {
+    Some(match code {
+        200 => 0,
+        204 => 1,
+        301 => 2,
+        302 => 3,
+        304 => 4,
+        308 => 5,
+        400 => 6,
+        404 => 7,
+        421 => 8,
+        502 => 9,
+        503 => 10,
+        504 => 11,
+        _ => return None,
+    })
+}
 
 /// One site's request metrics: `fleetgate_http_requests_total{site, code}` and
 /// `fleetgate_http_request_duration_seconds{site}`.
@@ -24,7 +47,11 @@ use super::{
 pub struct SiteMetrics {
     site: Arc<str>,
     duration: Histogram,
-    codes: RwLock<Vec<(u16, Counter)>>,
+    /// `COMMON_CODES`' counters, each registered when its code is first answered (so a site
+    /// shows only the codes it answered).
+    common: [OnceLock<Counter>; COMMON_CODES.len()],
+    /// Any other code.
+    other: RwLock<Vec<(u16, Counter)>>,
 }
 
 impl SiteMetrics {
@@ -33,20 +60,30 @@ impl SiteMetrics {
         SiteMetrics {
             site: Arc::from(site),
             duration: histogram!(HTTP_REQUEST_DURATION, "site" => site.to_string()),
-            codes: RwLock::new(Vec::new()),
+            common: Default::default(),
+            other: RwLock::new(Vec::new()),
         }
     }
 
-    /// A response was sent for this site: its status and the time from the request head to the
-    /// end of the response head.
+    /// A response was decided for this site: its status and the time from the request head to
+    /// the response head.
     pub fn request(&self, code: u16, elapsed: Duration) {
         self.duration.record(elapsed.as_secs_f64());
-        self.code(code).increment(1);
+        match slot(code) {
+            Some(i) => self.common[i]
+                .get_or_init(|| self.register(code))
+                .increment(1),
+            None => self.other(code).increment(1),
+        }
     }
 
-    fn code(&self, code: u16) -> Counter {
+    fn register(&self, code: u16) -> Counter {
+        counter!(HTTP_REQUESTS, "site" => self.site.to_string(), "code" => code.to_string())
+    }
+
+    fn other(&self, code: u16) -> Counter {
         {
-            let codes = match self.codes.read() {
+            let codes = match self.other.read() {
                 Ok(c) => c,
                 Err(poisoned) => poisoned.into_inner(),
             };
@@ -54,9 +91,8 @@ impl SiteMetrics {
                 return c.clone();
             }
         }
-        let counter =
-            counter!(HTTP_REQUESTS, "site" => self.site.to_string(), "code" => code.to_string());
-        let mut codes = match self.codes.write() {
+        let counter = self.register(code);
+        let mut codes = match self.other.write() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -67,22 +103,25 @@ impl SiteMetrics {
     }
 }
 
-/// The outcome of one TLS handshake (`fleetgate_tls_handshakes_total{result}`).
-#[derive(Debug, Clone, Copy)]
-pub enum Handshake {
-    Ok,
-    /// No certificate for the SNI name (or no SNI).
-    NoCertificate,
-    /// An acme-tls/1 challenge answered.
-    AcmeChallenge,
-    /// Protocol error, timeout or the client gave up.
-    Failed,
+impl edge::SiteObserver for SiteMetrics {
+    fn response(&self, code: u16, elapsed: Duration) {
+        self.request(code, elapsed);
+    }
 }
 
-/// Counters the accept path uses; one per node, made at start.
+/// The `result` label of a handshake.
+fn handshake_result(result: Handshake) -> usize {
+    match result {
+        Handshake::Ok => 0,
+        Handshake::NoCertificate => 1,
+        Handshake::AcmeChallenge => 2,
+        Handshake::Failed => 3,
+    }
+}
+
+/// One listener's open connections (`fleetgate_connections_open{listener}`).
 #[derive(Debug)]
 pub struct ListenerMetrics {
-    handshakes: [Counter; 4],
     open: Gauge,
 }
 
@@ -90,30 +129,8 @@ impl ListenerMetrics {
     /// `listener`: `http` or `https` (the `listener` label).
     pub fn new(listener: &'static str) -> ListenerMetrics {
         ListenerMetrics {
-            handshakes: ["ok", "no_certificate", "acme_challenge", "failed"]
-                .map(|result| counter!(TLS_HANDSHAKES, "result" => result)),
             open: gauge!(CONNECTIONS_OPEN, "listener" => listener),
         }
-    }
-
-    pub fn handshake(&self, result: Handshake) {
-        self.handshakes[result as usize].increment(1);
-    }
-
-    /// A connection was accepted; the gauge goes down when the guard is dropped.
-    pub fn connection(&self) -> ConnectionGuard {
-        self.open.increment(1.0);
-        ConnectionGuard(self.open.clone())
-    }
-}
-
-/// Keeps one connection counted in `fleetgate_connections_open`.
-#[derive(Debug)]
-pub struct ConnectionGuard(Gauge);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
     }
 }
 
@@ -136,14 +153,84 @@ impl UpstreamMetrics {
             response: histogram!(UPSTREAM_DURATION, &labels),
         }
     }
+}
 
+impl edge::UpstreamObserver for UpstreamMetrics {
     /// The balancer's health state changed (or was first decided).
-    pub fn set_up(&self, up: bool) {
+    fn up(&self, up: bool) {
         self.up.set(if up { 1.0 } else { 0.0 });
     }
 
-    /// Time from the request written to the upstream's response head parsed.
-    pub fn response(&self, elapsed: Duration) {
+    /// Time from the request sent to the upstream's response head parsed.
+    fn response(&self, elapsed: Duration) {
         self.response.record(elapsed.as_secs_f64());
+    }
+}
+
+/// What `run` gives the edge with `[admin]` on. Made after the recorder is installed.
+#[derive(Debug)]
+pub struct EdgeMetrics {
+    /// `fleetgate_tls_handshakes_total`, by [`handshake_result`].
+    handshakes: [Counter; 4],
+    http: ListenerMetrics,
+    https: ListenerMetrics,
+}
+
+impl EdgeMetrics {
+    pub fn new() -> EdgeMetrics {
+        EdgeMetrics {
+            handshakes: ["ok", "no_certificate", "acme_challenge", "failed"]
+                .map(|result| counter!(TLS_HANDSHAKES, "result" => result)),
+            http: ListenerMetrics::new("http"),
+            https: ListenerMetrics::new("https"),
+        }
+    }
+
+    fn listener(&self, listener: Listener) -> &ListenerMetrics {
+        match listener {
+            Listener::Http => &self.http,
+            Listener::Https => &self.https,
+        }
+    }
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        EdgeMetrics::new()
+    }
+}
+
+impl edge::Observer for EdgeMetrics {
+    fn site(&self, site_id: &str) -> Option<Arc<dyn edge::SiteObserver>> {
+        Some(Arc::new(SiteMetrics::new(site_id)))
+    }
+
+    fn upstream(&self, site_id: &str, upstream: &str) -> Option<Arc<dyn edge::UpstreamObserver>> {
+        Some(Arc::new(UpstreamMetrics::new(site_id, upstream)))
+    }
+
+    fn handshake(&self, result: Handshake) {
+        self.handshakes[handshake_result(result)].increment(1);
+    }
+
+    fn connection_opened(&self, listener: Listener) {
+        self.listener(listener).open.increment(1.0);
+    }
+
+    fn connection_closed(&self, listener: Listener) {
+        self.listener(listener).open.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_codes_have_their_own_slot() {
+        for (i, code) in COMMON_CODES.iter().enumerate() {
+            assert_eq!(slot(*code), Some(i));
+        }
+        assert_eq!(slot(418), None);
     }
 }
