@@ -68,6 +68,8 @@ pub struct Config {
     pub limits: edge::Limits,
     /// `[admin]`: the admin API, off without the section.
     pub admin: Option<crate::admin_config::AdminConfig>,
+    /// `[on_demand]`: certificates for names allowed by `ask` at their first handshake.
+    pub on_demand: Option<crate::on_demand_config::OnDemandConfig>,
     /// The file's `[[site]]` tables, validated, in file order.
     pub sites: Vec<Site>,
     /// The same tables as written (for showing them, e.g. in the admin API).
@@ -232,6 +234,11 @@ impl Config {
             default_key_type: acme.key_type,
         };
         let sites = file_sites::sites(&ctx, &raw.sites, &env)?;
+        let ids: Vec<String> = sites.iter().map(Site::id).collect();
+        let on_demand = (raw.on_demand.as_ref())
+            .map(|o| crate::on_demand_config::parse(o, &ids))
+            .transpose()
+            .map_err(|e| ctx.err(Some(e.span), e.key, e.message))?;
         Ok(Config {
             file: file.to_path_buf(),
             node: raw.node,
@@ -247,6 +254,7 @@ impl Config {
             log,
             limits,
             admin,
+            on_demand,
             sites,
             site_specs: raw.sites,
         })

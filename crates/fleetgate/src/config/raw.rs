@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub(super) limits: RawLimits,
     #[serde(default)]
     pub(super) admin: Option<crate::admin_config::RawAdmin>,
+    #[serde(default)]
+    pub(super) on_demand: Option<crate::on_demand_config::RawOnDemand>,
     #[serde(default, rename = "site")]
     pub(super) sites: Vec<sites::SiteSpec>,
 }
