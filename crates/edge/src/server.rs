@@ -318,7 +318,13 @@ impl Edge {
             Scheme::Https => {
                 let handshake = self
                     .tls
-                    .handshake(stream, &self.certs, &*self.challenges, &self.limits)
+                    .handshake(
+                        stream,
+                        peer.ip(),
+                        &self.certs,
+                        &*self.challenges,
+                        &self.limits,
+                    )
                     .await;
                 if let Handshake::Serve { stream, sni, key } = handshake {
                     // ALPN decides the protocol (RFC 9113 3.2); without it, HTTP/1.1.
