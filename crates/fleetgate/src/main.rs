@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod deploy;
 mod node_sites;
+mod on_demand;
 mod on_demand_config;
 mod run;
 mod sites_cli;

@@ -65,7 +65,8 @@ impl Serving {
         registry: &[Entry],
         reload: bool,
     ) -> anyhow::Result<usize> {
-        let sites = node_sites::merge(&config.sites, registry, &config.registry_env());
+        let registry = crate::on_demand::servable(registry);
+        let sites = node_sites::merge(&config.sites, &registry, &config.registry_env());
         let routes = routes(&sites).with_context(|| config.file.display().to_string())?;
         self.edge.set_routes(routes);
         let certs = managed_certs(&sites, config.acme.as_ref());
@@ -86,17 +87,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Registry::new(store.clone(), node.clone());
     let registry_cache = RegistryCache::new(config.storage.path());
     let (entries, origin) = node_sites::initial(&registry, &registry_cache).await;
-    let initial = node_sites::merge(&config.sites, &entries, &config.registry_env());
+    let initial = node_sites::merge(
+        &config.sites,
+        &crate::on_demand::servable(&entries),
+        &config.registry_env(),
+    );
     let initial_routes = routes(&initial).with_context(|| config.file.display().to_string())?;
     let cert_map = Arc::new(edge::CertMap::new());
     let cert_map_for_status = cert_map.clone();
-    let manager = certs::Manager::with_cache(
+    let deployer = Arc::new(SniDeployer::new(cert_map.clone()));
+    let on_demand = crate::on_demand::OnDemandService::new(
+        &config,
         store.clone(),
-        cache,
-        Arc::new(SniDeployer::new(cert_map.clone())),
         node.clone(),
-        config.timings,
+        cert_map.clone(),
+        deployer.deployed(),
     );
+    if let Some(on_demand) = &on_demand {
+        on_demand.set_registry(&entries);
+        cert_map.set_on_demand(Arc::new(on_demand.clone()));
+    }
+    let manager =
+        certs::Manager::with_cache(store.clone(), cache, deployer, node.clone(), config.timings);
     // With `listen.workers`, that many threads each serve their share of the connections (see
     // edge::Shards); this runtime keeps the accept loops, certificate work and reloads.
     let shards = match config.workers {
@@ -142,6 +154,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let initial_certs = managed_certs(&initial, config.acme.as_ref());
     manager.apply(initial_certs.clone());
     drop(initial);
+    let pause_watch = on_demand
+        .as_ref()
+        .map(|o| crate::on_demand::spawn_pause_watch(o, store.subscribe(), shutdown.clone()));
     let mut registry_changes = node_sites::follow(
         registry,
         registry_cache,
@@ -184,6 +199,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             Ok(()) = registry_changes.changed() => {
                 let entries = registry_changes.borrow_and_update().clone();
+                if let Some(on_demand) = &on_demand {
+                    on_demand.set_registry(&entries);
+                }
                 match serving.apply_sites(&current, &entries, false) {
                     Ok(n) => info!(sites = n, registry_sites = entries.len(), "site registry change applied"),
                     Err(e) => error!(error = %format!("{e:#}"), "site registry change not applied"),
@@ -197,6 +215,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // edge), then stop certificate work and release this node's leases.
     shutdown.cancel();
     let _ = tokio::join!(http_task, https_task, heartbeat);
+    if let Some(pause_watch) = pause_watch {
+        let _ = pause_watch.await;
+    }
+    if let Some(on_demand) = &on_demand {
+        let (asks, recorded) = on_demand.counts();
+        info!(
+            asks,
+            recorded, "on-demand: ask calls made and names recorded by this node"
+        );
+    }
     if let Some(admin) = admin {
         let _ = admin.await;
     }
