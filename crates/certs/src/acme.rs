@@ -1,5 +1,6 @@
 //! ACME through instant-acme: one account per CA kept in storage, HTTP-01 and TLS-ALPN-01 solved
-//! through the shared [`Challenges`](crate::Challenges), ARI renewal windows.
+//! through the shared [`Challenges`](crate::Challenges), DNS-01 through the delegated zone
+//! ([`Dns01`](crate::Dns01), when given), ARI renewal windows.
 //!
 //! - `account`: the one account per CA directory per store, created under a lock.
 //! - `order`: newOrder → challenges → finalize → chain, challenges withdrawn on every exit.
@@ -23,7 +24,9 @@ use store::Storage;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
-use crate::{CertBundle, ChallengeKind, Challenges, DomainName, Error, KeyType, Result, layout};
+use crate::{
+    CertBundle, ChallengeKind, Challenges, Dns01, DomainName, Error, KeyType, Result, layout,
+};
 
 /// Bound on one request to the CA (instant-acme has no timeouts of its own).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +78,8 @@ pub struct AcmeIssuer {
     ca_id: String,
     store: Arc<dyn Storage>,
     challenges: Arc<Challenges>,
+    /// The DNS-01 solver, when the node has a delegated zone.
+    dns01: Option<Arc<Dns01>>,
     node: String,
     /// Loaded (or created) on first use, once per process; a failed attempt is retried next time.
     /// Replaced only when the CA says it no longer knows it.
@@ -112,10 +117,24 @@ impl AcmeIssuer {
             settings,
             store,
             challenges,
+            dns01: None,
             node,
             account: Mutex::new(None),
             orders: tokio::sync::Semaphore::new(MAX_ORDERS_IN_FLIGHT),
         }
+    }
+
+    /// Solve DNS-01 challenges (and so allow wildcards) through `dns01`, when `dns-01` is among
+    /// the configured challenge types.
+    pub fn with_dns01(mut self, dns01: Arc<Dns01>) -> AcmeIssuer {
+        self.dns01 = Some(dns01);
+        self
+    }
+
+    /// Whether this issuer can solve DNS-01 (a solver and `dns-01` among the challenge types):
+    /// what wildcards need.
+    pub fn solves_dns01(&self) -> bool {
+        self.dns01.is_some() && self.settings.challenges.contains(&ChallengeKind::Dns01)
     }
 
     /// The CA's short name in storage keys and lock names ([`layout::ca_id`] of the directory).
@@ -132,7 +151,8 @@ impl AcmeIssuer {
         Ok(self.account().await?.id().to_string())
     }
 
-    /// Order one certificate for `domains` (at most [`MAX_NAMES_PER_ORDER`], no wildcards) with a
+    /// Order one certificate for `domains` (at most [`MAX_NAMES_PER_ORDER`]; wildcards only when
+    /// [`solves_dns01`](Self::solves_dns01)) with a
     /// fresh `key_type` key. `replaces` is the certificate this one renews: named to the CA
     /// (ARI `replaces`) when the CA supports it.
     ///
@@ -199,10 +219,18 @@ impl AcmeIssuer {
                 domains.len()
             )));
         }
-        if let Some(wildcard) = domains.iter().find(|d| d.is_wildcard()) {
+        if let Some(wildcard) = domains.iter().find(|d| d.is_wildcard())
+            && !self.solves_dns01()
+        {
             return Err(Error::Config(format!(
-                "{wildcard} is a wildcard, which needs DNS-01; fleetgate solves HTTP-01 and TLS-ALPN-01 only"
+                "{wildcard} is a wildcard, which only DNS-01 can validate; add \"dns-01\" to acme.challenges and configure the [dns] zone"
             )));
+        }
+        if self.settings.challenges.contains(&ChallengeKind::Dns01) && self.dns01.is_none() {
+            return Err(Error::Config(
+                "dns-01 is among the challenge types but this node has no DNS zone ([dns])"
+                    .to_string(),
+            ));
         }
         if self.settings.challenges.is_empty() {
             return Err(Error::Config(
@@ -219,6 +247,7 @@ impl AcmeIssuer {
                     &account,
                     &self.settings,
                     &self.challenges,
+                    self.dns01.as_ref(),
                     domains,
                     key_type,
                     replaces,

@@ -1,4 +1,5 @@
-//! Challenge state shared by every node: written to the store before a challenge is triggered,
+//! HTTP-01 and TLS-ALPN-01 challenge state shared by every node (DNS-01 lives in
+//! [`crate::dns01`]): written to the store before a challenge is triggered,
 //! answered by whichever node the CA reaches.
 
 use std::collections::HashMap;
@@ -18,6 +19,9 @@ pub enum ChallengeKind {
     Http01,
     #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
+    /// Solved through the delegated DNS zone ([`crate::Dns01`]); the only kind for wildcards.
+    #[serde(rename = "dns-01")]
+    Dns01,
 }
 
 impl ChallengeKind {
@@ -25,6 +29,7 @@ impl ChallengeKind {
         match text {
             "http-01" => Some(ChallengeKind::Http01),
             "tls-alpn-01" => Some(ChallengeKind::TlsAlpn01),
+            "dns-01" => Some(ChallengeKind::Dns01),
             _ => None,
         }
     }
@@ -33,6 +38,7 @@ impl ChallengeKind {
         match self {
             ChallengeKind::Http01 => "http-01",
             ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
         }
     }
 }

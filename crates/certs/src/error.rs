@@ -40,7 +40,7 @@ fn join_findings(findings: &[crate::inspect::Finding]) -> String {
 /// Three families, kept apart so the scheduler never matches strings: caller/config bugs
 /// ([`Error::Config`], [`Error::InvalidCertificate`], [`Error::KeyMismatch`], [`Error::Rejected`]), faults of the CA
 /// ([`Error::Acme`], [`Error::RateLimited`]), and transient infrastructure failures
-/// ([`Error::Store`], [`Error::Network`], [`Error::Timeout`]).
+/// ([`Error::Store`], [`Error::Network`], [`Error::Timeout`]); [`Error::Dns`] says which it is.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -90,6 +90,10 @@ pub enum Error {
     LimitReached { what: String, retry_after: Duration },
     #[error("cryptography: {0}")]
     Crypto(String),
+    /// DNS-01 could not publish or check a value: no delegation yet for the name (retryable:
+    /// the operator may add one), or the RFC 2136 primary refused or did not answer.
+    #[error("DNS-01: {detail}")]
+    Dns { detail: String, retryable: bool },
 }
 
 impl Error {
@@ -111,6 +115,7 @@ impl Error {
             | Error::Busy { .. }
             | Error::LimitReached { .. } => true,
             Error::Store(e) => e.is_retryable(),
+            Error::Dns { retryable, .. } => *retryable,
         }
     }
 

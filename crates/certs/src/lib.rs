@@ -7,6 +7,7 @@
 pub mod acme;
 mod bundle;
 mod challenge;
+pub mod dns01;
 mod domain;
 mod error;
 pub mod files;
@@ -23,6 +24,7 @@ mod status;
 
 pub use bundle::{CertBundle, CertMeta, LastError, SourceKind};
 pub use challenge::{ChallengeKind, Challenges};
+pub use dns01::Dns01;
 pub use domain::{DomainError, DomainName};
 pub use error::{AcmeProblem, Error};
 pub use inspect::{Finding, Report, Severity, check_certificate};

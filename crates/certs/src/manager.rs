@@ -96,6 +96,8 @@ pub struct Manager {
     internal: Arc<InternalCa>,
     node: String,
     issuers: Mutex<HashMap<String, Arc<AcmeIssuer>>>,
+    /// The DNS-01 solver handed to every ACME issuer ([`Manager::set_dns01`]).
+    dns01: Mutex<Option<Arc<crate::Dns01>>>,
     tasks: Mutex<HashMap<CertId, Task>>,
     /// Storage key -> the kick of the task that owns it.
     watch: Mutex<HashMap<StorageKey, Arc<Notify>>>,
@@ -138,6 +140,7 @@ impl Manager {
             internal,
             node,
             issuers: Mutex::default(),
+            dns01: Mutex::default(),
             tasks: Mutex::default(),
             watch: Mutex::default(),
             tracker: TaskTracker::new(),
@@ -239,17 +242,28 @@ impl Manager {
         self.tracker.wait().await;
     }
 
+    /// Solve DNS-01 challenges through `dns01` (the node's delegated zone). Call before
+    /// [`Manager::apply`]: issuers made earlier keep what they had.
+    pub fn set_dns01(&self, dns01: Arc<crate::Dns01>) {
+        *lock(&self.dns01) = Some(dns01);
+    }
+
     fn issuer(&self, settings: &AcmeSettings) -> Arc<AcmeIssuer> {
+        let dns01 = lock(&self.dns01).clone();
         let mut issuers = lock(&self.issuers);
         issuers
             .entry(settings.directory.clone())
             .or_insert_with(|| {
-                Arc::new(AcmeIssuer::new(
+                let issuer = AcmeIssuer::new(
                     settings.clone(),
                     self.store.clone(),
                     self.challenges.clone(),
                     self.node.clone(),
-                ))
+                );
+                Arc::new(match dns01 {
+                    Some(dns01) => issuer.with_dns01(dns01),
+                    None => issuer,
+                })
             })
             .clone()
     }
@@ -763,14 +777,33 @@ impl CertWorker {
             .obtain(current.as_ref())
             .await
             .and_then(|bundle| self.vet(&bundle).map(|_| bundle));
-        let outcome = match result {
+        let lease = guard.lease();
+        let outcome = self
+            .settle(result, requested, renew, deployed_serial, backoff, &lease)
+            .await;
+        let _ = guard.release().await;
+        outcome
+    }
+
+    /// What became of an attempt: a new certificate is stored under the lease (fenced), then
+    /// served; a failure is recorded with its backoff. Returns how long to wait.
+    async fn settle(
+        &self,
+        result: Result<CertBundle>,
+        requested: bool,
+        renew: &mut RenewWanted,
+        deployed_serial: &mut Option<String>,
+        backoff: &mut Backoff,
+        lease: &store::Lease,
+    ) -> Duration {
+        match result {
             Ok(bundle) => {
                 let key = self.cert.storage_key();
                 let written = match key {
                     Some(key) => self
                         .manager
                         .store
-                        .put_fenced(&key, &bundle.to_json(), &guard.lease())
+                        .put_fenced(&key, &bundle.to_json(), lease)
                         .await
                         .map_err(Error::from),
                     None => Ok(()),
@@ -797,7 +830,7 @@ impl CertWorker {
                         } else {
                             self.resolved("a servable certificate is stored again");
                         }
-                        self.record(CertState::Valid, None, 0, None, Some(&guard.lease()))
+                        self.record(CertState::Valid, None, 0, None, Some(lease))
                             .await;
                         Duration::ZERO
                     }
@@ -806,18 +839,16 @@ impl CertWorker {
                         // a certificate that is not durably stored; a peer may have one.
                         warn!(error = %e, "could not store the new certificate; discarding it");
                         // Refused too when the lease was lost: the status is the new holder's.
-                        self.attempt_failed(backoff, &e, &guard.lease()).await
+                        self.attempt_failed(backoff, &e, lease).await
                     }
                 }
             }
             Err(e) => {
-                let delay = self.attempt_failed(backoff, &e, &guard.lease()).await;
+                let delay = self.attempt_failed(backoff, &e, lease).await;
                 warn!(error = %e, failures = backoff.failures(), retry_in_secs = delay.as_secs(), "obtaining the certificate failed");
                 delay
             }
-        };
-        let _ = guard.release().await;
-        outcome
+        }
     }
 
     /// The pending renewal request for this certificate, if any (unreadable ones are ignored).

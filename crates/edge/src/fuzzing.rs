@@ -4,7 +4,7 @@
 //!
 //! Not an API: nothing outside fleetgate's fuzzing and tests may use it.
 //!
-//! - [`lane_request`]: the express lane's request-head parser ([`crate::express`]).
+//! - [`lane_request`]: the express lane's request-head parser ([`crate::http1`]).
 //! - [`upstream_response`]: the upstream client's response-head parser and body decoder
 //!   (length, chunked, until close; [`crate::proxy::h1`]), driven through a real socket so the
 //!   bytes can arrive cut wherever the caller says.
@@ -26,9 +26,9 @@ use http::{Method, Request};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 
-use crate::express;
-use crate::proxy::body::RequestBody;
+use crate::http1;
 use crate::proxy::h1::{Conn, Framing};
+use crate::proxy::request_body::RequestBody;
 use crate::proxy_protocol::{self, Origin};
 
 /// What the lane's parser made of a buffer.
@@ -68,7 +68,7 @@ pub struct LaneOutcome {
 /// Parses `input` as the lane does when it is the connection's read buffer.
 pub fn lane_request(input: &[u8]) -> LaneOutcome {
     let mut buf = BytesMut::from(input);
-    let head = match express::parse(&mut buf, &mut Vec::new(), &mut HeaderMap::new()) {
+    let head = match http1::parse(&mut buf, &mut Vec::new(), &mut HeaderMap::new()) {
         Ok(None) => LaneHead::Incomplete,
         Err(()) => LaneHead::Refused,
         Ok(Some(parsed)) => {

@@ -14,15 +14,16 @@
 
 mod challenge;
 mod error;
-mod express;
 mod framing;
 /// Entry points for fuzzing and its regression tests; not an API (see the module).
 #[doc(hidden)]
 pub mod fuzzing;
+mod handler;
 mod host;
-mod http;
+mod http1;
 mod idle;
 mod limits;
+mod names;
 mod proxy;
 mod proxy_protocol;
 mod redirect;
@@ -32,6 +33,7 @@ mod server;
 mod shards;
 mod signal;
 mod tls;
+mod wire;
 
 pub use challenge::{ChallengeResponder, NoChallenges};
 pub use error::EdgeError;

@@ -10,7 +10,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::error::EdgeError;
-use crate::routes::{Pattern, lookup, parse_pattern};
+use crate::names::{Pattern, lookup, parse_pattern};
 
 /// Certificates for names the map does not hold, obtained while the handshake waits
 /// ("on-demand TLS"). The edge calls it only for an SNI name with no certificate in the map and
@@ -223,14 +223,5 @@ impl fmt::Debug for CertMap {
         names.extend(table.wildcard.keys().map(|s| format!("*.{s}")));
         names.sort();
         f.debug_struct("CertMap").field("names", &names).finish()
-    }
-}
-
-impl fmt::Debug for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Pattern::Exact(n) => f.write_str(n),
-            Pattern::Wildcard(s) => write!(f, "*.{s}"),
-        }
     }
 }

@@ -9,7 +9,7 @@ use http::StatusCode;
 use http::header::HeaderValue;
 
 use crate::error::EdgeError;
-use crate::host::normalise_config_name;
+use crate::names::{Pattern, lookup, parse_pattern};
 use crate::proxy::{Forwarder, Proxy};
 use crate::redirect::{PreparedRedirect, Redirect};
 
@@ -171,41 +171,6 @@ impl Routes {
     pub(crate) fn lookup(&self, host: &str) -> Option<&Route> {
         lookup(&self.exact, &self.wildcard, host).map(Arc::as_ref)
     }
-}
-
-/// A configured name: exact or `*.suffix`.
-pub(crate) enum Pattern {
-    Exact(String),
-    Wildcard(String),
-}
-
-/// Validates and normalises a configured name or wildcard.
-pub(crate) fn parse_pattern(name: &str) -> Result<Pattern, EdgeError> {
-    let invalid = |reason| EdgeError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    };
-    match name.strip_prefix("*.") {
-        Some(suffix) => normalise_config_name(suffix)
-            .map(Pattern::Wildcard)
-            .map_err(invalid),
-        None => normalise_config_name(name)
-            .map(Pattern::Exact)
-            .map_err(invalid),
-    }
-}
-
-/// Exact match, then the one-label wildcard. `host` must be normalised (lower case, no trailing
-/// dot).
-pub(crate) fn lookup<'a, V>(
-    exact: &'a HashMap<String, V>,
-    wildcard: &'a HashMap<String, V>,
-    host: &str,
-) -> Option<&'a V> {
-    exact.get(host).or_else(|| {
-        let (_, suffix) = host.split_once('.')?;
-        wildcard.get(suffix)
-    })
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::challenge::ChallengeResponder;
 use crate::error::EdgeError;
-use crate::express::{self, Rewind, Served};
-use crate::http::{Handler, Transport};
+use crate::handler::{Handler, Shared, Transport};
+use crate::http1::{self as lane, Rewind, Served};
 use crate::idle::{Activity, Tracked, Watchdog};
 use crate::limits::Limits;
 use crate::proxy_protocol::{self, Origin, ProxyProtocol};
@@ -56,11 +56,8 @@ impl Scheme {
 /// One `Edge` can serve any number of listeners; [`Limits::max_connections`] counts across all
 /// of them.
 pub struct Edge {
-    pub(crate) routes: ArcSwap<Routes>,
-    pub(crate) certs: Arc<CertMap>,
-    pub(crate) challenges: Arc<dyn ChallengeResponder>,
-    pub(crate) limits: Limits,
-    pub(crate) https_port: u16,
+    /// The sites, certificates, challenge answers and limits every connection's handler reads.
+    shared: Arc<Shared>,
     tls: TlsConfigs,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
@@ -99,11 +96,13 @@ impl Edge {
             limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
         ));
         Ok(Edge {
-            routes: ArcSwap::from_pointee(routes),
-            certs,
-            challenges,
-            limits,
-            https_port: 443,
+            shared: Arc::new(Shared {
+                routes: ArcSwap::from_pointee(routes),
+                certs,
+                challenges,
+                limits,
+                https_port: 443,
+            }),
             tls,
             http1,
             http2,
@@ -117,7 +116,21 @@ impl Edge {
     /// The port plain-HTTP requests are redirected to (default 443, which is left out of the
     /// Location).
     pub fn with_https_port(mut self, port: u16) -> Edge {
-        self.https_port = port;
+        match Arc::get_mut(&mut self.shared) {
+            // The usual case: an edge being built, which no connection has seen yet.
+            Some(shared) => shared.https_port = port,
+            // Connections of an `Edge` taken back out of its `Arc` still read the old one.
+            None => {
+                let old = &self.shared;
+                self.shared = Arc::new(Shared {
+                    routes: ArcSwap::new(old.routes.load_full()),
+                    certs: Arc::clone(&old.certs),
+                    challenges: Arc::clone(&old.challenges),
+                    limits: old.limits.clone(),
+                    https_port: port,
+                });
+            }
+        }
         self
     }
 
@@ -146,17 +159,17 @@ impl Edge {
 
     /// Replaces the sites; requests already being handled finish with the old ones.
     pub fn set_routes(&self, routes: Routes) {
-        self.routes.store(Arc::new(routes));
+        self.shared.routes.store(Arc::new(routes));
     }
 
     /// The sites in force.
     pub fn routes(&self) -> Arc<Routes> {
-        self.routes.load_full()
+        self.shared.routes.load_full()
     }
 
     /// The certificate map the HTTPS listeners use.
     pub fn certs(&self) -> &Arc<CertMap> {
-        &self.certs
+        &self.shared.certs
     }
 
     /// Serves plain HTTP (ACME HTTP-01, redirects to https, site actions) on `listener` until
@@ -265,7 +278,7 @@ impl Edge {
             open = connections.len(),
             "stopped accepting; draining connections"
         );
-        if timeout(self.limits.drain_timeout, connections.wait())
+        if timeout(self.shared.limits.drain_timeout, connections.wait())
             .await
             .is_err()
         {
@@ -292,7 +305,7 @@ impl Edge {
             // A balancer's connection: the client's address comes first, within the time a
             // request head may take.
             match timeout(
-                self.limits.header_read_timeout,
+                self.shared.limits.header_read_timeout,
                 proxy_protocol::read_header(&mut stream),
             )
             .await
@@ -321,9 +334,9 @@ impl Edge {
                     .handshake(
                         stream,
                         peer.ip(),
-                        &self.certs,
-                        &*self.challenges,
-                        &self.limits,
+                        &self.shared.certs,
+                        &*self.shared.challenges,
+                        &self.shared.limits,
                     )
                     .await;
                 if let Handshake::Serve { stream, sni, key } = handshake {
@@ -339,7 +352,7 @@ impl Edge {
 
     /// Serves HTTP/2 (`h2`) or HTTP/1.1 on one connection until the client leaves, the connection has
     /// been quiet too long, or shutdown; the last two close it gracefully. HTTP/1.1 starts on the
-    /// express lane ([`express::serve`]) and goes to hyper at the first request the lane does
+    /// express lane ([`lane::serve`]) and goes to hyper at the first request the lane does
     /// not take. An HTTP/1.1 protocol switch (WebSocket) hands the connection to the proxy's
     /// tunnel and ends this.
     async fn serve<I>(
@@ -355,7 +368,7 @@ impl Edge {
     {
         let activity = Arc::new(Activity::default());
         let handler = Arc::new(Handler {
-            edge: Arc::clone(self),
+            shared: Arc::clone(&self.shared),
             transport,
             peer,
             shutdown: shutdown.clone(),
@@ -368,11 +381,11 @@ impl Edge {
                 Arc::clone(&handler).call(req)
             })
         };
-        let mut io = Tracked::new(io, Arc::clone(&activity), self.limits.send_timeout);
+        let mut io = Tracked::new(io, Arc::clone(&activity), self.shared.limits.send_timeout);
         let mut watchdog = Watchdog::new(
             Arc::clone(&activity),
-            self.limits.header_read_timeout,
-            self.limits.idle_timeout,
+            self.shared.limits.header_read_timeout,
+            self.shared.limits.idle_timeout,
         );
         if h2 {
             let conn = self.http2.serve_connection(TokioIo::new(io), service);
@@ -380,7 +393,7 @@ impl Edge {
             return;
         }
         let served = if self.express_lane {
-            express::serve(&mut io, &handler, &activity, &mut watchdog, &mut stop).await
+            lane::serve(&mut io, &handler, &activity, &mut watchdog, &mut stop).await
         } else {
             Served::Handover(bytes::Bytes::new())
         };
@@ -462,10 +475,10 @@ async fn supervise<C: Graceful>(conn: C, mut watchdog: Watchdog, mut stop: Waite
 impl std::fmt::Debug for Edge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Edge")
-            .field("routes", &self.routes.load())
-            .field("certs", &self.certs)
-            .field("limits", &self.limits)
-            .field("https_port", &self.https_port)
+            .field("routes", &self.shared.routes.load())
+            .field("certs", &self.shared.certs)
+            .field("limits", &self.shared.limits)
+            .field("https_port", &self.shared.https_port)
             .finish_non_exhaustive()
     }
 }

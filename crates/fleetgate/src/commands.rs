@@ -6,9 +6,30 @@ use anyhow::Context;
 
 use crate::config::{Config, SiteAction, TlsChoice};
 
-/// `fleetgate check`: the config is valid (or `main` already reported why not); print it.
+/// `fleetgate check`: the config is valid (or `main` already reported why not) and every
+/// certificate from files may be served, decided by [`crate::config::check_certificates`], the
+/// same function a SIGHUP reload calls. Errors (`file:line: site[i].tls: ...`) and warnings go
+/// to stderr before anything else; only a config without errors is listed, after `file: OK`.
 pub fn check(config: &Config) -> anyhow::Result<()> {
     crate::run::routes(&config.sites).with_context(|| config.file.display().to_string())?;
+    // Purchased certificates must be servable now, not at 3 a.m. on the next reload.
+    let certs = crate::config::check_certificates(config);
+    {
+        let mut err = std::io::stderr().lock();
+        for finding in &certs.fatal {
+            writeln!(err, "{finding}")?;
+        }
+        for finding in &certs.warnings {
+            writeln!(err, "warning: {finding}")?;
+        }
+    }
+    if certs.is_fatal() {
+        anyhow::bail!(
+            "{}: {} problem(s) with certificate files; fleetgate would not serve them",
+            config.file.display(),
+            certs.fatal.len()
+        );
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: OK", config.file.display())?;
     writeln!(
@@ -103,27 +124,44 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
             writeln!(out, "  {d}")?;
         }
     }
-    // Purchased certificates must load now, not at 3 a.m. on the next reload.
-    let mut bad = 0;
-    for (i, site) in config.sites.iter().enumerate() {
-        if let TlsChoice::Files { cert, key } = &site.tls
-            && let Err(e) = certs::files::load(cert, key)
-        {
-            writeln!(out, "site[{i}].tls: {:#}", anyhow::Error::from(e))?;
-            bad += 1;
-        }
-    }
-    if bad > 0 {
-        anyhow::bail!(
-            "{}: {bad} certificate file pair(s) cannot be used",
-            config.file.display()
-        );
-    }
     Ok(())
 }
 
+/// How `fleetgate certs` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertsForm {
+    /// One row per certificate, long fields cut to fit.
+    Table,
+    /// The table with full domain lists and issuers, each finding on a line below its row.
+    Wide,
+    /// One JSON array.
+    Json,
+}
+
+/// One certificate in `fleetgate certs --json`.
+#[derive(Debug, serde::Serialize)]
+struct CertJson<'a> {
+    id: &'a str,
+    domains: Vec<String>,
+    source: String,
+    issuer: Option<&'a str>,
+    not_after: Option<i64>,
+    days_left: Option<f64>,
+    state: certs::CertState,
+    last_error: Option<&'a str>,
+    findings: Vec<FindingJson<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct FindingJson<'a> {
+    severity: certs::Severity,
+    message: String,
+    #[serde(flatten)]
+    finding: &'a certs::Finding,
+}
+
 /// `fleetgate certs`: one row per certificate, read from storage and files.
-pub async fn certs(config: &Config) -> anyhow::Result<()> {
+pub async fn certs(config: &Config, form: CertsForm) -> anyhow::Result<()> {
     let (store, _) = crate::store_open::open_store(config).await?;
     let rows = certs::Manager::statuses(
         store.as_ref(),
@@ -131,14 +169,63 @@ pub async fn certs(config: &Config) -> anyhow::Result<()> {
     )
     .await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let days_left = |not_after: Option<i64>| not_after.map(|t| (t - now) as f64 / 86_400.0);
     let mut out = std::io::stdout().lock();
+    if form == CertsForm::Json {
+        let doc: Vec<CertJson<'_>> = rows
+            .iter()
+            .map(|row| CertJson {
+                id: row.id.as_str(),
+                domains: row.domains.iter().map(ToString::to_string).collect(),
+                source: row.source.to_string(),
+                issuer: row.issuer.as_deref(),
+                not_after: row.not_after,
+                days_left: days_left(row.not_after),
+                state: row.state,
+                last_error: row.last_error.as_deref(),
+                findings: row
+                    .findings
+                    .iter()
+                    .map(|f| FindingJson {
+                        severity: f.severity(),
+                        message: f.to_string(),
+                        finding: f,
+                    })
+                    .collect(),
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let wide = form == CertsForm::Wide;
+    let domain_lists: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let domains: Vec<String> = row.domains.iter().map(|d| d.to_string()).collect();
+            domains.join(",")
+        })
+        .collect();
+    let (domains_width, issuer_width) = if wide {
+        (
+            domain_lists
+                .iter()
+                .map(|d| d.chars().count())
+                .fold(7, usize::max),
+            rows.iter()
+                .filter_map(|r| r.issuer.as_deref())
+                .map(|i| i.chars().count())
+                .fold(6, usize::max),
+        )
+    } else {
+        (40, 32)
+    };
     writeln!(
         out,
-        "{:<40} {:<9} {:<32} {:<20} {:>9} {:<9} LAST ERROR",
+        "{:<domains_width$} {:<9} {:<issuer_width$} {:<20} {:>9} {:<9} LAST ERROR",
         "DOMAINS", "SOURCE", "ISSUER", "NOT AFTER", "DAYS LEFT", "STATE"
     )?;
-    for row in rows {
-        let domains: Vec<String> = row.domains.iter().map(|d| d.to_string()).collect();
+    for (row, domains) in rows.iter().zip(&domain_lists) {
         let not_after = row
             .not_after
             .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
@@ -147,21 +234,31 @@ pub async fn certs(config: &Config) -> anyhow::Result<()> {
                     .ok()
             })
             .unwrap_or_else(|| "-".to_string());
-        let days = row
-            .not_after
-            .map(|t| format!("{:.1}", (t - now) as f64 / 86_400.0))
+        let days = days_left(row.not_after)
+            .map(|d| format!("{d:.1}"))
             .unwrap_or_else(|| "-".to_string());
+        let issuer = row.issuer.as_deref().unwrap_or("-");
+        let (domains, issuer) = if wide {
+            (domains.clone(), issuer.to_string())
+        } else {
+            (truncate(domains, 40), truncate(issuer, 32))
+        };
         writeln!(
             out,
-            "{:<40} {:<9} {:<32} {:<20} {:>9} {:<9} {}",
-            truncate(&domains.join(","), 40),
+            "{:<domains_width$} {:<9} {:<issuer_width$} {:<20} {:>9} {:<9} {}",
+            domains,
             row.source.to_string(),
-            truncate(row.issuer.as_deref().unwrap_or("-"), 32),
+            issuer,
             not_after,
             days,
             row.state.to_string(),
             row.last_error.as_deref().unwrap_or("-"),
         )?;
+        if wide {
+            for finding in &row.findings {
+                writeln!(out, "    {}: {finding}", finding.severity())?;
+            }
+        }
     }
     Ok(())
 }
@@ -172,10 +269,9 @@ pub async fn ca_export(config: &Config) -> anyhow::Result<()> {
     let node = crate::store_open::node_name(config);
     let ca = certs::internal::InternalCa::new(store, node);
     let pem = ca.root_pem().await?;
-    print!("{pem}");
+    std::io::stdout().lock().write_all(pem.as_bytes())?;
     Ok(())
 }
-
 fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_string()

@@ -7,7 +7,10 @@ mod admin;
 mod admin_config;
 mod commands;
 mod config;
+mod config_dns;
 mod deploy;
+mod dns_commands;
+mod dns_node;
 mod node_sites;
 mod on_demand;
 mod on_demand_config;
@@ -48,11 +51,21 @@ enum Command {
     Certs {
         #[arg(long, short)]
         config: PathBuf,
+        /// One JSON array of certificates (with the check's findings) instead of the table.
+        #[arg(long, conflicts_with = "wide")]
+        json: bool,
+        /// Full domain lists and issuers, and every finding of the certificate check.
+        #[arg(long)]
+        wide: bool,
     },
-    /// Cluster health: nodes seen recently, store health, pending orders, locks held and by whom.
+    /// Cluster health: nodes up, stopped or gone, store health, certificates needing work,
+    /// locks held and by whom.
     Status {
         #[arg(long, short)]
         config: PathBuf,
+        /// One JSON document instead of the tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Registry sites, shared by the fleet: list, show, add, set, rm (through the store; no
     /// node needs to run).
@@ -64,6 +77,30 @@ enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+    /// The delegated DNS-01 zone ([dns]).
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DnsCommand {
+    /// Store NAME's delegation and print the CNAME its owner adds (no node needs to run).
+    Delegate {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Resolve NAME's delegation through the system resolver and say what is missing or wrong.
+    Check {
+        name: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Ask this resolver (IP:PORT) instead of /etc/resolv.conf's first nameserver.
+        #[arg(long)]
+        resolver: Option<std::net::SocketAddr>,
     },
 }
 
@@ -81,12 +118,15 @@ fn main() -> ExitCode {
     let config_path = match &cli.command {
         Command::Run { config }
         | Command::Check { config }
-        | Command::Certs { config }
-        | Command::Status { config } => config,
+        | Command::Certs { config, .. }
+        | Command::Status { config, .. } => config,
         Command::Ca {
             command: CaCommand::Export { config },
         } => config,
         Command::Sites { command } => command.config(),
+        Command::Dns {
+            command: DnsCommand::Delegate { config, .. } | DnsCommand::Check { config, .. },
+        } => config,
     };
     let config = match config::Config::load(config_path) {
         Ok(config) => config,
@@ -104,22 +144,58 @@ fn main() -> ExitCode {
             }
             runtime().and_then(|rt| rt.block_on(run::run(config)))
         }
-        Command::Certs { .. } => runtime().and_then(|rt| rt.block_on(commands::certs(&config))),
-        Command::Status { .. } => runtime().and_then(|rt| rt.block_on(status::status(&config))),
+        Command::Certs { json, wide, .. } => {
+            let form = match (json, wide) {
+                (true, _) => commands::CertsForm::Json,
+                (false, true) => commands::CertsForm::Wide,
+                (false, false) => commands::CertsForm::Table,
+            };
+            runtime().and_then(|rt| rt.block_on(commands::certs(&config, form)))
+        }
+        Command::Status { json, .. } => {
+            runtime().and_then(|rt| rt.block_on(status::status(&config, json)))
+        }
         Command::Ca {
             command: CaCommand::Export { .. },
         } => runtime().and_then(|rt| rt.block_on(commands::ca_export(&config))),
         Command::Sites { command } => {
             runtime().and_then(|rt| rt.block_on(sites_cli::run(config, command)))
         }
+        Command::Dns { command } => runtime().and_then(|rt| {
+            rt.block_on(async {
+                match &command {
+                    DnsCommand::Delegate { name, .. } => {
+                        dns_commands::delegate(&config, name).await
+                    }
+                    DnsCommand::Check { name, resolver, .. } => {
+                        dns_commands::check(&config, name, *resolver).await
+                    }
+                }
+            })
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`fleetgate certs | head -1`): it has all it wanted.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether `e` is a write to a closed pipe (stdout whose reader exited), however wrapped.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -342,6 +342,7 @@ mod tests {
         SiteEnv {
             base: None,
             acme: false,
+            dns01: false,
             default_key_type: certs::KeyType::default(),
         }
     }

@@ -45,6 +45,42 @@ pub fn routes(sites: &[Site]) -> anyhow::Result<edge::Routes> {
     Ok(edge::Routes::new(sites)?)
 }
 
+/// A listener on `addr` (the config's `key`), or an error that says how to fix the usual causes.
+async fn bind(addr: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", bind_error(addr, key, &e)))
+}
+
+/// Why listening on `addr` failed, with the fixes for a privileged port without the capability
+/// and for an address in use.
+pub fn bind_error(addr: std::net::SocketAddr, key: &str, e: &std::io::Error) -> String {
+    let mut message = format!("cannot listen on {addr} ({key}): {e}");
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => message.push_str(&format!(
+            "\n  port {port} is privileged: fleetgate needs the CAP_NET_BIND_SERVICE capability \
+             (not root) to listen on it. Either:\n  \
+             - run it from the systemd unit in dist/fleetgate.service \
+             (AmbientCapabilities=CAP_NET_BIND_SERVICE), or\n  \
+             - give the binary the capability once (again after each upgrade): \
+             sudo setcap cap_net_bind_service=+ep $(command -v fleetgate), or\n  \
+             - set {key} to an unprivileged port (1024 or above) and let the load balancer \
+             forward port {port} to it",
+            port = addr.port(),
+        )),
+        std::io::ErrorKind::AddrInUse => message.push_str(&format!(
+            "\n  another process listens there (see: ss -ltnp 'sport = :{}')",
+            addr.port()
+        )),
+        std::io::ErrorKind::AddrNotAvailable => message.push_str(&format!(
+            "\n  {} is not an address of this machine",
+            addr.ip()
+        )),
+        _ => {}
+    }
+    message
+}
+
 /// What the node serves now: the edge's routes and the manager's certificates.
 struct Serving {
     edge: Arc<edge::Edge>,
@@ -131,12 +167,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let edge = Arc::new(edge);
 
-    let http = TcpListener::bind(config.listen_http)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen.http)", config.listen_http))?;
-    let https = TcpListener::bind(config.listen_https)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen.https)", config.listen_https))?;
+    let http = bind(config.listen_http, "listen.http").await?;
+    let https = bind(config.listen_https, "listen.https").await?;
     info!(
         node = %node,
         http = %config.listen_http,
@@ -149,6 +181,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "fleetgate started"
     );
 
+    // [dns]: DNS-01 through the delegated zone, and its listener when `dns.listen` is set.
+    let dns_task = crate::dns_node::start(&config, &store, &manager, shutdown.clone()).await?;
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     let initial_certs = managed_certs(&initial, config.acme.as_ref());
@@ -228,17 +262,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    if let Some(dns_task) = dns_task {
+        let _ = dns_task.await;
+    }
     // The listeners have drained their connections: the workers have nothing left to run.
     if let Some(shards) = &shards {
         shards.stop();
     }
     manager.shutdown().await;
+    crate::status::mark_stopped(store.as_ref(), &node).await;
     info!("stopped");
     Ok(())
 }
 
 /// SIGHUP: load the config file again and serve its sites with the registry's; `None` (and a
-/// logged error) keeps the running configuration.
+/// logged error) keeps the running configuration. The file is judged exactly as `fleetgate
+/// check` judges it: [`Config::load`], then [`crate::config::check_certificates`].
 fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option<Config> {
     let new = match Config::load(&current.file) {
         Ok(new) => new,
@@ -247,14 +286,29 @@ fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option
             return None;
         }
     };
+    let certs = crate::config::check_certificates(&new);
+    for finding in &certs.warnings {
+        warn!(warning = %finding, "certificate warning in the reloaded configuration");
+    }
+    if certs.is_fatal() {
+        for finding in &certs.fatal {
+            error!(error = %finding, "certificate refused");
+        }
+        error!(
+            errors = certs.fatal.len(),
+            "configuration rejected (certificate files fleetgate would not serve; `fleetgate check` says the same); keeping the running one"
+        );
+        return None;
+    }
     if new.listen_http != current.listen_http
         || new.listen_https != current.listen_https
         || new.proxy_protocol_from != current.proxy_protocol_from
         || new.workers != current.workers
         || new.storage != current.storage
+        || new.dns != current.dns
     {
         warn!(
-            "listen (proxy_protocol_from and workers included) and storage changes take effect after a restart"
+            "listen (proxy_protocol_from and workers included), storage and dns changes take effect after a restart"
         );
     }
     match serving.apply_sites(&new, registry, true) {

@@ -21,6 +21,7 @@ fn env() -> SiteEnv {
     SiteEnv {
         base: None,
         acme: false,
+        dns01: false,
         default_key_type: certs::KeyType::default(),
     }
 }

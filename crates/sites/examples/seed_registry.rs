@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let env = SiteEnv {
         base: None,
         acme: false,
+        dns01: false,
         default_key_type: certs::KeyType::default(),
     };
     let none = HashMap::new();

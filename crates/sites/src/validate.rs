@@ -26,6 +26,9 @@ pub struct SiteEnv {
     pub base: Option<PathBuf>,
     /// Whether the node has an `[acme]` section (ACME sites need one).
     pub acme: bool,
+    /// Whether ACME orders can use DNS-01 (`acme.challenges` has it and a `[dns]` section
+    /// says how): the CA validates wildcard names by DNS-01 only.
+    pub dns01: bool,
     /// `key_type` when the site names none (`acme.key_type`).
     pub default_key_type: KeyType,
 }
@@ -83,11 +86,13 @@ impl SiteSpec {
                     "uses ACME (the default) but there is no [acme] section; add one, or set tls = \"internal\" or tls = { cert = ..., key = ... }",
                 ));
             }
-            if let Some(w) = domains.iter().find(|d| d.is_wildcard()) {
+            if let Some(w) = domains.iter().find(|d| d.is_wildcard())
+                && !env.dns01
+            {
                 return Err(FieldError::new(
                     FieldPath::of(&["domains"]),
                     format!(
-                        "{w} is a wildcard: ACME wildcards need DNS-01, which fleetgate does not do; use tls = \"internal\" or a files certificate"
+                        "{w} is a wildcard: the CA validates wildcards by DNS-01 only; add \"dns-01\" to acme.challenges and a [dns] section, or use tls = \"internal\" or a files certificate"
                     ),
                 ));
             }

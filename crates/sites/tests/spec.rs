@@ -9,6 +9,7 @@ fn env(base: Option<&str>) -> SiteEnv {
     SiteEnv {
         base: base.map(Into::into),
         acme: true,
+        dns01: false,
         default_key_type: certs::KeyType::EcdsaP384,
     }
 }

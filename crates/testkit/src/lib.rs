@@ -6,6 +6,7 @@
 //! deadlines ([`wait_for`], [`wait_for_ok`]).
 
 mod address;
+mod bind;
 mod dns;
 mod haproxy;
 mod http_client;
@@ -19,6 +20,7 @@ mod tls_client;
 mod upstream;
 
 pub use address::{free_addr, free_port, loopback_ip};
+pub use bind::{BIND_STARTUP_DEADLINE, Bind, BindBuilder};
 pub use haproxy::Haproxy;
 pub use http_client::{
     HttpResponse, REQUEST_TIMEOUT, http_get, http_request, https_get, https_request, raw_http,

@@ -44,6 +44,7 @@ pub struct PebbleBuilder {
     authz_reuse: u8,
     resolve_to: Ipv4Addr,
     eab_keys: Vec<(String, String)>,
+    dns_server: Option<SocketAddr>,
 }
 
 impl Default for PebbleBuilder {
@@ -56,6 +57,7 @@ impl Default for PebbleBuilder {
             authz_reuse: 0,
             resolve_to: Ipv4Addr::LOCALHOST,
             eab_keys: Vec::new(),
+            dns_server: None,
         }
     }
 }
@@ -108,6 +110,14 @@ impl PebbleBuilder {
     /// (base64url, as in `externalAccountMACKeys`). May be called more than once.
     pub fn external_account(mut self, kid: &str, hmac_b64url: &str) -> Self {
         self.eab_keys.push((kid.to_owned(), hmac_b64url.to_owned()));
+        self
+    }
+
+    /// The resolver Pebble's VA asks (`-dnsserver`) instead of challtestsrv, e.g. a [`crate::Bind`]
+    /// for DNS-01 through real delegation. challtestsrv still runs; [`Pebble::add_a`] then has no
+    /// effect on validation.
+    pub fn dns_server(mut self, addr: SocketAddr) -> Self {
+        self.dns_server = Some(addr);
         self
     }
 
@@ -226,7 +236,7 @@ impl PebbleBuilder {
 
         let cmd = pebble_command(
             &config_path,
-            dns,
+            self.dns_server.unwrap_or(dns),
             self.nonce_reject,
             self.authz_reuse,
             dir.path(),

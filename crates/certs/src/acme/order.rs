@@ -1,6 +1,12 @@
 //! One ACME order, from newOrder to the certificate chain: solve each pending authorization through
-//! the shared [`Challenges`] (published to the store before the CA is told to look), wait for the
-//! order to become ready, finalize with a fresh key, and withdraw the challenges in every case.
+//! the shared [`Challenges`] or the [`Dns01`] solver (published to the store before the CA is told
+//! to look), wait for the order to become ready, finalize with a fresh key, and withdraw the
+//! challenges in every case.
+//!
+//! HTTP-01 and TLS-ALPN-01 challenges are marked ready one by one as they are published. DNS-01
+//! ones are marked ready together after every DNS-01 value of the order is published and
+//! visible: a wildcard and its base name share one TXT name, and a resolver asked for it after
+//! the first value must not cache an answer without the second.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +18,9 @@ use instant_acme::{
 
 use super::problem::{self, ALREADY_REPLACED, CaError, call, call_fresh_nonce};
 use super::{AcmeSettings, CALL_TIMEOUT, certificate_id};
+use crate::dns01::PublishedTxt;
 use crate::{
-    CertBundle, ChallengeKind, Challenges, DomainName, Error, KeyType, Result, SourceKind,
+    CertBundle, ChallengeKind, Challenges, Dns01, DomainName, Error, KeyType, Result, SourceKind,
 };
 
 /// How long the CA may take to validate every authorization of an order.
@@ -29,11 +36,13 @@ const POLL_BACKOFF: f32 = 2.0;
 /// Bound on one store call while withdrawing challenges.
 const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Run one order for `domains` (already checked: 1..=100 distinct non-wildcard names).
+/// Run one order for `domains` (already checked: 1..=100 distinct names, wildcards only with a
+/// DNS-01 solver).
 pub(super) async fn run(
     account: &Account,
     settings: &AcmeSettings,
     challenges: &Arc<Challenges>,
+    dns01: Option<&Arc<Dns01>>,
     domains: &[DomainName],
     key_type: KeyType,
     replaces: Option<&CertBundle>,
@@ -49,10 +58,16 @@ pub(super) async fn run(
 
     let mut cleanup = Cleanup {
         challenges: Arc::clone(challenges),
+        dns01: dns01.cloned(),
         published: Vec::new(),
     };
     let result = async {
-        solve(&mut order, &settings.challenges, challenges, &mut cleanup).await?;
+        let solvers = Solvers {
+            preferences: &settings.challenges,
+            challenges,
+            dns01: dns01.map(|d| &**d),
+        };
+        solve(&mut order, &solvers, &mut cleanup).await?;
         wait_ready(&mut order).await?;
         finalize(&mut order, domains, key_type).await
     }
@@ -125,13 +140,29 @@ async fn new_order(
     )?)
 }
 
+/// What an order solves challenges with.
+struct Solvers<'a> {
+    /// Challenge types in order of preference.
+    preferences: &'a [ChallengeKind],
+    challenges: &'a Challenges,
+    dns01: Option<&'a Dns01>,
+}
+
+impl Solvers<'_> {
+    /// Whether this node can solve `kind` for a name: DNS-01 needs a solver that covers it
+    /// (`dns01_covers`: a delegation or an RFC 2136 zone).
+    fn can_solve(&self, kind: ChallengeKind, dns01_covers: bool) -> bool {
+        kind != ChallengeKind::Dns01 || (self.dns01.is_some() && dns01_covers)
+    }
+}
+
 /// Publish a response for every pending authorization, then tell the CA to validate it.
-async fn solve(
-    order: &mut Order,
-    preferences: &[ChallengeKind],
-    challenges: &Challenges,
-    cleanup: &mut Cleanup,
-) -> Result<()> {
+async fn solve(order: &mut Order, solvers: &Solvers<'_>, cleanup: &mut Cleanup) -> Result<()> {
+    let preferences = solvers.preferences;
+    let challenges = solvers.challenges;
+    // DNS-01 authorizations published but not yet marked ready, and their values.
+    let mut deferred: Vec<String> = Vec::new();
+    let mut dns_values: Vec<PublishedTxt> = Vec::new();
     // Authorizations already solved: after a `badNonce` the stream starts over (instant-acme
     // keeps the ones it fetched and fetches the failed one again), skipping these.
     let mut solved: Vec<String> = Vec::new();
@@ -192,17 +223,36 @@ async fn solve(
         let domain = DomainName::parse(&name).map_err(|e| Error::Acme {
             problem: problem::local_problem(format!("the CA asks to authorize {name:?}: {e}")),
         })?;
+        // A name DNS-01 cannot cover (not delegated yet) falls back to the next configured type.
+        let dns01_covers = match solvers.dns01 {
+            Some(dns01) if preferences.contains(&ChallengeKind::Dns01) => {
+                dns01.covers(&domain).await?
+            }
+            _ => false,
+        };
         let Some(kind) = preferences.iter().copied().find(|kind| {
-            authz
-                .challenges
-                .iter()
-                .any(|c| c.r#type == challenge_type(*kind))
+            solvers.can_solve(*kind, dns01_covers)
+                && authz
+                    .challenges
+                    .iter()
+                    .any(|c| c.r#type == challenge_type(*kind))
         }) else {
             let offered: Vec<String> = authz
                 .challenges
                 .iter()
                 .map(|c| format!("{:?}", c.r#type))
                 .collect();
+            if let Some(dns01) = solvers.dns01
+                && !dns01_covers
+                && preferences.contains(&ChallengeKind::Dns01)
+                && authz
+                    .challenges
+                    .iter()
+                    .any(|c| c.r#type == ChallengeType::Dns01)
+            {
+                // Only DNS-01 would do (a wildcard, say), and the name is not delegated yet.
+                return Err(dns01.not_covered(&domain));
+            }
             let wanted: Vec<&str> = preferences.iter().map(|k| k.as_str()).collect();
             return Err(Error::Config(format!(
                 "the CA offers {} for {domain}, none of the configured challenge types ({})",
@@ -238,6 +288,21 @@ async fn solve(
                     .publish_tls_alpn01(&domain, key_auth.digest().as_ref())
                     .await?;
             }
+            ChallengeKind::Dns01 => {
+                // `can_solve` lets DNS-01 be picked only with a solver.
+                let Some(dns01) = solvers.dns01 else {
+                    return Err(Error::Config("no DNS-01 solver".to_string()));
+                };
+                let txt = dns01.publish(&domain, &key_auth.dns_value()).await?;
+                cleanup
+                    .published
+                    .push(Published::Dns01 { txt: txt.clone() });
+                dns_values.push(txt);
+                tracing::debug!(%domain, challenge = kind.as_str(), "challenge published; marked ready with the order's other DNS-01 values");
+                deferred.push(name.clone());
+                solved.push(name);
+                continue;
+            }
         }
         call_fresh_nonce!(
             "mark the challenge ready",
@@ -246,6 +311,40 @@ async fn solve(
         )?;
         tracing::debug!(%domain, challenge = kind.as_str(), "challenge published and marked ready");
         solved.push(name);
+    }
+    if let Some(dns01) = solvers.dns01
+        && !deferred.is_empty()
+    {
+        dns01.wait_visible(&dns_values).await?;
+        mark_dns01_ready(order, &deferred).await?;
+    }
+    Ok(())
+}
+
+/// Tell the CA to validate the DNS-01 challenges of the authorizations named in `deferred`.
+/// The authorizations were fetched by the first pass: walking them again costs no request.
+async fn mark_dns01_ready(order: &mut Order, deferred: &[String]) -> Result<()> {
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let mut authz = next.map_err(|err| CaError::Acme {
+            what: "fetch an authorization",
+            err,
+        })?;
+        let name = authz.identifier().to_string();
+        if !deferred.contains(&name) {
+            continue;
+        }
+        let Some(mut challenge) = authz.challenge(ChallengeType::Dns01) else {
+            return Err(Error::Acme {
+                problem: problem::local_problem(format!("no dns-01 challenge for {name}")),
+            });
+        };
+        call_fresh_nonce!(
+            "mark the challenge ready",
+            CALL_TIMEOUT,
+            challenge.set_ready()
+        )?;
+        tracing::debug!(domain = %name, challenge = "dns-01", "challenge marked ready");
     }
     Ok(())
 }
@@ -372,6 +471,7 @@ fn challenge_type(kind: ChallengeKind) -> ChallengeType {
     match kind {
         ChallengeKind::Http01 => ChallengeType::Http01,
         ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        ChallengeKind::Dns01 => ChallengeType::Dns01,
     }
 }
 
@@ -380,18 +480,25 @@ fn challenge_type(kind: ChallengeKind) -> ChallengeType {
 enum Published {
     Http01 { token: String },
     TlsAlpn01 { domain: DomainName },
+    Dns01 { txt: PublishedTxt },
 }
 
 /// Withdraws what the order published: awaited on every normal exit, and spawned from `Drop` when
 /// the order's future is cancelled mid-way.
 struct Cleanup {
     challenges: Arc<Challenges>,
+    dns01: Option<Arc<Dns01>>,
     published: Vec<Published>,
 }
 
 impl Cleanup {
     async fn run(mut self) {
-        withdraw_all(&self.challenges, std::mem::take(&mut self.published)).await;
+        withdraw_all(
+            &self.challenges,
+            self.dns01.as_deref(),
+            std::mem::take(&mut self.published),
+        )
+        .await;
     }
 }
 
@@ -402,9 +509,12 @@ impl Drop for Cleanup {
         }
         let published = std::mem::take(&mut self.published);
         let challenges = Arc::clone(&self.challenges);
+        let dns01 = self.dns01.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move { withdraw_all(&challenges, published).await });
+                runtime.spawn(async move {
+                    withdraw_all(&challenges, dns01.as_deref(), published).await
+                });
             }
             Err(_) => tracing::warn!(
                 ?published,
@@ -414,7 +524,7 @@ impl Drop for Cleanup {
     }
 }
 
-async fn withdraw_all(challenges: &Challenges, published: Vec<Published>) {
+async fn withdraw_all(challenges: &Challenges, dns01: Option<&Dns01>, published: Vec<Published>) {
     for item in published {
         let outcome = match &item {
             Published::Http01 { token } => {
@@ -423,6 +533,11 @@ async fn withdraw_all(challenges: &Challenges, published: Vec<Published>) {
             Published::TlsAlpn01 { domain } => {
                 tokio::time::timeout(WITHDRAW_TIMEOUT, challenges.withdraw_tls_alpn01(domain)).await
             }
+            // Published only through a solver, which the cleanup keeps.
+            Published::Dns01 { txt } => match dns01 {
+                Some(dns01) => tokio::time::timeout(WITHDRAW_TIMEOUT, dns01.withdraw(txt)).await,
+                None => Ok(Ok(())),
+            },
         };
         match outcome {
             Ok(Ok(())) => {}

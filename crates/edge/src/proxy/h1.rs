@@ -24,11 +24,11 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::io::poll_read_buf;
 
-use crate::express;
 use crate::framing::{self, ResponseFraming};
-use crate::proxy::body::{RequestBody, RequestBodyError};
 use crate::proxy::connector::Io;
 use crate::proxy::headers;
+use crate::proxy::request_body::{RequestBody, RequestBodyError};
+use crate::wire;
 
 /// An upstream connection's transport (TCP, or TLS over TCP), with tokio's IO traits.
 pub(crate) type Stream = TokioIo<Io>;
@@ -141,7 +141,7 @@ pub(crate) struct Head {
 }
 
 /// A response head written out for an HTTP/1.1 client, for the server side that writes heads
-/// itself ([`crate::express`]): no `HeaderMap` is built, the fields are copied as they came.
+/// itself ([`crate::http1`]): no `HeaderMap` is built, the fields are copied as they came.
 #[derive(Debug)]
 pub(crate) struct ClientHead {
     /// The status line and the fields, without the empty line that ends the head: the
@@ -449,7 +449,7 @@ impl Conn {
                 })
         };
         let mut out = BytesMut::with_capacity(self.buf.len().min(MAX_HEAD) + 64);
-        express::put_status_line(&mut out, status);
+        wire::put_status_line(&mut out, status);
         let mut date = false;
         for span in &self.spans {
             let name = field(span.name);
@@ -458,9 +458,9 @@ impl Conn {
                 continue;
             }
             date |= name.eq_ignore_ascii_case(b"date");
-            express::put_field(&mut out, name, field(span.value));
+            wire::put_field(&mut out, name, field(span.value));
         }
-        express::put_field(&mut out, b"via", headers::via(version).as_bytes());
+        wire::put_field(&mut out, b"via", headers::via(version).as_bytes());
         decided.put_fields(&mut out);
         ClientHead {
             head: out.freeze(),
@@ -612,7 +612,7 @@ fn encode_head(
             had_length = true;
             continue;
         }
-        express::put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        wire::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.put_slice(lines);
     let mut chunked = false;

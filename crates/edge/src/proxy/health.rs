@@ -15,9 +15,9 @@ use tracing::debug;
 
 use crate::proxy::HostHeader;
 use crate::proxy::balancer::Balancer;
-use crate::proxy::body::RequestBody;
 use crate::proxy::config::HealthCheck;
 use crate::proxy::pool::{UpstreamClient, UpstreamError};
+use crate::proxy::request_body::RequestBody;
 
 /// Most of a health response body that is read (so the connection can be reused); a longer
 /// body is dropped with its connection.

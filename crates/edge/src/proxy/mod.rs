@@ -18,6 +18,7 @@ pub(crate) mod h1;
 mod headers;
 mod health;
 mod pool;
+pub(crate) mod request_body;
 mod tunnel;
 
 use std::future::{Future as _, poll_fn};
@@ -41,12 +42,12 @@ pub use config::{HealthCheck, HostHeader, Policy, Proxy};
 
 use crate::error::EdgeError;
 use crate::framing;
-use crate::http::Handler;
 use balancer::{Balancer, InFlight, Tried, Upstream};
-use body::{RequestBody, RequestBodyError, UpstreamBody};
+use body::UpstreamBody;
 use connector::ClientSettings;
 use headers::{Forwarding, SetHost, Target};
 use pool::{PooledBody, UpstreamClient, UpstreamError};
+use request_body::{RequestBody, RequestBodyError};
 
 impl Proxy {
     /// Checks one upstream URL as [`crate::Routes::new`] will (`http[s]://host[:port]`, no
@@ -62,7 +63,16 @@ pub(crate) struct Downstream {
     pub(crate) https: bool,
     /// The connection's handler: the edge's shutdown and drain timeout, which also end
     /// upgraded tunnels.
-    pub(crate) conn: Arc<Handler>,
+    pub(crate) conn: Arc<dyn ClientConn>,
+}
+
+/// What the proxy needs of the client's connection, implemented by the layer above (the
+/// request handler), so that the proxy does not depend on it.
+pub(crate) trait ClientConn: Send + Sync {
+    /// The edge's shutdown.
+    fn shutdown(&self) -> &CancellationToken;
+    /// How long requests in flight may drain after shutdown.
+    fn drain_timeout(&self) -> Duration;
 }
 
 /// `host_header` with the literal made into a header value once.
@@ -198,7 +208,7 @@ impl Forwarder {
     /// over the limit).
     ///
     /// Takes everything it uses by value: the future is boxed as it is, with no async wrapper
-    /// around it (see [`crate::http::Reply`]).
+    /// around it (see [`crate::handler::Reply`]).
     ///
     /// `req` has no body (`None`) on the express lane, which also asks for the upstream's head
     /// written out for the client (`client_head`, see [`ResponseBody::take_client_head`]).
@@ -421,8 +431,8 @@ fn respond(
             client_upgrade,
             upstream_upgrade,
             in_flight,
-            down.conn.shutdown.clone(),
-            down.conn.edge.limits.drain_timeout,
+            down.conn.shutdown().clone(),
+            down.conn.drain_timeout(),
         );
         return Response::from_parts(parts, ResponseBody::empty());
     }

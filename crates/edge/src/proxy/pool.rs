@@ -31,9 +31,9 @@ use tower_service::Service as _;
 use tracing::debug;
 
 use crate::proxy::balancer::Upstream;
-use crate::proxy::body::RequestBody;
 use crate::proxy::connector::{BoxError, Connector, Io};
 use crate::proxy::h1::{ClientHead, Conn, Framing, H1Error, Head};
+use crate::proxy::request_body::RequestBody;
 
 /// Idle connections kept per upstream; more are closed when their request ends.
 const MAX_IDLE_PER_UPSTREAM: usize = 1024;

@@ -103,6 +103,7 @@ impl<'a> Catalog<'a> {
     }
 
     pub async fn create(&self, spec: sites::SiteSpec) -> Result<SiteView, Problem> {
+        self.check_certificate(&spec)?;
         let domains = spec.domains.clone();
         let entry = self
             .registry
@@ -124,6 +125,7 @@ impl<'a> Catalog<'a> {
         if_match: Option<u64>,
     ) -> Result<SiteView, Problem> {
         self.refuse_file_site(id, "edit it in the configuration file of each node")?;
+        self.check_certificate(&spec)?;
         let domains = spec.domains.clone();
         let entry = self
             .registry
@@ -142,6 +144,23 @@ impl<'a> Catalog<'a> {
     pub async fn delete(&self, id: &str, if_match: Option<u64>) -> Result<(), Problem> {
         self.refuse_file_site(id, "remove it from the configuration file of each node")?;
         Ok(self.registry.delete(id, if_match).await?)
+    }
+
+    /// A site whose certificate comes from files is refused (naming `/tls`) when the files
+    /// could not be served, by the check `fleetgate check` and a reload apply to file sites.
+    /// Other validation errors are left to the registry, which reports them.
+    fn check_certificate(&self, spec: &sites::SiteSpec) -> Result<(), Problem> {
+        let Ok(site) = spec.validate(&self.config.registry_env()) else {
+            return Ok(());
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match crate::config::site_certificate(&site, now).and_then(|r| r.fatal_summary()) {
+            Some(refused) => Err(super::problem::invalid_field(&sites::FieldError::new(
+                sites::FieldPath::of(&["tls"]),
+                refused,
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn refuse_file_site(&self, id: &str, how: &str) -> Result<(), Problem> {

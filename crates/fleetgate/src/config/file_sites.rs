@@ -49,6 +49,22 @@ fn site_err(ctx: &Ctx<'_>, index: usize, e: &FieldError) -> ConfigError {
 /// ancestor present in the text (a key left to its default has no span of its own).
 pub(super) fn field_span(text: &str, index: usize, path: &FieldPath) -> Option<Range<usize>> {
     let doc = DeTable::parse(text).ok()?;
+    field_span_in(&doc, index, path)
+}
+
+/// The span of each site's `path` (or nearest ancestor), for `count` sites, parsing `text` once.
+pub(super) fn field_spans(text: &str, count: usize, path: &FieldPath) -> Vec<Option<Range<usize>>> {
+    match DeTable::parse(text) {
+        Ok(doc) => (0..count).map(|i| field_span_in(&doc, i, path)).collect(),
+        Err(_) => vec![None; count],
+    }
+}
+
+fn field_span_in(
+    doc: &Spanned<DeTable<'_>>,
+    index: usize,
+    path: &FieldPath,
+) -> Option<Range<usize>> {
     let site = doc.get_ref().get("site")?.get_ref().get(index)?;
     let mut at: &Spanned<DeValue<'_>> = site;
     for segment in path.segments() {

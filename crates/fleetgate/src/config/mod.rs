@@ -3,7 +3,9 @@
 //! `[[site]]` tables, whose rules live in the `sites` crate). Every error names the file, the
 //! line and the key.
 
+mod cert_check;
 mod file_sites;
+mod messages;
 mod raw;
 mod sections;
 #[cfg(test)]
@@ -18,6 +20,7 @@ use certs::KeyType;
 use certs::acme::AcmeSettings;
 use toml::Spanned;
 
+pub use cert_check::{check_certificates, site_certificate};
 pub use sites::{Site, SiteAction, SiteEnv, SiteSpec, TlsChoice};
 
 /// A configuration error: where, which key, and what was expected.
@@ -70,10 +73,15 @@ pub struct Config {
     pub admin: Option<crate::admin_config::AdminConfig>,
     /// `[on_demand]`: certificates for names allowed by `ask` at their first handshake.
     pub on_demand: Option<crate::on_demand_config::OnDemandConfig>,
+    /// `[dns]`: the delegated DNS-01 zone this node serves and RFC 2136 servers; off without it.
+    pub dns: Option<crate::config_dns::DnsConfig>,
     /// The file's `[[site]]` tables, validated, in file order.
     pub sites: Vec<Site>,
     /// The same tables as written (for showing them, e.g. in the admin API).
     pub site_specs: Vec<SiteSpec>,
+    /// The line of each site's `tls` key (else of its `[[site]]` header), for certificate
+    /// findings.
+    pub site_tls_lines: Vec<Option<usize>>,
 }
 
 /// Where the shared state lives. `path` is the store itself for `dir`, and this node's local
@@ -184,13 +192,17 @@ impl Ctx<'_> {
         Ok(file)
     }
 
-    /// A TOML syntax or shape error from serde, with the dotted key it happened at.
+    /// A TOML syntax or shape error from serde, with the dotted key it happened at and what it
+    /// expected in the user's words.
     fn toml_err(&self, e: &toml::de::Error) -> ConfigError {
         let key = e
             .span()
-            .map(|s| key_at(self.text, s.start))
+            .map(|s| {
+                messages::key_of_span(self.text, &s).unwrap_or_else(|| key_at(self.text, s.start))
+            })
             .unwrap_or_default();
-        let mut err = self.err(e.span(), key, e.message().trim().to_string());
+        let message = messages::in_user_words(e.message(), &key);
+        let mut err = self.err(e.span(), key, message);
         if err.line.is_none() && e.span().is_some() {
             err.line = Some(1);
         }
@@ -217,6 +229,9 @@ impl Config {
             text,
             base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
+        if let Some((span, key, message)) = messages::single_table_for_array(text) {
+            return Err(ctx.err(Some(span), key, message));
+        }
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ctx.toml_err(&e))?;
         let listen = sections::listen(&ctx, &raw.listen)?;
         let storage = sections::storage(&ctx, &raw.storage)?;
@@ -228,9 +243,24 @@ impl Config {
             .map(|a| crate::admin_config::parse(a, &|p: &str| ctx.resolve(p)))
             .transpose()
             .map_err(|e| ctx.err(Some(e.span), e.key, e.message))?;
+        let dns = crate::config_dns::parse(
+            raw.dns.as_ref(),
+            &|p: &str| ctx.resolve(p),
+            &|span, key, message| ctx.err(span, key, message),
+        )?;
+        let challenges = acme
+            .settings
+            .as_ref()
+            .map_or(&[][..], |a| &a.challenges[..]);
+        if let Some(acme_raw) = &raw.acme {
+            crate::config_dns::check_challenges(dns.as_ref(), challenges, None, &|m| {
+                ctx.err(Some(acme_raw.span()), "acme.challenges", m)
+            })?;
+        }
         let env = SiteEnv {
             base: Some(ctx.base.clone()),
             acme: acme.settings.is_some(),
+            dns01: dns.is_some() && challenges.contains(&certs::ChallengeKind::Dns01),
             default_key_type: acme.key_type,
         };
         let sites = file_sites::sites(&ctx, &raw.sites, &env)?;
@@ -239,6 +269,14 @@ impl Config {
             .map(|o| crate::on_demand_config::parse(o, &ids))
             .transpose()
             .map_err(|e| ctx.err(Some(e.span), e.key, e.message))?;
+        // Lines found by binary search over the newlines: a file of thousands of sites is
+        // scanned once, not once per site.
+        let newlines: Vec<usize> = text.match_indices('\n').map(|(i, _)| i).collect();
+        let site_tls_lines =
+            file_sites::field_spans(text, sites.len(), &sites::FieldPath::of(&["tls"]))
+                .into_iter()
+                .map(|span| span.map(|s| newlines.partition_point(|&n| n < s.start) + 1))
+                .collect();
         Ok(Config {
             file: file.to_path_buf(),
             node: raw.node,
@@ -255,8 +293,10 @@ impl Config {
             limits,
             admin,
             on_demand,
+            dns,
             sites,
             site_specs: raw.sites,
+            site_tls_lines,
         })
     }
 
@@ -271,6 +311,11 @@ impl Config {
         SiteEnv {
             base: None,
             acme: self.acme.is_some(),
+            dns01: self.dns.is_some()
+                && self
+                    .acme
+                    .as_ref()
+                    .is_some_and(|a| a.challenges.contains(&certs::ChallengeKind::Dns01)),
             default_key_type: self.default_key_type,
         }
     }

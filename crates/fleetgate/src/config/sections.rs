@@ -237,7 +237,7 @@ pub(super) fn acme(
                         Some(item.span()),
                         "acme.challenges",
                         format!(
-                            "expected \"http-01\" or \"tls-alpn-01\", got {:?}",
+                            "expected \"http-01\", \"tls-alpn-01\" or \"dns-01\", got {:?}",
                             item.get_ref()
                         ),
                     )

@@ -1,4 +1,5 @@
-//! The express lane: plain HTTP/1.1 requests served without hyper's server.
+//! The HTTP/1.1 lane (nicknamed the express lane): plain HTTP/1.1 requests served without
+//! hyper's server.
 //!
 //! Serving a small request through hyper's server side cost more CPU than anything else
 //! fleetgate does for it: the dispatcher, the encoding of every answer, and for the proxy a
@@ -20,18 +21,16 @@
 //! `Connection: close`, `Date`, the header-read timeout on a kept-alive connection, a graceful
 //! close on shutdown or when the connection's watchdog fires between requests.
 
-use std::cell::Cell;
 use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf as _, BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::time::{Instant, sleep_until};
@@ -39,10 +38,11 @@ use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
 use crate::framing;
-use crate::http::{Body, Handler, Next, Proxied};
+use crate::handler::{Body, Handler, Next, Proxied};
 use crate::idle::{Activity, Watchdog};
 use crate::proxy::Downstream;
 use crate::signal::Waiter;
+use crate::wire::{put_date, put_field, put_status_line};
 
 /// Fields in a request head on this lane (hyper's default limit; more go to hyper, which
 /// refuses them).
@@ -82,8 +82,8 @@ pub(crate) async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let header_read_timeout = handler.edge.limits.header_read_timeout;
-    let max_head = handler.edge.limits.h1_max_head();
+    let header_read_timeout = handler.shared.limits.header_read_timeout;
+    let max_head = handler.shared.limits.h1_max_head();
     let mut buf = BytesMut::with_capacity(READ_SPACE);
     let mut out = BytesMut::new();
     let mut fields = Fields::new();
@@ -206,7 +206,7 @@ where
     let down = Downstream {
         peer: handler.peer,
         https,
-        conn: Arc::clone(handler),
+        conn: Arc::<Handler>::clone(handler),
     };
     let mut forward = std::pin::pin!(forwarder.forward(request.map(|()| None), down, log, true));
     loop {
@@ -455,49 +455,6 @@ impl Reply {
         drop(body);
         Ok(())
     }
-}
-
-/// An HTTP/1.1 status line, with the status's canonical reason phrase (as hyper writes it).
-pub(crate) fn put_status_line(out: &mut impl BufMut, status: StatusCode) {
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-}
-
-/// A field line: `name: value`.
-pub(crate) fn put_field(out: &mut impl BufMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
-}
-
-/// Writes a `Date` field for now, formatted once a second per thread.
-fn put_date(out: &mut BytesMut) {
-    thread_local! {
-        static DATE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
-    }
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let text = DATE.with(|date| {
-        let (cached, text) = date.get();
-        if cached == second {
-            return text;
-        }
-        let mut text = [0; 29];
-        let formatted = httpdate::fmt_http_date(now);
-        // Always 29 bytes ("Sun, 06 Nov 1994 08:49:37 GMT").
-        if formatted.len() == text.len() {
-            text.copy_from_slice(formatted.as_bytes());
-        }
-        date.set((second, text));
-        text
-    });
-    put_field(out, b"date", &text);
 }
 
 /// An IO stream with bytes already read from it put back in front: how a connection the lane

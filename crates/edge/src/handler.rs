@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -16,11 +18,13 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::challenge::ChallengeResponder;
 use crate::host::Host;
-use crate::proxy::{AccessLog, Downstream, Forwarder};
+use crate::limits::Limits;
+use crate::proxy::{AccessLog, ClientConn, Downstream, Forwarder};
 use crate::redirect::https_location;
-use crate::routes::{Prepared, Route};
-use crate::server::Edge;
+use crate::resolver::CertMap;
+use crate::routes::{Prepared, Route, Routes};
 
 /// Response body type of every answer: fixed, or an upstream's streamed through.
 pub(crate) type Body = crate::proxy::ResponseBody;
@@ -38,14 +42,35 @@ pub(crate) enum Transport {
     },
 }
 
+/// What every connection's handler reads: the sites, the certificates (for a request's name
+/// against the handshake's), challenge answers, limits. Held by [`crate::Edge`], shared with its
+/// connections.
+pub(crate) struct Shared {
+    pub(crate) routes: ArcSwap<Routes>,
+    pub(crate) certs: Arc<CertMap>,
+    pub(crate) challenges: Arc<dyn ChallengeResponder>,
+    pub(crate) limits: Limits,
+    pub(crate) https_port: u16,
+}
+
 /// Handles the requests of one connection.
 pub(crate) struct Handler {
-    pub(crate) edge: Arc<Edge>,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) transport: Transport,
     /// The client's address (for X-Forwarded-For, Forwarded and ip_hash).
     pub(crate) peer: SocketAddr,
     /// The edge's shutdown (upgraded tunnels end with it).
     pub(crate) shutdown: CancellationToken,
+}
+
+impl ClientConn for Handler {
+    fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    fn drain_timeout(&self) -> Duration {
+        self.shared.limits.drain_timeout
+    }
 }
 
 /// The future of one request's answer: ready at once, or the proxy's or challenge lookup's.
@@ -154,7 +179,7 @@ impl Handler {
     pub(crate) fn decide<B>(&self, req: &Request<B>) -> Next {
         // hyper's read buffer bounds a head that arrives alone, not one that came in the same
         // read as the request before it (pipelined): both the lane and hyper see it here.
-        if req.version() < Version::HTTP_2 && head_len(req) > self.edge.limits.h1_max_head() {
+        if req.version() < Version::HTTP_2 && head_len(req) > self.shared.limits.h1_max_head() {
             debug!("request head over the limit");
             let mut response = text(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -196,13 +221,13 @@ impl Handler {
         if let Some(token) = challenge_token(req) {
             return Next::Http01(host, token.to_owned());
         }
-        let routes = self.edge.routes.load();
+        let routes = self.shared.routes.load();
         let Some(route) = host.name().and_then(|name| routes.lookup(name)) else {
             return Next::Done(text(StatusCode::NOT_FOUND, "unknown host\n"));
         };
         if route.https_redirect {
             return Next::Done(
-                match https_location(&host, self.edge.https_port, req.uri()) {
+                match https_location(&host, self.shared.https_port, req.uri()) {
                     Some(location) => redirect(StatusCode::PERMANENT_REDIRECT, location),
                     None => text(StatusCode::BAD_REQUEST, "bad request\n"),
                 },
@@ -220,14 +245,14 @@ impl Handler {
         // handshake is the one for that name too (HTTP/2 connection reuse, RFC 9113 9.1.1).
         if name != sni
             && !self
-                .edge
+                .shared
                 .certs
                 .lookup(name)
                 .is_some_and(|k| Arc::ptr_eq(&k, key))
         {
             return Next::Done(misdirected());
         }
-        let routes = self.edge.routes.load();
+        let routes = self.shared.routes.load();
         let Some(route) = routes.lookup(name) else {
             return Next::Done(misdirected());
         };
@@ -239,8 +264,8 @@ impl Handler {
             return text(StatusCode::NOT_FOUND, "no such challenge\n");
         }
         let name = host.as_str();
-        let lookup = self.edge.challenges.http01(name, token);
-        match timeout(self.edge.limits.challenge_timeout, lookup).await {
+        let lookup = self.shared.challenges.http01(name, token);
+        match timeout(self.shared.limits.challenge_timeout, lookup).await {
             Ok(Some(key_authorization)) => {
                 debug!(host = name, token, "answered HTTP-01 challenge");
                 let mut response = Response::new(Body::fixed(key_authorization));
