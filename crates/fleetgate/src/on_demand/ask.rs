@@ -1,9 +1,9 @@
 //! Calling the product's `ask` endpoint, as Caddy calls it (`GET ask?domain=NAME`, 2xx =
 //! allowed) plus `&client_ip=IP`, with everything a flood could abuse bounded per node:
-//! decisions cached (allowed 1 h, refused 5 min), at most `ask_concurrency` calls in flight, at
-//! most `asks_per_second` calls started per second. A call over the limits is a refusal that is
-//! not cached (the next handshake may ask); a timeout or any answer other than 2xx is a refusal
-//! that is.
+//! decisions cached (allowed 1 h, refused 5 min), at most `asks_per_second` calls started per
+//! second, at most `ask_concurrency` in flight (a call waits up to `ask_timeout` for a slot). A
+//! name over the limits is refused without asking and without caching (the next handshake may
+//! ask); a timeout or any answer other than 2xx is a refusal that is cached.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -142,17 +142,19 @@ impl Asker {
         if let Some(verdict) = self.cached(name) {
             return verdict;
         }
-        let Ok(_permit) = self.in_flight.try_acquire() else {
+        if !self.take_token() {
+            debug!(domain = name, "ask: over the rate; refused without asking");
+            return Verdict::Busy;
+        }
+        // A burst of new customers waits for a free slot, within the time one call may take.
+        let Ok(Ok(_permit)) = tokio::time::timeout(self.timeout, self.in_flight.acquire()).await
+        else {
             debug!(
                 domain = name,
                 "ask: too many calls in flight; refused without asking"
             );
             return Verdict::Busy;
         };
-        if !self.take_token() {
-            debug!(domain = name, "ask: over the rate; refused without asking");
-            return Verdict::Busy;
-        }
         self.calls.fetch_add(1, Ordering::Relaxed);
         let client_ip = client.to_string().replace(':', "%3A");
         let uri = format!("{}domain={name}&client_ip={client_ip}", self.base);
