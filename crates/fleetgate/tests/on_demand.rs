@@ -119,6 +119,17 @@ fn journal_len(cluster: &Cluster) -> usize {
         .count()
 }
 
+/// `fleetgate sites list` with node 0's config.
+fn sites_list(cluster: &Cluster) -> String {
+    let out = common::run_cli(&["sites", "list"], &cluster.nodes[0].config_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Orders Pebble received: its `/order-plz` requests (each creates an order).
 fn pebble_orders(cluster: &Cluster) -> usize {
     cluster
@@ -232,6 +243,10 @@ remove_after = "1h"
             cluster.log_lines(&["certificate"]).join("\n")
         );
     }
+    // `fleetgate sites list` shows them as on-demand sites.
+    let list = sites_list(cluster);
+    let on_demand = list.lines().filter(|l| l.contains(" on-demand ")).count();
+    assert_eq!(on_demand, NAMES, "{list}");
     // Plain HTTP for an allowed name: the site exists, so HTTP redirects to HTTPS.
     let r = testkit::http_get(lb_http, &customer(0), "/x").await?;
     assert!(r.status.is_redirection(), "{}", r.status);
@@ -377,6 +392,12 @@ remove_after = "1h"
     .await
     .with_context(|| cluster.logs())?;
     let paused_at = Instant::now();
+    let list = sites_list(cluster);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(dead) && l.contains(" paused ")),
+        "{list}"
+    );
     let after_first = dead_orders();
     // While paused: refused at once, and no new order (watched for most of the pause).
     for _ in 0..10 {
