@@ -393,6 +393,13 @@ remove_after = "1h"
     .with_context(|| cluster.logs())?;
     let paused_at = Instant::now();
     let list = sites_list(cluster);
+    eprintln!(
+        "phase 4: fleetgate sites list:\n{}",
+        list.lines()
+            .filter(|l| l.starts_with("ID") || l.starts_with("cust1.") || l.starts_with(dead))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(
         list.lines()
             .any(|l| l.starts_with(dead) && l.contains(" paused ")),
@@ -419,7 +426,10 @@ remove_after = "1h"
     })
     .await
     .with_context(|| cluster.logs())?;
-    eprintln!("phase 4: paused for {:?}", paused_at.elapsed());
+    eprintln!(
+        "phase 4: pause seen ending {:?} after the test saw it begin (fail_pause 20 s; the handshakes that recorded the name waited `wait` for a certificate)",
+        paused_at.elapsed()
+    );
     let during_pause = dead_orders();
     // After the pause: one more attempt reaches the CA.
     testkit::wait_for_ok(
