@@ -306,9 +306,10 @@ fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option
         || new.workers != current.workers
         || new.storage != current.storage
         || new.dns != current.dns
+        || new.on_demand != current.on_demand
     {
         warn!(
-            "listen (proxy_protocol_from and workers included), storage and dns changes take effect after a restart"
+            "listen (proxy_protocol_from and workers included), storage, dns and on_demand changes take effect after a restart"
         );
     }
     match serving.apply_sites(&new, registry, true) {
