@@ -247,4 +247,20 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.key, "on_demand.ask_concurrency");
     }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let text = "[[site]]\ndomains = [\"app.example.com\"]\nrespond = {}\ntls = \"internal\"\n\n[on_demand]\nask = \"http://127.0.0.1:9000/check\"\nsite = \"app.example.com\"\nfail_pause = \"0s\"\n";
+        let file = std::path::Path::new("/etc/fleetgate/test.toml");
+        let e = crate::config::Config::parse(file, text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/fleetgate/test.toml:9: on_demand.fail_pause: expected a duration above zero like \"10s\" or \"1h\", got \"0s\""
+        );
+        let ok = text.replace("fail_pause = \"0s\"\n", "");
+        let config = crate::config::Config::parse(file, &ok).unwrap();
+        assert_eq!(config.on_demand.unwrap().site, "app.example.com");
+        let e = crate::config::Config::parse(file, &format!("{ok}bogus = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
 }
