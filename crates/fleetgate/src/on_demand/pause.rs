@@ -155,8 +155,17 @@ impl Inner {
     /// Resume names whose pause ended, or remove them when first paused `remove_after` ago.
     async fn sweep(&self) {
         let now = now_unix();
-        let entries: Vec<Entry> = self.entries.load().values().cloned().collect();
-        for entry in entries {
+        // Only the entries whose pause ended are copied: the sweep runs every second.
+        let ended: Vec<Entry> = (self.entries.load().values())
+            .filter(|e| {
+                e.on_demand
+                    .as_ref()
+                    .and_then(|s| s.paused_until)
+                    .is_some_and(|until| until <= now)
+            })
+            .cloned()
+            .collect();
+        for entry in ended {
             let Some(state) = &entry.on_demand else {
                 continue;
             };
