@@ -100,3 +100,66 @@ pub async fn reserve(
     }
     Ok(Ok(()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn config(per_minute: u32, per_client: u32, per_domain: u32) -> OnDemandConfig {
+        let raw: crate::on_demand_config::RawOnDemand = toml::from_str(&format!(
+            "ask = \"http://127.0.0.1:1/\"\nsite = \"app.test\"\nnames_per_minute = {per_minute}\nnames_per_client_per_minute = {per_client}\nnames_per_domain_per_hour = {per_domain}\n"
+        ))
+        .unwrap();
+        crate::on_demand_config::parse(&raw, &["app.test".to_string()]).unwrap()
+    }
+
+    async fn reserve_n(config: &OnDemandConfig, names: &[(&str, &str)]) -> Vec<bool> {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Storage> =
+            Arc::new(store::DirStore::open(dir.path().to_path_buf()).unwrap());
+        let guard = store::lock(&store, &lock_name(), "t", LOCK_TTL, LOCK_WAIT)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        for (name, client) in names {
+            let name = certs::DomainName::parse(name).unwrap();
+            let client: IpAddr = client.parse().unwrap();
+            out.push(
+                reserve(&store, config, &name, client, &guard.lease())
+                    .await
+                    .unwrap()
+                    .is_ok(),
+            );
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn each_window_refuses_past_its_limit() {
+        let names = [
+            ("a.one.test", "192.0.2.1"),
+            ("b.one.test", "192.0.2.1"),
+            ("c.two.test", "192.0.2.2"),
+            ("d.three.test", "192.0.2.3"),
+        ];
+        // Fleet: 3 a minute.
+        assert_eq!(
+            reserve_n(&config(3, 0, 0), &names).await,
+            [true, true, true, false]
+        );
+        // Per client: 1 a minute (192.0.2.1's second name refused).
+        assert_eq!(
+            reserve_n(&config(0, 1, 0), &names).await,
+            [true, false, true, true]
+        );
+        // Per registered domain: 1 an hour (one.test's second name refused).
+        assert_eq!(
+            reserve_n(&config(0, 0, 1), &names).await,
+            [true, false, true, true]
+        );
+        // Without limits every name fits.
+        assert_eq!(reserve_n(&config(0, 0, 0), &names).await, [true; 4]);
+    }
+}
