@@ -6,7 +6,7 @@ import os
 
 from ..base import FLEETGATE, MAIN, PROXY_NAMES, REDIRECT_NAMES, SNI_COUNT
 from ..certs import sni_name
-from ..procs import PROCS
+from ..procs import PROCS, free_port
 
 
 def fleetgate_site(domains, cert, key, action, https_redirect=None):
@@ -22,6 +22,10 @@ FG_REDIRECT = f'redirect = {{ to = "{MAIN}", status = 301, keep_path = true }}'
 
 
 def fleetgate_config(d, http, https, sites, extra=""):
+    # FLEETBENCH_METRICS=1: the admin listener on, so the Prometheus recorder and the request-path
+    # metrics run (they are off without [admin]); compare fg/nginx ratios of runs with and without.
+    if os.environ.get("FLEETBENCH_METRICS") == "1":
+        extra += f'\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
     path = os.path.join(d, "fleetgate.toml")
     with open(path, "w") as f:
         f.write(f'[listen]\nhttp = "127.0.0.1:{http}"\nhttps = "127.0.0.1:{https}"\n\n'

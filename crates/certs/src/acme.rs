@@ -33,6 +33,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most names one order may carry (Let's Encrypt's limit); callers split larger sets.
 pub const MAX_NAMES_PER_ORDER: usize = 100;
 
+/// Orders placed by this process, by CA ([`AcmeIssuer::ca_id`]) and outcome (`issued`, `failed`,
+/// or `invalid` for an order refused before reaching the CA). Recorded through the `metrics`
+/// facade: a no-op unless the binary installed a recorder.
+pub const METRIC_ORDERS: &str = "fleetgate_acme_orders_total";
+/// Seconds from placing an order to holding the certificate (or the failure), by nothing: a
+/// histogram over every order of this process.
+pub const METRIC_ORDER_DURATION: &str = "fleetgate_acme_order_duration_seconds";
+
 /// External account binding credentials.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Eab {
@@ -173,7 +181,18 @@ impl AcmeIssuer {
         async {
             let started = Instant::now();
             let result = self.issue_inner(domains, key_type, replaces).await;
-            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let elapsed = started.elapsed();
+            let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            let outcome = match &result {
+                Ok(_) => "issued",
+                Err(Error::Config(_)) => "invalid",
+                Err(_) => "failed",
+            };
+            metrics::counter!(METRIC_ORDERS, "ca" => self.ca_id.clone(), "outcome" => outcome)
+                .increment(1);
+            if outcome != "invalid" {
+                metrics::histogram!(METRIC_ORDER_DURATION).record(elapsed.as_secs_f64());
+            }
             match &result {
                 Ok(bundle) => tracing::info!(
                     elapsed_ms,

@@ -30,7 +30,7 @@ pub use error::{AcmeProblem, Error};
 pub use inspect::{Finding, Report, Severity, check_certificate};
 pub use keys::KeyType;
 pub use manager::{CertId, CertSource, Deployer, ManagedCert, Manager, RenewRequest, Timings};
-pub use status::{CertState, CertStatus, LiveStatus};
+pub use status::{CertState, CertStatus, LiveStatus, StatusRecord};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

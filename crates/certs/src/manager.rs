@@ -235,6 +235,15 @@ impl Manager {
         Some(lock(&task.live).clone())
     }
 
+    /// Every managed certificate with what its task knows now (for metrics), in no order.
+    pub fn live_statuses(&self) -> Vec<(ManagedCert, LiveStatus)> {
+        let tasks = lock(&self.tasks);
+        tasks
+            .values()
+            .map(|task| (task.cert.clone(), lock(&task.live).clone()))
+            .collect()
+    }
+
     /// Stop every task (an order in flight is abandoned; its lease is released or expires).
     pub async fn shutdown(&self) {
         self.shutdown.cancel();

@@ -57,6 +57,9 @@ pub struct CertStatus {
     pub source: SourceKind,
     pub issuer: Option<String>,
     pub not_after: Option<i64>,
+    /// When renewal starts and by when it should be done (unix seconds): the CA's ARI window,
+    /// else both the lifetime rule's point ([`renewal::renew_at`]). `None` for files.
+    pub renewal_window: Option<(i64, i64)>,
     pub state: CertState,
     pub last_error: Option<String>,
     /// What [`crate::inspect::check_certificate`] says about the certificate as it is now (the
@@ -126,6 +129,12 @@ pub(crate) async fn statuses(store: &dyn Storage, certs: &[ManagedCert]) -> Vec<
             source: cert.source.kind(),
             issuer: bundle.as_ref().map(|b| b.meta.issuer.clone()),
             not_after: bundle.as_ref().map(|b| b.meta.not_after),
+            renewal_window: bundle.as_ref().map(|b| {
+                (
+                    renewal::renew_at(&b.meta, 0.0),
+                    renewal::renew_at(&b.meta, 1.0),
+                )
+            }),
             state,
             last_error: load_error
                 .or_else(|| record.and_then(|r| r.last_error).map(|e| e.message))
@@ -167,6 +176,7 @@ fn files_status(
         source: SourceKind::Files,
         issuer: report.leaf.as_ref().map(|l| l.issuer.clone()),
         not_after: report.leaf.as_ref().map(|l| l.not_after),
+        renewal_window: None,
         state,
         last_error: report.fatal_summary(),
         findings: report.findings,

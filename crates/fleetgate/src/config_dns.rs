@@ -5,6 +5,8 @@
 //! zone = "acme.ops.example"                      # the delegated zone customers CNAME _acme-challenge into
 //! ns = ["ns1.ops.example", "ns2.ops.example"]    # its name servers (outside the zone)
 //! listen = "0.0.0.0:53"                          # UDP and TCP; leave out to solve DNS-01 without serving
+//! acme_dns_listen = "0.0.0.0:8053"               # the acme-dns API alone (also under /acme-dns/ on [admin])
+//! acme_dns_open_registration = false             # true: POST /acme-dns/register without the admin token
 //!
 //! [[dns.rfc2136]]                                # DNS you run: TSIG-signed dynamic updates
 //! server = "10.0.0.53:53"                        # the zone's primary
@@ -35,6 +37,10 @@ pub struct RawDns {
     #[serde(default)]
     ns: Vec<Spanned<String>>,
     #[serde(default)]
+    acme_dns_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    acme_dns_open_registration: bool,
+    #[serde(default)]
     rfc2136: Vec<Spanned<RawRfc2136>>,
 }
 
@@ -60,6 +66,10 @@ pub struct DnsConfig {
     pub zone: Option<ZoneConfig>,
     /// Zones solved by RFC 2136 updates.
     pub rfc2136: Vec<Rfc2136Config>,
+    /// A listener serving only the acme-dns API (`/acme-dns/...`), apart from `[admin]`.
+    pub acme_dns_listen: Option<SocketAddr>,
+    /// `POST /acme-dns/register` without the admin token (acme-dns's own default is open).
+    pub acme_dns_open_registration: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +169,19 @@ pub fn parse<E>(
             Some(ZoneConfig { zone: served, ns })
         }
     };
+    let acme_dns_listen = match &raw.acme_dns_listen {
+        None => None,
+        Some(text) => {
+            if zone.is_none() {
+                return Err(err(
+                    Some(text.span()),
+                    "dns.acme_dns_listen".into(),
+                    "the acme-dns API serves the delegated zone: set zone and ns too".into(),
+                ));
+            }
+            Some(address(text, "dns.acme_dns_listen", "0.0.0.0:8053")?)
+        }
+    };
     let mut rfc2136 = Vec::new();
     for (i, entry) in raw.rfc2136.iter().enumerate() {
         let span = entry.span();
@@ -221,6 +244,8 @@ pub fn parse<E>(
         listen,
         zone,
         rfc2136,
+        acme_dns_listen,
+        acme_dns_open_registration: raw.acme_dns_open_registration,
     }))
 }
 

@@ -76,10 +76,18 @@ pub struct SharedChallenges(pub Arc<Challenges>);
 #[async_trait::async_trait]
 impl edge::ChallengeResponder for SharedChallenges {
     async fn http01(&self, host: &str, token: &str) -> Option<String> {
-        self.0.http01(host, token).await
+        let answer = self.0.http01(host, token).await;
+        if answer.is_some() {
+            crate::telemetry::challenge_answered("http-01");
+        }
+        answer
     }
 
     async fn tls_alpn01(&self, host: &str) -> Option<Arc<CertifiedKey>> {
-        self.0.tls_alpn01(host).await
+        let answer = self.0.tls_alpn01(host).await;
+        if answer.is_some() {
+            crate::telemetry::challenge_answered("tls-alpn-01");
+        }
+        answer
     }
 }

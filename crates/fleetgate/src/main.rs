@@ -11,6 +11,7 @@ mod config_dns;
 mod deploy;
 mod dns_commands;
 mod dns_node;
+mod manual;
 mod node_sites;
 mod on_demand;
 mod on_demand_config;
@@ -18,11 +19,13 @@ mod run;
 mod sites_cli;
 mod status;
 mod store_open;
+mod systemd;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,6 +81,14 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Print a shell completion script (e.g. `fleetgate completions bash >
+    /// /usr/share/bash-completion/completions/fleetgate`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `fleetgate manpage > /usr/local/share/man/man1/fleetgate.1`.
+    Manpage,
     /// The delegated DNS-01 zone ([dns]).
     Dns {
         #[command(subcommand)]
@@ -124,6 +135,9 @@ fn main() -> ExitCode {
             command: CaCommand::Export { config },
         } => config,
         Command::Sites { command } => command.config(),
+        // Need no config.
+        Command::Completions { shell } => return manual::completions(*shell, Cli::command()),
+        Command::Manpage => return manual::manpage(Cli::command()),
         Command::Dns {
             command: DnsCommand::Delegate { config, .. } | DnsCommand::Check { config, .. },
         } => config,
@@ -173,6 +187,8 @@ fn main() -> ExitCode {
                 }
             })
         }),
+        // Answered above, before the config was read.
+        Command::Completions { .. } | Command::Manpage => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -118,6 +118,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = node_name(&config);
     let (store, cache) = open_store(&config).await?;
     let shutdown = CancellationToken::new();
+    // Metrics are recorded only when the admin listener (which serves `/metrics`) is on; without
+    // a recorder every metric call is a no-op.
+    let telemetry = match &config.admin {
+        Some(_) => Some(crate::telemetry::Telemetry::install()?),
+        None => None,
+    };
+    let store: Arc<dyn store::Storage> = match &telemetry {
+        Some(_) => Arc::new(crate::telemetry::TimedStore::new(
+            store,
+            match &config.storage {
+                crate::config::StorageConfig::Dir { .. } => "dir",
+                crate::config::StorageConfig::Postgres { .. } => "postgres",
+                crate::config::StorageConfig::Redis { .. } => "redis",
+            },
+        )),
+        None => store,
+    };
     // Subscribe before the first read so that no change falls between the two.
     let registry_events = store.subscribe();
     let registry = Registry::new(store.clone(), node.clone());
@@ -187,6 +204,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     let initial_certs = managed_certs(&initial, config.acme.as_ref());
     manager.apply(initial_certs.clone());
+    let serving_sites = initial.len();
     drop(initial);
     let pause_watch = on_demand
         .as_ref()
@@ -208,13 +226,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let admin = match &config.admin {
         Some(admin) => {
-            let state = crate::admin::AdminState::new(&config, store.clone(), node.clone());
+            let mut state = crate::admin::AdminState::new(&config, store.clone(), node.clone());
+            if let Some(telemetry) = &telemetry {
+                telemetry.spawn_upkeep(shutdown.clone());
+                telemetry
+                    .lag
+                    .clone()
+                    .spawn(store.clone(), &node, shutdown.clone());
+                state = state.with_metrics(crate::admin::MetricsSource {
+                    telemetry: telemetry.clone(),
+                    manager: manager.clone(),
+                });
+            }
             Some(crate::admin::spawn(admin, state, shutdown.clone()).await?)
         }
         None => None,
     };
 
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    // Every listener is bound (the admin API's too): tell systemd (Type=notify).
+    crate::systemd::ready(serving_sites);
+    crate::systemd::spawn_watchdog(shutdown.clone());
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut current = config;
@@ -247,6 +279,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Stop accepting and drain in-flight requests (bounded by limits.drain_timeout inside the
     // edge), then stop certificate work and release this node's leases.
+    crate::systemd::stopping();
     shutdown.cancel();
     let _ = tokio::join!(http_task, https_task, heartbeat);
     if let Some(pause_watch) = pause_watch {

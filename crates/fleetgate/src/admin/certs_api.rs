@@ -22,6 +22,8 @@ pub struct CertView {
     /// Unix seconds.
     pub not_after: Option<i64>,
     pub days_left: Option<f64>,
+    /// `[start, end]`, Unix seconds: when renewal is due (ARI window, else one point twice).
+    pub renewal_window: Option<(i64, i64)>,
     /// `pending`, `valid`, `renewing`, `failing` or `expired`.
     pub state: certs::CertState,
     pub last_error: Option<String>,
@@ -48,6 +50,7 @@ pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Response, Prob
             days_left: row
                 .not_after
                 .map(|t| ((t - now) as f64 / 86_400.0 * 10.0).round() / 10.0),
+            renewal_window: row.renewal_window,
             state: row.state,
             last_error: row.last_error,
         })

@@ -14,13 +14,26 @@
 //! GET    /v1/certs                  what `fleetgate certs` shows
 //! POST   /v1/certs/{id}/renew       202: renewed once for the fleet, under the lease
 //! GET    /v1/nodes                  what `fleetgate status` shows
+//! GET    /v1/events                 the last 100 events seen by this node (`events`)
+//! GET    /metrics                   Prometheus text format (`crate::telemetry`)
+//! POST   /v1/session                {"token"}: the dashboard's HttpOnly cookie (`session`)
+//! DELETE /v1/session
+//! GET    /v1/session                {"token_required": bool}
+//! GET    /                          the dashboard (`dashboard`; no token needed for the page)
+//! POST   /acme-dns/register|update  the acme-dns API (`acme_dns`): its own credentials, not the
+//! GET    /acme-dns/health           token; also alone on `[dns] acme_dns_listen`
 //! ```
 
+pub mod acme_dns;
 mod capped;
 pub mod catalog;
 mod certs_api;
+mod dashboard;
+mod events;
+mod metrics_api;
 mod nodes_api;
 pub mod problem;
+pub mod session;
 mod sites_api;
 pub mod view;
 
@@ -52,8 +65,18 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// What `/metrics` reads: the recorder and the running node's certificate manager.
+pub struct MetricsSource {
+    pub telemetry: crate::telemetry::Telemetry,
+    pub manager: Arc<certs::Manager>,
+}
+
 /// What the handlers share.
 pub struct AdminState {
+    /// Set by `fleetgate run` when the recorder is installed.
+    metrics: Option<MetricsSource>,
+    /// What happened recently (`/v1/events`), followed while the API is served.
+    events: Arc<events::EventLog>,
     pub node: String,
     pub store: Arc<dyn store::Storage>,
     pub registry: sites::Registry,
@@ -67,12 +90,27 @@ pub struct AdminState {
     /// writes; while nothing watches the store (`watching` false) every listing reads afresh.
     stale: Arc<AtomicBool>,
     watching: Arc<AtomicBool>,
+    /// The acme-dns routes' state (their own credentials and rate limit).
+    acme_dns: Arc<acme_dns::AcmeDnsState>,
 }
 
 impl AdminState {
     /// The admin API of a node running `config`, with the node's store (sealed as the node's).
     pub fn new(config: &Config, store: Arc<dyn store::Storage>, node: String) -> AdminState {
+        let token = config.admin.as_ref().and_then(|a| a.token.clone());
+        let api = config
+            .dns
+            .as_ref()
+            .and_then(|d| d.zone.as_ref())
+            .map(|z| dns::AcmeDns::new(dns::Records::new(store.clone()), z.zone.apex()));
+        let open = config
+            .dns
+            .as_ref()
+            .is_some_and(|d| d.acme_dns_open_registration);
         AdminState {
+            acme_dns: Arc::new(acme_dns::AcmeDnsState::new(api, open, token)),
+            metrics: None,
+            events: Arc::default(),
             registry: sites::Registry::new(store.clone(), node.clone()),
             token: config.admin.as_ref().and_then(|a| a.token.clone()),
             node,
@@ -82,6 +120,12 @@ impl AdminState {
             stale: Arc::new(AtomicBool::new(true)),
             watching: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Serve `/metrics` from `source`.
+    pub fn with_metrics(mut self, source: MetricsSource) -> AdminState {
+        self.metrics = Some(source);
+        self
     }
 
     /// The registry's sites: the last listing unless the registry changed since.
@@ -177,17 +221,30 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/certs", get(certs_api::list))
         .route("/v1/certs/{id}/renew", post(certs_api::renew))
         .route("/v1/nodes", get(nodes_api::list))
+        .route("/v1/events", get(events::list))
+        .route("/metrics", get(metrics_api::scrape))
+        .route(
+            "/v1/session",
+            get(session::show)
+                .post(session::create)
+                .delete(session::remove),
+        )
+        .route("/", get(dashboard::page))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
+        // Beside the token check, not behind it: acme-dns clients authenticate themselves.
+        .with_state(state.clone())
+        .merge(acme_dns::router(state.acme_dns.clone()))
 }
 
 async fn not_found() -> Problem {
     Problem::new(
         kind::NOT_FOUND,
-        "no such endpoint; see /v1/sites, /v1/certs, /v1/nodes",
+        "no such endpoint; see /v1/sites, /v1/certs, /v1/nodes, /v1/events, /metrics",
     )
 }
 
@@ -195,11 +252,25 @@ async fn method_not_allowed() -> Problem {
     Problem::new(kind::METHOD, "this endpoint does not take that method")
 }
 
-/// 401 unless the request carries `Authorization: Bearer <token>` (compared in constant time).
+/// Paths served without a token: the dashboard's page and assets (no data in them) and the
+/// session endpoint that checks the token itself.
+fn public(req: &Request) -> bool {
+    matches!(
+        req.uri().path(),
+        "/" | "/dashboard.js" | "/dashboard.css" | "/v1/session"
+    )
+}
+
+/// 401 unless the request carries `Authorization: Bearer <token>` or the dashboard's session
+/// cookie (compared in constant time); 403 for a cookie-authenticated write without
+/// `X-Fleetgate: 1` (see `session`).
 async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     let Some(token) = &state.token else {
         return next.run(req).await;
     };
+    if public(&req) {
+        return next.run(req).await;
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -220,14 +291,27 @@ async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next:
             p.www_authenticate = Some("Bearer realm=\"fleetgate\", error=\"invalid_token\"");
             p.into_response()
         }
-        None => {
-            let mut p = Problem::new(
-                kind::UNAUTHORIZED,
-                "send Authorization: Bearer <token> (the token in admin.token_file)",
-            );
-            p.www_authenticate = Some("Bearer realm=\"fleetgate\"");
-            p.into_response()
-        }
+        None => match session::cookie_token(req.headers()) {
+            Some(cookie) if bool::from(cookie.as_slice().ct_eq(token.as_bytes())) => {
+                if session::csrf_ok(req.method(), req.headers()) {
+                    next.run(req).await
+                } else {
+                    Problem::new(
+                        kind::FORBIDDEN,
+                        "a write authenticated by the session cookie needs X-Fleetgate: 1",
+                    )
+                    .into_response()
+                }
+            }
+            _ => {
+                let mut p = Problem::new(
+                    kind::UNAUTHORIZED,
+                    "send Authorization: Bearer <token> (the token in admin.token_file)",
+                );
+                p.www_authenticate = Some("Bearer realm=\"fleetgate\"");
+                p.into_response()
+            }
+        },
     }
 }
 
@@ -273,12 +357,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     match listener {
         AdminListener::Tcp(l) => {
-            axum::serve(capped::Capped::new(l), router)
+            let service = router.into_make_service_with_connect_info::<acme_dns::Peer>();
+            axum::serve(capped::Capped::new(l), service)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         AdminListener::Unix(l) => {
-            axum::serve(capped::Capped::new(l), router)
+            let service = router.into_make_service_with_connect_info::<acme_dns::Peer>();
+            axum::serve(capped::Capped::new(l), service)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
@@ -294,6 +380,10 @@ pub async fn spawn(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = bind(&admin.listen).await?;
     state.watch_registry(shutdown.clone());
+    state
+        .events
+        .clone()
+        .spawn(state.store.clone(), shutdown.clone());
     let state = Arc::new(state);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the admin API's SIGHUP handler")?;
@@ -313,6 +403,27 @@ pub async fn spawn(
         }
     });
     info!(listen = %admin.listen, token = admin.token.is_some(), "admin API listening");
+    if let Some(addr) = state.config().dns.as_ref().and_then(|d| d.acme_dns_listen) {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (dns.acme_dns_listen)"))?;
+        info!(listen = %addr, "acme-dns API listening");
+        let only = acme_dns::router(state.acme_dns.clone()).fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"error": "not_found: see /acme-dns/register, /acme-dns/update, /acme-dns/health"})),
+            )
+        });
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = serve(AdminListener::Tcp(listener), only, async move {
+                stop.cancelled().await
+            });
+            if let Err(e) = served.await {
+                warn!(error = %e, "the acme-dns API stopped");
+            }
+        });
+    }
     let router = router(state);
     let unix_path = match &admin.listen {
         AdminListen::Unix(path) => Some(path.clone()),

@@ -124,6 +124,11 @@ pub mod kind {
         "A valid bearer token is required",
         StatusCode::UNAUTHORIZED,
     );
+    pub const FORBIDDEN: Kind = (
+        "urn:fleetgate:problem:forbidden",
+        "The request is not allowed with a session cookie",
+        StatusCode::FORBIDDEN,
+    );
     pub const METHOD: Kind = (
         "urn:fleetgate:problem:method-not-allowed",
         "The method is not allowed here",

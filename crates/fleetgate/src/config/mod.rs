@@ -248,6 +248,13 @@ impl Config {
             &|p: &str| ctx.resolve(p),
             &|span, key, message| ctx.err(span, key, message),
         )?;
+        if admin.is_none() && dns.as_ref().is_some_and(|d| d.acme_dns_listen.is_some()) {
+            return Err(ctx.err(
+                raw.dns.as_ref().map(|d| d.span()),
+                "dns.acme_dns_listen",
+                "is served with the admin API: add an [admin] section (it may stay on loopback)",
+            ));
+        }
         let challenges = acme
             .settings
             .as_ref()
