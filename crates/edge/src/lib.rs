@@ -47,7 +47,7 @@ pub use observe::{
 pub use proxy::{HealthCheck, HostHeader, Policy, Proxy};
 pub use proxy_protocol::ProxyProtocol;
 pub use redirect::Redirect;
-pub use resolver::{CertMap, CertUpdate};
+pub use resolver::{CertMap, CertUpdate, OnDemand};
 pub use routes::{Action, Hsts, Routes, Site};
 pub use server::Edge;
 pub use shards::Shards;

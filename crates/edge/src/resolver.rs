@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -10,6 +11,21 @@ use rustls::sign::CertifiedKey;
 
 use crate::error::EdgeError;
 use crate::names::{Pattern, lookup, parse_pattern};
+
+/// Certificates for names the map does not hold, obtained while the handshake waits
+/// ("on-demand TLS"). The edge calls it only for an SNI name with no certificate in the map and
+/// no TLS-ALPN-01 challenge; `None` fails the handshake with `unrecognized_name`.
+///
+/// An implementation decides quickly for names it refuses (the call runs on the accepting
+/// connection's task, outside the handshake deadline) and bounds its own wait for names it
+/// allows. A certificate it returns should already be in the map (the handshake that follows
+/// resolves through the map).
+#[async_trait::async_trait]
+pub trait OnDemand: Send + Sync + 'static {
+    /// `sni` is lower-case without a trailing dot; `client` is the client's address (after the
+    /// PROXY protocol header, when one is expected).
+    async fn certificate_for(&self, sni: &str, client: IpAddr) -> Option<Arc<CertifiedKey>>;
+}
 
 /// The lookup tables, replaced as a whole on every write.
 #[derive(Default)]
@@ -60,6 +76,7 @@ struct Entries {
 pub struct CertMap {
     table: ArcSwap<Table>,
     entries: Mutex<Entries>,
+    on_demand: OnceLock<Arc<dyn OnDemand>>,
 }
 
 impl CertMap {
@@ -152,6 +169,16 @@ impl CertMap {
         } else {
             lookup(&table.exact, &table.wildcard, name).cloned()
         }
+    }
+
+    /// Asks `on_demand` for names the map does not hold, from the next handshake on. Set once;
+    /// returns `false` (and changes nothing) when one was already set.
+    pub fn set_on_demand(&self, on_demand: Arc<dyn OnDemand>) -> bool {
+        self.on_demand.set(on_demand).is_ok()
+    }
+
+    pub(crate) fn on_demand(&self) -> Option<&dyn OnDemand> {
+        self.on_demand.get().map(|o| &**o)
     }
 
     /// The ids currently inserted, in no particular order.

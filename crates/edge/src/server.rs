@@ -373,6 +373,7 @@ impl Edge {
                     .tls
                     .handshake(
                         stream,
+                        peer.ip(),
                         &self.shared.certs,
                         &*self.shared.challenges,
                         &self.shared.limits,

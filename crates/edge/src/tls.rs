@@ -1,6 +1,7 @@
 //! TLS on the HTTPS listener: the ServerConfigs, the ClientHello triage (normal handshake,
 //! TLS-ALPN-01 challenge, rejection) and the handshake deadline.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
@@ -98,12 +99,13 @@ impl TlsConfigs {
     pub(crate) async fn handshake(
         &self,
         stream: TcpStream,
+        client: IpAddr,
         certs: &CertMap,
         challenges: &dyn ChallengeResponder,
         limits: &Limits,
         observer: &dyn Observer,
     ) -> Handshake {
-        let (handshake, outcome) = self.triage(stream, certs, challenges, limits).await;
+        let (handshake, outcome) = self.triage(stream, client, certs, challenges, limits).await;
         observer.handshake(outcome);
         handshake
     }
@@ -111,11 +113,12 @@ impl TlsConfigs {
     async fn triage(
         &self,
         stream: TcpStream,
+        client: IpAddr,
         certs: &CertMap,
         challenges: &dyn ChallengeResponder,
         limits: &Limits,
     ) -> (Handshake, Outcome) {
-        let deadline = Instant::now() + limits.tls_handshake_timeout;
+        let mut deadline = Instant::now() + limits.tls_handshake_timeout;
         let start = match timeout_at(
             deadline,
             LazyConfigAcceptor::new(Acceptor::default(), stream),
@@ -175,7 +178,21 @@ impl TlsConfigs {
 
         // Checked here, rather than left to the resolver, to answer `unrecognized_name` instead
         // of the `access_denied` rustls sends when a resolver has no certificate.
-        let Some(key) = certs.lookup(&sni) else {
+        let key = match certs.lookup(&sni) {
+            Some(key) => Some(key),
+            // A name no site holds: on-demand TLS decides (and may wait for a certificate),
+            // outside the handshake deadline, which starts again once it has one.
+            None => match certs.on_demand() {
+                Some(on_demand) => {
+                    let name = sni.strip_suffix('.').unwrap_or(&sni).to_ascii_lowercase();
+                    let key = on_demand.certificate_for(&name, client).await;
+                    deadline = Instant::now() + limits.tls_handshake_timeout;
+                    key
+                }
+                None => None,
+            },
+        };
+        let Some(key) = key else {
             debug!(sni, "unknown SNI");
             reject(start.io, Alert::UnrecognizedName, deadline).await;
             return (Handshake::Done, Outcome::NoCertificate);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use certs::{CertId, Challenges, Deployer, DomainName};
 use edge::CertUpdate;
 use rustls::sign::CertifiedKey;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How many queued updates are applied with one rebuild of the SNI tables.
 const BATCH: usize = 4096;
@@ -17,12 +17,14 @@ const BATCH: usize = 4096;
 #[derive(Debug)]
 pub struct SniDeployer {
     queue: mpsc::UnboundedSender<CertUpdate>,
+    deployed: watch::Receiver<u64>,
 }
 
 impl SniDeployer {
     /// Must be called inside a tokio runtime; the applying task ends when the deployer is dropped.
     pub fn new(map: Arc<edge::CertMap>) -> SniDeployer {
         let (queue, mut updates) = mpsc::unbounded_channel::<CertUpdate>();
+        let (notify, deployed) = watch::channel(0u64);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while updates.recv_many(&mut batch, BATCH).await > 0 {
@@ -38,9 +40,16 @@ impl SniDeployer {
                         tracing::error!(cert = %id, error = %e, "the SNI map refused a certificate");
                     }
                 }
+                // After the map changed: on-demand handshakes waiting for a name look again.
+                notify.send_modify(|n| *n += 1);
             }
         });
-        SniDeployer { queue }
+        SniDeployer { queue, deployed }
+    }
+
+    /// Changes after every batch applied to the SNI map.
+    pub fn deployed(&self) -> watch::Receiver<u64> {
+        self.deployed.clone()
     }
 }
 

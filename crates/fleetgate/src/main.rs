@@ -13,6 +13,8 @@ mod dns_commands;
 mod dns_node;
 mod manual;
 mod node_sites;
+mod on_demand;
+mod on_demand_config;
 mod run;
 mod sites_cli;
 mod status;

@@ -334,6 +334,7 @@ mod tests {
             spec,
             updated_at: 0,
             updated_by: "test".into(),
+            on_demand: None,
         }
     }
 

@@ -105,7 +105,8 @@ impl Serving {
         registry: &[Entry],
         reload: bool,
     ) -> anyhow::Result<usize> {
-        let sites = node_sites::merge(&config.sites, registry, &config.registry_env());
+        let registry = crate::on_demand::servable(registry);
+        let sites = node_sites::merge(&config.sites, &registry, &config.registry_env());
         let routes =
             routes(&sites, &*self.observer).with_context(|| config.file.display().to_string())?;
         self.edge.set_routes(routes);
@@ -144,7 +145,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Registry::new(store.clone(), node.clone());
     let registry_cache = RegistryCache::new(config.storage.path());
     let (entries, origin) = node_sites::initial(&registry, &registry_cache).await;
-    let initial = node_sites::merge(&config.sites, &entries, &config.registry_env());
+    let initial = node_sites::merge(
+        &config.sites,
+        &crate::on_demand::servable(&entries),
+        &config.registry_env(),
+    );
     // The request path's metrics, with the recorder only: else a no-op observer (requests
     // are then neither timed nor counted).
     let observer: Arc<dyn edge::Observer> = match &telemetry {
@@ -155,13 +160,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         routes(&initial, &*observer).with_context(|| config.file.display().to_string())?;
     let cert_map = Arc::new(edge::CertMap::new());
     let cert_map_for_status = cert_map.clone();
-    let manager = certs::Manager::with_cache(
+    let deployer = Arc::new(SniDeployer::new(cert_map.clone()));
+    let on_demand = crate::on_demand::OnDemandService::new(
+        &config,
         store.clone(),
-        cache,
-        Arc::new(SniDeployer::new(cert_map.clone())),
         node.clone(),
-        config.timings,
+        cert_map.clone(),
+        deployer.deployed(),
     );
+    if let Some(on_demand) = &on_demand {
+        on_demand.set_registry(&entries);
+        cert_map.set_on_demand(Arc::new(on_demand.clone()));
+    }
+    let manager =
+        certs::Manager::with_cache(store.clone(), cache, deployer, node.clone(), config.timings);
     // With `listen.workers`, that many threads each serve their share of the connections (see
     // edge::Shards); this runtime keeps the accept loops, certificate work and reloads.
     let shards = match config.workers {
@@ -209,6 +221,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     manager.apply(initial_certs.clone());
     let serving_sites = initial.len();
     drop(initial);
+    let pause_watch = on_demand
+        .as_ref()
+        .map(|o| crate::on_demand::spawn_pause_watch(o, store.subscribe(), shutdown.clone()));
     let mut registry_changes = node_sites::follow(
         registry,
         registry_cache,
@@ -266,6 +281,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             Ok(()) = registry_changes.changed() => {
                 let entries = registry_changes.borrow_and_update().clone();
+                if let Some(on_demand) = &on_demand {
+                    on_demand.set_registry(&entries);
+                }
                 match serving.apply_sites(&current, &entries, false) {
                     Ok(n) => info!(sites = n, registry_sites = entries.len(), "site registry change applied"),
                     Err(e) => error!(error = %format!("{e:#}"), "site registry change not applied"),
@@ -280,6 +298,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::systemd::stopping();
     shutdown.cancel();
     let _ = tokio::join!(http_task, https_task, heartbeat);
+    if let Some(pause_watch) = pause_watch {
+        let _ = pause_watch.await;
+    }
+    if let Some(on_demand) = &on_demand {
+        let (asks, recorded) = on_demand.counts();
+        info!(
+            asks,
+            recorded, "on-demand: ask calls made and names recorded by this node"
+        );
+    }
     if let Some(admin) = admin {
         let _ = admin.await;
     }
@@ -327,9 +355,10 @@ fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option
         || new.workers != current.workers
         || new.storage != current.storage
         || new.dns != current.dns
+        || new.on_demand != current.on_demand
     {
         warn!(
-            "listen (proxy_protocol_from and workers included), storage and dns changes take effect after a restart"
+            "listen (proxy_protocol_from and workers included), storage, dns and on_demand changes take effect after a restart"
         );
     }
     match serving.apply_sites(&new, registry, true) {

@@ -219,15 +219,15 @@ pub async fn run(config: Config, command: SitesCommand) -> anyhow::Result<()> {
             } else {
                 writeln!(
                     out,
-                    "{:<32} {:<8} {:>7} {:<40} ACTION",
+                    "{:<32} {:<9} {:>7} {:<40} ACTION",
                     "ID", "SOURCE", "VERSION", "DOMAINS"
                 )?;
                 for site in &all {
                     writeln!(
                         out,
-                        "{:<32} {:<8} {:>7} {:<40} {}",
+                        "{:<32} {:<9} {:>7} {:<40} {}",
                         site.id,
-                        site.source.to_string(),
+                        site.kind(),
                         site.version.map(|v| v.to_string()).unwrap_or("-".into()),
                         site.domains().join(","),
                         site.action()
@@ -280,7 +280,10 @@ fn print_site(out: &mut impl Write, site: &SiteView, json: bool) -> anyhow::Resu
         return Ok(());
     }
     writeln!(out, "id:       {}", site.id)?;
-    writeln!(out, "source:   {}", site.source)?;
+    writeln!(out, "source:   {}", site.kind())?;
+    if let Some(state) = &site.on_demand {
+        writeln!(out, "on-demand: {}", serde_json::to_string(state)?)?;
+    }
     if let Some(v) = site.version {
         writeln!(out, "version:  {v}")?;
     }

@@ -16,7 +16,7 @@ pub mod units;
 pub mod validate;
 
 pub use field::{FieldError, FieldPath, Segment};
-pub use registry::{Entry, Registry, RegistryError, Source};
+pub use registry::{Entry, OnDemandState, Registry, RegistryError, Source};
 pub use spec::{
     HealthSpec, HstsSettingsSpec, HstsSpec, ProxySpec, RedirectSpec, RespondSpec, SiteSpec,
     SizeSpec, TlsFilesSpec, TlsSpec,

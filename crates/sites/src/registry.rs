@@ -50,6 +50,37 @@ pub struct Entry {
     pub updated_at: u64,
     /// The node (or CLI user) that wrote this version.
     pub updated_by: String,
+    /// Set for a site added at a handshake by on-demand TLS (and how it fares); `None` for a
+    /// site added through the API or the CLI.
+    pub on_demand: Option<OnDemandState>,
+}
+
+/// An on-demand site's state: when `ask` allowed it, and whether it is paused because its
+/// orders kept failing (its DNS no longer points at the fleet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandState {
+    /// Unix seconds.
+    pub allowed_at: u64,
+    /// The address of the client whose handshake brought the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    /// While set and in the future: refused at handshakes, no certificate ordered (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<u64>,
+    /// When it was first paused (unix seconds); removal counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_paused_at: Option<u64>,
+    /// How many times it was paused.
+    #[serde(default)]
+    pub pauses: u32,
+}
+
+impl OnDemandState {
+    /// Paused at `now` (unix seconds)?
+    pub fn paused_at(&self, now: u64) -> bool {
+        self.paused_until.is_some_and(|until| until > now)
+    }
 }
 
 /// The stored form: an [`Entry`], or a tombstone without `spec`.
@@ -62,6 +93,8 @@ struct Record {
     spec: Option<SiteSpec>,
     updated_at: u64,
     updated_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on_demand: Option<OnDemandState>,
 }
 
 impl Record {
@@ -72,6 +105,7 @@ impl Record {
             version: self.version,
             updated_at: self.updated_at,
             updated_by: self.updated_by,
+            on_demand: self.on_demand,
         })
     }
 }
@@ -262,6 +296,51 @@ impl Registry {
         env: &SiteEnv,
         file_domains: &HashMap<String, String>,
     ) -> Result<Entry, RegistryError> {
+        self.create_with(spec, env, file_domains, None).await
+    }
+
+    /// [`Registry::create`] for a site added by on-demand TLS, recorded with its `state`.
+    pub async fn create_on_demand(
+        &self,
+        spec: SiteSpec,
+        env: &SiteEnv,
+        file_domains: &HashMap<String, String>,
+        state: OnDemandState,
+    ) -> Result<Entry, RegistryError> {
+        self.create_with(spec, env, file_domains, Some(state)).await
+    }
+
+    /// Replace the on-demand state of site `id` (its spec unchanged), only while the site is at
+    /// version `if_match`.
+    pub async fn set_on_demand_state(
+        &self,
+        id: &str,
+        if_match: u64,
+        state: OnDemandState,
+    ) -> Result<Entry, RegistryError> {
+        let id = id.to_ascii_lowercase();
+        let key = Registry::key(&id).ok_or_else(|| RegistryError::NotFound { id: id.clone() })?;
+        let guard = self.lock().await?;
+        let result = async {
+            let current = self.current(&key, &id, Some(if_match)).await?;
+            let spec = current
+                .spec
+                .ok_or_else(|| RegistryError::NotFound { id: id.clone() })?;
+            self.write_entry(&key, &id, current.version + 1, spec, Some(state), &guard)
+                .await
+        }
+        .await;
+        release(guard).await;
+        result
+    }
+
+    async fn create_with(
+        &self,
+        spec: SiteSpec,
+        env: &SiteEnv,
+        file_domains: &HashMap<String, String>,
+        on_demand: Option<OnDemandState>,
+    ) -> Result<Entry, RegistryError> {
         let site = spec.validate(env).map_err(RegistryError::Invalid)?;
         let id = site.id();
         let domains: Vec<String> = site.domains.iter().map(ToString::to_string).collect();
@@ -276,7 +355,8 @@ impl Registry {
             self.registry_conflict(&domains, None).await?;
             let version = previous.map_or(1, |r| r.version + 1);
             self.claim(&domains, &id, &guard).await?;
-            self.write_entry(&key, &id, version, spec, &guard).await
+            self.write_entry(&key, &id, version, spec, on_demand, &guard)
+                .await
         }
         .await;
         release(guard).await;
@@ -311,7 +391,7 @@ impl Registry {
             let current = self.current(&key, &id, if_match).await?;
             self.registry_conflict(&domains, Some(&id)).await?;
             self.claim(&domains, &id, &guard).await?;
-            self.write_entry(&key, &id, current.version + 1, spec, &guard)
+            self.write_entry(&key, &id, current.version + 1, spec, None, &guard)
                 .await
         }
         .await;
@@ -326,7 +406,7 @@ impl Registry {
         let guard = self.lock().await?;
         let result = async {
             let current = self.current(&key, &id, if_match).await?;
-            self.write(&key, &id, current.version + 1, None, &guard)
+            self.write(&key, &id, current.version + 1, None, None, &guard)
                 .await
                 .map(|_| ())
         }
@@ -446,12 +526,14 @@ impl Registry {
         id: &str,
         version: u64,
         spec: Option<SiteSpec>,
+        on_demand: Option<OnDemandState>,
         guard: &store::LeaseGuard,
     ) -> Result<Record, RegistryError> {
         let record = Record {
             id: id.to_owned(),
             version,
             spec,
+            on_demand,
             updated_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -474,10 +556,11 @@ impl Registry {
         id: &str,
         version: u64,
         spec: SiteSpec,
+        on_demand: Option<OnDemandState>,
         guard: &store::LeaseGuard,
     ) -> Result<Entry, RegistryError> {
         let record = self
-            .write(key, id, version, Some(spec.clone()), guard)
+            .write(key, id, version, Some(spec.clone()), on_demand, guard)
             .await?;
         Ok(Entry {
             id: record.id,
@@ -485,6 +568,7 @@ impl Registry {
             spec,
             updated_at: record.updated_at,
             updated_by: record.updated_by,
+            on_demand: record.on_demand,
         })
     }
 }

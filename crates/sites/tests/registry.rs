@@ -285,6 +285,72 @@ mod dir {
         let dir = tempfile::tempdir().unwrap();
         super::concurrent_creates(open(dir.path()), open(dir.path())).await;
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn on_demand_state() {
+        let dir = tempfile::tempdir().unwrap();
+        super::on_demand_state(open(dir.path())).await;
+    }
+}
+
+/// An on-demand site keeps its state through reads; its state changes only at the version
+/// named; an update through the API makes it an ordinary site.
+async fn on_demand_state(store: Arc<dyn Storage>) {
+    let reg = Registry::new(store, "node-a".into());
+    let none = HashMap::new();
+    let state = sites::OnDemandState {
+        allowed_at: 100,
+        client_ip: Some("192.0.2.7".into()),
+        paused_until: None,
+        first_paused_at: None,
+        pauses: 0,
+    };
+    let spec = redirect(&["cust.example"], "https://app.example/");
+    let a = reg
+        .create_on_demand(spec.clone(), &env(), &none, state.clone())
+        .await
+        .unwrap();
+    assert_eq!(a.on_demand.as_ref(), Some(&state));
+    assert_eq!(
+        reg.get("cust.example").await.unwrap().unwrap().on_demand,
+        Some(state.clone())
+    );
+    let paused = sites::OnDemandState {
+        paused_until: Some(200),
+        first_paused_at: Some(150),
+        pauses: 1,
+        ..state.clone()
+    };
+    assert!(paused.paused_at(199) && !paused.paused_at(200));
+    let err = reg
+        .set_on_demand_state("cust.example", a.version + 1, paused.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::VersionMismatch { .. }),
+        "{err:?}"
+    );
+    let b = reg
+        .set_on_demand_state("cust.example", a.version, paused.clone())
+        .await
+        .unwrap();
+    assert_eq!((b.version, b.spec.clone()), (a.version + 1, spec.clone()));
+    assert_eq!(reg.list().await.unwrap()[0].on_demand, Some(paused));
+    let c = reg
+        .update("cust.example", spec, Some(b.version), &env(), &none)
+        .await
+        .unwrap();
+    assert_eq!(c.on_demand, None);
+    // Other sites are not on-demand.
+    let d = reg
+        .create(
+            redirect(&["plain.example"], "https://app.example/"),
+            &env(),
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.on_demand, None);
 }
 
 mod postgres {

@@ -36,6 +36,7 @@ impl<'a> Catalog<'a> {
                 updated_at: None,
                 updated_by: None,
                 spec: spec.clone(),
+                on_demand: None,
             })
             .collect()
     }

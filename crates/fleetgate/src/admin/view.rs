@@ -33,6 +33,9 @@ pub struct SiteView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_by: Option<String>,
     pub spec: sites::SiteSpec,
+    /// An on-demand site's state (added at a handshake, paused or not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<sites::OnDemandState>,
 }
 
 impl SiteView {
@@ -44,6 +47,25 @@ impl SiteView {
             updated_at: Some(entry.updated_at),
             updated_by: Some(entry.updated_by),
             spec: entry.spec,
+            on_demand: entry.on_demand,
+        }
+    }
+
+    /// Where the site comes from, as `fleetgate sites list` shows it: `file`, `registry`,
+    /// `on-demand` or `paused` (an on-demand site whose orders kept failing).
+    pub fn kind(&self) -> String {
+        match &self.on_demand {
+            Some(state) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if state.paused_at(now) {
+                    "paused".into()
+                } else {
+                    "on-demand".into()
+                }
+            }
+            None => self.source.to_string(),
         }
     }
 

@@ -71,6 +71,8 @@ pub struct Config {
     pub limits: edge::Limits,
     /// `[admin]`: the admin API, off without the section.
     pub admin: Option<crate::admin_config::AdminConfig>,
+    /// `[on_demand]`: certificates for names allowed by `ask` at their first handshake.
+    pub on_demand: Option<crate::on_demand_config::OnDemandConfig>,
     /// `[dns]`: the delegated DNS-01 zone this node serves and RFC 2136 servers; off without it.
     pub dns: Option<crate::config_dns::DnsConfig>,
     /// The file's `[[site]]` tables, validated, in file order.
@@ -269,6 +271,11 @@ impl Config {
             default_key_type: acme.key_type,
         };
         let sites = file_sites::sites(&ctx, &raw.sites, &env)?;
+        let ids: Vec<String> = sites.iter().map(Site::id).collect();
+        let on_demand = (raw.on_demand.as_ref())
+            .map(|o| crate::on_demand_config::parse(o, &ids))
+            .transpose()
+            .map_err(|e| ctx.err(Some(e.span), e.key, e.message))?;
         // Lines found by binary search over the newlines: a file of thousands of sites is
         // scanned once, not once per site.
         let newlines: Vec<usize> = text.match_indices('\n').map(|(i, _)| i).collect();
@@ -292,6 +299,7 @@ impl Config {
             log,
             limits,
             admin,
+            on_demand,
             dns,
             sites,
             site_specs: raw.sites,

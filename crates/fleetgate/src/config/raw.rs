@@ -22,6 +22,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) admin: Option<crate::admin_config::RawAdmin>,
     #[serde(default)]
+    pub(super) on_demand: Option<crate::on_demand_config::RawOnDemand>,
+    #[serde(default)]
     pub(super) dns: Option<Spanned<crate::config_dns::RawDns>>,
     #[serde(default, rename = "site")]
     pub(super) sites: Vec<sites::SiteSpec>,

@@ -38,6 +38,7 @@ pub struct ClusterBuilder {
     nonce_reject: u8,
     proxy_protocol: bool,
     admin: bool,
+    extra: String,
 }
 
 impl Default for ClusterBuilder {
@@ -52,6 +53,7 @@ impl Default for ClusterBuilder {
             nonce_reject: 0,
             proxy_protocol: false,
             admin: false,
+            extra: String::new(),
         }
     }
 }
@@ -61,6 +63,13 @@ impl ClusterBuilder {
     /// the nodes trust; probes straight to a node (from 127.0.0.1) stay direct clients.
     pub fn proxy_protocol(mut self) -> Self {
         self.proxy_protocol = true;
+        self
+    }
+
+    /// Config text appended after the `[[site]]` tables on every node (more sites, other
+    /// sections such as `[on_demand]`).
+    pub fn config_extra(mut self, text: &str) -> Self {
+        self.extra.push_str(text);
         self
     }
 
@@ -173,7 +182,7 @@ impl ClusterBuilder {
                 }
             };
             let storage = format!("{storage}{}", self.storage_extra);
-            let body = site_config(&acme, &sites);
+            let body = format!("{}{}", site_config(&acme, &sites), self.extra);
             let mut node = Node::with_storage(
                 dir,
                 data.clone(),
@@ -230,6 +239,7 @@ impl ClusterBuilder {
             acme,
             sites,
             admin_port,
+            extra: self.extra.clone(),
             _shared: shared,
         })
     }
@@ -259,6 +269,7 @@ pub struct Cluster {
     /// The configured sites, each a list of names (the first is the certificate's id).
     pub sites: Vec<Vec<String>>,
     admin_port: Option<u16>,
+    extra: String,
     // The shared directory (and the dir backend's data) lives as long as the nodes.
     _shared: tempfile::TempDir,
 }
@@ -283,7 +294,7 @@ impl Cluster {
     pub fn add_site(&mut self, domains: &[&str]) -> anyhow::Result<()> {
         self.sites
             .push(domains.iter().map(|d| d.to_string()).collect());
-        let body = site_config(&self.acme, &self.sites);
+        let body = format!("{}{}", site_config(&self.acme, &self.sites), self.extra);
         for node in &self.nodes {
             node.write_config(&body)?;
             if node.child.is_some() {
@@ -298,7 +309,11 @@ impl Cluster {
     pub fn add_site_to(&self, i: usize, domains: &[&str]) -> anyhow::Result<()> {
         let mut sites = self.sites.clone();
         sites.push(domains.iter().map(|d| d.to_string()).collect());
-        self.nodes[i].write_config(&site_config(&self.acme, &sites))?;
+        self.nodes[i].write_config(&format!(
+            "{}{}",
+            site_config(&self.acme, &sites),
+            self.extra
+        ))?;
         self.nodes[i].signal(Signal::Hup)
     }
 
