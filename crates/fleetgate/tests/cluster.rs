@@ -32,14 +32,24 @@ async fn three_nodes_share_postgres_behind_haproxy() -> anyhow::Result<()> {
         .start()
         .await?;
     check_cluster(&cluster).await?;
-    let status = cluster.nodes[0].command(&["status"]);
-    let text = String::from_utf8_lossy(&status.stdout);
-    assert!(
-        status.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    assert_eq!(text.matches(" up ").count(), 3, "{text}");
+    // Each node writes its first heartbeat a second after it starts: `status` lists all three
+    // once they have.
+    testkit::wait_for_ok(
+        "fleetgate status listing three nodes up",
+        std::time::Duration::from_secs(20),
+        || async {
+            let status = cluster.nodes[0].command(&["status"]);
+            let text = String::from_utf8_lossy(&status.stdout);
+            anyhow::ensure!(
+                status.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&status.stderr)
+            );
+            anyhow::ensure!(text.matches(" up ").count() == 3, "{text}");
+            Ok(())
+        },
+    )
+    .await?;
     let check = cluster.nodes[0].command(&["check"]);
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(
