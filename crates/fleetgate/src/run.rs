@@ -119,27 +119,30 @@ impl Serving {
     }
 }
 
+/// Metrics are recorded only when the admin listener (which serves `/metrics`) is on; without
+/// a recorder every metric call is a no-op. With it, store operations are timed too.
+fn instrument(
+    config: &Config,
+    store: Arc<dyn store::Storage>,
+) -> anyhow::Result<(Option<crate::telemetry::Telemetry>, Arc<dyn store::Storage>)> {
+    if config.admin.is_none() {
+        return Ok((None, store));
+    }
+    let telemetry = crate::telemetry::Telemetry::install()?;
+    let backend = match &config.storage {
+        crate::config::StorageConfig::Dir { .. } => "dir",
+        crate::config::StorageConfig::Postgres { .. } => "postgres",
+        crate::config::StorageConfig::Redis { .. } => "redis",
+    };
+    let timed = Arc::new(crate::telemetry::TimedStore::new(store, backend));
+    Ok((Some(telemetry), timed))
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let node = node_name(&config);
     let (store, cache) = open_store(&config).await?;
     let shutdown = CancellationToken::new();
-    // Metrics are recorded only when the admin listener (which serves `/metrics`) is on; without
-    // a recorder every metric call is a no-op.
-    let telemetry = match &config.admin {
-        Some(_) => Some(crate::telemetry::Telemetry::install()?),
-        None => None,
-    };
-    let store: Arc<dyn store::Storage> = match &telemetry {
-        Some(_) => Arc::new(crate::telemetry::TimedStore::new(
-            store,
-            match &config.storage {
-                crate::config::StorageConfig::Dir { .. } => "dir",
-                crate::config::StorageConfig::Postgres { .. } => "postgres",
-                crate::config::StorageConfig::Redis { .. } => "redis",
-            },
-        )),
-        None => store,
-    };
+    let (telemetry, store) = instrument(&config, store)?;
     // Subscribe before the first read so that no change falls between the two.
     let registry_events = store.subscribe();
     let registry = Registry::new(store.clone(), node.clone());
