@@ -21,10 +21,12 @@ def fleetgate_site(domains, cert, key, action, https_redirect=None):
 FG_REDIRECT = f'redirect = {{ to = "{MAIN}", status = 301, keep_path = true }}'
 
 
-def fleetgate_config(d, http, https, sites, extra=""):
-    # FLEETBENCH_METRICS=1: the admin listener on, so the Prometheus recorder and the request-path
-    # metrics run (they are off without [admin]); compare fg/nginx ratios of runs with and without.
-    if os.environ.get("FLEETBENCH_METRICS") == "1":
+def fleetgate_config(d, http, https, sites, extra="", metrics=None):
+    # metrics (or FLEETBENCH_METRICS=1): the admin listener on, so the Prometheus recorder and the
+    # request-path metrics run (they are off without [admin]). Scenario 7 measures both ways.
+    if metrics is None:
+        metrics = os.environ.get("FLEETBENCH_METRICS") == "1"
+    if metrics:
         extra += f'\n[admin]\nlisten = "127.0.0.1:{free_port()}"\n'
     path = os.path.join(d, "fleetgate.toml")
     with open(path, "w") as f:
@@ -34,16 +36,16 @@ def fleetgate_config(d, http, https, sites, extra=""):
     return path
 
 
-def start_redirect(d, http, https, cert, key):
+def start_redirect(d, http, https, cert, key, metrics=None):
     site = fleetgate_site(REDIRECT_NAMES, cert, key, FG_REDIRECT, https_redirect=False)
-    cfg = fleetgate_config(d, http, https, [site])
+    cfg = fleetgate_config(d, http, https, [site], metrics=metrics)
     return PROCS.start("fleetgate", [FLEETGATE, "run", "--config", cfg], os.path.join(d, "fleetgate.log"))
 
 
-def start_proxy(d, http, https, cert, key, upstream):
+def start_proxy(d, http, https, cert, key, upstream, metrics=None):
     site = fleetgate_site(PROXY_NAMES, cert, key, f'proxy = {{ upstreams = ["http://127.0.0.1:{upstream}"] }}',
                           https_redirect=False)
-    cfg = fleetgate_config(d, http, https, [site])
+    cfg = fleetgate_config(d, http, https, [site], metrics=metrics)
     return PROCS.start("fleetgate", [FLEETGATE, "run", "--config", cfg], os.path.join(d, "fleetgate.log"))
 
 
