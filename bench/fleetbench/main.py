@@ -16,7 +16,7 @@ from .certs import openssl_ca, openssl_leaf
 from .install import build_fleetgate, install_missing
 from .procs import PROCS, on_signal
 from .report import FAILURES, OTHER_LOAD_WARN, Results, write_results
-from .scenarios import acme, metrics, proxy, redirect, sni
+from .scenarios import acme, metrics, proxy, redirect, registry, sni
 
 
 def main():
@@ -39,7 +39,7 @@ def main():
     args.rounds = max(1, args.rounds or (1 if args.quick else 5))
     if args.wait_quiet is None:
         args.wait_quiet = 0.0 if args.quick else 30.0
-    only = set((args.only or "1,2,3,4,5,6,7").split(","))
+    only = set((args.only or "1,2,3,4,5,6,7,8").split(","))
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -67,6 +67,8 @@ def main():
             acme.run(args, results)
         if "7" in only:
             metrics.run(args, cert, key, results)
+        if "8" in only:
+            registry.run(args, results)
         durations["total"] = time.monotonic() - t_start
         print()
         print(results.table(markdown=False))
