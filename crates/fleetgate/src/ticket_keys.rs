@@ -541,6 +541,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sealed_at_rest_like_private_keys() {
+        let (_dir, inner) = dir_store();
+        let seal = store::SealKey::from_hex(&"ab".repeat(32)).unwrap();
+        let sealed: Arc<dyn Storage> = Arc::new(store::SealedStore::new(
+            inner.clone(),
+            &seal,
+            certs::layout::sealed_prefixes(),
+        ));
+        let Rotation::Rotated(keys) = rotate(sealed.as_ref(), "a", When::Now).await.unwrap()
+        else {
+            panic!("not rotated");
+        };
+        let raw = inner
+            .get(&certs::layout::ticket_keys())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(raw.starts_with(b"FGSEAL1"));
+        let text = String::from_utf8_lossy(&raw);
+        assert!(!text.contains(&keys.current.secret) && !text.contains("generation"));
+        assert_eq!(read(sealed.as_ref()).await.unwrap(), Some(keys));
+    }
+
+    #[tokio::test]
     async fn followers_share_keys_and_swap_them_live() {
         let (_dir, store) = dir_store();
         let shutdown = CancellationToken::new();
