@@ -549,8 +549,7 @@ mod tests {
             &seal,
             certs::layout::sealed_prefixes(),
         ));
-        let Rotation::Rotated(keys) = rotate(sealed.as_ref(), "a", When::Now).await.unwrap()
-        else {
+        let Rotation::Rotated(keys) = rotate(sealed.as_ref(), "a", When::Now).await.unwrap() else {
             panic!("not rotated");
         };
         let raw = inner
