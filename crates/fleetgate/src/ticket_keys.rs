@@ -312,35 +312,36 @@ impl Follower {
 
     async fn read_and_rotate(&mut self) -> anyhow::Result<Duration> {
         let mut stored = read(self.store.as_ref()).await?;
+        // What was read is put in use first: a rotation that fails below leaves it in force.
+        if let Some(stored) = &stored {
+            self.apply(stored.clone())?;
+        }
         let due = stored
             .as_ref()
             .is_none_or(|s| s.due_in(self.period, unix_now()).is_zero());
         if due {
-            match rotate(self.store.as_ref(), &self.node, When::Due(self.period)).await? {
-                Rotation::Rotated(new) => {
+            match rotate(self.store.as_ref(), &self.node, When::Due(self.period)).await {
+                Ok(Rotation::Rotated(new)) => {
                     info!(
                         generation = new.generation,
                         "rotated the fleet's TLS ticket keys"
                     );
                     stored = Some(new);
                 }
-                Rotation::NotDue(current) => stored = Some(current),
+                Ok(Rotation::NotDue(current)) => stored = Some(current),
                 // The holder is rotating: its write raises an event; look again soon anyway.
-                Rotation::Busy(_) => {
-                    if let Some(stored) = stored {
-                        self.apply(stored)?;
-                    }
+                Ok(Rotation::Busy(_)) => return Ok(RETRY),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "cannot rotate the TLS ticket keys; trying again shortly");
                     return Ok(RETRY);
                 }
             }
         }
         let Some(stored) = stored else {
-            // Written by this node or the lease holder just now; not readable yet.
             return Ok(RETRY);
         };
         let wait = stored.due_in(self.period, unix_now());
         self.apply(stored)?;
-        // Rotation is due: a moment later, so the lease holder's write usually comes first.
         Ok(if wait.is_zero() { RETRY } else { wait })
     }
 
