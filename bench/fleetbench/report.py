@@ -132,6 +132,8 @@ OTHER_LOAD_WARN = 0.2
 def fmt_value(v, unit):
     if unit in ("s", "ms"):
         return f"{v:.2f}"
+    if unit == "%":
+        return f"{v:.1f}"
     return f"{v:,.0f}"
 
 

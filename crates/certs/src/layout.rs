@@ -10,8 +10,9 @@
 //! internal/ca.json                       the built-in CA's root certificate and key
 //! nodes/<node>.json                      each node's heartbeat (for `fleetgate status`)
 //! limits/{orders,certs,failures}/<name>  sliding-window counters of the cluster-wide limits
+//! tls-tickets/keys.json                  the fleet's TLS session ticket keys (sealed)
 //! ```
-//! Lock names: `cert-<cert-id>`, `account-<ca>`, `internal-ca`, `limits`.
+//! Lock names: `cert-<cert-id>`, `account-<ca>`, `internal-ca`, `limits`, `tls-tickets`.
 
 use store::{LockName, StorageKey};
 
@@ -95,9 +96,20 @@ pub fn internal_ca_lock() -> LockName {
     LockName::new("internal-ca")
 }
 
-/// The prefixes whose objects hold private keys, sealed at rest when a sealing key is configured.
+/// The fleet's TLS session ticket keys (previous, current, next), one object.
+pub fn ticket_keys() -> StorageKey {
+    key("tls-tickets/keys.json".to_string())
+}
+
+/// Held while a node rotates the ticket keys.
+pub fn ticket_keys_lock() -> LockName {
+    LockName::new("tls-tickets")
+}
+
+/// The prefixes whose objects hold private keys (and the TLS ticket keys, which open every
+/// session ticket), sealed at rest when a sealing key is configured.
 pub fn sealed_prefixes() -> Vec<StorageKey> {
-    ["certs", "acme", "internal"]
+    ["certs", "acme", "internal", "tls-tickets"]
         .into_iter()
         .map(|p| key(p.to_string()))
         .collect()

@@ -33,7 +33,10 @@ pub enum EdgeError {
     /// A proxy site's settings cannot be used (upstream URL, timeouts, roots, health check).
     #[error("proxy {what}: {reason}")]
     InvalidProxy { what: String, reason: String },
-    /// rustls refused the TLS configuration (for example no ticketer could be made).
+    /// rustls refused the TLS configuration.
     #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
+    /// A session ticket key could not be made (no randomness, or a key the cipher refused).
+    #[error("TLS session ticket key: {0}")]
+    TicketKey(&'static str),
 }

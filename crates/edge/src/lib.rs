@@ -8,6 +8,8 @@
 //!   listener, HTTP/1.1 and HTTP/2 with hyper, HTTP-01 and the https redirect on plain HTTP,
 //!   [`Limits`] on everything a client can hold, graceful shutdown.
 //! - [`ChallengeResponder`] is how the edge asks for ACME challenge answers.
+//! - [`TicketKeys`] seal and open TLS session tickets; the keys are given (shared by a fleet, so
+//!   a ticket from one node resumes on another) and swapped live.
 //!
 //! **Architecture invariant:** this crate knows nothing about ACME orders or storage: it is given
 //! certificates and challenge answers through [`CertMap`] and [`ChallengeResponder`].
@@ -33,6 +35,7 @@ mod routes;
 mod server;
 mod shards;
 mod signal;
+mod tickets;
 mod tls;
 mod wire;
 
@@ -51,3 +54,4 @@ pub use resolver::{CertMap, CertUpdate, OnDemand};
 pub use routes::{Action, Hsts, Routes, Site};
 pub use server::Edge;
 pub use shards::Shards;
+pub use tickets::{TICKET_KEY_ID_LEN, TICKET_SECRET_LEN, TicketKey, TicketKeys};

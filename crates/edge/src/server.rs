@@ -31,6 +31,7 @@ use crate::resolver::CertMap;
 use crate::routes::Routes;
 use crate::shards::Shards;
 use crate::signal::{Signal, Waiter};
+use crate::tickets::TicketKeys;
 use crate::tls::{Handshake, TlsConfigs};
 
 /// Pause after an accept error that is not about one connection (out of file descriptors...).
@@ -67,6 +68,8 @@ pub struct Edge {
     /// The sites, certificates, challenge answers and limits every connection's handler reads.
     shared: Arc<Shared>,
     tls: TlsConfigs,
+    /// The keys sealing TLS session tickets, replaced live by [`Edge::ticket_keys`]' holder.
+    tickets: Arc<TicketKeys>,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     permits: Arc<Semaphore>,
@@ -78,15 +81,17 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Builds the TLS configuration and the HTTP connection settings once. Fails only if rustls
-    /// rejects the configuration (no ticket key could be made).
+    /// Builds the TLS configuration and the HTTP connection settings once. Session tickets are
+    /// sealed with a random key of this process until [`Edge::ticket_keys`] is given others.
+    /// Fails only if rustls rejects the configuration or no ticket key could be made.
     pub fn new(
         routes: Routes,
         certs: Arc<CertMap>,
         challenges: Arc<dyn ChallengeResponder>,
         limits: Limits,
     ) -> Result<Edge, EdgeError> {
-        let tls = TlsConfigs::new(Arc::clone(&certs))?;
+        let tickets = Arc::new(TicketKeys::new()?);
+        let tls = TlsConfigs::new(Arc::clone(&certs), Arc::clone(&tickets))?;
         let mut http1 = http1::Builder::new();
         // One flat buffer per write instead of writev over head and body: the bodies here are
         // short (redirects, small proxied answers) and a copy is cheaper than the iovec (~5 %
@@ -116,6 +121,7 @@ impl Edge {
                 acme: None,
             }),
             tls,
+            tickets,
             http1,
             http2,
             permits,
@@ -199,6 +205,12 @@ impl Edge {
     /// The sites in force.
     pub fn routes(&self) -> Arc<Routes> {
         self.shared.routes.load_full()
+    }
+
+    /// The keys that seal and open TLS session tickets on every HTTPS listener of this edge; set
+    /// the fleet's keys here ([`TicketKeys::set`]) so tickets resume on every node.
+    pub fn ticket_keys(&self) -> &Arc<TicketKeys> {
+        &self.tickets
     }
 
     /// The certificate map the HTTPS listeners use.

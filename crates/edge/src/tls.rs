@@ -22,11 +22,13 @@ use crate::error::EdgeError;
 use crate::limits::Limits;
 use crate::observe::{Handshake as Outcome, Observer};
 use crate::resolver::CertMap;
+use crate::tickets::TicketKeys;
 
 /// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
 const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
-/// TLS sessions kept for resumption by session id (TLS 1.2) and stateful TLS 1.3 resumption;
-/// tickets (stateless) are the main path.
+/// TLS sessions kept for resumption by session id (TLS 1.2 clients that offer no ticket): such
+/// a session resumes only on the node that made it. Tickets (stateless, sealed with the keys in
+/// [`TicketKeys`], shared by the fleet) are the main path, on TLS 1.3 and TLS 1.2 alike.
 const SESSION_CACHE_SIZE: usize = 4096;
 
 /// TLS alert descriptions the edge sends itself (RFC 8446 section 6).
@@ -60,16 +62,17 @@ pub(crate) struct TlsConfigs {
 
 impl TlsConfigs {
     /// The main configuration: certificates from `certs` by SNI, ALPN h2 and http/1.1, session
-    /// tickets and a server-side session cache, aws-lc-rs as the provider. It holds nothing that
-    /// changes at run time (the resolver is live), so it is never rebuilt.
-    pub(crate) fn new(certs: Arc<CertMap>) -> Result<Self, EdgeError> {
+    /// tickets sealed with `tickets` and a server-side session cache, aws-lc-rs as the provider.
+    /// It holds nothing that changes at run time (the resolver and the ticket keys are live), so
+    /// it is never rebuilt.
+    pub(crate) fn new(certs: Arc<CertMap>, tickets: Arc<TicketKeys>) -> Result<Self, EdgeError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut main = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(certs);
         main.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        main.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        main.ticketer = tickets as Arc<dyn rustls::server::ProducesTickets>;
         main.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         // One TLS 1.3 ticket per handshake (rustls sends two by default), as Go's TLS stack
         // does: a client resuming spends one ticket per connection and every resumed handshake

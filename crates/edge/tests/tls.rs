@@ -264,6 +264,63 @@ async fn sessions_resume_with_tickets() {
     );
 }
 
+/// One connection with `config` (its session cache shared across calls): handshake, a request
+/// read to the end (TLS 1.3 tickets come after the handshake); how the handshake went.
+async fn visit(
+    addr: std::net::SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> rustls::HandshakeKind {
+    let mut tls = testkit::tls_connect(addr, "a.test", Arc::clone(config))
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(DEADLINE, tls.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reply.starts_with(b"HTTP/1.1 200"));
+    kind
+}
+
+#[tokio::test]
+async fn edges_given_the_same_ticket_keys_resume_each_others_sessions() {
+    use edge::TicketKey;
+    use rustls::HandshakeKind::{Full, Resumed};
+    let ca = Ca::new();
+    let (one, two, stranger) = (start(&ca).await, start(&ca).await, start(&ca).await);
+    let shared = TicketKey::generate().unwrap();
+    for e in [&one, &two] {
+        e.edge.ticket_keys().set(shared.clone(), vec![]);
+    }
+    let client = || tls_config(ca.root_pem(), &[b"http/1.1"]);
+
+    let config = client();
+    assert_eq!(visit(one.https, &config).await, Full);
+    assert_eq!(visit(two.https, &config).await, Resumed);
+    // An edge with a key of its own cannot open the others' tickets: a full handshake.
+    let config = client();
+    assert_eq!(visit(one.https, &config).await, Full);
+    assert_eq!(visit(stranger.https, &config).await, Full);
+
+    // Rotated live: the old key only opens; a session sealed with it still resumes.
+    let config = client();
+    assert_eq!(visit(one.https, &config).await, Full);
+    let next = TicketKey::generate().unwrap();
+    two.edge
+        .ticket_keys()
+        .set(next.clone(), vec![shared.clone()]);
+    assert_eq!(visit(two.https, &config).await, Resumed);
+    // Retired: a session sealed with a forgotten key is a full handshake.
+    let config = client();
+    assert_eq!(visit(one.https, &config).await, Full);
+    two.edge.ticket_keys().set(next, vec![]);
+    assert_eq!(visit(two.https, &config).await, Full);
+}
+
 #[tokio::test]
 async fn silent_tls_client_is_dropped_after_the_handshake_timeout() {
     let ca = Ca::new();

@@ -273,6 +273,28 @@ pub async fn ca_export(config: &Config) -> anyhow::Result<()> {
     std::io::stdout().lock().write_all(pem.as_bytes())?;
     Ok(())
 }
+/// `fleetgate tickets rotate`: the fleet's next TLS ticket keys, now.
+pub async fn tickets_rotate(config: &Config) -> anyhow::Result<()> {
+    use crate::ticket_keys::{Rotation, When, rotate};
+    let (store, _) = crate::store_open::open_store(config).await?;
+    let node = crate::store_open::node_name(config);
+    match rotate(store.as_ref(), &node, When::Now).await? {
+        Rotation::Rotated(keys) => {
+            println!(
+                "TLS ticket keys rotated: generation {}, sealing with key {}; every node swaps them in within seconds",
+                keys.generation,
+                keys.current_id()
+            );
+            Ok(())
+        }
+        Rotation::Busy(holder) => anyhow::bail!(
+            "node {} is rotating the ticket keys right now; try again in a minute",
+            holder.owner
+        ),
+        Rotation::NotDue(_) => anyhow::bail!("not rotated (a forced rotation is always due)"),
+    }
+}
+
 fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_string()

@@ -21,6 +21,7 @@ mod status;
 mod store_open;
 mod systemd;
 mod telemetry;
+mod ticket_keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,6 +95,22 @@ enum Command {
         #[command(subcommand)]
         command: DnsCommand,
     },
+    /// The fleet's TLS session ticket keys (shared through the store).
+    Tickets {
+        #[command(subcommand)]
+        command: TicketsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TicketsCommand {
+    /// Rotate the keys now (a key may have leaked; the schedule is tls.ticket_key_rotation):
+    /// tickets made before stay valid for one more period, every node swaps the keys in within
+    /// seconds (no node needs to run).
+    Rotate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +158,9 @@ fn main() -> ExitCode {
         Command::Dns {
             command: DnsCommand::Delegate { config, .. } | DnsCommand::Check { config, .. },
         } => config,
+        Command::Tickets {
+            command: TicketsCommand::Rotate { config },
+        } => config,
     };
     let config = match config::Config::load(config_path) {
         Ok(config) => config,
@@ -187,6 +207,9 @@ fn main() -> ExitCode {
                 }
             })
         }),
+        Command::Tickets {
+            command: TicketsCommand::Rotate { .. },
+        } => runtime().and_then(|rt| rt.block_on(commands::tickets_rotate(&config))),
         // Answered above, before the config was read.
         Command::Completions { .. } | Command::Manpage => Ok(()),
     };

@@ -185,22 +185,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             edge::Shards::start(n).context("cannot start the worker threads (listen.workers)")?,
         )),
     };
-    let mut edge = edge::Edge::new(
+    let edge = build_edge(
+        &config,
         initial_routes,
         cert_map,
         Arc::new(SharedChallenges(manager.challenges())),
-        config.limits.clone(),
-    )
-    .context("cannot set up the listeners' TLS")?
-    .with_https_port(config.listen_https.port())
-    .with_proxy_protocol(edge::ProxyProtocol::new(config.proxy_protocol_from.clone()));
-    if telemetry.is_some() {
-        edge = edge.with_observer(Arc::clone(&observer));
-    }
-    if let Some(shards) = &shards {
-        edge = edge.with_shards(Arc::clone(shards));
-    }
-    let edge = Arc::new(edge);
+        telemetry.is_some().then_some(&observer),
+        shards.as_ref(),
+    )?;
+    // The fleet's TLS ticket keys, followed from the store (this edge's own key until then).
+    let ticket_keys = crate::ticket_keys::follow(
+        Arc::clone(edge.ticket_keys()),
+        store.clone(),
+        node.clone(),
+        config.ticket_key_rotation,
+        config.timings.resync,
+        store.subscribe(),
+        shutdown.clone(),
+    );
 
     let http = bind(config.listen_http, "listen.http").await?;
     let https = bind(config.listen_https, "listen.https").await?;
@@ -300,7 +302,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // edge), then stop certificate work and release this node's leases.
     crate::systemd::stopping();
     shutdown.cancel();
-    let _ = tokio::join!(http_task, https_task, heartbeat);
+    let _ = tokio::join!(http_task, https_task, heartbeat, ticket_keys);
     if let Some(pause_watch) = pause_watch {
         let _ = pause_watch.await;
     }
@@ -325,6 +327,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::status::mark_stopped(store.as_ref(), &node).await;
     info!("stopped");
     Ok(())
+}
+
+/// The edge for `config`: its routes, certificates and challenge answers, requests reported to
+/// `observer` (with the metrics), connections served on `shards` (with `listen.workers`).
+fn build_edge(
+    config: &Config,
+    routes: edge::Routes,
+    certs: Arc<edge::CertMap>,
+    challenges: Arc<dyn edge::ChallengeResponder>,
+    observer: Option<&Arc<dyn edge::Observer>>,
+    shards: Option<&Arc<edge::Shards>>,
+) -> anyhow::Result<Arc<edge::Edge>> {
+    let mut edge = edge::Edge::new(routes, certs, challenges, config.limits.clone())
+        .context("cannot set up the listeners' TLS")?
+        .with_https_port(config.listen_https.port())
+        .with_proxy_protocol(edge::ProxyProtocol::new(config.proxy_protocol_from.clone()));
+    if let Some(observer) = observer {
+        edge = edge.with_observer(Arc::clone(observer));
+    }
+    if let Some(shards) = shards {
+        edge = edge.with_shards(Arc::clone(shards));
+    }
+    Ok(Arc::new(edge))
 }
 
 /// SIGHUP: load the config file again and serve its sites with the registry's; `None` (and a
@@ -359,9 +384,10 @@ fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option
         || new.storage != current.storage
         || new.dns != current.dns
         || new.on_demand != current.on_demand
+        || new.ticket_key_rotation != current.ticket_key_rotation
     {
         warn!(
-            "listen (proxy_protocol_from and workers included), storage, dns and on_demand changes take effect after a restart"
+            "listen (proxy_protocol_from and workers included), storage, dns, on_demand and tls changes take effect after a restart"
         );
     }
     match serving.apply_sites(&new, registry, true) {

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use certs::KeyType;
 use certs::acme::AcmeSettings;
@@ -69,6 +70,9 @@ pub struct Config {
     pub default_key_type: KeyType,
     pub log: LogConfig,
     pub limits: edge::Limits,
+    /// `tls.ticket_key_rotation`: how often the fleet's TLS session ticket keys rotate (a
+    /// ticket resumes for at least that long).
+    pub ticket_key_rotation: Duration,
     /// `[admin]`: the admin API, off without the section.
     pub admin: Option<crate::admin_config::AdminConfig>,
     /// `[on_demand]`: certificates for names allowed by `ask` at their first handshake.
@@ -239,6 +243,7 @@ impl Config {
         let acme = sections::acme(&ctx, raw.acme.as_ref(), &mut timings.limits)?;
         let log = sections::log(&ctx, &raw.log)?;
         let limits = sections::limits(&ctx, &raw.limits)?;
+        let ticket_key_rotation = sections::tls(&ctx, &raw.tls)?;
         let admin = (raw.admin.as_ref())
             .map(|a| crate::admin_config::parse(a, &|p: &str| ctx.resolve(p)))
             .transpose()
@@ -298,6 +303,7 @@ impl Config {
             default_key_type: acme.key_type,
             log,
             limits,
+            ticket_key_rotation,
             admin,
             on_demand,
             dns,

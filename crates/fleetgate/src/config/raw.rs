@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) limits: RawLimits,
     #[serde(default)]
+    pub(super) tls: RawTls,
+    #[serde(default)]
     pub(super) admin: Option<crate::admin_config::RawAdmin>,
     #[serde(default)]
     pub(super) on_demand: Option<crate::on_demand_config::RawOnDemand>,
@@ -154,4 +156,10 @@ pub(super) struct RawLimits {
     pub(super) send_timeout: Option<Spanned<String>>,
     pub(super) drain_timeout: Option<Spanned<String>>,
     pub(super) max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) ticket_key_rotation: Option<Spanned<String>>,
 }

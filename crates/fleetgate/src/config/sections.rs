@@ -9,7 +9,7 @@ use certs::{ChallengeKind, KeyType};
 use sites::parse_duration;
 use toml::Spanned;
 
-use super::raw::{RawAcme, RawLimits, RawListen, RawLog, RawStorage};
+use super::raw::{RawAcme, RawLimits, RawListen, RawLog, RawStorage, RawTls};
 use super::{ConfigError, Ctx, LogConfig, LogFormat, SealKeySource, StorageConfig};
 
 /// `listen.workers` above this is a typo rather than a machine.
@@ -373,4 +373,30 @@ pub(super) fn limits(ctx: &Ctx<'_>, raw: &RawLimits) -> Result<edge::Limits, Con
         limits.max_connections = n.max(1);
     }
     Ok(limits)
+}
+
+/// `tls.ticket_key_rotation` when not set: the fleet's session ticket keys rotate twice a day.
+pub const DEFAULT_TICKET_KEY_ROTATION: Duration = Duration::from_secs(12 * 60 * 60);
+/// Shorter periods make tickets expire before browsers come back.
+const MIN_TICKET_KEY_ROTATION: Duration = Duration::from_secs(60);
+/// A ticket's lifetime is the period, and TLS 1.3 caps it at 7 days (RFC 8446 4.6.1).
+const MAX_TICKET_KEY_ROTATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// `[tls]`: the rotation period of the fleet's session ticket keys.
+pub(super) fn tls(ctx: &Ctx<'_>, raw: &RawTls) -> Result<Duration, ConfigError> {
+    let Some(value) = &raw.ticket_key_rotation else {
+        return Ok(DEFAULT_TICKET_KEY_ROTATION);
+    };
+    parse_duration(value.get_ref())
+        .filter(|d| (MIN_TICKET_KEY_ROTATION..=MAX_TICKET_KEY_ROTATION).contains(d))
+        .ok_or_else(|| {
+            ctx.err(
+                Some(value.span()),
+                "tls.ticket_key_rotation",
+                format!(
+                    "expected a duration from 1m to 7d like \"12h\", got {:?}",
+                    value.get_ref()
+                ),
+            )
+        })
 }

@@ -456,3 +456,26 @@ fn specs_are_kept_as_written() {
     assert_eq!(config.site_specs[0].id(), "a.example");
     assert_eq!(config.file_domains()["a.example"], "a.example");
 }
+
+#[test]
+fn tls_ticket_key_rotation() {
+    assert_eq!(
+        parse("").unwrap().ticket_key_rotation,
+        Duration::from_secs(12 * 3600)
+    );
+    assert_eq!(
+        parse("[tls]\nticket_key_rotation = \"1h 30m\"\n")
+            .unwrap()
+            .ticket_key_rotation,
+        Duration::from_secs(5400)
+    );
+    for bad in ["\"30s\"", "\"8d\"", "\"soon\"", "12"] {
+        let e = err(&format!("[tls]\nticket_key_rotation = {bad}\n"));
+        assert!(e.contains("tls.ticket_key_rotation"), "{e}");
+    }
+    assert!(
+        err("[tls]\nticket_key_rotation = \"30s\"\n")
+            .contains("test.toml:2: tls.ticket_key_rotation: expected a duration from 1m to 7d")
+    );
+    assert!(err("[tls]\nrotation = \"1h\"\n").contains("tls"));
+}
