@@ -170,17 +170,14 @@ impl Handler {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Reply::Ready(
-                Some(response),
-                Count::new(self.shared.unknown.clone(), start),
-            );
+            return Reply::Ready(Some(response), Count::new(self.shared.unknown, start));
         }
         // Each pending kind gets its own future: one enum of both would be as large as the
         // larger (the challenge lookup), and the proxy's is moved into its box per request.
         match self.decide(&req) {
             Next::Done(response, tally) => Reply::Ready(Some(response), Count::new(tally, start)),
             Next::Http01(host, token) => {
-                let count = Count::new(self.shared.acme.clone(), start);
+                let count = Count::new(self.shared.acme, start);
                 Reply::Pending(
                     Box::pin(async move { self.http01(&host, &token).await }),
                     None,
@@ -222,7 +219,7 @@ impl Handler {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Next::Done(response, self.shared.unknown.clone());
+            return Next::Done(response, self.shared.unknown);
         }
         let host = match request_host(req) {
             Ok(host) => host,
@@ -239,7 +236,7 @@ impl Handler {
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                return Next::Done(response, self.shared.unknown.clone());
+                return Next::Done(response, self.shared.unknown);
             }
         };
         match &self.transport {
@@ -259,7 +256,7 @@ impl Handler {
         let Some(route) = host.name().and_then(|name| routes.lookup(name)) else {
             return Next::Done(
                 text(StatusCode::NOT_FOUND, "unknown host\n"),
-                self.shared.unknown.clone(),
+                self.shared.unknown,
             );
         };
         if route.https_redirect {
@@ -268,7 +265,7 @@ impl Handler {
                     Some(location) => redirect(StatusCode::PERMANENT_REDIRECT, location),
                     None => text(StatusCode::BAD_REQUEST, "bad request\n"),
                 },
-                route.tally.clone(),
+                route.tally,
             );
         }
         // The routes guard is let go on return, before an upstream answers.
@@ -277,7 +274,7 @@ impl Handler {
 
     fn tls<B>(&self, req: &Request<B>, host: &Host, sni: &str, key: &Arc<CertifiedKey>) -> Next {
         let Some(name) = host.name() else {
-            return Next::Done(misdirected(), self.shared.unknown.clone());
+            return Next::Done(misdirected(), self.shared.unknown);
         };
         // Another name on the same connection is fine only if the certificate presented in the
         // handshake is the one for that name too (HTTP/2 connection reuse, RFC 9113 9.1.1).
@@ -288,11 +285,11 @@ impl Handler {
                 .lookup(name)
                 .is_some_and(|k| Arc::ptr_eq(&k, key))
         {
-            return Next::Done(misdirected(), self.shared.unknown.clone());
+            return Next::Done(misdirected(), self.shared.unknown);
         }
         let routes = self.shared.routes.load();
         let Some(route) = routes.lookup(name) else {
-            return Next::Done(misdirected(), self.shared.unknown.clone());
+            return Next::Done(misdirected(), self.shared.unknown);
         };
         prepare(route, req, host, self.peer, true, route.hsts.clone())
     }
@@ -340,7 +337,7 @@ fn prepare<B>(
             log,
             https,
             hsts,
-            tally: route.tally.clone(),
+            tally: route.tally,
         });
     }
     let mut response = act(route, req);
@@ -353,7 +350,7 @@ fn prepare<B>(
             .headers_mut()
             .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
     }
-    Next::Done(response, route.tally.clone())
+    Next::Done(response, route.tally)
 }
 
 /// The site's own action (not the proxy's).

@@ -3,8 +3,9 @@
 //! default, and [`NoObserver`] is what an [`crate::Edge`] reports to unless given another.
 //!
 //! Cost on the request path: a site's [`SiteObserver`] is asked for once, when the routes are
-//! built, and kept in the route; a request then makes one call through it (and, with no
-//! observer, an `Option` check and nothing else).
+//! built, and kept in the route as a `&'static` reference (copied per request, no reference
+//! count that the threads would contend on); a request then makes one call through it (and,
+//! with no observer, an `Option` check and nothing else).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,8 +39,10 @@ pub const ACME_SITE: &str = "_acme";
 /// [`crate::Routes::with_observer`].
 pub trait Observer: Send + Sync + 'static {
     /// The recorder of one site's requests, asked for once when the routes are built (and for
-    /// [`UNKNOWN_SITE`] and [`ACME_SITE`] when the edge is). `None`: not counted.
-    fn site(&self, _site_id: &str) -> Option<Arc<dyn SiteObserver>> {
+    /// [`UNKNOWN_SITE`] and [`ACME_SITE`] when the edge is). `None`: not counted. It lives as
+    /// long as the process (a site's series outlive the site, as Prometheus counters do): an
+    /// implementation keeps one per site id and hands the same one out again.
+    fn site(&self, _site_id: &str) -> Option<&'static dyn SiteObserver> {
         None
     }
 
@@ -91,12 +94,12 @@ pub struct NoObserver;
 impl Observer for NoObserver {}
 
 /// The site a request is counted under, if it is observed.
-pub(crate) type SiteTally = Option<Arc<dyn SiteObserver>>;
+pub(crate) type SiteTally = Option<&'static dyn SiteObserver>;
 
 /// A request to count once its response is decided: its site's recorder and when its head
 /// was read. Empty when the edge does not observe or the site is not counted.
 #[derive(Default)]
-pub(crate) struct Count(Option<(Arc<dyn SiteObserver>, Instant)>);
+pub(crate) struct Count(Option<(&'static dyn SiteObserver, Instant)>);
 
 impl Count {
     /// `start` is taken only when the edge observes (an `Option` check otherwise).

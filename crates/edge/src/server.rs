@@ -164,8 +164,8 @@ impl Edge {
                 https_port: old.https_port,
                 observer: Arc::clone(&old.observer),
                 observing: old.observing,
-                unknown: old.unknown.clone(),
-                acme: old.acme.clone(),
+                unknown: old.unknown,
+                acme: old.acme,
             });
         }
         // Unique now: made above if it was not.

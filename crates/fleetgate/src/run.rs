@@ -156,7 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The request path's metrics, with the recorder only: else a no-op observer (requests
     // are then neither timed nor counted).
     let observer: Arc<dyn edge::Observer> = match &telemetry {
-        Some(_) => Arc::new(crate::telemetry::edge::EdgeMetrics::new()),
+        Some(telemetry) => telemetry.edge.clone(),
         None => Arc::new(edge::NoObserver),
     };
     let initial_routes =
