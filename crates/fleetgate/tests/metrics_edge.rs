@@ -7,99 +7,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use common::scrape::{promtool_check, samples, scrape, sum};
 use common::{Node, served_serial};
 use http::{Request, header};
 use testkit::Upstream;
-
-/// One sample of a scrape: name, labels, value.
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse(text: &str) -> Vec<Sample> {
-    let mut samples = Vec::new();
-    for line in text.lines() {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("name value");
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').expect("closing brace");
-                let labels = body
-                    .split("\",")
-                    .filter(|p| !p.is_empty())
-                    .map(|pair| {
-                        let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
-                        (k.to_string(), v.trim_end_matches('"').to_string())
-                    })
-                    .collect();
-                (name.to_string(), labels)
-            }
-            None => (series.to_string(), BTreeMap::new()),
-        };
-        samples.push(Sample {
-            name,
-            labels,
-            value: value.parse().expect("a number"),
-        });
-    }
-    samples
-}
-
-/// The sum of the samples of `name` whose labels include `labels`.
-fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
-async fn scrape(addr: SocketAddr) -> Result<String> {
-    let reply = testkit::http_get(addr, &addr.to_string(), "/metrics").await?;
-    anyhow::ensure!(reply.status == 200, "{}: {}", reply.status, reply.text());
-    Ok(reply.text())
-}
-
-async fn samples(addr: SocketAddr) -> Result<Vec<Sample>> {
-    Ok(parse(&scrape(addr).await?))
-}
-
-fn promtool_check(text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("run promtool (Debian package prometheus; scripts/test installs it)")?;
-    child.stdin.take().unwrap().write_all(text.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- scrape:\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 const APP: &str = "app.localhost";
 const HELLO: &str = "hello.localhost";

@@ -9,6 +9,7 @@ use anyhow::Context;
 use testkit::{ChildGuard, Signal};
 
 pub mod cluster;
+pub mod scrape;
 
 /// A fleetgate process with its own config, data directory and addresses.
 pub struct Node {
