@@ -55,6 +55,18 @@ pub enum SitesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add many registry sites from a JSON file: an array of sites (the `[[site]]` keys, as
+    /// `--from-json` and the API take one). Each is added as `add` would add it; a refused one
+    /// is reported (with its index and the reason) and the others are still added. Exits 1 when
+    /// any was refused.
+    Import {
+        file: PathBuf,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print a JSON summary ({"added": [...], "refused": [{index, id, reason}]}).
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a registry site.
     Rm {
         id: String,
@@ -74,6 +86,7 @@ impl SitesCommand {
             | SitesCommand::Show { config, .. }
             | SitesCommand::Add { config, .. }
             | SitesCommand::Set { config, .. }
+            | SitesCommand::Import { config, .. }
             | SitesCommand::Rm { config, .. } => config,
         }
     }
@@ -258,6 +271,9 @@ pub async fn run(config: Config, command: SitesCommand) -> anyhow::Result<()> {
             let updated = catalog.update(&id, spec, if_match).await.map_err(fail)?;
             print_site(&mut out, &updated, json)?;
         }
+        SitesCommand::Import { file, json, .. } => {
+            return import(&catalog, &file, json, &mut out).await;
+        }
         SitesCommand::Rm {
             id, if_match, json, ..
         } => {
@@ -270,6 +286,66 @@ pub async fn run(config: Config, command: SitesCommand) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `fleetgate sites import FILE`: every site of the array, one after the other.
+async fn import(
+    catalog: &Catalog<'_>,
+    file: &std::path::Path,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let sites: Vec<Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a JSON array of sites: {e}", file.display()))?;
+    let started = std::time::Instant::now();
+    let (mut added, mut refused) = (Vec::new(), Vec::new());
+    for (index, site) in sites.iter().enumerate() {
+        let id = site
+            .get("domains")
+            .and_then(|d| d.get(0))
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let result = match crate::admin::parse_spec(site.to_string().as_bytes()) {
+            Ok(spec) => catalog.create(spec).await,
+            Err(p) => Err(p),
+        };
+        match result {
+            Ok(view) => added.push(view.id),
+            Err(p) => refused.push(json!({ "index": index, "id": id, "reason": problem_text(&p) })),
+        }
+    }
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &json!({ "added": added, "refused": refused }))?;
+        writeln!(out)?;
+    } else {
+        for r in &refused {
+            writeln!(
+                out,
+                "refused [{}] {}: {}",
+                r["index"],
+                r["id"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or("?")
+            )?;
+        }
+        writeln!(
+            out,
+            "{}: {} sites added, {} refused, in {:.1} s",
+            file.display(),
+            added.len(),
+            refused.len(),
+            started.elapsed().as_secs_f64()
+        )?;
+    }
+    anyhow::ensure!(
+        refused.is_empty(),
+        "{} of {} sites refused",
+        refused.len(),
+        sites.len()
+    );
     Ok(())
 }
 
