@@ -1,4 +1,4 @@
-"""Scenario 9: TLS session resumption across a fleet. Three fleetgate nodes share one directory
+"""Scenario 12: TLS session resumption across a fleet. Three fleetgate nodes share one directory
 store (and with it the TLS ticket keys) behind a round-robin HAProxy, so consecutive connections
 of one browser land on different nodes. Measured: the share of handshakes resumed when each
 browser offers its last session, resumed handshakes per second, and full handshakes per second
@@ -26,15 +26,15 @@ def _uses_store_keys(proc):
 
 
 def run(args, ca, cert, key, results):
-    rate_row = results.row("9a", f"{NODES} nodes behind HAProxy: handshakes resumed", "%", higher_is_better=True,
+    rate_row = results.row("12a", f"{NODES} nodes behind HAProxy: handshakes resumed", "%", higher_is_better=True,
                            target="≥ 99 %", target_fn=lambda r: (r.value("fleetgate") or 0) >= 99.0)
-    resumed_row = results.row("9b", f"{NODES} nodes behind HAProxy: resumed handshakes/s", "hs/s",
+    resumed_row = results.row("12b", f"{NODES} nodes behind HAProxy: resumed handshakes/s", "hs/s",
                               higher_is_better=True, target="", target_fn=None)
-    full_row = results.row("9c", f"{NODES} nodes behind HAProxy: full handshakes/s (no session offered)", "hs/s",
+    full_row = results.row("12c", f"{NODES} nodes behind HAProxy: full handshakes/s (no session offered)", "hs/s",
                            higher_is_better=True, target="", target_fn=None)
     for server in SERVERS[1:]:
-        rate_row.skip(server, "not measured in 9a-9c (a fleetgate fleet sharing its ticket keys through its store)")
-    d = tempfile.mkdtemp(prefix="fleetgate-s9-", dir=procs.TMP)
+        rate_row.skip(server, "not measured in 12a-12c (a fleetgate fleet sharing its ticket keys through its store)")
+    d = tempfile.mkdtemp(prefix="fleetgate-s12-", dir=procs.TMP)
     store = os.path.join(d, "store")
     nodes = []
     for i in range(NODES):
@@ -53,12 +53,12 @@ def run(args, ca, cert, key, results):
 
     measured = {}
     for label, keep in (("resuming", True), ("full", False)):
-        log(f"scenario 9: {NODES} nodes behind HAProxy, {label} handshakes for {args.seconds} s")
+        log(f"scenario 12: {NODES} nodes behind HAProxy, {label} handshakes for {args.seconds} s")
         wait_quiet(args.wait_quiet)
         other = OtherLoad()
         measured[label] = resume_load(lb, ca, NAME, args.seconds, keep)
         measured[label + "_other"] = other.split()
-    COMMANDS.comment(f"scenario 9 load: bench/run resume_load(), 2 processes x 8 threads of Python ssl through "
+    COMMANDS.comment(f"scenario 12 load: bench/run resume_load(), 2 processes x 8 threads of Python ssl through "
                      f"HAProxy (TCP round robin over {NODES} fleetgate nodes sharing a dir store), a new connection "
                      f"per request, each thread offering its last session (session=) or, for the baseline, none; "
                      f"{args.seconds} s each")
@@ -79,7 +79,7 @@ def run(args, ca, cert, key, results):
     if not alive:
         notes.append("fleetgate: a node died during the run")
     if failed or b_failed or not alive:
-        FAILURES.append("scenario 9 fleetgate")
+        FAILURES.append("scenario 12 fleetgate")
     rate_row.set("fleetgate", share, rss, notes)
     resumed_row.set("fleetgate", rate * resumed / max(1, resumed + full), rss, [])
     full_row.set("fleetgate", b_rate, rss, [])

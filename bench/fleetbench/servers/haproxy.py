@@ -1,5 +1,5 @@
 """HAProxy in front of several servers: TCP round robin per connection (TLS passes through), as
-the balancer of a fleet (scenario 9)."""
+the balancer of a fleet (scenario 12)."""
 
 import os
 
