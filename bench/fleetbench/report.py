@@ -113,6 +113,13 @@ class Results:
                            "processes + kernel threads): " +
                            ", ".join(f"{s} {c:.2f} + {r.kthreads.get(s, 0.0):.2f} cores" for s, c in r.other.items()))
             for s, d in r.details.items():
+                if "counts" in d:  # h2load
+                    c = d["counts"]
+                    out.append(f"{r.sid}: {s} h2load: {c.get('succeeded', 0)} requests succeeded, "
+                               f"{c.get('failed', '?')} failed ({c.get('errored', '?')} errored, "
+                               f"{c.get('timeout', '?')} timed out), status {d['status']}, latency p50 {d['p50']} ms, "
+                               f"p99 {d['p99']} ms (from its per-request log), protocol {d['protocol']}")
+                    continue
                 out.append(f"{r.sid}: {s} wrk: {d['requests']} requests, latency p50 {d['p50']} ms, "
                            f"p99 {d['p99']} ms, non-2xx/3xx {d['non_2xx_3xx']}, socket errors {d['errors'] or 'none'}")
         return out
@@ -132,6 +139,8 @@ OTHER_LOAD_WARN = 0.2
 def fmt_value(v, unit):
     if unit in ("s", "ms"):
         return f"{v:.2f}"
+    if unit == "KiB/conn":
+        return f"{v:.1f}"
     return f"{v:,.0f}"
 
 
@@ -168,6 +177,7 @@ def machine():
         f"nginx: {version([which('nginx'), '-v'])} (Debian {dpkg_version('nginx')})",
         f"caddy: {version([which('caddy'), 'version'])} (Debian {dpkg_version('caddy')})",
         f"wrk: {version(['wrk', '-v'])}",
+        f"h2load: {version(['h2load', '--version'])} (Debian nghttp2-client {dpkg_version('nghttp2-client')})",
         f"pebble: Debian {dpkg_version('pebble')}",
         f"openssl: {version(['openssl', 'version'])}",
         f"python: {sys.version.split()[0]}",
@@ -187,9 +197,10 @@ def write_results(args, results, started, durations, path):
         f"{started.strftime('%Y-%m-%d %H:%M:%S %Z').strip()} "
         f"(commit {git}{', with uncommitted changes' if dirty else ''}); "
         f"mode: {'quick' if args.quick else 'full'}, {args.seconds} s per load run, "
-        f"{args.rounds} interleaved round(s) of scenarios 1-4 (each server's median round reported; "
-        f"the ratios are medians of per-round ratios); "
-        f"the run took {durations['total']:.0f} s (build {durations['build']:.0f} s).",
+        f"{args.rounds} interleaved round(s) of scenarios 1-4 and 7, fewer of 8 and 9 (see their notes; "
+        f"each server's median round reported; the ratios are medians of per-round ratios); "
+        f"the run took {durations['total']:.0f} s (build {durations['build']:.0f} s; "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items() if k.startswith("scenario")) + ").",
         "",
         "Every figure comes from this one run with the same load generator; compare ratios, not "
         "absolute numbers, across runs (see bench/README.md for the caveats).",
@@ -205,7 +216,7 @@ def write_results(args, results, started, durations, path):
         results.table(markdown=True),
         "",
         "RSS is peak resident memory (VmHWM) over that scenario's server process; nginx is master + "
-        "workers summed. Ratios are fleetgate / other; for rows in seconds or ms lower is better.",
+        "workers summed. Ratios are fleetgate / other; for rows in seconds, ms or KiB/conn lower is better.",
         "",
         "## Notes",
         "",
