@@ -1,8 +1,8 @@
 """Scenario 8: HTTP/2 over TLS (ALPN h2), loaded with h2load: the redirect site of scenarios 2-3 and
 the proxy of scenario 4 (here on its HTTPS port, HTTP/1.1 keep-alive to the upstream), each with
-`-c 16 -m 10` and `-c 64 -m 100` (connections × concurrent streams), in interleaved rounds (fewer
-than scenarios 1-4: four loads per server and round). Each server is started once per round and
-kind, and takes both loads one after the other. Rows: req/s (target ≥ 1.2 × nginx with p99 no
+`-c 16 -m 10` and `-c 64 -m 100` (connections × concurrent streams), in interleaved rounds, fewer
+and shorter than scenarios 1-4 (four loads per server and round; half of --seconds each). Each
+server is started once per round and kind, and takes both loads one after the other. Rows: req/s (target ≥ 1.2 × nginx with p99 no
 worse) and p99 latency, each ratio the median of the per-round ratios."""
 
 import statistics
@@ -65,8 +65,10 @@ def check_run(server, label, r, expect):
     return notes
 
 
-def measure(args, kind, starters, ready, path, expect, row_pairs, rounds):
-    """`rounds` interleaved rounds; in each, every server started once and given both loads."""
+def measure(args, kind, starters, ready, path, expect, row_pairs, rounds, seconds, upstream_counts=None):
+    """`rounds` interleaved rounds; in each, every server started once and given both loads.
+    upstream_counts: () -> (connections, requests) the upstream has seen (the proxy rows note how
+    many connections each proxy opened for its requests)."""
     runs = {load: {server: [] for server in SERVERS} for load in LOADS}
     for rnd, server in interleaved(rounds):
         d = tempfile.mkdtemp(prefix=f"{server}-s8-{kind}-r{rnd}-", dir=procs.TMP)
@@ -76,11 +78,13 @@ def measure(args, kind, starters, ready, path, expect, row_pairs, rounds):
         url = f"https://localhost:{https}{path}"
         for (c, m), (row, _) in zip(LOADS, row_pairs):
             label = f"{kind} -c {c} -m {m}"
-            log(f"scenario {row.sid} {server} (round {rnd + 1}/{rounds}): h2load {label}, {args.seconds} s")
+            log(f"scenario {row.sid} {server} (round {rnd + 1}/{rounds}): h2load {label}, {seconds} s")
             wait_quiet(args.wait_quiet)
+            before = upstream_counts() if upstream_counts else None
             other = OtherLoad()
-            r = h2load(url, args.seconds, c, m, warmup=args.warmup)
+            r = h2load(url, seconds, c, m, warmup=args.warmup)
             r["other"] = other.split()
+            after = upstream_counts() if upstream_counts else None
             alive = proc.poll() is None
             notes = check_run(server, label, r, expect)
             if not alive:
@@ -91,6 +95,10 @@ def measure(args, kind, starters, ready, path, expect, row_pairs, rounds):
                 tls = "; ".join(line.strip() for line in r["raw"].splitlines()
                                 if line.startswith(("TLS Protocol", "Cipher", "Server Temp Key")))
                 notes.append(f"{server}: h2load negotiated {r['protocol']} ({tls})")
+            if before and after:
+                # minus the second stub_status request itself (one connection, one request)
+                notes.append(f"{server} round {rnd + 1}: the upstream accepted {after[0] - before[0] - 1:,} "
+                             f"connections for {after[1] - before[1] - 1:,} requests (warm-up included)")
             # each load's peak RSS is the server's peak so far (both loads share one process)
             runs[(c, m)][server].append((r, peak_rss(proc.pid), notes))
             log(f"  {server}: {r['rps']:.0f} req/s, p50 {r['p50']} ms, p99 {r['p99']} ms"
@@ -118,6 +126,7 @@ def measure(args, kind, starters, ready, path, expect, row_pairs, rounds):
 
 def run(args, cert, key, results):
     rounds = min(args.rounds, ROUNDS_MAX)
+    seconds = max(3, args.seconds // 2)
     tls = insecure_tls()
 
     def redirect_ready(port, server):
@@ -125,7 +134,7 @@ def run(args, cert, key, results):
 
     measure(args, "redirect",
             {s: (lambda d, http, https, s=s: REDIRECT[s](d, http, https, cert, key)) for s in SERVERS},
-            redirect_ready, PATH_AND_QUERY, "3xx", rows(results, ["8a", "8b"], "redirect"), rounds)
+            redirect_ready, PATH_AND_QUERY, "3xx", rows(results, ["8a", "8b"], "redirect"), rounds, seconds)
 
     ud = tempfile.mkdtemp(prefix="upstream-s8-", dir=procs.TMP)
     uport = free_port()
@@ -135,12 +144,12 @@ def run(args, cert, key, results):
         measure(args, "proxy",
                 {s: (lambda d, http, https, s=s: PROXY[s](d, http, https, cert, key, uport)) for s in SERVERS},
                 lambda port, server: check_proxied(port, server, tls=tls), "/", "2xx",
-                rows(results, ["8c", "8d"], "proxy"), rounds)
+                rows(results, ["8c", "8d"], "proxy"), rounds, seconds, lambda: upstream_server.counts(uport))
         if upstream.poll() is not None:
             raise RuntimeError(f"the upstream exited ({upstream.returncode}); log {upstream.bench_log}")
     finally:
         PROCS.stop(upstream)
     results.rows[-1].notes.append(
-        f"{rounds} interleaved round(s) of {args.seconds} s per load"
+        f"{rounds} interleaved round(s) of {seconds} s per load"
         + (f" after a {args.warmup} s warm-up on the same connections (h2load --warm-up-time)" if args.warmup else "")
         + "; h2load -t1 offering ALPN h2 only; the proxy's upstream is scenario 4's nginx, HTTP/1.1 keep-alive")

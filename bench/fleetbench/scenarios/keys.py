@@ -1,7 +1,8 @@
 """Scenario 9: full TLS handshakes per second with other leaf keys than the P-256 of scenario 3: an
 RSA 2048 leaf (9a) and an ECDSA P-384 leaf (9b), from the same per-run CA. As scenario 3: the
 redirect site over HTTPS, a new connection per request (wrk with `Connection: close`), interleaved
-rounds, fewer and shorter than scenarios 1-4 (a handshake rate settles within seconds)."""
+rounds, fewer and shorter than scenarios 1-4 (half of --seconds each: a handshake rate settles
+within seconds)."""
 
 from .. import procs
 from ..base import REDIRECT_NAMES
