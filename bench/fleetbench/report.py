@@ -12,7 +12,8 @@ from .procs import COMMANDS, which
 
 CONFIGS = {}  # server -> (language, config text) of scenarios 1-3, for RESULTS.md
 FAILURES = []  # measurements that failed: the temp dir (configs, logs) is kept for a look
-PROXY_CONFIGS = {}  # server -> (language, config text) of scenario 4, for RESULTS.md
+PROXY_CONFIGS = {}  # server -> (language, config text) of scenario 4 (or 8's proxy), for RESULTS.md
+IDLE_CONFIGS = {}  # server -> (language, config text) of scenario 10, for RESULTS.md
 CONFIG_FILES = {"fleetgate": ("fleetgate.toml", "toml"), "nginx": ("nginx.conf", "nginx"),
                 "caddy": ("caddy.json", "json")}
 
@@ -227,14 +228,16 @@ def write_results(args, results, started, durations, path):
               "Ports are picked free at run time; temp paths differ on every run.", "", "```"]
     lines += COMMANDS.lines + ["```", ""]
     if CONFIGS:
-        lines += ["## Configurations (scenarios 1-3)", "",
+        lines += ["## Configurations (scenarios 1-3, 8 and 9: the redirect)", "",
                   "As generated for this run (ports and temp paths differ each run).", ""]
         for name, (lang, text) in CONFIGS.items():
             lines += [f"### {name}", "", f"```{lang}", text.rstrip(), "```", ""]
-    if PROXY_CONFIGS:
-        lines += ["## Configurations (scenario 4)", "",
+    for title, configs in (("scenarios 4 and 8 (proxy)", PROXY_CONFIGS), ("scenario 10", IDLE_CONFIGS)):
+        if not configs:
+            continue
+        lines += [f"## Configurations ({title})", "",
                   "As generated for this run (ports and temp paths differ each run).", ""]
-        for name, (lang, text) in PROXY_CONFIGS.items():
+        for name, (lang, text) in configs.items():
             lines += [f"### {name}", "", f"```{lang}", text.rstrip(), "```", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -14,7 +14,7 @@ from ..load.h2load import h2load
 from ..measure import OtherLoad, peak_rss, wait_quiet
 from ..probes import http_get, insecure_tls
 from ..procs import PROCS, free_port, wait_until
-from ..report import FAILURES
+from ..report import CONFIGS, FAILURES, PROXY_CONFIGS, remember_config
 from ..rounds import interleaved, median_run, pair_rounds
 from ..servers import caddy, fleetgate, nginx, upstream as upstream_server
 from ..servers.upstream import check_proxied
@@ -74,6 +74,7 @@ def measure(args, kind, starters, ready, path, expect, row_pairs, rounds, second
         d = tempfile.mkdtemp(prefix=f"{server}-s8-{kind}-r{rnd}-", dir=procs.TMP)
         http, https = free_port(), free_port()
         proc = starters[server](d, http, https)
+        remember_config(PROXY_CONFIGS if kind == "proxy" else CONFIGS, server, d)
         wait_until(f"{server} to answer the {kind} over HTTPS", proc, lambda: ready(https, server))
         url = f"https://localhost:{https}{path}"
         for (c, m), (row, _) in zip(LOADS, row_pairs):

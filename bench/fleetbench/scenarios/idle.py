@@ -16,7 +16,7 @@ from ..load.idle import IdleClients
 from ..measure import OtherLoad, peak_rss, pss, rss
 from ..probes import http_get, insecure_tls
 from ..procs import PROCS, free_port, wait_until
-from ..report import FAILURES
+from ..report import FAILURES, IDLE_CONFIGS, remember_config
 from ..servers import caddy, fleetgate, nginx
 from .redirect import check_redirect
 
@@ -60,6 +60,7 @@ def run(args, cert, key, results):
         d = tempfile.mkdtemp(prefix=f"{server}-s10-", dir=procs.TMP)
         http, https = free_port(), free_port()
         proc = STARTERS[server](d, http, https, cert, key, idle=True)
+        remember_config(IDLE_CONFIGS, server, d)
         wait_until(f"{server} to redirect on https", proc,
                    lambda: check_redirect(*http_get(https, "localhost", PATH_AND_QUERY, tls=tls), server))
         notes = []
