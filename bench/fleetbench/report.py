@@ -12,7 +12,8 @@ from .procs import COMMANDS, which
 
 CONFIGS = {}  # server -> (language, config text) of scenarios 1-3, for RESULTS.md
 FAILURES = []  # measurements that failed: the temp dir (configs, logs) is kept for a look
-PROXY_CONFIGS = {}  # server -> (language, config text) of scenario 4 (or 8's proxy), for RESULTS.md
+PROXY_CONFIGS = {}  # server -> (language, config text) of scenario 4, for RESULTS.md
+H2_PROXY_CONFIGS = {}  # server -> (language, config text) of scenario 8's proxy, for RESULTS.md
 IDLE_CONFIGS = {}  # server -> (language, config text) of scenario 10, for RESULTS.md
 CONFIG_FILES = {"fleetgate": ("fleetgate.toml", "toml"), "nginx": ("nginx.conf", "nginx"),
                 "caddy": ("caddy.json", "json")}
@@ -232,7 +233,8 @@ def write_results(args, results, started, durations, path):
                   "As generated for this run (ports and temp paths differ each run).", ""]
         for name, (lang, text) in CONFIGS.items():
             lines += [f"### {name}", "", f"```{lang}", text.rstrip(), "```", ""]
-    for title, configs in (("scenarios 4 and 8 (proxy)", PROXY_CONFIGS), ("scenario 10", IDLE_CONFIGS)):
+    for title, configs in (("scenario 4", PROXY_CONFIGS), ("scenario 8, the proxy", H2_PROXY_CONFIGS),
+                           ("scenario 10", IDLE_CONFIGS)):
         if not configs:
             continue
         lines += [f"## Configurations ({title})", "",

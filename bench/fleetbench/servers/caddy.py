@@ -57,12 +57,14 @@ def start_redirect(d, http, https, cert, key, idle=False):
     return start_caddy_cfg(d, path)
 
 
-def start_proxy(d, http, https, cert, key, upstream):
+def start_proxy(d, http, https, cert, key, upstream, idle_pool=64):
+    """Scenario 4 (plain HTTP) and 8 (HTTPS, h1 and h2). idle_pool: the idle upstream connections
+    kept (`max_idle_conns_per_host`)."""
     route = {"match": [{"host": PROXY_NAMES}],
              "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": f"127.0.0.1:{upstream}"}],
-                         # as many idle upstream connections as nginx's `keepalive 64` (default 32)
+                         # as many idle upstream connections as nginx's `keepalive` (default 32)
                          "transport": {"protocol": "http",
-                                       "keep_alive": {"enabled": True, "max_idle_conns_per_host": 64}},
+                                       "keep_alive": {"enabled": True, "max_idle_conns_per_host": idle_pool}},
                          # X-Forwarded-* are Caddy's defaults; Forwarded and Via as fleetgate sends them
                          "headers": {
                              "request": {"set": {

@@ -66,10 +66,11 @@ def start(d, conf):
                        os.path.join(d, "nginx.out"), nofile=SERVER_NOFILE)
 
 
-def start_proxy(d, http, https, cert, key, upstream):
-    """Scenario 4 (plain HTTP) and 8 (HTTPS with h2 on the https port)."""
+def start_proxy(d, http, https, cert, key, upstream, idle_pool=64):
+    """Scenario 4 (plain HTTP) and 8 (HTTPS with h2 on the https port). idle_pool: the idle
+    upstream connections each worker keeps (`keepalive`)."""
     conf = nginx_conf(d, [
-        f"upstream bench_upstream {{\n    server 127.0.0.1:{upstream};\n    keepalive 64;\n"
+        f"upstream bench_upstream {{\n    server 127.0.0.1:{upstream};\n    keepalive {idle_pool};\n"
         f"    keepalive_requests 1000000;\n}}\n"
         f"server {{\n    listen 127.0.0.1:{http};\n    listen 127.0.0.1:{https} ssl http2;\n"
         f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
