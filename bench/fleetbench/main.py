@@ -15,7 +15,7 @@ from .base import REDIRECT_NAMES, RESULTS, log
 from .certs import openssl_ca, openssl_leaf
 from .install import build_fleetgate, install_missing
 from .procs import PROCS, on_signal
-from .report import FAILURES, OTHER_LOAD_WARN, Results, write_results
+from .report import FAILURES, OTHER_LOAD_WARN, Results, alarms, write_results
 from .scenarios import acme, h2, idle, keys, metrics, proxy, redirect, sni
 
 
@@ -81,6 +81,11 @@ def main():
         print()
         for n in results.notes():
             print("  " + n)
+        loud = alarms(results)
+        if loud:
+            print(f"\nWARNING: {len(loud)} note(s) report failed requests or a misbehaving server (marked !!):")
+            for n in loud:
+                print("  " + n)
         worst = max([c for r in results.rows for c in r.other.values()] or [0.0])
         if worst >= OTHER_LOAD_WARN:
             print(f"\nWARNING: other processes used up to {worst:.1f} cores during some measurements "

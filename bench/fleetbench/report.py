@@ -127,6 +127,12 @@ class Results:
         return out
 
 
+def alarms(results):
+    """The notes marked `!!` (failed requests, another protocol, a server that died or closed
+    connections it should have kept): repeated at the top of the output and of RESULTS.md."""
+    return [n for n in results.notes() if "!! " in n]
+
+
 def fmt_other(other):
     """The most any of the row's measurements had to share with other processes, in cores."""
     if not other:
@@ -214,6 +220,10 @@ def write_results(args, results, started, durations, path):
     if worst >= OTHER_LOAD_WARN:
         lines += [f"**Warning:** other processes used up to {worst:.1f} cores during some measurements "
                   "(column 'other CPU', marked !): those figures are depressed and noisy.", ""]
+    loud = alarms(results)
+    if loud:
+        lines += [f"**Warning:** {len(loud)} note(s) report failed requests or a misbehaving server:", ""]
+        lines += [f"- {n}" for n in loud] + [""]
     lines += [
         results.table(markdown=True),
         "",
