@@ -13,7 +13,7 @@ import time
 from .. import procs
 from ..base import IDLE_CONNS, IDLE_KEEP_S, MiB, PATH_AND_QUERY, SERVERS, log
 from ..load.idle import IdleClients
-from ..measure import OtherLoad, peak_rss, pss, rss
+from ..measure import OtherLoad, peak_rss, pss, rss, wait_quiet
 from ..probes import http_get, insecure_tls
 from ..procs import PROCS, free_port, wait_until
 from ..report import FAILURES, IDLE_CONFIGS, remember_config
@@ -70,6 +70,7 @@ def run(args, cert, key, results):
             if summary["failed"]:
                 notes.append(f"!! {server}: {summary['failed']} of the {WARMUP_CONNS} warm-up connections failed "
                              f"({summary['first_error']})")
+            wait_quiet(args.wait_quiet)
             before = settled_memory(proc.pid)
             log(f"scenario 10 {server}: opening {IDLE_CONNS:,} TLS connections "
                 f"(before: VmRSS {before[0] / MiB:.1f} MiB, PSS {before[1] / MiB:.1f} MiB)")
