@@ -24,6 +24,13 @@ ACME_DOMAIN = "acme.test"
 SERVERS = ["fleetgate", "nginx", "caddy"]
 # Scenario 4: the proxy site answers for this name.
 PROXY_NAMES = ["localhost"]
+# Scenario 10: idle keep-alive TLS connections held open at once, and how long every server is
+# configured to keep an idle one (well beyond the time the scenario takes to open them all).
+IDLE_CONNS = 10_000
+IDLE_KEEP_S = 300
+# Open files each server may have (scenario 10's connections plus some): set as the child's
+# RLIMIT_NOFILE, and nginx's worker_rlimit_nofile.
+SERVER_NOFILE = 65_536
 
 MiB = 1024 * 1024
 

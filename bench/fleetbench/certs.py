@@ -1,7 +1,7 @@
-"""Certificates: a throwaway CA and leaf made with openssl per run, and scenario 5's 10,000
-certificates, cached in bench/.cache/sni-10000 (git-ignored). The cache is made when missing or
-incomplete (no `complete` marker): a few seconds with the `cryptography` package, about a minute
-with openssl in a parallel loop."""
+"""Certificates: a throwaway CA and leaf made with openssl per run (the leaf ECDSA P-256, or P-384 or
+RSA 2048 for scenario 9), and scenario 5's 10,000 certificates, cached in bench/.cache/sni-10000
+(git-ignored). The cache is made when missing or incomplete (no `complete` marker): a few seconds
+with the `cryptography` package, about a minute with openssl in a parallel loop."""
 
 import datetime
 import os
@@ -23,15 +23,26 @@ def openssl_ca(dirpath, name):
     return pem, key
 
 
-def openssl_leaf(dirpath, name, ca_pem, ca_key, dns_names, ips=()):
+# The leaf key types: openssl's -newkey arguments, and the key usage a TLS server certificate of
+# that type carries (an RSA key may also encipher, for RSA key exchange; ECDSA keys only sign).
+LEAF_KEYS = {
+    "p256": (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], "digitalSignature"),
+    "p384": (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"], "digitalSignature"),
+    "rsa2048": (["-newkey", "rsa:2048"], "digitalSignature,keyEncipherment"),
+}
+
+
+def openssl_leaf(dirpath, name, ca_pem, ca_key, dns_names, ips=(), key_type="p256"):
+    """A leaf for dns_names (and ips) signed by the CA, its key of `key_type` (see LEAF_KEYS)."""
+    newkey, usage = LEAF_KEYS[key_type]
     key, pem = os.path.join(dirpath, f"{name}.key"), os.path.join(dirpath, f"{name}.pem")
     san = ",".join([f"DNS:{d}" for d in dns_names] + [f"IP:{i}" for i in ips])
-    run_cmd(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+    run_cmd(["openssl", "req", "-x509", *newkey, "-nodes",
              "-keyout", key, "-out", pem, "-subj", f"/CN={dns_names[0]}", "-days", "30",
              "-CA", ca_pem, "-CAkey", ca_key,
              "-addext", f"subjectAltName={san}",
              "-addext", "basicConstraints=critical,CA:FALSE",
-             "-addext", "keyUsage=critical,digitalSignature",
+             "-addext", f"keyUsage=critical,{usage}",
              "-addext", "extendedKeyUsage=serverAuth"])
     return pem, key
 

@@ -8,8 +8,8 @@ import time
 from .base import log
 from .procs import run_cmd, which
 
-PACKAGES = {"wrk": "wrk", "nginx": "nginx", "caddy": "caddy", "haproxy": "haproxy",
-            "pebble": "pebble", "pebble-challtestsrv": "pebble", "openssl": "openssl"}
+PACKAGES = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx", "caddy": "caddy",
+            "haproxy": "haproxy", "pebble": "pebble", "pebble-challtestsrv": "pebble", "openssl": "openssl"}
 
 
 def install_missing():

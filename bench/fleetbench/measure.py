@@ -9,29 +9,30 @@ from .base import log
 
 def peak_rss(pid):
     """VmHWM of pid plus its children (nginx: master + workers), in bytes."""
-    pids = [pid] + [p for p in all_pids() if ppid_of(p) == pid]
-    total = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
+    return _sum_kib(pid, "status", "VmHWM:")
+
+
+def rss(pid):
+    """Current VmRSS of pid plus its children (nginx: master + workers), in bytes."""
+    return _sum_kib(pid, "status", "VmRSS:")
 
 
 def pss(pid):
     """Current proportional set size of pid plus its children, in bytes: shared pages (nginx
     workers share the master's certificates copy-on-write) are split instead of counted twice."""
+    return _sum_kib(pid, "smaps_rollup", "Pss:")
+
+
+def _sum_kib(pid, fname, key):
+    """The `key` line (in kB) of /proc/P/fname summed over pid and its children, in bytes."""
     total = 0
     for p in [pid] + [p for p in all_pids() if ppid_of(p) == pid]:
         try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
+            with open(f"/proc/{p}/{fname}") as f:
                 for line in f:
-                    if line.startswith("Pss:"):
+                    if line.startswith(key):
                         total += int(line.split()[1]) * 1024
+                        break
         except OSError:
             pass
     return total

@@ -2,6 +2,7 @@
 RESULTS.md; free ports; waiting on a condition with a deadline."""
 
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -18,13 +19,15 @@ class Processes:
         self.live = []
         self.lock = threading.Lock()
 
-    def start(self, name, argv, log_path, env=None, cwd=None):
+    def start(self, name, argv, log_path, env=None, cwd=None, nofile=None):
+        """nofile: the child's RLIMIT_NOFILE (scenario 10 holds 10,000 connections open)."""
         COMMANDS.record(argv, env)
         out = open(log_path, "ab")
         full_env = dict(os.environ)
         full_env.update(env or {})
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=full_env, cwd=cwd, start_new_session=True)
+                                env=full_env, cwd=cwd, start_new_session=True,
+                                preexec_fn=(lambda: raise_nofile(nofile)) if nofile else None)
         out.close()
         proc.bench_name = name
         proc.bench_log = log_path
@@ -100,6 +103,19 @@ def run_cmd(argv, check=True, capture=True, env=None, record=True, timeout=None)
     if check and res.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {res.returncode}:\n{res.stdout or ''}")
     return res.stdout or ""
+
+
+def raise_nofile(n):
+    """Raises this process's RLIMIT_NOFILE to at least n open files (the hard limit too when allowed,
+    as root); returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= n:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, max(n, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def free_port():

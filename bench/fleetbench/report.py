@@ -13,6 +13,8 @@ from .procs import COMMANDS, which
 CONFIGS = {}  # server -> (language, config text) of scenarios 1-3, for RESULTS.md
 FAILURES = []  # measurements that failed: the temp dir (configs, logs) is kept for a look
 PROXY_CONFIGS = {}  # server -> (language, config text) of scenario 4, for RESULTS.md
+H2_PROXY_CONFIGS = {}  # server -> (language, config text) of scenario 8's proxy, for RESULTS.md
+IDLE_CONFIGS = {}  # server -> (language, config text) of scenario 10, for RESULTS.md
 CONFIG_FILES = {"fleetgate": ("fleetgate.toml", "toml"), "nginx": ("nginx.conf", "nginx"),
                 "caddy": ("caddy.json", "json")}
 
@@ -113,9 +115,22 @@ class Results:
                            "processes + kernel threads): " +
                            ", ".join(f"{s} {c:.2f} + {r.kthreads.get(s, 0.0):.2f} cores" for s, c in r.other.items()))
             for s, d in r.details.items():
+                if "counts" in d:  # h2load
+                    c = d["counts"]
+                    out.append(f"{r.sid}: {s} h2load: {c.get('succeeded', 0)} requests succeeded, "
+                               f"{c.get('failed', '?')} failed ({c.get('errored', '?')} errored, "
+                               f"{c.get('timeout', '?')} timed out), status {d['status']}, latency p50 {d['p50']} ms, "
+                               f"p99 {d['p99']} ms (from its per-request log), protocol {d['protocol']}")
+                    continue
                 out.append(f"{r.sid}: {s} wrk: {d['requests']} requests, latency p50 {d['p50']} ms, "
                            f"p99 {d['p99']} ms, non-2xx/3xx {d['non_2xx_3xx']}, socket errors {d['errors'] or 'none'}")
         return out
+
+
+def alarms(results):
+    """The notes marked `!!` (failed requests, another protocol, a server that died or closed
+    connections it should have kept): repeated at the top of the output and of RESULTS.md."""
+    return [n for n in results.notes() if "!! " in n]
 
 
 def fmt_other(other):
@@ -132,7 +147,7 @@ OTHER_LOAD_WARN = 0.2
 def fmt_value(v, unit):
     if unit in ("s", "ms"):
         return f"{v:.2f}"
-    if unit == "%":
+    if unit in ("%", "KiB/conn"):
         return f"{v:.1f}"
     return f"{v:,.0f}"
 
@@ -170,6 +185,7 @@ def machine():
         f"nginx: {version([which('nginx'), '-v'])} (Debian {dpkg_version('nginx')})",
         f"caddy: {version([which('caddy'), 'version'])} (Debian {dpkg_version('caddy')})",
         f"wrk: {version(['wrk', '-v'])}",
+        f"h2load: {version(['h2load', '--version'])} (Debian nghttp2-client {dpkg_version('nghttp2-client')})",
         f"pebble: Debian {dpkg_version('pebble')}",
         f"openssl: {version(['openssl', 'version'])}",
         f"python: {sys.version.split()[0]}",
@@ -189,9 +205,10 @@ def write_results(args, results, started, durations, path):
         f"{started.strftime('%Y-%m-%d %H:%M:%S %Z').strip()} "
         f"(commit {git}{', with uncommitted changes' if dirty else ''}); "
         f"mode: {'quick' if args.quick else 'full'}, {args.seconds} s per load run, "
-        f"{args.rounds} interleaved round(s) of scenarios 1-4 (each server's median round reported; "
-        f"the ratios are medians of per-round ratios); "
-        f"the run took {durations['total']:.0f} s (build {durations['build']:.0f} s).",
+        f"{args.rounds} interleaved round(s) of scenarios 1-4 and 7, fewer of 8 and 9 (see their notes; "
+        f"each server's median round reported; the ratios are medians of per-round ratios); "
+        f"the run took {durations['total']:.0f} s (build {durations['build']:.0f} s; "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items() if k.startswith("scenario")) + ").",
         "",
         "Every figure comes from this one run with the same load generator; compare ratios, not "
         "absolute numbers, across runs (see bench/README.md for the caveats).",
@@ -203,11 +220,15 @@ def write_results(args, results, started, durations, path):
     if worst >= OTHER_LOAD_WARN:
         lines += [f"**Warning:** other processes used up to {worst:.1f} cores during some measurements "
                   "(column 'other CPU', marked !): those figures are depressed and noisy.", ""]
+    loud = alarms(results)
+    if loud:
+        lines += [f"**Warning:** {len(loud)} note(s) report failed requests or a misbehaving server:", ""]
+        lines += [f"- {n}" for n in loud] + [""]
     lines += [
         results.table(markdown=True),
         "",
         "RSS is peak resident memory (VmHWM) over that scenario's server process; nginx is master + "
-        "workers summed. Ratios are fleetgate / other; for rows in seconds or ms lower is better.",
+        "workers summed. Ratios are fleetgate / other; for rows in seconds, ms or KiB/conn lower is better.",
         "",
         "## Notes",
         "",
@@ -218,14 +239,17 @@ def write_results(args, results, started, durations, path):
               "Ports are picked free at run time; temp paths differ on every run.", "", "```"]
     lines += COMMANDS.lines + ["```", ""]
     if CONFIGS:
-        lines += ["## Configurations (scenarios 1-3)", "",
+        lines += ["## Configurations (scenarios 1-3, 8 and 9: the redirect)", "",
                   "As generated for this run (ports and temp paths differ each run).", ""]
         for name, (lang, text) in CONFIGS.items():
             lines += [f"### {name}", "", f"```{lang}", text.rstrip(), "```", ""]
-    if PROXY_CONFIGS:
-        lines += ["## Configurations (scenario 4)", "",
+    for title, configs in (("scenario 4", PROXY_CONFIGS), ("scenario 8, the proxy", H2_PROXY_CONFIGS),
+                           ("scenario 10", IDLE_CONFIGS)):
+        if not configs:
+            continue
+        lines += [f"## Configurations ({title})", "",
                   "As generated for this run (ports and temp paths differ each run).", ""]
-        for name, (lang, text) in PROXY_CONFIGS.items():
+        for name, (lang, text) in configs.items():
             lines += [f"### {name}", "", f"```{lang}", text.rstrip(), "```", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))

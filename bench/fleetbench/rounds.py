@@ -1,4 +1,4 @@
-"""Interleaved rounds (scenarios 1-4): the order servers are measured in, each server's median
+"""Interleaved rounds (scenarios 1-4, 8 and 9): the order servers are measured in, each server's median
 round, and the paired per-round ratios."""
 
 import statistics
@@ -14,15 +14,17 @@ def interleaved(rounds):
             for server in (SERVERS if rnd % 2 == 0 else SERVERS[::-1])]
 
 
-def pair_rounds(row, runs):
-    """Sets the row's ratios from the rounds: fleetgate's req/s over the other server's in the
-    same round (measured next to each other), the median over the rounds. The machine drifts by
-    more between rounds than within one, which a ratio of per-server medians would not cancel."""
+def pair_rounds(row, runs, key="rps"):
+    """Sets the row's ratios from the rounds: fleetgate's req/s (or another figure of the run:
+    `key`, e.g. "p99") over the other server's in the same round (measured next to each other),
+    the median over the rounds. The machine drifts by more between rounds than within one, which
+    a ratio of per-server medians would not cancel."""
     fg = runs.get("fleetgate", [])
     for other in SERVERS:
         if other == "fleetgate" or not runs.get(other):
             continue
-        ratios = [a[0]["rps"] / b[0]["rps"] for a, b in zip(fg, runs[other]) if b[0]["rps"]]
+        ratios = [a[0][key] / b[0][key] for a, b in zip(fg, runs[other])
+                  if b[0].get(key) and a[0].get(key) is not None]
         if len(ratios) < 2:
             continue
         row.paired[other] = statistics.median(ratios)

@@ -43,7 +43,6 @@ def check_redirect(status, headers, who):
 
 
 def run(args, cert, key, results, only):
-    seconds = args.seconds
     cases = [
         ("1", "HTTP redirect, keep-alive", "http", ()),
         ("2", "HTTPS redirect, keep-alive", "https", ()),
@@ -54,43 +53,50 @@ def run(args, cert, key, results, only):
             continue
         row = results.row(sid, title, "req/s", higher_is_better=True,
                           target="≥ 1.0 × nginx", target_fn=lambda r: r.ratio("nginx") is not None and r.ratio("nginx") >= 1.0)
-        runs = {server: [] for server in SERVERS}
-        for rnd, server in interleaved(args.rounds):
-            d = tempfile.mkdtemp(prefix=f"{server}-s{sid}-r{rnd}-", dir=procs.TMP)
-            http, https = free_port(), free_port()
-            proc = STARTERS[server](d, http, https, cert, key)
-            port = http if scheme == "http" else https
-            remember_config(CONFIGS, server, d)
-            tls = insecure_tls() if scheme == "https" else None
-            wait_until(f"{server} to redirect on {scheme}", proc,
-                       lambda: check_redirect(*http_get(port, "localhost", PATH_AND_QUERY, tls=tls), server))
-            url = f"{scheme}://localhost:{port}{PATH_AND_QUERY}"
-            if scheme == "https" and sid == "2" and rnd == 0:
-                row.notes.append(f"{server}: TLS as wrk negotiates it (openssl s_client, no ALPN): {tls_params(port)}")
-            if args.warmup:
-                wrk(url, args.warmup, headers=headers, record=False)
-            log(f"scenario {sid} {server} (round {rnd + 1}/{args.rounds}): wrk {seconds} s")
-            wait_quiet(args.wait_quiet)
-            other = OtherLoad()
-            r = wrk(url, seconds, headers=headers)
-            r["other"] = other.split()
-            rss = peak_rss(proc.pid)
-            alive = proc.poll() is None
-            PROCS.stop(proc)
-            notes = []
-            if not alive:
-                notes.append(f"{server} died during the run (log {proc.bench_log})")
-            if r["non_2xx_3xx"]:
-                notes.append(f"{server}: {r['non_2xx_3xx']} non-2xx/3xx responses")
-            if r["errors"]:
-                notes.append(f"{server}: wrk socket errors {r['errors']}")
-            if r["requests"] == 0:
-                notes.append(f"{server}: wrk completed no request")
-            runs[server].append((r, rss, notes))
-            log(f"  {server}: {r['rps']:.0f} req/s, p50 {r['p50']} ms, p99 {r['p99']} ms, "
-                f"rss {rss / MiB:.1f} MiB{'; ' + '; '.join(notes) if notes else ''}")
-        for server in SERVERS:
-            r, rss, notes = median_run(server, runs[server])
-            row.other[server], row.kthreads[server] = r["other"]
-            row.set(server, r["rps"], rss, notes, detail=r)
-        pair_rounds(row, runs)
+        measure(args, row, sid, scheme, headers, cert, key, args.rounds, args.seconds, tls_note=sid == "2")
+
+
+def measure(args, row, sid, scheme, headers, cert, key, rounds, seconds, tls_note=False):
+    """Every server in `rounds` interleaved rounds, each on a freshly started redirect server loaded
+    by wrk for `seconds`; sets the row (each server's median round, paired ratios). Scenario 9
+    uses it with its own certificates. tls_note: note what TLS wrk negotiates (first round)."""
+    runs = {server: [] for server in SERVERS}
+    for rnd, server in interleaved(rounds):
+        d = tempfile.mkdtemp(prefix=f"{server}-s{sid}-r{rnd}-", dir=procs.TMP)
+        http, https = free_port(), free_port()
+        proc = STARTERS[server](d, http, https, cert, key)
+        port = http if scheme == "http" else https
+        remember_config(CONFIGS, server, d)
+        tls = insecure_tls() if scheme == "https" else None
+        wait_until(f"{server} to redirect on {scheme}", proc,
+                   lambda: check_redirect(*http_get(port, "localhost", PATH_AND_QUERY, tls=tls), server))
+        url = f"{scheme}://localhost:{port}{PATH_AND_QUERY}"
+        if tls_note and rnd == 0:
+            row.notes.append(f"{server}: TLS as wrk negotiates it (openssl s_client, no ALPN): {tls_params(port)}")
+        if args.warmup:
+            wrk(url, args.warmup, headers=headers, record=False)
+        log(f"scenario {sid} {server} (round {rnd + 1}/{rounds}): wrk {seconds} s")
+        wait_quiet(args.wait_quiet)
+        other = OtherLoad()
+        r = wrk(url, seconds, headers=headers)
+        r["other"] = other.split()
+        rss = peak_rss(proc.pid)
+        alive = proc.poll() is None
+        PROCS.stop(proc)
+        notes = []
+        if not alive:
+            notes.append(f"{server} died during the run (log {proc.bench_log})")
+        if r["non_2xx_3xx"]:
+            notes.append(f"{server}: {r['non_2xx_3xx']} non-2xx/3xx responses")
+        if r["errors"]:
+            notes.append(f"{server}: wrk socket errors {r['errors']}")
+        if r["requests"] == 0:
+            notes.append(f"{server}: wrk completed no request")
+        runs[server].append((r, rss, notes))
+        log(f"  {server}: {r['rps']:.0f} req/s, p50 {r['p50']} ms, p99 {r['p99']} ms, "
+            f"rss {rss / MiB:.1f} MiB{'; ' + '; '.join(notes) if notes else ''}")
+    for server in SERVERS:
+        r, rss, notes = median_run(server, runs[server])
+        row.other[server], row.kthreads[server] = r["other"]
+        row.set(server, r["rps"], rss, notes, detail=r)
+    pair_rounds(row, runs)

@@ -1,9 +1,10 @@
-"""Caddy: the JSON config and the starters for scenarios 1-3, 4, 5 and 6."""
+"""Caddy: the JSON config and the starters for scenarios 1-3 and 8-10 (redirect), 4 and 8 (proxy),
+5 and 6."""
 
 import json
 import os
 
-from ..base import MAIN, PROXY_NAMES, REDIRECT_NAMES, SNI_COUNT
+from ..base import IDLE_KEEP_S, MAIN, PROXY_NAMES, REDIRECT_NAMES, SERVER_NOFILE, SNI_COUNT
 from ..certs import sni_name
 from ..procs import PROCS, which
 
@@ -34,10 +35,13 @@ def caddy_config(d, servers, load_files):
 
 def start_caddy_cfg(d, path):
     env = {"HOME": d, "XDG_DATA_HOME": os.path.join(d, "data"), "XDG_CONFIG_HOME": os.path.join(d, "config")}
-    return PROCS.start("caddy", [which("caddy"), "run", "--config", path], os.path.join(d, "caddy.log"), env=env)
+    return PROCS.start("caddy", [which("caddy"), "run", "--config", path], os.path.join(d, "caddy.log"),
+                       env=env, nofile=SERVER_NOFILE)
 
 
-def start_redirect(d, http, https, cert, key):
+def start_redirect(d, http, https, cert, key, idle=False):
+    """idle: scenario 10; Caddy has no connection limit and keeps idle connections 5 minutes by
+    default: the idle timeout is set to IDLE_KEEP_S all the same, as for the others."""
     servers = {
         "plain": {"listen": [f"127.0.0.1:{http}"], "protocols": ["h1"],
                   "automatic_https": {"disable": True},
@@ -47,16 +51,20 @@ def start_redirect(d, http, https, cert, key):
                 "tls_connection_policies": [{}],
                 "routes": [caddy_redirect_route(REDIRECT_NAMES)]},
     }
+    if idle:
+        servers["tls"]["idle_timeout"] = f"{IDLE_KEEP_S}s"
     path = caddy_config(d, servers, [{"certificate": cert, "key": key}])
     return start_caddy_cfg(d, path)
 
 
-def start_proxy(d, http, https, cert, key, upstream):
+def start_proxy(d, http, https, cert, key, upstream, idle_pool=64):
+    """Scenario 4 (plain HTTP) and 8 (HTTPS, h1 and h2). idle_pool: the idle upstream connections
+    kept (`max_idle_conns_per_host`)."""
     route = {"match": [{"host": PROXY_NAMES}],
              "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": f"127.0.0.1:{upstream}"}],
-                         # as many idle upstream connections as nginx's `keepalive 64` (default 32)
+                         # as many idle upstream connections as nginx's `keepalive` (default 32)
                          "transport": {"protocol": "http",
-                                       "keep_alive": {"enabled": True, "max_idle_conns_per_host": 64}},
+                                       "keep_alive": {"enabled": True, "max_idle_conns_per_host": idle_pool}},
                          # X-Forwarded-* are Caddy's defaults; Forwarded and Via as fleetgate sends them
                          "headers": {
                              "request": {"set": {
@@ -64,8 +72,12 @@ def start_proxy(d, http, https, cert, key, upstream):
                                                "proto={http.request.scheme}"],
                                  "Via": ["1.1 caddy"]}},
                              "response": {"set": {"Via": ["1.1 caddy"]}}}}]}
+    # plain HTTP for scenario 4, HTTPS with h1 and h2 for scenario 8
     servers = {"plain": {"listen": [f"127.0.0.1:{http}"], "protocols": ["h1"],
-                         "automatic_https": {"disable": True}, "routes": [route]}}
+                         "automatic_https": {"disable": True}, "routes": [route]},
+               "tls": {"listen": [f"127.0.0.1:{https}"], "protocols": ["h1", "h2"],
+                       "automatic_https": {"disable": True}, "tls_connection_policies": [{}],
+                       "routes": [route]}}
     path = caddy_config(d, servers, [{"certificate": cert, "key": key}])
     return start_caddy_cfg(d, path)
 

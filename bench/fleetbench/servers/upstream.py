@@ -42,8 +42,8 @@ def counts(port):
     return int(m.group(1)), int(m.group(3))
 
 
-def check_proxied(port, who):
-    status, headers = http_get(port, "localhost", "/")
+def check_proxied(port, who, tls=None):
+    status, headers = http_get(port, "localhost", "/", tls=tls)
     if status != 200 or UPSTREAM_MARK not in headers:
         raise RuntimeError(f"{who}: expected 200 from the upstream (with {UPSTREAM_MARK}), got {status} "
                            f"{sorted(headers)}")
