@@ -162,6 +162,17 @@ impl Manager {
     /// changed ones, stop and retract removed ones, and kick unchanged ones (a reload re-reads
     /// files at once).
     pub fn apply(self: &Arc<Self>, certs: Vec<ManagedCert>) {
+        self.set(certs, true);
+    }
+
+    /// As [`Manager::apply`] but unchanged certificates are left alone: for a change of the
+    /// site registry, where kicking every task would cost one store read per certificate (with
+    /// 10,000 sites, for each site added).
+    pub fn update(self: &Arc<Self>, certs: Vec<ManagedCert>) {
+        self.set(certs, false);
+    }
+
+    fn set(self: &Arc<Self>, certs: Vec<ManagedCert>, kick: bool) {
         let mut tasks = lock(&self.tasks);
         let wanted: HashMap<CertId, ManagedCert> =
             certs.into_iter().map(|c| (c.id.clone(), c)).collect();
@@ -186,7 +197,9 @@ impl Manager {
         }
         for (id, cert) in wanted {
             if let Some(task) = tasks.get(&id) {
-                task.kick.notify_one();
+                if kick {
+                    task.kick.notify_one();
+                }
                 continue;
             }
             let cancel = self.shutdown.child_token();

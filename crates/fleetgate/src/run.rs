@@ -111,8 +111,12 @@ impl Serving {
             routes(&sites, &*self.observer).with_context(|| config.file.display().to_string())?;
         self.edge.set_routes(routes);
         let certs = managed_certs(&sites, config.acme.as_ref());
-        if reload || certs != self.certs {
+        if reload {
             self.manager.apply(certs.clone());
+            self.certs = certs;
+        } else if certs != self.certs {
+            // A registry change: new and changed certificates only (not a read per certificate).
+            self.manager.update(certs.clone());
             self.certs = certs;
         }
         Ok(sites.len())
