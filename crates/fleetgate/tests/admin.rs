@@ -760,6 +760,72 @@ fn cli_error(config: &Path, args: &[&str]) -> String {
 }
 
 #[tokio::test]
+async fn cli_import_adds_each_site_and_reports_the_refused_ones() -> Result<()> {
+    let node = Node::new(
+        testkit::loopback_ip(),
+        testkit::free_port(),
+        testkit::free_port(),
+        FILE_SITE,
+    )?;
+    let config = node.config_path.clone();
+    let file = node.path("import.json");
+    let sites = json!([
+        {"domains": ["i1.example", "www.i1.example"], "redirect": {"to": "https://x.example/"}, "tls": "internal"},
+        {"domains": ["bad..example"], "respond": {"status": 200}},
+        {"domains": ["file.example"], "respond": {"status": 200}, "tls": "internal"},
+        {"domains": ["i2.example"], "respond": {"status": 204}, "tls": "internal"},
+        {"domains": ["i3.example"], "respond": {"status": 204}, "colour": "blue"},
+    ]);
+    std::fs::write(&file, serde_json::to_vec(&sites)?)?;
+    let out = common::run_cli(
+        &["sites", "import", file.to_str().unwrap(), "--json"],
+        &config,
+    );
+    assert!(
+        !out.status.success(),
+        "an import with refused sites exits 1"
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(summary["added"], json!(["i1.example", "i2.example"]));
+    let refused: Vec<(u64, String)> = summary["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused[0].0, 1);
+    assert!(refused[0].1.contains("bad..example"), "{refused:?}");
+    assert_eq!(refused[1].0, 2);
+    assert!(refused[1].1.contains("file.example"), "{refused:?}");
+    assert_eq!(refused[2].0, 4);
+    assert!(refused[2].1.contains("colour"), "{refused:?}");
+    let listed = cli_json(&config, &["list"])?;
+    let mut ids: Vec<&str> = listed["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["file.example", "i1.example", "i2.example"]);
+    // Not an array: one clear error, nothing added.
+    std::fs::write(&file, b"{\"domains\": [\"i4.example\"]}")?;
+    let out = common::run_cli(&["sites", "import", file.to_str().unwrap()], &config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("not a JSON array of sites"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn cli_add_list_set_rm_round_trip_without_a_node() -> Result<()> {
     // No node runs: the CLI works on the store through the config file.
     let node = Node::new(
