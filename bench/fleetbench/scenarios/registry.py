@@ -138,7 +138,7 @@ def run(args, results):
         if "registry.json" in files:
             os.remove(os.path.join(root, "registry.json"))
     names = [site_name(i) for i in range(COUNT)]
-    sample = [names[0], names[-1]] + random.Random(11).sample(names, 198)
+    sample = [names[0], names[-1]] + random.Random(11).sample(names[1:-1], 198)
     http, admin = free_port(), free_port()
     cfg = config(d, store, http, admin)
     proc = PROCS.start("fleetgate", [FLEETGATE, "run", "--config", cfg], os.path.join(d, "fleetgate.log"))
