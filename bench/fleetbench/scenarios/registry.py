@@ -20,7 +20,7 @@ from .. import procs
 from ..base import CACHE, FLEETGATE, MiB, log
 from ..measure import peak_rss
 from ..probes import http_get
-from ..procs import PROCS, free_port, run_cmd, tail
+from ..procs import PROCS, free_port, run_cmd, tail, wait_until
 
 COUNT = 10_000
 DOMAIN = "reg.test"
@@ -148,6 +148,8 @@ def run(args, results):
         PROCS.stop(proc)
         row.notes.append(f"fleetgate: only {len(served)} of the {len(sample)}-name sample served within 120 s")
         return
+    # The admin listener is bound after the HTTP and HTTPS ones.
+    wait_until("the admin API", proc, lambda: http_get(admin, "127.0.0.1", "/v1/nodes")[0] == 200)
     t = time.monotonic()
     ids, pages = read_pages(admin)
     paged_s = time.monotonic() - t
