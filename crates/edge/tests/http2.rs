@@ -1,0 +1,147 @@
+//! HTTP/2 streams are polled in their connection's task (http2.rs): a stream that waits must not
+//! hold up the others on its connection, many streams at once are all answered, and a stream
+//! still waiting when the connection is told to close finishes first.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod proxy_support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use edge::{CertMap, Limits, Proxy};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use proxy_support::site;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// An upstream answering `GET /slow` only once `release` is notified, anything else at once;
+/// each answer is the path.
+async fn gated_upstream(release: Arc<Notify>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let release = Arc::clone(&release);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let text = String::from_utf8_lossy(&head[..end]).into_owned();
+                        head.drain(..end + 4);
+                        let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+                        if path == "/slow" {
+                            release.notified().await;
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                            path.len()
+                        );
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn h2_edge(upstream: String) -> (TestEdge, Ca) {
+    let ca = Ca::new();
+    let certs = Arc::new(CertMap::new());
+    certs
+        .insert("h2", ["h2.test"], ca.leaf(&["h2.test"]))
+        .unwrap();
+    let edge = TestEdge::start(
+        vec![site(&["h2.test"], Proxy::new(vec![upstream]))],
+        certs,
+        Limits::default(),
+    )
+    .await;
+    (edge, ca)
+}
+
+/// A second handle on the connection's HTTP/2 client, for requests in parallel.
+fn sender(conn: &Conn) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    match &conn.client {
+        Client::H2(send) => send.clone(),
+        Client::H1(_) => panic!("not HTTP/2"),
+    }
+}
+
+async fn get(
+    mut send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    path: &str,
+) -> (StatusCode, Bytes) {
+    let req = Request::get(format!("https://h2.test{path}"))
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send.ready().await.unwrap();
+    let response = send.send_request(req).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_stream_does_not_hold_up_the_others_on_its_connection() {
+    let release = Arc::new(Notify::new());
+    let (edge, ca) = h2_edge(gated_upstream(Arc::clone(&release)).await).await;
+    let conn = Conn::open(edge.https, "h2.test", tls_config(ca.root_pem(), &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(conn.alpn.as_deref(), Some(&b"h2"[..]));
+    let slow = tokio::spawn(get(sender(&conn), "/slow"));
+    // Many streams at once, while /slow waits, all answered on the same connection.
+    let fast: Vec<_> = (0..150)
+        .map(|i| tokio::spawn(get(sender(&conn), if i % 2 == 0 { "/a" } else { "/b" })))
+        .collect();
+    for (i, task) in fast.into_iter().enumerate() {
+        let (status, body) = tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("a fast stream waited for the slow one")
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, if i % 2 == 0 { "/a" } else { "/b" });
+    }
+    assert!(!slow.is_finished());
+    release.notify_one();
+    let (status, body) = tokio::time::timeout(DEADLINE, slow).await.unwrap().unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"/slow"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_flight_at_shutdown_is_answered_before_the_connection_closes() {
+    let release = Arc::new(Notify::new());
+    let (edge, ca) = h2_edge(gated_upstream(Arc::clone(&release)).await).await;
+    let conn = Conn::open(edge.https, "h2.test", tls_config(ca.root_pem(), &[b"h2"]))
+        .await
+        .unwrap();
+    let slow = tokio::spawn(get(sender(&conn), "/slow"));
+    // /slow was accepted (its stream is running) once a stream opened after it is answered.
+    assert_eq!(get(sender(&conn), "/a").await.0, StatusCode::OK);
+    edge.shutdown.cancel();
+    release.notify_one();
+    let (status, body) = tokio::time::timeout(DEADLINE, slow).await.unwrap().unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"/slow"[..]));
+    // Then the connection ends (GOAWAY, closed).
+    tokio::time::timeout(DEADLINE, conn.closed)
+        .await
+        .expect("the connection stays open after its last stream")
+        .unwrap();
+}
