@@ -38,8 +38,14 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    fn take(&self) -> Vec<Stream> {
-        std::mem::take(&mut *self.started.lock().unwrap_or_else(PoisonError::into_inner))
+    /// Moves the streams started since the last call into `running`; `spare` is an empty
+    /// vector swapped in for the queue, so neither allocates again once grown.
+    fn start(&self, running: &mut FuturesUnordered<Stream>, spare: &mut Vec<Stream>) {
+        std::mem::swap(
+            &mut *self.started.lock().unwrap_or_else(PoisonError::into_inner),
+            spare,
+        );
+        running.extend(spare.drain(..));
     }
 }
 
@@ -100,6 +106,7 @@ pub(crate) async fn serve<I, S, B>(
         .serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     let mut running: FuturesUnordered<Stream> = FuturesUnordered::new();
+    let mut spare = Vec::new();
     let mut open = true;
     let mut closing = false;
     std::future::poll_fn(|cx| {
@@ -111,7 +118,7 @@ pub(crate) async fn serve<I, S, B>(
                 }
                 open = false;
             }
-            running.extend(streams.take());
+            streams.start(&mut running, &mut spare);
             let mut finished = false;
             while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {
                 finished = true;
