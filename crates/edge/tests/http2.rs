@@ -145,3 +145,46 @@ async fn a_stream_in_flight_at_shutdown_is_answered_before_the_connection_closes
         .expect("the connection stays open after its last stream")
         .unwrap();
 }
+
+/// What a raw HTTP/2 client sees first: the server's SETTINGS, hyper's defaults but for the
+/// header list size, which is `Limits::max_header_bytes`. The per-connection builder
+/// (`http2::Settings`) must keep giving exactly these.
+#[tokio::test]
+async fn settings_frame_a_raw_client_sees() {
+    let (edge, ca) = h2_edge("http://127.0.0.1:9".to_owned()).await;
+    let mut tls = testkit::tls_connect(edge.https, "h2.test", tls_config(ca.root_pem(), &[b"h2"]))
+        .await
+        .unwrap();
+    // The preface, then an empty SETTINGS frame.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(DEADLINE, tls.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    assert_eq!((head[3], head[4]), (0x4, 0), "a SETTINGS frame without ACK");
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).await.unwrap();
+    let settings: Vec<(u16, u32)> = payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    let max_header_list = u32::try_from(Limits::default().max_header_bytes).unwrap();
+    assert_eq!(
+        settings,
+        [
+            (0x3, 200),             // MAX_CONCURRENT_STREAMS
+            (0x4, 1024 * 1024),     // INITIAL_WINDOW_SIZE
+            (0x5, 16 * 1024),       // MAX_FRAME_SIZE
+            (0x6, max_header_list), // MAX_HEADER_LIST_SIZE
+        ]
+    );
+}
