@@ -21,12 +21,19 @@ use tokio::sync::Notify;
 /// An upstream answering `GET /slow` only once `release` is notified, anything else at once;
 /// each answer is the path.
 async fn gated_upstream(release: Arc<Notify>) -> String {
+    gated_upstream_counting(release, Arc::new(Notify::new())).await
+}
+
+/// As [`gated_upstream`], notifying `closed` whenever a connection waiting in `/slow` is
+/// closed by the edge.
+async fn gated_upstream_counting(release: Arc<Notify>, closed: Arc<Notify>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (mut socket, _) = listener.accept().await.unwrap();
             let release = Arc::clone(&release);
+            let closed = Arc::clone(&closed);
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -41,7 +48,14 @@ async fn gated_upstream(release: Arc<Notify>) -> String {
                         head.drain(..end + 4);
                         let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
                         if path == "/slow" {
-                            release.notified().await;
+                            tokio::select! {
+                                () = release.notified() => {}
+                                // The edge gave up on the request: its end of the socket closed.
+                                _ = socket.read(&mut buf) => {
+                                    closed.notify_one();
+                                    return;
+                                }
+                            }
                         }
                         let answer = format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
@@ -187,4 +201,25 @@ async fn settings_frame_a_raw_client_sees() {
             (0x6, max_header_list), // MAX_HEADER_LIST_SIZE
         ]
     );
+}
+
+/// A client that goes away while its stream waits for the upstream: the connection's task
+/// ends the stream (its upstream request is dropped) rather than leaving it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waiting_when_its_client_vanishes_is_dropped() {
+    let closed = Arc::new(Notify::new());
+    let upstream = gated_upstream_counting(Arc::new(Notify::new()), Arc::clone(&closed)).await;
+    let (edge, ca) = h2_edge(upstream).await;
+    let conn = Conn::open(edge.https, "h2.test", tls_config(ca.root_pem(), &[b"h2"]))
+        .await
+        .unwrap();
+    let slow = tokio::spawn(get(sender(&conn), "/slow"));
+    assert_eq!(get(sender(&conn), "/a").await.0, StatusCode::OK);
+    // Gone: the client's connection task (and with it the socket) and every handle on it.
+    slow.abort();
+    conn.closed.abort();
+    drop(conn.client);
+    tokio::time::timeout(DEADLINE, closed.notified())
+        .await
+        .expect("the upstream request outlived its client");
 }
