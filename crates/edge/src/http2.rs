@@ -131,29 +131,14 @@ pub(crate) async fn serve<I, S, B>(
                     Poll::Pending
                 };
             }
-            if !closing {
-                let why = if stop.poll_fired(cx).is_ready() {
-                    Some("shutdown")
-                } else if let Poll::Ready(expiry) = watchdog.poll_expired(cx) {
-                    debug!(?expiry, "closing quiet connection");
-                    Some("quiet")
-                } else {
-                    None
-                };
-                let Some(why) = why else {
-                    // Streams that finished queued their frames: write them now rather than
-                    // on the wake-up h2 has sent this task.
-                    if !finished || repolls == REPOLLS {
-                        return Poll::Pending;
-                    }
-                    repolls += 1;
-                    continue;
-                };
+            if !closing && let Some(why) = close_reason(&mut stop, &mut watchdog, cx) {
                 debug!(why, "closing connection gracefully");
                 closing = true;
                 conn.as_mut().graceful_shutdown();
                 continue;
             }
+            // Streams that finished queued their frames: write them now rather than on the
+            // wake-up h2 has sent this task.
             if !finished || repolls == REPOLLS {
                 return Poll::Pending;
             }
@@ -161,4 +146,22 @@ pub(crate) async fn serve<I, S, B>(
         }
     })
     .await;
+}
+
+/// Why the connection should close gracefully now, if it should: shutdown, or the watchdog.
+fn close_reason(
+    stop: &mut Waiter,
+    watchdog: &mut Watchdog,
+    cx: &mut std::task::Context<'_>,
+) -> Option<&'static str> {
+    if stop.poll_fired(cx).is_ready() {
+        return Some("shutdown");
+    }
+    match watchdog.poll_expired(cx) {
+        Poll::Ready(expiry) => {
+            debug!(?expiry, "closing quiet connection");
+            Some("quiet")
+        }
+        Poll::Pending => None,
+    }
 }
