@@ -23,6 +23,7 @@ pub mod fuzzing;
 mod handler;
 mod host;
 mod http1;
+mod http2;
 mod idle;
 mod limits;
 mod names;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -23,6 +23,7 @@ use crate::challenge::ChallengeResponder;
 use crate::error::EdgeError;
 use crate::handler::{Handler, Shared, Transport};
 use crate::http1::{self as lane, Rewind, Served};
+use crate::http2;
 use crate::idle::{Activity, Tracked, Watchdog};
 use crate::limits::Limits;
 use crate::observe::{self, NoObserver, Observer, OpenConnection};
@@ -71,7 +72,7 @@ pub struct Edge {
     /// The keys sealing TLS session tickets, replaced live by [`Edge::ticket_keys`]' holder.
     tickets: Arc<TicketKeys>,
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Settings,
     permits: Arc<Semaphore>,
     proxy_protocol: ProxyProtocol,
     /// Where connections run; on the accepting runtime without.
@@ -101,10 +102,9 @@ impl Edge {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.h1_max_head());
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let http2 = http2::Settings {
+            max_header_list_size: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+        };
         let permits = Arc::new(Semaphore::new(
             limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
         ));
@@ -441,8 +441,7 @@ impl Edge {
             self.shared.limits.idle_timeout,
         );
         if h2 {
-            let conn = self.http2.serve_connection(TokioIo::new(io), service);
-            supervise(conn, watchdog, stop).await;
+            http2::serve(&self.http2, TokioIo::new(io), service, watchdog, stop).await;
             return;
         }
         let served = if self.express_lane {
@@ -481,20 +480,6 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http1::UpgradeableConnection::graceful_shutdown(self);
-    }
-}
-
-impl<I, S, B, E> Graceful for http2::Connection<I, S, E>
-where
-    Self: Future<Output = Result<(), hyper::Error>>,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        http2::Connection::graceful_shutdown(self);
     }
 }
 
