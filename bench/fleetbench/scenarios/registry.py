@@ -139,11 +139,11 @@ def run(args, results):
             os.remove(os.path.join(root, "registry.json"))
     names = [site_name(i) for i in range(COUNT)]
     sample = [names[0], names[-1]] + random.Random(11).sample(names[1:-1], 198)
-    http, admin = free_port(), free_port()
-    cfg = config(d, store, http, admin)
+    http_port, admin = free_port(), free_port()
+    cfg = config(d, store, http_port, admin)
     proc = PROCS.start("fleetgate", [FLEETGATE, "run", "--config", cfg], os.path.join(d, "fleetgate.log"))
     log(f"scenario {SCENARIO}: a new node on a registry of {COUNT:,} sites, no local cache: waiting for a 200-name sample")
-    served = wait_redirecting(proc, http, sample, deadline_s=120)
+    served = wait_redirecting(proc, http_port, sample, deadline_s=120)
     if len(served) < len(sample):
         PROCS.stop(proc)
         row.notes.append(f"fleetgate: only {len(served)} of the {len(sample)}-name sample served within 120 s")
@@ -162,7 +162,7 @@ def run(args, results):
     added = site_name(COUNT)
     while time.monotonic() - t < 60:
         try:
-            if redirects(http, added):
+            if redirects(http_port, added):
                 break
         except Exception:  # noqa: BLE001 - not yet
             pass
