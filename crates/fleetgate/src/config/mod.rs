@@ -83,14 +83,16 @@ pub struct Config {
     pub sites: Vec<Site>,
     /// The same tables as written (for showing them, e.g. in the admin API).
     pub site_specs: Vec<SiteSpec>,
-    /// The file's text, for placing certificate findings in it ([`Config::site_tls_lines`]).
-    text: SourceText,
+    /// The file's text, for placing certificate findings in it ([`Config::site_tls_lines`]),
+    /// until [`Config::drop_text`].
+    text: Option<SourceText>,
 }
 
 /// A config file's text, kept so that lines are found only when something is to be placed
 /// there: finding the line of every site's `tls` key means parsing the whole document again
 /// into a spanned tree, about 7 KiB per site (70 MB at 10,000 sites, on top of the sites
-/// already built), which a start should not pay for nothing.
+/// already built), which a start should not pay for nothing. A running node, whose
+/// certificates the manager checks, lets it go ([`Config::drop_text`]).
 #[derive(Clone)]
 struct SourceText(std::sync::Arc<str>);
 
@@ -315,14 +317,18 @@ impl Config {
             dns,
             sites,
             site_specs,
-            text: SourceText(text.into()),
+            text: Some(SourceText(text.into())),
         })
     }
 
     /// The line of each site's `tls` key (else of its `[[site]]` header), for certificate
-    /// findings. Parses the whole file again: call it only with something to place.
+    /// findings. Parses the whole file again: call it only with something to place. No lines
+    /// once the text was dropped.
     pub fn site_tls_lines(&self) -> Vec<Option<usize>> {
-        let text = &*self.text.0;
+        let Some(SourceText(text)) = &self.text else {
+            return vec![None; self.sites.len()];
+        };
+        let text = &**text;
         // Lines found by binary search over the newlines: a file of thousands of sites is
         // scanned once, not once per site.
         let newlines: Vec<usize> = text.match_indices('\n').map(|(i, _)| i).collect();
@@ -330,6 +336,21 @@ impl Config {
             .into_iter()
             .map(|span| span.map(|s| newlines.partition_point(|&n| n < s.start) + 1))
             .collect()
+    }
+
+    /// Lets the file's text go (what [`Config::site_tls_lines`] reads): a running node keeps its
+    /// configuration for as long as it runs, and its certificates are checked elsewhere.
+    pub fn drop_text(&mut self) {
+        self.text = None;
+    }
+
+    /// Lets the file's text and the sites as written ([`Config::site_specs`]) go: the
+    /// configuration a node serves from needs only the validated sites, and at 10,000 sites
+    /// the two were 11 MB. What shows the sites as written (the admin API) or copies one (the
+    /// on-demand template) keeps its own.
+    pub fn keep_for_serving(&mut self) {
+        self.drop_text();
+        self.site_specs = Vec::new();
     }
 
     /// The certificates the file's sites need: one per site (split above
