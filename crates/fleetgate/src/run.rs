@@ -142,7 +142,15 @@ fn instrument(
     Ok((Some(telemetry), timed))
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    // The manager checks the certificates from here on; the file's text is not needed, nor are
+    // the sites as written unless the admin API shows them or on-demand copies one. Let go before
+    // the certificates load, the parse's heap can shrink back instead of staying under them.
+    if config.admin.is_none() && config.on_demand.is_none() {
+        config.keep_for_serving();
+    } else {
+        config.drop_text();
+    }
     let node = node_name(&config);
     let (store, cache) = open_store(&config).await?;
     let shutdown = CancellationToken::new();
@@ -274,6 +282,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut current = config;
+    // The admin API and on-demand took what they show or copy of the file's sites.
+    current.keep_for_serving();
     let mut serving = Serving {
         edge: edge.clone(),
         manager: manager.clone(),
@@ -360,7 +370,7 @@ fn build_edge(
 /// logged error) keeps the running configuration. The file is judged exactly as `fleetgate
 /// check` judges it: [`Config::load`], then [`crate::config::check_certificates`].
 fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option<Config> {
-    let new = match Config::load(&current.file) {
+    let mut new = match Config::load(&current.file) {
         Ok(new) => new,
         Err(e) => {
             error!(error = %e, "configuration rejected; keeping the running one");
@@ -368,6 +378,7 @@ fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option
         }
     };
     let certs = crate::config::check_certificates(&new);
+    new.keep_for_serving();
     for finding in &certs.warnings {
         warn!(warning = %finding, "certificate warning in the reloaded configuration");
     }

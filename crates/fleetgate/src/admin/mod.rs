@@ -195,7 +195,9 @@ impl AdminState {
         }
     }
 
-    fn set_config(&self, config: Config) {
+    fn set_config(&self, mut config: Config) {
+        // Kept as long as it serves: without the file's text (only `check` places findings).
+        config.drop_text();
         let config = Arc::new(config);
         match self.config.write() {
             Ok(mut c) => *c = config,

@@ -48,14 +48,17 @@ impl CertCheck {
 pub fn check_certificates(config: &Config) -> CertCheck {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut out = CertCheck::default();
+    // Found at the first finding (they cost a parse of the whole file).
+    let mut lines: Option<Vec<Option<usize>>> = None;
     for (i, site) in config.sites.iter().enumerate() {
         let Some(report) = site_certificate(site, now) else {
             continue;
         };
         for finding in report.findings {
+            let lines = lines.get_or_insert_with(|| config.site_tls_lines());
             let placed = SiteFinding {
                 file: config.file.clone(),
-                line: config.site_tls_lines.get(i).copied().flatten(),
+                line: lines.get(i).copied().flatten(),
                 site: i,
                 finding,
             };
