@@ -143,14 +143,8 @@ fn instrument(
 }
 
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
-    // The manager checks the certificates from here on; the file's text is not needed, nor are
-    // the sites as written unless the admin API shows them or on-demand copies one. Let go before
-    // the certificates load, the parse's heap can shrink back instead of staying under them.
-    if config.admin.is_none() && config.on_demand.is_none() {
-        config.keep_for_serving();
-    } else {
-        config.drop_text();
-    }
+    // The manager checks the certificates from here on; the file's text is not needed.
+    config.drop_text();
     let node = node_name(&config);
     let (store, cache) = open_store(&config).await?;
     let shutdown = CancellationToken::new();
