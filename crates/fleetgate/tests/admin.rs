@@ -759,14 +759,19 @@ fn cli_error(config: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[tokio::test]
-async fn cli_import_adds_each_site_and_reports_the_refused_ones() -> Result<()> {
-    let node = Node::new(
+/// A node's config (the file site) for the CLI; the node itself is not started.
+fn cli_node() -> Result<Node> {
+    Node::new(
         testkit::loopback_ip(),
         testkit::free_port(),
         testkit::free_port(),
         FILE_SITE,
-    )?;
+    )
+}
+
+#[tokio::test]
+async fn cli_import_adds_each_site_and_reports_the_refused_ones() -> Result<()> {
+    let node = cli_node()?;
     let config = node.config_path.clone();
     let file = node.path("import.json");
     let sites = json!([
@@ -828,12 +833,7 @@ async fn cli_import_adds_each_site_and_reports_the_refused_ones() -> Result<()> 
 #[tokio::test]
 async fn cli_add_list_set_rm_round_trip_without_a_node() -> Result<()> {
     // No node runs: the CLI works on the store through the config file.
-    let node = Node::new(
-        testkit::loopback_ip(),
-        testkit::free_port(),
-        testkit::free_port(),
-        FILE_SITE,
-    )?;
+    let node = cli_node()?;
     let config = node.config_path.clone();
 
     let added = cli_json(
