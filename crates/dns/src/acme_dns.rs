@@ -257,7 +257,9 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Hex of either case; `None` for anything else (odd length, other characters).
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    data_encoding::HEXLOWER_PERMISSIVE.decode(text.as_bytes()).ok()
+    data_encoding::HEXLOWER_PERMISSIVE
+        .decode(text.as_bytes())
+        .ok()
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 use crate::{Error, Result};
 
@@ -78,16 +77,10 @@ pub async fn query(server: SocketAddr, name: &str, rtype: RecordType) -> Result<
 
     let len = u16::try_from(bytes.len())
         .map_err(|_| Error::Invalid("query too long for TCP".to_string()))?;
-    tokio::time::timeout(QUERY_TIMEOUT, async {
-        let mut stream = TcpStream::connect(server).await?;
-        stream.write_all(&len.to_be_bytes()).await?;
-        stream.write_all(&bytes).await?;
-        let mut prefix = [0u8; 2];
-        stream.read_exact(&mut prefix).await?;
-        let mut frame = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
-        stream.read_exact(&mut frame).await?;
-        Ok::<_, std::io::Error>(frame)
-    })
+    tokio::time::timeout(
+        QUERY_TIMEOUT,
+        crate::wire::tcp_exchange(server, len, &bytes),
+    )
     .await
     .map_err(|_| timed_out("wait for a DNS answer over TCP"))?
     .map_err(io("query over TCP"))

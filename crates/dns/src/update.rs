@@ -11,8 +11,6 @@ use hickory_proto::dnssec::tsig::TSigner;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode, update_message};
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::{Name, RData, Record, RecordSet, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::records::normalize_name;
 use crate::{Error, Result};
@@ -206,16 +204,10 @@ impl Rfc2136 {
             what: format!("{what} at {server}"),
             source,
         };
-        let frame = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-            let mut stream = TcpStream::connect(server).await?;
-            stream.write_all(&len.to_be_bytes()).await?;
-            stream.write_all(&bytes).await?;
-            let mut prefix = [0u8; 2];
-            stream.read_exact(&mut prefix).await?;
-            let mut frame = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
-            stream.read_exact(&mut frame).await?;
-            Ok::<_, std::io::Error>(frame)
-        })
+        let frame = tokio::time::timeout(
+            EXCHANGE_TIMEOUT,
+            crate::wire::tcp_exchange(server, len, &bytes),
+        )
         .await
         .map_err(|_| {
             io(std::io::Error::new(

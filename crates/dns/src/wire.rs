@@ -14,6 +14,25 @@ pub const UDP_EDNS_LIMIT: u16 = 1232;
 /// Largest answer over TCP (the length prefix's range).
 pub const TCP_LIMIT: usize = u16::MAX as usize;
 
+/// One DNS message over a new TCP connection to `server` and the one message it answers, each
+/// framed by its two-byte length (RFC 1035 4.2.2). `bytes` must fit the prefix (the callers say
+/// what theirs is when it does not). No timeout here: the callers set their own.
+pub(crate) async fn tcp_exchange(
+    server: std::net::SocketAddr,
+    len: u16,
+    bytes: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server).await?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(bytes).await?;
+    let mut prefix = [0u8; 2];
+    stream.read_exact(&mut prefix).await?;
+    let mut frame = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+    stream.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
 /// A well-formed standard query for one name, class IN.
 #[derive(Debug, Clone)]
 pub struct Request {
