@@ -139,12 +139,7 @@ impl Watcher {
             else {
                 return;
             };
-            let id = key
-                .segments()
-                .last()
-                .and_then(|s| s.strip_suffix(".json"))
-                .unwrap_or(key.as_str())
-                .to_string();
+            let id = json_id(key);
             let serial = bundle.meta.serial.clone();
             let previous = self.serials.insert(key.clone(), serial.clone());
             if previous.as_deref() == Some(serial.as_str()) {
@@ -170,12 +165,7 @@ impl Watcher {
             else {
                 return;
             };
-            let id = key
-                .segments()
-                .last()
-                .and_then(|s| s.strip_suffix(".json"))
-                .unwrap_or(key.as_str())
-                .to_string();
+            let id = json_id(key);
             let before = self.states.insert(id.clone(), record.state);
             match (before, record.state) {
                 (b, certs::CertState::Failing) if b != Some(certs::CertState::Failing) => {
@@ -252,4 +242,13 @@ pub async fn list(State(state): State<Arc<AdminState>>) -> Json<Events> {
     Json(Events {
         events: state.events.recent(),
     })
+}
+
+/// The id a `<prefix>/<id>.json` key names (the whole key when it is not of that form).
+fn json_id(key: &store::StorageKey) -> String {
+    key.segments()
+        .last()
+        .and_then(|s| s.strip_suffix(".json"))
+        .unwrap_or(key.as_str())
+        .to_string()
 }
