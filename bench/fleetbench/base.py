@@ -18,6 +18,9 @@ REDIRECT_NAMES = ["localhost", "old.bench.test", "www.old.bench.test"]
 MAIN = "https://main.bench.test"
 PATH_AND_QUERY = "/some/page?x=1"
 SNI_COUNT = 10_000
+# Scenario 5's large fleet (5c, 5d: fleetgate only): the certificate cache holds this many, and the
+# 10,000 of 5a/5b are its first ones.
+SNI_MAX = 100_000
 SNI_DOMAIN = "bench.test"
 ACME_COUNT = 50
 ACME_DOMAIN = "acme.test"

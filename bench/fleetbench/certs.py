@@ -1,7 +1,7 @@
 """Certificates: a throwaway CA and leaf made with openssl per run (the leaf ECDSA P-256, or P-384 or
-RSA 2048 for scenario 9), and scenario 5's 10,000 certificates, cached in bench/.cache/sni-10000
-(git-ignored). The cache is made when missing or incomplete (no `complete` marker): a few seconds
-with the `cryptography` package, about a minute with openssl in a parallel loop."""
+RSA 2048 for scenario 9), and scenario 5's 100,000 certificates, cached in bench/.cache/sni-100000
+(git-ignored). The cache is made when missing or incomplete (no `complete` marker): about a minute
+with the `cryptography` package, about ten with openssl in a parallel loop."""
 
 import datetime
 import os
@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import time
 
-from .base import CACHE, SNI_COUNT, SNI_DOMAIN, log
+from .base import CACHE, SNI_DOMAIN, SNI_MAX, log
 from .procs import run_cmd
 
 
@@ -52,9 +52,9 @@ def sni_name(i):
 
 
 def sni_certs():
-    """SNI_COUNT names, each with its own ECDSA P-256 certificate from one CA, cached under
-    bench/.cache (a few seconds with `cryptography`, about a minute with openssl)."""
-    base = os.path.join(CACHE, f"sni-{SNI_COUNT}")
+    """SNI_MAX names, each with its own ECDSA P-256 certificate from one CA, cached under
+    bench/.cache (about a minute with `cryptography`, ten with openssl)."""
+    base = os.path.join(CACHE, f"sni-{SNI_MAX}")
     certs = os.path.join(base, "certs")
     done = os.path.join(base, "complete")
     if os.path.exists(done):
@@ -69,8 +69,8 @@ def sni_certs():
     except ImportError:
         how = "openssl in a parallel loop"
         _sni_certs_openssl(base, certs)
-    open(done, "w").write(f"{SNI_COUNT} certificates made with {how}\n")
-    log(f"made {SNI_COUNT} certificates with {how} in {time.monotonic() - t0:.1f} s (cached in {base})")
+    open(done, "w").write(f"{SNI_MAX} certificates made with {how}\n")
+    log(f"made {SNI_MAX} certificates with {how} in {time.monotonic() - t0:.1f} s (cached in {base})")
     return base
 
 
@@ -94,7 +94,7 @@ def _sni_certs_cryptography(base, certs):
         f.write(ca.public_bytes(serialization.Encoding.PEM))
     eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
     ku = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
-    for i in range(SNI_COUNT):
+    for i in range(SNI_MAX):
         name = sni_name(i)
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (x509.CertificateBuilder()
@@ -122,7 +122,7 @@ def _sni_certs_openssl(base, certs):
               f'-keyout "{certs}/$n.key" -out "{certs}/$n.pem" -subj "/CN=$n" -days 3650 '
               f'-CA "{ca_pem}" -CAkey "{ca_key}" -addext "subjectAltName=DNS:$n" '
               '-addext basicConstraints=critical,CA:FALSE -addext extendedKeyUsage=serverAuth 2>/dev/null')
-    names = "\n".join(sni_name(i) for i in range(SNI_COUNT)) + "\n"
+    names = "\n".join(sni_name(i) for i in range(SNI_MAX)) + "\n"
     jobs = str(max(2, os.cpu_count() or 2))
     res = subprocess.run(["xargs", "-P", jobs, "-n", "1", "sh", "-c", script, "sh"], input=names, text=True)
     if res.returncode != 0:

@@ -82,14 +82,15 @@ def start_proxy(d, http, https, cert, key, upstream, idle_pool=64):
     return start_caddy_cfg(d, path)
 
 
-def start_sni(d, http, https, base):
+def start_sni(d, http, https, base, count=SNI_COUNT):
+    """Scenario 5: `count` sites, the first names of the certificate cache `base`."""
     certs = os.path.join(base, "certs")
     servers = {"tls": {"listen": [f"127.0.0.1:{https}"], "protocols": ["h1", "h2"],
                        "automatic_https": {"disable": True},
                        "tls_connection_policies": [{}],
                        "routes": [caddy_redirect_route()]}}
     files = [{"certificate": os.path.join(certs, f"{sni_name(i)}.pem"),
-              "key": os.path.join(certs, f"{sni_name(i)}.key")} for i in range(SNI_COUNT)]
+              "key": os.path.join(certs, f"{sni_name(i)}.key")} for i in range(count)]
     return start_caddy_cfg(d, caddy_config(d, servers, files))
 
 

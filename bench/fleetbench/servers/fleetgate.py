@@ -65,11 +65,12 @@ def start_proxy(d, http, https, cert, key, upstream, metrics=None):
     return start(d, cfg)
 
 
-def start_sni(d, http, https, base):
+def start_sni(d, http, https, base, count=SNI_COUNT):
+    """Scenario 5: `count` sites, the first names of the certificate cache `base`."""
     certs = os.path.join(base, "certs")
     sites = [fleetgate_site([sni_name(i)], os.path.join(certs, f"{sni_name(i)}.pem"),
                             os.path.join(certs, f"{sni_name(i)}.key"), FG_REDIRECT)
-             for i in range(SNI_COUNT)]
+             for i in range(count)]
     cfg = fleetgate_config(d, http, https, sites)
     return start(d, cfg)
 

@@ -87,9 +87,10 @@ def start_proxy(d, http, https, cert, key, upstream, idle_pool=64):
     return start(d, conf)
 
 
-def start_sni(d, http, https, base):
+def start_sni(d, http, https, base, count=SNI_COUNT):
+    """Scenario 5: `count` sites, the first names of the certificate cache `base`."""
     certs = os.path.join(base, "certs")
     servers = [nginx_server(f"127.0.0.1:{https} ssl http2", [sni_name(i)],
                             os.path.join(certs, f"{sni_name(i)}.pem"), os.path.join(certs, f"{sni_name(i)}.key"))
-               for i in range(SNI_COUNT)]
+               for i in range(count)]
     return start(d, nginx_conf(d, servers))

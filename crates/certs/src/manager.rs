@@ -59,7 +59,9 @@ pub struct Timings {
     pub resync: Duration,
     /// Cluster-wide issuance limits for ACME orders.
     pub limits: crate::limits::ClusterLimits,
-    /// How often files certificates are looked at for changes.
+    /// How often files certificates are looked at for changes, with up to
+    /// [`FILES_PER_POLL`] of them; with more, proportionally less often (see
+    /// [`Manager::file_poll`]).
     pub file_poll: Duration,
 }
 
@@ -73,13 +75,19 @@ impl Default for Timings {
         }
     }
 }
+/// Files certificates looked at per `file_poll` at most: each look is two `stat` calls and a
+/// task wake-up, so 100,000 certificates are looked at every 10 s, not every second (200,000
+/// `stat`s a second would take a good part of a core from the handshakes).
+pub const FILES_PER_POLL: usize = 10_000;
+
 /// How long to wait between looks while a peer holds the certificate's lease.
 const PEER_WAIT: Duration = Duration::from_secs(2);
 /// At most this many of a peer's recorded failures are carried into a task's own backoff.
 const PEER_FAILURES_CARRIED: u32 = 16;
 
 struct Task {
-    cert: ManagedCert,
+    /// Shared with the task's worker: one copy per certificate (100,000 of them on a big node).
+    cert: Arc<ManagedCert>,
     cancel: CancellationToken,
     kick: Arc<Notify>,
     live: Arc<Mutex<LiveStatus>>,
@@ -99,6 +107,8 @@ pub struct Manager {
     /// The DNS-01 solver handed to every ACME issuer ([`Manager::set_dns01`]).
     dns01: Mutex<Option<Arc<crate::Dns01>>>,
     tasks: Mutex<HashMap<CertId, Task>>,
+    /// How many of `tasks` are files certificates ([`Manager::file_poll`]).
+    files: std::sync::atomic::AtomicUsize,
     /// Storage key -> the kick of the task that owns it.
     watch: Mutex<HashMap<StorageKey, Arc<Notify>>>,
     tracker: TaskTracker,
@@ -142,6 +152,7 @@ impl Manager {
             issuers: Mutex::default(),
             dns01: Mutex::default(),
             tasks: Mutex::default(),
+            files: std::sync::atomic::AtomicUsize::new(0),
             watch: Mutex::default(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -178,7 +189,7 @@ impl Manager {
             certs.into_iter().map(|c| (c.id.clone(), c)).collect();
         let removed: Vec<CertId> = tasks
             .iter()
-            .filter(|(id, task)| wanted.get(*id) != Some(&task.cert))
+            .filter(|(id, task)| wanted.get(*id) != Some(&*task.cert))
             .map(|(id, _)| id.clone())
             .collect();
         for id in removed {
@@ -216,6 +227,7 @@ impl Manager {
                 _ => None,
             };
             let live = Arc::new(Mutex::new(LiveStatus::default()));
+            let cert = Arc::new(cert);
             let worker = CertWorker {
                 manager: self.clone(),
                 cert: cert.clone(),
@@ -237,6 +249,19 @@ impl Manager {
                 },
             );
         }
+        let files = tasks
+            .values()
+            .filter(|t| matches!(t.cert.source, CertSource::Files { .. }))
+            .count();
+        self.files
+            .store(files, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long a files certificate's task waits between looks at its files: `file_poll`, times
+    /// the number of files certificates over [`FILES_PER_POLL`] when there are more.
+    pub fn file_poll(&self) -> Duration {
+        let files = self.files.load(std::sync::atomic::Ordering::Relaxed);
+        scaled_poll(self.timings.file_poll, files)
     }
 
     /// What this process's task for `id` knows now: what it serves, the findings on the last
@@ -253,7 +278,7 @@ impl Manager {
         let tasks = lock(&self.tasks);
         tasks
             .values()
-            .map(|task| (task.cert.clone(), lock(&task.live).clone()))
+            .map(|task| (ManagedCert::clone(&task.cert), lock(&task.live).clone()))
             .collect()
     }
 
@@ -366,7 +391,7 @@ impl Manager {
 /// The loop that keeps one certificate current.
 struct CertWorker {
     manager: Arc<Manager>,
-    cert: ManagedCert,
+    cert: Arc<ManagedCert>,
     cancel: CancellationToken,
     kick: Arc<Notify>,
     /// What this worker last recorded (state, error, failures): unchanged records are not
@@ -390,6 +415,8 @@ struct FilesState {
     served_not_after: Option<i64>,
     /// The last expiry threshold logged for it.
     expiry_warned: Option<u32>,
+    /// Whether the files were looked at once already.
+    looked: bool,
 }
 
 impl CertWorker {
@@ -407,8 +434,21 @@ impl CertWorker {
             // Each step returns how long to sleep (or until kicked or cancelled).
             let delay = match &self.cert.source {
                 CertSource::Files { cert, key } => {
-                    Box::pin(self.files_step(cert, key, &mut deployed_serial, &mut files_state))
-                        .await
+                    let poll = Box::pin(self.files_step(
+                        cert,
+                        key,
+                        &mut deployed_serial,
+                        &mut files_state,
+                    ))
+                    .await;
+                    // The first wait is spread over one more poll by the id, so thousands of
+                    // files certificates loaded at once are not all looked at in the same instant.
+                    if files_state.looked {
+                        poll
+                    } else {
+                        files_state.looked = true;
+                        poll.mul_f64(1.0 + jitter_seed(&self.cert.id))
+                    }
                 }
                 _ => {
                     // Boxed: the ordering future is large, and a node may run thousands of idle
@@ -540,7 +580,7 @@ impl CertWorker {
         deployed_serial: &mut Option<String>,
         state: &mut FilesState,
     ) -> Duration {
-        let poll = self.manager.timings.file_poll;
+        let poll = self.manager.file_poll();
         let now = now_unix();
         lock(&self.live).looks += 1;
         self.warn_expiry(state, now);
@@ -1071,6 +1111,14 @@ struct RenewWanted {
 }
 
 /// A stable per-certificate number in [0, 1) so every node picks the same point in a window.
+/// `poll` for up to [`FILES_PER_POLL`] files certificates, proportionally longer for more.
+fn scaled_poll(poll: Duration, files: usize) -> Duration {
+    if files <= FILES_PER_POLL {
+        return poll;
+    }
+    poll.mul_f64(files as f64 / FILES_PER_POLL as f64)
+}
+
 fn jitter_seed(serial: &str) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in serial.bytes() {
@@ -1091,4 +1139,18 @@ fn backoff_store(backoff: &mut Backoff) -> Duration {
 fn kept(mut findings: Vec<Finding>) -> Vec<Finding> {
     findings.shrink_to_fit();
     findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_polled_less_often_beyond_files_per_poll() {
+        let second = Duration::from_secs(1);
+        assert_eq!(scaled_poll(second, 0), second);
+        assert_eq!(scaled_poll(second, FILES_PER_POLL), second);
+        assert_eq!(scaled_poll(second, 100_000), Duration::from_secs(10));
+        assert_eq!(scaled_poll(second, 25_000), Duration::from_millis(2500));
+    }
 }

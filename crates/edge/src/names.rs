@@ -8,6 +8,7 @@ use crate::error::EdgeError;
 use crate::host::normalise_config_name;
 
 /// A configured name: exact or `*.suffix`.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Pattern {
     Exact(String),
     Wildcard(String),

@@ -10,7 +10,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::error::EdgeError;
-use crate::names::{Pattern, lookup, parse_pattern};
+use crate::names::{Pattern, parse_pattern};
 
 /// Certificates for names the map does not hold, obtained while the handshake waits
 /// ("on-demand TLS"). The edge calls it only for an SNI name with no certificate in the map and
@@ -27,13 +27,57 @@ pub trait OnDemand: Send + Sync + 'static {
     async fn certificate_for(&self, sni: &str, client: IpAddr) -> Option<Arc<CertifiedKey>>;
 }
 
-/// The lookup tables, replaced as a whole on every write.
+/// The names a handshake resolves: every name's certificate as of the last full rebuild
+/// (`base`, shared between tables) and the names changed since (`recent`). A write copies only
+/// `recent`, and folds it into a new `base` once it holds a sixteenth as many names: with 100,000
+/// certificates, one deployed certificate costs a few small map copies, not a rebuild of all.
 #[derive(Default)]
 struct Table {
+    base: Arc<Names>,
+    recent: Recent,
+}
+
+/// Certificates by exact name, and by wildcard suffix (`*.example.com` as `example.com`).
+#[derive(Default)]
+struct Names {
     exact: HashMap<String, Arc<CertifiedKey>>,
-    /// Keyed by the wildcard's suffix: `*.example.com` is stored as `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
 }
+
+/// Names changed since `base` was built: `None` where no certificate claims the name any more.
+#[derive(Default, Clone)]
+struct Recent {
+    exact: HashMap<String, Option<Arc<CertifiedKey>>>,
+    wildcard: HashMap<String, Option<Arc<CertifiedKey>>>,
+}
+
+impl Recent {
+    fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+}
+
+impl Table {
+    /// [`names::lookup`](crate::names::lookup)'s rule (exact, then the one-label wildcard) over
+    /// `recent` first, then `base`. `host` is normalised.
+    fn lookup(&self, host: &str) -> Option<&Arc<CertifiedKey>> {
+        let exact = match self.recent.exact.get(host) {
+            Some(changed) => changed.as_ref(),
+            None => self.base.exact.get(host),
+        };
+        exact.or_else(|| {
+            let (_, suffix) = host.split_once('.')?;
+            match self.recent.wildcard.get(suffix) {
+                Some(changed) => changed.as_ref(),
+                None => self.base.wildcard.get(suffix),
+            }
+        })
+    }
+}
+
+/// `recent` is folded into a new base once it holds more than this many names, or more than a
+/// sixteenth of the base's.
+const RECENT_MIN: usize = 256;
 
 /// One change for [`CertMap::apply`].
 pub enum CertUpdate {
@@ -52,20 +96,100 @@ struct Entry {
     /// Insertion order: when two certificates claim a name, the later one serves it.
     seq: u64,
     names: Vec<Pattern>,
-    key: Arc<CertifiedKey>,
 }
 
+/// The writer's side: every certificate by id, every name's claims, and what the published
+/// table is made of.
 #[derive(Default)]
 struct Entries {
     next_seq: u64,
     by_id: HashMap<String, Entry>,
+    /// Each name's claims, `(seq, certificate)`: the highest `seq` serves the name.
+    claims: HashMap<Pattern, Vec<(u64, Arc<CertifiedKey>)>>,
+    base: Arc<Names>,
+    recent: Recent,
+}
+
+impl Entries {
+    /// Serves `key` for `names` under `id` (replacing what `id` served); returns nothing, the
+    /// changed names are in `recent`.
+    fn insert(&mut self, id: String, names: Vec<Pattern>, key: Arc<CertifiedKey>) {
+        self.remove(&id);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        for name in &names {
+            self.claims
+                .entry(name.clone())
+                .or_default()
+                .push((seq, Arc::clone(&key)));
+            self.settle(name);
+        }
+        self.by_id.insert(id, Entry { seq, names });
+    }
+
+    /// Stops serving `id`'s names (others' claims on them serve again); whether there was one.
+    fn remove(&mut self, id: &str) -> bool {
+        let Some(old) = self.by_id.remove(id) else {
+            return false;
+        };
+        for name in &old.names {
+            if let Some(claims) = self.claims.get_mut(name) {
+                claims.retain(|(seq, _)| *seq != old.seq);
+                if claims.is_empty() {
+                    self.claims.remove(name);
+                }
+            }
+            self.settle(name);
+        }
+        true
+    }
+
+    /// Records `name`'s current winner (or that none is left) in `recent`.
+    fn settle(&mut self, name: &Pattern) {
+        let winner = self
+            .claims
+            .get(name)
+            .and_then(|claims| claims.iter().max_by_key(|(seq, _)| *seq))
+            .map(|(_, key)| Arc::clone(key));
+        let (recent, key) = match name {
+            Pattern::Exact(n) => (&mut self.recent.exact, n),
+            Pattern::Wildcard(s) => (&mut self.recent.wildcard, s),
+        };
+        recent.insert(key.clone(), winner);
+    }
+
+    /// The table to publish: the same base with the changes since, or (once the changes are
+    /// many) a new base with every name's winner.
+    fn table(&mut self) -> Table {
+        let base_len = self.base.exact.len() + self.base.wildcard.len();
+        if self.recent.len() > RECENT_MIN.max(base_len / 16) {
+            let mut names = Names::default();
+            for (name, claims) in &self.claims {
+                let Some((_, key)) = claims.iter().max_by_key(|(seq, _)| *seq) else {
+                    continue;
+                };
+                let (map, n) = match name {
+                    Pattern::Exact(n) => (&mut names.exact, n),
+                    Pattern::Wildcard(s) => (&mut names.wildcard, s),
+                };
+                map.insert(n.clone(), Arc::clone(key));
+            }
+            self.base = Arc::new(names);
+            self.recent = Recent::default();
+        }
+        Table {
+            base: Arc::clone(&self.base),
+            recent: self.recent.clone(),
+        }
+    }
 }
 
 /// Certificates by hostname, swapped atomically.
 ///
-/// Reads (one per TLS handshake) are lock-free: an [`ArcSwap`] load and two hash lookups,
-/// exact name first, then a one-label wildcard. Writes (issue, renewal, reload, removal: rare)
-/// are serialised by a mutex, rebuild the tables copy-on-write and publish them in one store, so
+/// Reads (one per TLS handshake) are lock-free: an [`ArcSwap`] load and a few hash lookups,
+/// exact name first, then a one-label wildcard, each in the recent changes, then the base.
+/// Writes (issue, renewal, reload, removal: rare) are serialised by a mutex, copy the recent
+/// changes (or, now and then, rebuild the base: see `Table`) and publish them in one store, so
 /// a handshake sees either the old or the new certificate, never a mix.
 ///
 /// Each certificate is inserted under an `id` chosen by the caller (for example the site or
@@ -104,10 +228,8 @@ impl CertMap {
             return Err(EdgeError::NoNames);
         }
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let seq = entries.next_seq;
-        entries.next_seq += 1;
-        entries.by_id.insert(id.into(), Entry { seq, names, key });
-        self.publish(&entries);
+        entries.insert(id.into(), names, key);
+        self.publish(&mut entries);
         Ok(())
     }
 
@@ -128,9 +250,7 @@ impl CertMap {
                     match parsed {
                         Ok(names) if names.is_empty() => results.push(Err(EdgeError::NoNames)),
                         Ok(names) => {
-                            let seq = entries.next_seq;
-                            entries.next_seq += 1;
-                            entries.by_id.insert(id, Entry { seq, names, key });
+                            entries.insert(id, names, key);
                             changed = true;
                             results.push(Ok(()));
                         }
@@ -138,13 +258,13 @@ impl CertMap {
                     }
                 }
                 CertUpdate::Remove { id } => {
-                    changed |= entries.by_id.remove(&id).is_some();
+                    changed |= entries.remove(&id);
                     results.push(Ok(()));
                 }
             }
         }
         if changed {
-            self.publish(&entries);
+            self.publish(&mut entries);
         }
         results
     }
@@ -152,9 +272,9 @@ impl CertMap {
     /// Stops serving the certificate inserted under `id`. Returns whether there was one.
     pub fn remove(&self, id: &str) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let removed = entries.by_id.remove(id).is_some();
+        let removed = entries.remove(id);
         if removed {
-            self.publish(&entries);
+            self.publish(&mut entries);
         }
         removed
     }
@@ -165,9 +285,9 @@ impl CertMap {
         let name = name.strip_suffix('.').unwrap_or(name);
         let table = self.table.load();
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lookup(&table.exact, &table.wildcard, &name.to_ascii_lowercase()).cloned()
+            table.lookup(&name.to_ascii_lowercase()).cloned()
         } else {
-            lookup(&table.exact, &table.wildcard, name).cloned()
+            table.lookup(name).cloned()
         }
     }
 
@@ -187,21 +307,9 @@ impl CertMap {
         entries.by_id.keys().cloned().collect()
     }
 
-    /// Rebuilds the tables from `entries` and publishes them. Called with the writer lock held.
-    fn publish(&self, entries: &Entries) {
-        let mut ordered: Vec<&Entry> = entries.by_id.values().collect();
-        ordered.sort_by_key(|e| e.seq);
-        let mut table = Table::default();
-        for entry in ordered {
-            for name in &entry.names {
-                let (map, key) = match name {
-                    Pattern::Exact(n) => (&mut table.exact, n),
-                    Pattern::Wildcard(s) => (&mut table.wildcard, s),
-                };
-                map.insert(key.clone(), Arc::clone(&entry.key));
-            }
-        }
-        self.table.store(Arc::new(table));
+    /// Publishes what `entries` now holds. Called with the writer lock held.
+    fn publish(&self, entries: &mut Entries) {
+        self.table.store(Arc::new(entries.table()));
     }
 }
 
@@ -218,9 +326,8 @@ impl ResolvesServerCert for CertMap {
 
 impl fmt::Debug for CertMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let table = self.table.load();
-        let mut names: Vec<String> = table.exact.keys().cloned().collect();
-        names.extend(table.wildcard.keys().map(|s| format!("*.{s}")));
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut names: Vec<String> = entries.claims.keys().map(|p| format!("{p:?}")).collect();
         names.sort();
         f.debug_struct("CertMap").field("names", &names).finish()
     }

@@ -119,3 +119,102 @@ fn concurrent_readers_see_whole_tables() {
         reader.join().unwrap();
     }
 }
+
+/// Thousands of inserts, replacements and removals (enough to fold the recent changes into a
+/// new base many times, through `insert`, `remove` and batched `apply`) against a plain model:
+/// after every step, every name resolves as "the latest claim wins, exact before wildcard".
+#[test]
+fn many_changes_resolve_like_a_plain_model() {
+    use std::collections::HashMap;
+
+    use edge::CertUpdate;
+
+    let ca = Ca::new();
+    // A few distinct certificates; which one a name resolves to is what is checked.
+    let keys: Vec<_> = (0..4).map(|i| ca.leaf(&[&format!("k{i}.test")])).collect();
+    // More names than the recent changes hold before they are folded into a new base (256).
+    const POOL: u64 = 600;
+    let pool: Vec<String> = (0..POOL)
+        .map(|i| {
+            if i % 10 == 0 {
+                format!("*.w{}.test", i / 10)
+            } else {
+                format!("n{i}.w{}.test", i % 60)
+            }
+        })
+        .collect();
+    // The model: id -> (seq, names, key index).
+    let mut model: HashMap<String, (u64, Vec<String>, usize)> = HashMap::new();
+    let mut seq = 0u64;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let map = CertMap::new();
+    let winner = |model: &HashMap<String, (u64, Vec<String>, usize)>, pattern: &str| {
+        model
+            .values()
+            .filter(|(_, names, _)| names.iter().any(|n| n == pattern))
+            .max_by_key(|(s, _, _)| *s)
+            .map(|(_, _, k)| *k)
+    };
+    for step in 0..3000 {
+        let id = format!("id{}", next(800));
+        let kind = next(10);
+        let batch = kind == 2;
+        match kind {
+            0..=1 => {
+                let had = model.remove(&id).is_some();
+                assert_eq!(map.remove(&id), had, "step {step}: remove {id}");
+            }
+            2 => {
+                // A batch of inserts and removals, one table rebuild.
+                let mut updates = Vec::new();
+                for _ in 0..next(300) {
+                    let id = format!("id{}", next(800));
+                    if next(4) == 0 {
+                        model.remove(&id);
+                        updates.push(CertUpdate::Remove { id });
+                    } else {
+                        let names: Vec<String> = (0..1 + next(3))
+                            .map(|_| pool[next(POOL) as usize].clone())
+                            .collect();
+                        let k = next(4) as usize;
+                        seq += 1;
+                        model.insert(id.clone(), (seq, names.clone(), k));
+                        updates.push(CertUpdate::Insert {
+                            id,
+                            names,
+                            key: Arc::clone(&keys[k]),
+                        });
+                    }
+                }
+                assert!(map.apply(updates).iter().all(Result::is_ok));
+            }
+            _ => {
+                let names: Vec<String> = (0..1 + next(3))
+                    .map(|_| pool[next(POOL) as usize].clone())
+                    .collect();
+                let k = next(4) as usize;
+                seq += 1;
+                model.insert(id.clone(), (seq, names.clone(), k));
+                map.insert(id, names, Arc::clone(&keys[k])).unwrap();
+            }
+        }
+        if !batch && step % 20 != 0 {
+            continue;
+        }
+        for host in pool.iter().map(|p| p.replace("*.", "x.")) {
+            let suffix = host.split_once('.').unwrap().1;
+            let want = winner(&model, &host).or_else(|| winner(&model, &format!("*.{suffix}")));
+            let got = map
+                .lookup(&host)
+                .map(|k| keys.iter().position(|key| Arc::ptr_eq(key, &k)).unwrap());
+            assert_eq!(got, want, "step {step}: {host}");
+        }
+    }
+    assert_eq!(map.ids().len(), model.len());
+}

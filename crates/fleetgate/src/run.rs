@@ -87,8 +87,6 @@ pub fn bind_error(addr: std::net::SocketAddr, key: &str, e: &std::io::Error) -> 
 struct Serving {
     edge: Arc<edge::Edge>,
     manager: Arc<certs::Manager>,
-    /// The certificates last handed to the manager.
-    certs: Vec<certs::ManagedCert>,
     /// Where the routes' sites report their requests (the metrics, or nothing).
     observer: Arc<dyn edge::Observer>,
 }
@@ -96,8 +94,8 @@ struct Serving {
 impl Serving {
     /// Serve `config`'s file sites and the `registry` sites: the merged list (file first)
     /// becomes the edge's routes and the manager's certificates. Certificates that did not
-    /// change keep their tasks (an order in flight goes on). The manager is told only when the
-    /// certificates changed, unless `reload` (SIGHUP: its tasks re-read files and storage).
+    /// change keep their tasks (an order in flight goes on); only on `reload` (SIGHUP) do all
+    /// tasks re-read their files and storage.
     /// Used at start, on SIGHUP and on every registry change.
     fn apply_sites(
         &mut self,
@@ -112,12 +110,11 @@ impl Serving {
         self.edge.set_routes(routes);
         let certs = managed_certs(&sites, config.acme.as_ref());
         if reload {
-            self.manager.apply(certs.clone());
-            self.certs = certs;
-        } else if certs != self.certs {
+            self.manager.apply(certs);
+        } else {
             // A registry change: new and changed certificates only (not a read per certificate).
-            self.manager.update(certs.clone());
-            self.certs = certs;
+            // The manager keeps no copy of the list here: it compares with its own tasks.
+            self.manager.update(certs);
         }
         Ok(sites.len())
     }
@@ -229,7 +226,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let http_task = tokio::spawn(edge.clone().serve_http(http, shutdown.clone()));
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     let initial_certs = managed_certs(&initial, config.acme.as_ref());
-    manager.apply(initial_certs.clone());
+    manager.apply(initial_certs);
     let serving_sites = initial.len();
     drop(initial);
     let pause_watch = on_demand
@@ -281,7 +278,6 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let mut serving = Serving {
         edge: edge.clone(),
         manager: manager.clone(),
-        certs: initial_certs,
         observer,
     };
     loop {

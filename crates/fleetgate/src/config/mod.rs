@@ -8,6 +8,7 @@ mod file_sites;
 mod messages;
 mod raw;
 mod sections;
+mod split;
 #[cfg(test)]
 mod tests;
 
@@ -228,6 +229,44 @@ impl Ctx<'_> {
     }
 }
 
+/// The file as written: its `[[site]]` tables one at a time when [`split`] can cut them out (a
+/// file of 100,000 sites then never holds more than one site's parse tree), else, and for every
+/// error, the whole document at once.
+fn parse_raw(ctx: &Ctx<'_>, text: &str) -> Result<raw::RawConfig, ConfigError> {
+    if let Some(raw) = split::split(text).and_then(|cut| parse_cut(text, &cut)) {
+        return Ok(raw);
+    }
+    // A `[site]` table where `[[site]]` is meant fails to deserialize; only then is the file
+    // parsed again to say so.
+    toml::from_str(text).map_err(|e| match messages::single_table_for_array(text) {
+        Some((span, key, message)) => ctx.err(Some(span), key, message),
+        None => ctx.toml_err(&e),
+    })
+}
+
+/// The rest of the file and each site parsed apart; `None` on any error (the whole-document
+/// parse then says what is wrong, where).
+fn parse_cut(text: &str, cut: &split::Split) -> Option<raw::RawConfig> {
+    /// One `[[site]]` table and its subtables, alone.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct OneSite {
+        site: Vec<SiteSpec>,
+    }
+    let mut raw: raw::RawConfig = toml::from_str(&cut.rest).ok()?;
+    if !raw.sites.is_empty() {
+        return None;
+    }
+    let mut sites = Vec::with_capacity(cut.sites.len());
+    for i in 0..cut.sites.len() {
+        let one: OneSite = toml::from_str(&cut.site_text(text, i)).ok()?;
+        let [spec] = <[SiteSpec; 1]>::try_from(one.site).ok()?;
+        sites.push(spec);
+    }
+    raw.sites = sites;
+    Some(raw)
+}
+
 impl Config {
     /// Read and validate a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
@@ -247,10 +286,7 @@ impl Config {
             text,
             base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
-        if let Some((span, key, message)) = messages::single_table_for_array(text) {
-            return Err(ctx.err(Some(span), key, message));
-        }
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ctx.toml_err(&e))?;
+        let raw = parse_raw(&ctx, text)?;
         let listen = sections::listen(&ctx, &raw.listen)?;
         let storage = sections::storage(&ctx, &raw.storage)?;
         let mut timings = storage.timings;

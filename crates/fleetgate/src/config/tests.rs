@@ -479,3 +479,36 @@ fn tls_ticket_key_rotation() {
     );
     assert!(err("[tls]\nrotation = \"1h\"\n").contains("tls"));
 }
+
+/// The sites cut out and parsed one by one come out exactly as the whole document parsed at
+/// once, spans of the rest included: the shipped examples, and a file that interleaves sites,
+/// their subtables and other sections.
+#[test]
+fn cut_parse_equals_the_whole_parse() {
+    let interleaved = "node = \"n1\" # first\n\n[[site]]\ndomains = [\"a.test\", \"www.a.test\"]\nhttps_redirect = false\n[site.redirect]\nto = \"https://main.test\"\nstatus = 308\n\n[listen]\nhttp = \"127.0.0.1:8080\"\n\n[[site]]\ndomains = [\n  \"b.test\",\n]\n\n[log]\nlevel = \"debug\"\n[site.proxy]\nupstreams = [\"http://127.0.0.1:9000\"]\n";
+    let examples = [
+        include_str!("../../../../examples/fleetgate.toml"),
+        include_str!("../../../../examples/quickstart.toml"),
+    ];
+    let mut checked = 0;
+    for text in examples.into_iter().chain([interleaved]) {
+        let Some(cut) = split::split(text) else {
+            continue;
+        };
+        let whole: raw::RawConfig = toml::from_str(text).unwrap();
+        let pieces = parse_cut(text, &cut).expect("the cut parses");
+        assert_eq!(format!("{pieces:?}"), format!("{whole:?}"), "{text}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} files had [[site]] tables");
+}
+
+/// A mistake inside one site is reported as the whole-document parse reports it (file, line,
+/// key), not from the site's piece alone.
+#[test]
+fn errors_in_a_cut_site_name_the_line_in_the_file() {
+    let text = "[listen]\nhttp = \"127.0.0.1:8080\"\n\n[[site]]\ndomains = [\"a.test\"]\nredirect = { to = \"https://m.test\" }\n\n[[site]]\ndomains = [\"b.test\"]\nredirect = { to = \"https://m.test\", bogus = 1 }\n";
+    let e = err(text);
+    assert!(e.contains(":10:"), "{e}");
+    assert!(e.contains("bogus"), "{e}");
+}
