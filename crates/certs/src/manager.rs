@@ -7,6 +7,7 @@
 //! latest, so writes by other processes are picked up even without events.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,10 +89,65 @@ const PEER_FAILURES_CARRIED: u32 = 16;
 struct Task {
     /// Shared with the task's worker: one copy per certificate (100,000 of them on a big node).
     cert: Arc<ManagedCert>,
-    cancel: CancellationToken,
-    kick: Arc<Notify>,
+    run: Running,
     live: Arc<Mutex<LiveStatus>>,
 }
+
+/// Where a certificate's worker runs.
+enum Running {
+    /// A task of its own (ACME, internal CA): stopped by `cancel`, woken by `kick`.
+    Task {
+        cancel: CancellationToken,
+        kick: Arc<Notify>,
+    },
+    /// In one of the files shards (files certificates).
+    Files(Arc<FilesCert>),
+}
+
+impl Running {
+    fn stop(&self) {
+        match self {
+            Running::Task { cancel, .. } => cancel.cancel(),
+            Running::Files(files) => files.stopped.store(true, Ordering::Relaxed),
+        }
+    }
+
+    fn kick(&self, manager: &Manager) {
+        match self {
+            Running::Task { kick, .. } => kick.notify_one(),
+            Running::Files(files) => {
+                files.kicked.store(true, Ordering::Relaxed);
+                manager.files_shards[files.shard].wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Files certificates are looked at by [`FILES_SHARDS`] shared tasks, not a task each: a task
+/// costs about a kilobyte and a wake-up per look, and a node may serve 100,000 of them.
+#[derive(Default)]
+struct FilesShard {
+    /// Certificates added since the shard's task last looked: loaded at once.
+    fresh: Mutex<Vec<Arc<FilesCert>>>,
+    wake: Notify,
+}
+
+/// One files certificate in a shard.
+struct FilesCert {
+    worker: CertWorker,
+    shard: usize,
+    /// Removed or changed: the shard drops it (its replacement, if any, is another entry).
+    stopped: AtomicBool,
+    /// Look at the files at the shard's next pass, changed or not (SIGHUP).
+    kicked: AtomicBool,
+}
+
+/// How many tasks share the files certificates: enough to load thousands of them on every core
+/// at start.
+const FILES_SHARDS: usize = 4;
+
+/// How often a files shard wakes to look at its share of the certificates due.
+const FILES_TICK: Duration = Duration::from_millis(100);
 
 /// Keeps every configured certificate obtained, renewed and deployed.
 pub struct Manager {
@@ -108,7 +164,10 @@ pub struct Manager {
     dns01: Mutex<Option<Arc<crate::Dns01>>>,
     tasks: Mutex<HashMap<CertId, Task>>,
     /// How many of `tasks` are files certificates ([`Manager::file_poll`]).
-    files: std::sync::atomic::AtomicUsize,
+    files: AtomicUsize,
+    /// The tasks files certificates are looked at in (started with the first one).
+    files_shards: Vec<FilesShard>,
+    files_started: std::sync::Once,
     /// Storage key -> the kick of the task that owns it.
     watch: Mutex<HashMap<StorageKey, Arc<Notify>>>,
     tracker: TaskTracker,
@@ -152,7 +211,9 @@ impl Manager {
             issuers: Mutex::default(),
             dns01: Mutex::default(),
             tasks: Mutex::default(),
-            files: std::sync::atomic::AtomicUsize::new(0),
+            files: AtomicUsize::new(0),
+            files_shards: (0..FILES_SHARDS).map(|_| FilesShard::default()).collect(),
+            files_started: std::sync::Once::new(),
             watch: Mutex::default(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -194,7 +255,7 @@ impl Manager {
             .collect();
         for id in removed {
             if let Some(task) = tasks.remove(&id) {
-                task.cancel.cancel();
+                task.run.stop();
                 if let Some(key) = task.cert.storage_key() {
                     let mut watch = lock(&self.watch);
                     watch.remove(&key);
@@ -209,16 +270,9 @@ impl Manager {
         for (id, cert) in wanted {
             if let Some(task) = tasks.get(&id) {
                 if kick {
-                    task.kick.notify_one();
+                    task.run.kick(self);
                 }
                 continue;
-            }
-            let cancel = self.shutdown.child_token();
-            let kick = Arc::new(Notify::new());
-            if let Some(key) = cert.storage_key() {
-                let mut watch = lock(&self.watch);
-                watch.insert(key, kick.clone());
-                watch.insert(layout::renew_request(&id), kick.clone());
             }
             // A files certificate that loads fine needs no status record: `fleetgate certs`
             // reads the files themselves. Only its failures are recorded.
@@ -231,30 +285,117 @@ impl Manager {
             let worker = CertWorker {
                 manager: self.clone(),
                 cert: cert.clone(),
-                cancel: cancel.clone(),
-                kick: kick.clone(),
                 last_record: Mutex::new(last_record),
                 live: live.clone(),
                 reminder: Mutex::new(Reminder::default()),
             };
-            let span = info_span!("cert", cert = %id, source = %cert.source.kind());
-            self.tracker.spawn(worker.run().instrument(span));
-            tasks.insert(
-                id,
-                Task {
-                    cert,
-                    cancel,
-                    kick,
-                    live,
-                },
-            );
+            let run = if matches!(cert.source, CertSource::Files { .. }) {
+                self.files_started.call_once(|| {
+                    for shard in 0..FILES_SHARDS {
+                        self.tracker.spawn(self.clone().files_shard(shard));
+                    }
+                });
+                let shard = jitter_bucket(&id, FILES_SHARDS);
+                let files = Arc::new(FilesCert {
+                    worker,
+                    shard,
+                    stopped: AtomicBool::new(false),
+                    kicked: AtomicBool::new(false),
+                });
+                lock(&self.files_shards[shard].fresh).push(files.clone());
+                self.files_shards[shard].wake.notify_one();
+                Running::Files(files)
+            } else {
+                let cancel = self.shutdown.child_token();
+                let kick = Arc::new(Notify::new());
+                if let Some(key) = cert.storage_key() {
+                    let mut watch = lock(&self.watch);
+                    watch.insert(key, kick.clone());
+                    watch.insert(layout::renew_request(&id), kick.clone());
+                }
+                let span = info_span!("cert", cert = %id, source = %cert.source.kind());
+                self.tracker
+                    .spawn(worker.run(cancel.clone(), kick.clone()).instrument(span));
+                Running::Task { cancel, kick }
+            };
+            tasks.insert(id, Task { cert, run, live });
         }
         let files = tasks
             .values()
-            .filter(|t| matches!(t.cert.source, CertSource::Files { .. }))
+            .filter(|t| matches!(t.run, Running::Files(_)))
             .count();
-        self.files
-            .store(files, std::sync::atomic::Ordering::Relaxed);
+        self.files.store(files, Ordering::Relaxed);
+    }
+
+    /// Shard `shard`'s task: loads the certificates added to it at once, then looks at each
+    /// every [`Manager::file_poll`] (spread over the poll in [`FILES_TICK`] steps), and at all
+    /// of them when kicked.
+    async fn files_shard(self: Arc<Self>, shard: usize) {
+        struct Looked {
+            files: Arc<FilesCert>,
+            deployed_serial: Option<String>,
+            state: FilesState,
+        }
+        let me = &self.files_shards[shard];
+        let mut all: Vec<Looked> = Vec::new();
+        let mut next = 0usize;
+        // How many looks are owed: a share of the list per tick, carried over in fractions.
+        let mut owed = 0f64;
+        loop {
+            let fresh = std::mem::take(&mut *lock(&me.fresh));
+            for files in fresh {
+                if files.stopped.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let mut looked = Looked {
+                    files,
+                    deployed_serial: None,
+                    state: FilesState::default(),
+                };
+                looked.look().await;
+                all.push(looked);
+                // Thousands at start: let the runtime serve between them.
+                tokio::task::yield_now().await;
+            }
+            all.retain(|l| !l.files.stopped.load(Ordering::Relaxed));
+            let kicked: Vec<usize> = (0..all.len())
+                .filter(|&i| all[i].files.kicked.swap(false, Ordering::Relaxed))
+                .collect();
+            for i in kicked {
+                all[i].state.stamp = None;
+                all[i].look().await;
+            }
+            let poll = self.file_poll();
+            let tick = FILES_TICK.min(poll);
+            if !all.is_empty() {
+                owed += all.len() as f64 * tick.as_secs_f64() / poll.as_secs_f64();
+                owed = owed.min(all.len() as f64);
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    next %= all.len();
+                    all[next].look().await;
+                    next += 1;
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = me.wake.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+
+        impl Looked {
+            async fn look(&mut self) {
+                let worker = &self.files.worker;
+                let CertSource::Files { cert, key } = &worker.cert.source else {
+                    return;
+                };
+                let span = info_span!("cert", cert = %worker.cert.id, source = "files");
+                Box::pin(worker.files_step(cert, key, &mut self.deployed_serial, &mut self.state))
+                    .instrument(span)
+                    .await;
+            }
+        }
     }
 
     /// How long a files certificate's task waits between looks at its files: `file_poll`, times
@@ -392,8 +533,6 @@ impl Manager {
 struct CertWorker {
     manager: Arc<Manager>,
     cert: Arc<ManagedCert>,
-    cancel: CancellationToken,
-    kick: Arc<Notify>,
     /// What this worker last recorded (state, error, failures): unchanged records are not
     /// written again, so thousands of quiet certificates cost no store writes.
     last_record: Mutex<Option<(CertState, Option<String>, u32)>>,
@@ -415,15 +554,14 @@ struct FilesState {
     served_not_after: Option<i64>,
     /// The last expiry threshold logged for it.
     expiry_warned: Option<u32>,
-    /// Whether the files were looked at once already.
-    looked: bool,
 }
 
 impl CertWorker {
-    async fn run(self) {
+    /// The loop of a certificate with a task of its own (not files: see
+    /// [`Manager::files_shard`]).
+    async fn run(self, cancel: CancellationToken, kick: Arc<Notify>) {
         let mut deployed_serial: Option<String> = None;
         let mut backoff = Backoff::new();
-        let mut files_state = FilesState::default();
         let mut cached_serial: Option<String> = None;
         // Read the renewal request when starting and when woken (its change event kicks too).
         let mut renew = RenewWanted {
@@ -432,41 +570,19 @@ impl CertWorker {
         };
         loop {
             // Each step returns how long to sleep (or until kicked or cancelled).
-            let delay = match &self.cert.source {
-                CertSource::Files { cert, key } => {
-                    let poll = Box::pin(self.files_step(
-                        cert,
-                        key,
-                        &mut deployed_serial,
-                        &mut files_state,
-                    ))
-                    .await;
-                    // The first wait is spread over one more poll by the id, so thousands of
-                    // files certificates loaded at once are not all looked at in the same instant.
-                    if files_state.looked {
-                        poll
-                    } else {
-                        files_state.looked = true;
-                        poll.mul_f64(1.0 + jitter_seed(&self.cert.id))
-                    }
-                }
-                _ => {
-                    // Boxed: the ordering future is large, and a node may run thousands of idle
-                    // workers; each then holds a pointer, not the whole state machine.
-                    Box::pin(self.issued_step(
-                        &mut deployed_serial,
-                        &mut cached_serial,
-                        &mut backoff,
-                        &mut renew,
-                    ))
-                    .await
-                }
-            };
+            // Boxed: the ordering future is large, and a node may run thousands of idle
+            // workers; each then holds a pointer, not the whole state machine.
+            let delay = Box::pin(self.issued_step(
+                &mut deployed_serial,
+                &mut cached_serial,
+                &mut backoff,
+                &mut renew,
+            ))
+            .await;
             tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                // A kick (SIGHUP, a change event) re-reads everything, files included.
-                _ = self.kick.notified() => {
-                    files_state.stamp = None;
+                _ = cancel.cancelled() => return,
+                // A kick (SIGHUP, a change event) re-reads everything.
+                _ = kick.notified() => {
                     renew.check = true;
                 }
                 _ = tokio::time::sleep(delay) => {}
@@ -579,8 +695,7 @@ impl CertWorker {
         key: &std::path::Path,
         deployed_serial: &mut Option<String>,
         state: &mut FilesState,
-    ) -> Duration {
-        let poll = self.manager.file_poll();
+    ) {
         let now = now_unix();
         lock(&self.live).looks += 1;
         self.warn_expiry(state, now);
@@ -590,7 +705,7 @@ impl CertWorker {
         let stamp = files::stamp(cert, key);
         let time_passed = state.recheck_at.is_some_and(|at| now >= at);
         if stamp.is_some() && stamp == state.stamp && !time_passed {
-            return poll;
+            return;
         }
         state.stamp = stamp;
         state.recheck_at = None;
@@ -605,7 +720,7 @@ impl CertWorker {
                         &e.to_string(),
                         "certificate files refused; the previous pair stays in service",
                     );
-                    return poll;
+                    return;
                 }
                 self.resolved("certificate files accepted");
                 for warning in report.warnings() {
@@ -646,7 +761,6 @@ impl CertWorker {
                     .await;
             }
         }
-        poll
     }
 
     /// The copy in this node's local cache, if any.
@@ -1117,6 +1231,11 @@ fn scaled_poll(poll: Duration, files: usize) -> Duration {
         return poll;
     }
     poll.mul_f64(files as f64 / FILES_PER_POLL as f64)
+}
+
+/// Which of `buckets` `id` falls in, the same on every run.
+fn jitter_bucket(id: &str, buckets: usize) -> usize {
+    ((jitter_seed(id) * buckets as f64) as usize).min(buckets - 1)
 }
 
 fn jitter_seed(serial: &str) -> f64 {
