@@ -11,11 +11,12 @@ use tokio::sync::{mpsc, watch};
 /// How many queued updates are applied with one rebuild of the SNI tables.
 const BATCH: usize = 4096;
 /// How long updates are gathered into one batch after the first arrives.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Puts certificates from the manager into the edge's SNI map. Updates are queued and applied in
 /// batches by one task, so thousands of certificates deployed at startup cost one table rebuild
-/// per batch instead of one per certificate; a single update is applied within a few milliseconds.
+/// per batch instead of one per certificate; a lone update is applied within microseconds, a
+/// burst within [`GATHER`].
 #[derive(Debug)]
 pub struct SniDeployer {
     queue: mpsc::UnboundedSender<CertUpdate>,
@@ -31,8 +32,9 @@ impl SniDeployer {
             let mut batch = Vec::with_capacity(BATCH);
             while updates.recv_many(&mut batch, BATCH).await > 0 {
                 // Let a burst (a node starting with thousands of certificates) gather for a
-                // moment: fewer, larger batches, each one copy of the map's recent changes.
-                if batch.len() < BATCH {
+                // moment: fewer, larger batches, each one copy of the map's recent changes. A
+                // lone update (a renewal, an on-demand certificate) is applied at once.
+                if batch.len() > 1 && batch.len() < BATCH {
                     tokio::time::sleep(GATHER).await;
                     while batch.len() < BATCH {
                         match updates.try_recv() {
