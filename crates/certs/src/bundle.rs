@@ -179,10 +179,7 @@ pub(crate) fn certified_key(
             format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
         )
     })?;
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let signing = provider
-        .key_provider
-        .load_private_key(key)
+    let signing = crate::keys::signing_key(key)
         .map_err(|e| invalid(path, format!("unsupported private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {

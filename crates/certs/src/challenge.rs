@@ -210,10 +210,7 @@ fn alpn_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>> {
         .push(rcgen::CustomExtension::new_acme_identifier(digest));
     let cert = params.self_signed(&key).map_err(crypto)?;
     let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let signing = rustls::crypto::aws_lc_rs::default_provider()
-        .key_provider
-        .load_private_key(key_der)
-        .map_err(|e| Error::Crypto(e.to_string()))?;
+    let signing = crate::keys::signing_key(key_der).map_err(|e| Error::Crypto(e.to_string()))?;
     Ok(Arc::new(CertifiedKey::new(
         vec![cert.der().clone()],
         signing,

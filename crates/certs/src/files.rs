@@ -183,10 +183,7 @@ fn check_key(key_pem: &str, path: &Path) -> Result<()> {
             "no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"
         ))
     })?;
-    rustls::crypto::aws_lc_rs::default_provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| invalid(format!("unsupported private key: {e}")))?;
+    crate::keys::signing_key(key).map_err(|e| invalid(format!("unsupported private key: {e}")))?;
     Ok(())
 }
 

@@ -517,10 +517,7 @@ fn parse_chain(chain_pem: &str) -> Result<Vec<CertificateDer<'static>>, String> 
 fn parse_key(key_pem: &str) -> Result<Arc<dyn SigningKey>, String> {
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"))?;
-    rustls::crypto::aws_lc_rs::default_provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| format!("unsupported private key: {e}"))
+    crate::keys::signing_key(key).map_err(|e| format!("unsupported private key: {e}"))
 }
 
 fn rfc3339(unix: i64) -> String {

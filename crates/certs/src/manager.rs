@@ -597,6 +597,17 @@ impl CertWorker {
             return Ok(());
         }
         let key = self.vet(bundle)?;
+        self.serve(bundle, key, deployed_serial);
+        Ok(())
+    }
+
+    /// Hands `key` (parsed from `bundle`, which passed the check) to the deployer.
+    fn serve(
+        &self,
+        bundle: &CertBundle,
+        key: Arc<CertifiedKey>,
+        deployed_serial: &mut Option<String>,
+    ) {
         self.manager
             .deployer
             .deploy(&self.cert.id, &self.cert.domains, key);
@@ -605,7 +616,6 @@ impl CertWorker {
         let mut live = lock(&self.live);
         live.serving = Some((bundle.meta.serial.clone(), bundle.meta.not_after));
         live.last_error = None;
-        Ok(())
     }
 
     /// The check every certificate passes before it is served or stored: the key matches and
@@ -713,14 +723,19 @@ impl CertWorker {
             (report, Some(bundle)) => {
                 // The serial may stay the same when an operator re-saves the same pair.
                 *deployed_serial = None;
-                if let Err(e) = self.deploy(&bundle, deployed_serial) {
-                    // `load_checked` and `deploy` apply the same check; a second look that
-                    // disagrees (the clock moved) is said like any refusal.
-                    self.say(
-                        &e.to_string(),
-                        "certificate files refused; the previous pair stays in service",
-                    );
-                    return;
+                // `load_checked` applied `vet`'s check just now: no second parse of the leaf.
+                match bundle.certified_key() {
+                    Ok(parsed) => {
+                        lock(&self.live).findings = kept(report.findings.clone());
+                        self.serve(&bundle, parsed, deployed_serial);
+                    }
+                    Err(e) => {
+                        self.say(
+                            &e.to_string(),
+                            "certificate files refused; the previous pair stays in service",
+                        );
+                        return;
+                    }
                 }
                 self.resolved("certificate files accepted");
                 for warning in report.warnings() {

@@ -120,7 +120,7 @@ pub(super) fn split(text: &str) -> Option<Split> {
     for (i, (start, header)) in headers.iter().enumerate() {
         let end = headers.get(i + 1).map_or(text.len(), |(next, _)| *next);
         match header {
-            Header::NewSite => sites.push(vec![*start..end]),
+            Header::NewSite => sites.push(std::iter::once(*start..end).collect()),
             Header::InSite => sites.last_mut()?.push(*start..end),
             Header::Other => continue,
         }
