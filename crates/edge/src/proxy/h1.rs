@@ -257,10 +257,7 @@ impl Conn {
             let mut exchange = std::pin::pin!(self.untimed_exchange(req, lines, client_head));
             poll_fn(|cx| match exchange.as_mut().poll(cx) {
                 Poll::Ready(result) => Poll::Ready(result),
-                Poll::Pending => timer
-                    .as_mut()
-                    .poll(cx)
-                    .map(|()| Err(H1Error::HeadTimeout)),
+                Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(H1Error::HeadTimeout)),
             })
             .await
         };
