@@ -297,7 +297,13 @@ async fn exchange_over_socket(
     *request.method_mut() = method;
     *request.uri_mut() = http::Uri::from_static("/");
     let head = peer
-        .drive(conn.exchange(request, b"host: upstream.test\r\n", exchange.client_head))
+        .drive(conn.exchange(
+            request,
+            b"host: upstream.test\r\n",
+            exchange.client_head,
+            // Far enough never to fire: `drive` says when the exchange is stuck.
+            tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
+        ))
         .await?;
     let head = match head {
         None => {

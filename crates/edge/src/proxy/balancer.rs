@@ -167,15 +167,24 @@ impl Balancer {
         let usable = |i: usize, now: &mut Option<u64>| {
             !tried.contains(i) && self.available(&self.upstreams[i], now)
         };
+        // The counters are shared by every thread serving the site: each write to one moves
+        // its cache line between cores, so none is written that nothing will read.
+        let turn = || {
+            if n == 1 {
+                0
+            } else {
+                self.next.fetch_add(1, Ordering::Relaxed)
+            }
+        };
         let index = match self.policy {
             Policy::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let start = turn();
                 (0..n)
                     .map(|k| (start.wrapping_add(k)) % n)
                     .find(|&i| usable(i, &mut now))
             }
             Policy::LeastConn => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let start = turn();
                 let mut best: Option<(usize, usize)> = None;
                 for k in 0..n {
                     let i = start.wrapping_add(k) % n;
@@ -196,13 +205,20 @@ impl Balancer {
                     .find(|&i| usable(i, &mut now))
             }
         }?;
-        self.upstreams[index]
-            .in_flight
-            .fetch_add(1, Ordering::Relaxed);
+        if self.counts_in_flight() {
+            self.upstreams[index]
+                .in_flight
+                .fetch_add(1, Ordering::Relaxed);
+        }
         Some(InFlight {
             balancer: Arc::clone(self),
             index,
         })
+    }
+
+    /// Only least_conn reads the requests in flight.
+    fn counts_in_flight(&self) -> bool {
+        self.policy == Policy::LeastConn
     }
 
     /// A request got a response from upstream `index`.
@@ -265,7 +281,8 @@ impl Balancer {
     }
 }
 
-/// A request in flight on one upstream (for least_conn); dropped when its response is done.
+/// A request in flight on one upstream (counted for least_conn); dropped when its response
+/// is done.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     balancer: Arc<Balancer>,
@@ -292,9 +309,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.balancer.upstreams[self.index]
-            .in_flight
-            .fetch_sub(1, Ordering::Relaxed);
+        if self.balancer.counts_in_flight() {
+            self.balancer.upstreams[self.index]
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

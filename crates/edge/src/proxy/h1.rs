@@ -9,7 +9,7 @@
 //! the socket as the client's side asks for it. Upgrades (WebSocket) still use hyper's client,
 //! see [`super::pool::UpstreamClient::send_upgrade`].
 
-use std::future::poll_fn;
+use std::future::{Future as _, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -71,6 +71,9 @@ pub(crate) enum H1Error {
     InvalidChunk(&'static str),
     #[error("the upstream sent nothing of the body for {0:?}")]
     ReadTimeout(Duration),
+    /// No response head by the deadline (the site's `response_header_timeout`).
+    #[error("no response head in time")]
+    HeadTimeout,
 }
 
 impl H1Error {
@@ -167,10 +170,12 @@ pub(crate) struct Conn {
     spans: Vec<Span>,
     /// How long a body read may wait for the upstream (the site's `read_timeout`).
     read_timeout: Duration,
-    /// The body read timeout's timer: made the first time a body read waits, then kept with
-    /// the connection.
-    read_timer: Option<Pin<Box<Sleep>>>,
-    /// A body read is waiting and `read_timer` is set for it.
+    /// The connection's one timer: the response head's deadline during an exchange, then the
+    /// read timeout while a body read waits. Made once and kept with the connection: moving
+    /// a registered timer's deadline later costs no lock, a new timer per request two (its
+    /// registration and its removal from the runtime's timer wheel).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A body read is waiting and `timer` is set for it.
     waiting: bool,
 }
 
@@ -193,7 +198,7 @@ impl Conn {
             out: Vec::with_capacity(512),
             spans: Vec::with_capacity(16),
             read_timeout: DEFAULT_READ_TIMEOUT,
-            read_timer: None,
+            timer: None,
             waiting: false,
         }
     }
@@ -229,8 +234,38 @@ impl Conn {
 
     /// Writes `req` (origin-form target, headers already rewritten) and `lines` (ready field
     /// lines) with its body, then reads the response head: into a `HeaderMap`, or written out
-    /// for the client if `client_head` ([`Head::client`]).
+    /// for the client if `client_head` ([`Head::client`]). Fails with [`H1Error::HeadTimeout`]
+    /// if the head is not in by `deadline`.
     pub(crate) async fn exchange(
+        &mut self,
+        req: Request<RequestBody>,
+        lines: &[u8],
+        client_head: bool,
+        deadline: Instant,
+    ) -> Result<Head, H1Error> {
+        let mut timer = match self.timer.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(sleep_until(deadline)),
+        };
+        self.waiting = false;
+        let result = {
+            // Pinned here and raced by reference: `timeout()` would move the exchange's state
+            // into its own.
+            let mut exchange = std::pin::pin!(self.untimed_exchange(req, lines, client_head));
+            poll_fn(|cx| match exchange.as_mut().poll(cx) {
+                Poll::Ready(result) => Poll::Ready(result),
+                Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(H1Error::HeadTimeout)),
+            })
+            .await
+        };
+        self.timer = Some(timer);
+        result
+    }
+
+    async fn untimed_exchange(
         &mut self,
         req: Request<RequestBody>,
         lines: &[u8],
@@ -554,12 +589,12 @@ impl Conn {
     }
 
     /// A body read waits: pending until the read timeout has passed since the wait began, then
-    /// the timeout error. The timer is made once per connection, on its first wait (a small
-    /// body comes with its head and never waits).
+    /// the timeout error. The connection's timer is reset for it (a small body comes with its
+    /// head and never waits).
     fn poll_read_timer(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, H1Error>>> {
         let read_timeout = self.read_timeout;
         let timer = if self.waiting {
-            match self.read_timer.as_mut() {
+            match self.timer.as_mut() {
                 Some(timer) => timer,
                 // Not reached: `waiting` is set only with the timer.
                 None => return Poll::Pending,
@@ -567,12 +602,12 @@ impl Conn {
         } else {
             self.waiting = true;
             let deadline = Instant::now() + read_timeout;
-            match &mut self.read_timer {
+            match &mut self.timer {
                 Some(timer) => {
                     timer.as_mut().reset(deadline);
                     timer
                 }
-                None => self.read_timer.insert(Box::pin(sleep_until(deadline))),
+                None => self.timer.insert(Box::pin(sleep_until(deadline))),
             }
         };
         ready!(timer.as_mut().poll(cx));

@@ -346,11 +346,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) {
 
 /// Whether a field name as received (any case) is one [`strip_hop_by_hop`] removes by name
 /// (not counting what `Connection` lists).
+/// Called for every field of every upstream response head: the length picks the one or two
+/// names to compare (the test `hop_by_hop_names_as_received` keeps this to [`HOP_BY_HOP`]).
 pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
-        || name.eq_ignore_ascii_case(b"proxy")
+    let is = |h: &[u8]| name.eq_ignore_ascii_case(h);
+    let fixed = match name.len() {
+        2 => is(b"te"),
+        5 => is(b"proxy"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        14 => is(b"http2-settings"),
+        17 => is(b"transfer-encoding"),
+        _ => false,
+    };
+    // `Proxy-Connection` among them.
+    fixed
         || name
             .get(..6)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
@@ -485,6 +495,42 @@ pub(crate) fn via(version: Version) -> HeaderValue {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_names_as_received() {
+        for name in &HOP_BY_HOP {
+            let lower = name.as_str();
+            assert!(is_hop_by_hop(lower.as_bytes()), "{lower}");
+            assert!(
+                is_hop_by_hop(lower.to_ascii_uppercase().as_bytes()),
+                "{lower}"
+            );
+        }
+        for name in [
+            "Proxy",
+            "proxy-authorization",
+            "Proxy-Foo",
+            "TE",
+            "Keep-Alive",
+        ] {
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "",
+            "t",
+            "tee",
+            "content-length",
+            "proxyx",
+            "via",
+            "date",
+            "server",
+            "connectionx",
+            "x-upgrade",
+            "trailers",
+        ] {
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -85,10 +85,11 @@ impl Checker {
             return false;
         };
         let deadline = self.check.timeout.min(self.check.interval);
+        let by = tokio::time::Instant::now() + deadline;
         let outcome = timeout(deadline, async {
             let resp = self
                 .client
-                .send(index, upstream, req, &[], true, false)
+                .send(index, upstream, req, &[], true, false, by)
                 .await?;
             let status = resp.status();
             let _ = http_body_util::Limited::new(resp.into_body(), MAX_HEALTH_BODY)

@@ -21,10 +21,8 @@ mod pool;
 pub(crate) mod request_body;
 mod tunnel;
 
-use std::future::{Future as _, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -32,7 +30,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
-use tokio::time::{MissedTickBehavior, interval, sleep};
+use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
@@ -323,57 +321,61 @@ impl Forwarder {
             }
 
             let index = in_flight.index();
+            // Each upstream tried gets the whole timeout (a stale connection's retry shares it).
+            let deadline = tokio::time::Instant::now() + self.response_header_timeout;
             // Futures are awaited where they are made (a future held in a local first is
             // stored twice in this one's state), and the cold paths are boxed: the state of
             // this future is moved on every request.
-            // Pinned where it is made and raced with the timer by reference: `timeout()` would
-            // move the whole future into its own state (two copies of it per request).
             // The clock is read only for an observed upstream.
             let sent = upstream
                 .observer
                 .as_ref()
                 .map(|_| std::time::Instant::now());
-            let answer = {
-                let mut send = std::pin::pin!(async {
-                    if is_upgrade {
-                        return Box::pin(self.client.send_upgrade(upstream, out)).await;
-                    }
-                    // The retry is awaited after this match, not in its arm: the first send's
-                    // state would otherwise be kept alongside it.
-                    let retry = match self
-                        .client
-                        .send(index, upstream, out, &lines, true, client_head)
-                        .await
-                    {
-                        // A kept-alive connection the upstream had closed: once more on a new one.
-                        Err(UpstreamError::Stale { source, retry }) => {
-                            debug!(upstream = %upstream.name, error = %source, "reused upstream connection was closed; sending again");
-                            retry
-                        }
-                        result => return result,
-                    };
-                    Box::pin(
-                        self.client
-                            .send(index, upstream, *retry, &lines, false, client_head),
-                    )
+            let answer = if is_upgrade {
+                Box::pin(self.client.send_upgrade(upstream, out, deadline)).await
+            } else {
+                // The retry is awaited after this match, not in its arm: the first send's
+                // state would otherwise be kept alongside it.
+                match self
+                    .client
+                    .send(index, upstream, out, &lines, true, client_head, deadline)
                     .await
-                });
-                let mut timer = std::pin::pin!(sleep(self.response_header_timeout));
-                poll_fn(|cx| match send.as_mut().poll(cx) {
-                    Poll::Ready(result) => Poll::Ready(Ok(result)),
-                    Poll::Pending => timer.as_mut().poll(cx).map(Err),
-                })
-                .await
+                {
+                    // A kept-alive connection the upstream had closed: once more on a new one.
+                    Err(UpstreamError::Stale { source, retry }) => {
+                        debug!(upstream = %upstream.name, error = %source, "reused upstream connection was closed; sending again");
+                        Box::pin(self.client.send(
+                            index,
+                            upstream,
+                            *retry,
+                            &lines,
+                            false,
+                            client_head,
+                            deadline,
+                        ))
+                        .await
+                    }
+                    result => result,
+                }
             };
             match answer {
-                Ok(Ok(response)) => {
+                Ok(response) => {
                     if let (Some(observer), Some(sent)) = (&upstream.observer, sent) {
                         observer.response(sent.elapsed());
                     }
                     in_flight.succeeded();
                     return respond(response, in_flight, client_upgrade.take(), &down, log);
                 }
-                Ok(Err(err)) => {
+                Err(err) if err.is_timeout() => {
+                    in_flight.failed();
+                    warn!(
+                        upstream = %upstream.name,
+                        timeout = ?self.response_header_timeout,
+                        "upstream response timed out"
+                    );
+                    return error(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", log);
+                }
+                Err(err) => {
                     match body_error(&err) {
                         Some(RequestBodyError::TooLarge) => {
                             return error(
@@ -404,15 +406,6 @@ impl Forwarder {
                     }
                     warn!(upstream = %upstream.name, error = %ErrorChain(&err), "upstream request failed");
                     return error(StatusCode::BAD_GATEWAY, "bad gateway\n", log);
-                }
-                Err(_) => {
-                    in_flight.failed();
-                    warn!(
-                        upstream = %upstream.name,
-                        timeout = ?self.response_header_timeout,
-                        "upstream response timed out"
-                    );
-                    return error(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", log);
                 }
             }
         }

@@ -63,11 +63,22 @@ pub(crate) enum UpstreamError {
         source: H1Error,
         retry: Box<Request<RequestBody>>,
     },
+    /// No response head by the deadline (connecting included).
+    #[error("no response head in time")]
+    Timeout,
 }
 
 impl UpstreamError {
     pub(crate) fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
+    }
+
+    /// The response head did not come by the deadline.
+    pub(crate) fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Timeout | UpstreamError::Request(H1Error::HeadTimeout)
+        )
     }
 
     /// No byte of a response came: connecting failed, or the connection closed or was reset
@@ -77,7 +88,9 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_) => true,
             UpstreamError::Request(e) | UpstreamError::Stale { source: e, .. } => e.unanswered(),
-            UpstreamError::Handshake(_) | UpstreamError::Upgrade(_) => false,
+            UpstreamError::Handshake(_) | UpstreamError::Upgrade(_) | UpstreamError::Timeout => {
+                false
+            }
         }
     }
 }
@@ -129,8 +142,11 @@ impl UpstreamClient {
     /// after its own, to upstream `index` on an idle connection (unless `reuse` is false) or a
     /// new one, and returns the response once its head is in; with `client_head`, the head is
     /// written out for an HTTP/1.1 client instead of parsed into the response's map (see
-    /// [`PooledBody::take_client_head`]).
+    /// [`PooledBody::take_client_head`]). A head not in by `deadline` (connecting included)
+    /// fails the request ([`UpstreamError::is_timeout`]): the connection's own timer keeps
+    /// the time, no timer is made per request.
     /// The body drives the connection and gives it back to the pool when it ends.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send(
         &self,
         index: usize,
@@ -139,6 +155,7 @@ impl UpstreamClient {
         lines: &[u8],
         reuse: bool,
         client_head: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         if reuse && let Some((mut conn, idle_for)) = self.inner.checkout(index).await {
             // Only an idempotent request may be sent twice (RFC 9110 9.2.2): the upstream may
@@ -147,7 +164,7 @@ impl UpstreamClient {
                 && super::is_idempotent(req.method())
                 && req.body().is_end_stream())
             .then(|| Box::new(copy_bodiless(&req)));
-            return match conn.exchange(req, lines, client_head).await {
+            return match conn.exchange(req, lines, client_head, deadline).await {
                 Ok(head) => Ok(self.wrap(index, conn, head)),
                 Err(source) => Err(match retry {
                     Some(retry) if source.unanswered() => UpstreamError::Stale { source, retry },
@@ -157,8 +174,13 @@ impl UpstreamClient {
         }
         // Boxed: dialling (TCP, TLS) is the cold path, and its state would make every
         // request's future larger.
-        let mut conn = Box::pin(self.inner.connect(upstream)).await?;
-        match conn.exchange(req, lines, client_head).await {
+        let mut conn = Box::pin(tokio::time::timeout_at(
+            deadline,
+            self.inner.connect(upstream),
+        ))
+        .await
+        .map_err(|_| UpstreamError::Timeout)??;
+        match conn.exchange(req, lines, client_head, deadline).await {
             Ok(head) => Ok(self.wrap(index, conn, head)),
             Err(source) => Err(UpstreamError::Request(source)),
         }
@@ -168,6 +190,17 @@ impl UpstreamClient {
     /// upgrades enabled; it is never pooled. The response keeps hyper's
     /// [`hyper::upgrade::OnUpgrade`] in its extensions.
     pub(crate) async fn send_upgrade(
+        &self,
+        upstream: &Upstream,
+        req: Request<RequestBody>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        tokio::time::timeout_at(deadline, self.untimed_upgrade(upstream, req))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+
+    async fn untimed_upgrade(
         &self,
         upstream: &Upstream,
         req: Request<RequestBody>,
