@@ -85,7 +85,8 @@ where
 {
     let header_read_timeout = handler.shared.limits.header_read_timeout;
     let max_head = handler.shared.limits.h1_max_head();
-    let mut buf = BytesMut::with_capacity(READ_SPACE);
+    // Empty between requests, and then without memory: see [`poll_read_head`].
+    let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut fields = Fields::new();
     // The map of the last request answered here, emptied for the next one.
@@ -119,12 +120,9 @@ where
                     .as_mut()
                     .reset(Instant::now() + header_read_timeout);
             }
-            if buf.capacity() - buf.len() < READ_SPACE / 2 {
-                buf.reserve(READ_SPACE);
-            }
             tokio::select! {
                 biased;
-                read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut buf)) => match read {
+                read = poll_fn(|cx| poll_read_head(Pin::new(&mut *io), cx, &mut buf)) => match read {
                     Ok(0) | Err(_) => return Served::Closed,
                     Ok(_) => continue,
                 },
@@ -157,7 +155,11 @@ where
             Next::Proxy(mut proxied) => {
                 let hsts = proxied.hsts.take();
                 let tally = proxied.tally.take();
-                match forward(io, &mut buf, max_head, handler, proxied, request).await {
+                // Boxed: the forwarding's state is most of the lane's, and a connection waiting
+                // for its next request would otherwise carry room for it.
+                let forwarding =
+                    Box::pin(forward(io, &mut buf, max_head, handler, proxied, request));
+                match forwarding.await {
                     Some(response) => (response, hsts, tally),
                     None => {
                         debug!("client went away; request cancelled");
@@ -185,6 +187,34 @@ where
             return Served::Closed;
         }
     }
+}
+
+/// Reads more of a request head into `buf`.
+///
+/// An empty `buf` (what a kept-alive connection has while it waits for its next request, for
+/// as long as the idle timeout) is given up first, and the read goes to the stack: only bytes
+/// that came are copied into a buffer of their size. A connection waiting idle then holds no
+/// read buffer (8 KiB each, the largest part of an idle connection's memory before).
+fn poll_read_head<I: AsyncRead>(
+    io: Pin<&mut I>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if !buf.is_empty() {
+        // The rest of a head that came in parts, or of requests pipelined.
+        if buf.capacity() - buf.len() < READ_SPACE / 2 {
+            buf.reserve(READ_SPACE);
+        }
+        return poll_read_buf(io, cx, buf);
+    }
+    if buf.capacity() != 0 {
+        *buf = BytesMut::new();
+    }
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); READ_SPACE];
+    let mut read = ReadBuf::uninit(&mut space);
+    std::task::ready!(io.poll_read(cx, &mut read))?;
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
 }
 
 /// Forwards a request, reading the client's side meanwhile: a client that goes away cancels
@@ -215,13 +245,10 @@ where
     };
     let mut forward = std::pin::pin!(forwarder.forward(request.map(|()| None), down, log, true));
     loop {
-        if buf.capacity() - buf.len() < READ_SPACE / 2 {
-            buf.reserve(READ_SPACE);
-        }
         tokio::select! {
             biased;
             response = forward.as_mut() => return Some(response),
-            read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)), if buf.len() < max_head => {
+            read = poll_fn(|cx| poll_read_head(Pin::new(&mut *io), cx, buf)), if buf.len() < max_head => {
                 if matches!(read, Ok(0) | Err(_)) {
                     return None;
                 }
