@@ -207,9 +207,8 @@ fn poll_read_head<I: AsyncRead>(
         }
         return poll_read_buf(io, cx, buf);
     }
-    if buf.capacity() != 0 {
-        *buf = BytesMut::new();
-    }
+    // Even without room left, an empty `buf` split from a larger one keeps that alive.
+    *buf = BytesMut::new();
     let mut space = [std::mem::MaybeUninit::<u8>::uninit(); READ_SPACE];
     let mut read = ReadBuf::uninit(&mut space);
     std::task::ready!(io.poll_read(cx, &mut read))?;
