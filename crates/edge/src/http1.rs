@@ -635,6 +635,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_waiting_for_a_request_holds_no_read_buffer() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // What is left of the buffer once the last request was split off it.
+        let mut buf = BytesMut::with_capacity(READ_SPACE);
+        buf.put_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let _head = buf.split();
+        assert!(poll_read_head(Pin::new(&mut server), &mut cx, &mut buf).is_pending());
+        assert_eq!(buf.capacity(), 0);
+        client.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+        let read = poll_fn(|cx| poll_read_head(Pin::new(&mut server), cx, &mut buf)).await;
+        assert_eq!(read.unwrap(), 17);
+        assert_eq!(&buf[..], b"GET /a HTTP/1.1\r\n");
+        assert!(buf.capacity() < READ_SPACE, "{}", buf.capacity());
+        // The rest of a head goes after what came, with room to read it into.
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        poll_fn(|cx| poll_read_head(Pin::new(&mut server), cx, &mut buf))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..], b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[tokio::test]
     async fn rewind_serves_the_bytes_read_before_the_stream() {
         use tokio::io::AsyncReadExt as _;
         let (mut near, far) = tokio::io::duplex(64);
