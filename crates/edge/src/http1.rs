@@ -97,86 +97,94 @@ where
     tokio::pin!(head_timer);
     let mut waiting = false;
     loop {
-        let parsed = if buf.is_empty() {
-            None
-        } else {
-            match parse(&mut buf, &mut fields, &mut spare) {
-                Ok(parsed) => parsed,
-                Err(()) => return Served::Handover(buf.freeze()),
-            }
-        };
-        let Some(Parsed {
-            head,
-            mut request,
-            close,
-        }) = parsed
-        else {
-            if buf.len() >= max_head {
-                return Served::Handover(buf.freeze());
-            }
-            if !waiting {
-                waiting = true;
-                head_timer
-                    .as_mut()
-                    .reset(Instant::now() + header_read_timeout);
-            }
-            tokio::select! {
-                biased;
-                read = poll_fn(|cx| poll_read_head(Pin::new(&mut *io), cx, &mut buf)) => match read {
-                    Ok(0) | Err(_) => return Served::Closed,
-                    Ok(_) => continue,
-                },
-                () = stop.fired() => return Served::Closed,
-                expiry = watchdog.expired() => {
-                    debug!(?expiry, "closing quiet connection");
-                    return Served::Closed;
+        // A block, so that the request and what it borrowed end before the response is
+        // written: the connection's task keeps room for what lives across each wait.
+        let (reply, response) = {
+            let parsed = if buf.is_empty() {
+                None
+            } else {
+                match parse(&mut buf, &mut fields, &mut spare) {
+                    Ok(parsed) => parsed,
+                    Err(()) => return Served::Handover(buf.freeze()),
                 }
-                () = &mut head_timer => {
-                    debug!("no request head in time; closing connection");
-                    return Served::Closed;
+            };
+            let Some(Parsed {
+                head,
+                mut request,
+                close,
+            }) = parsed
+            else {
+                if buf.len() >= max_head {
+                    return Served::Handover(buf.freeze());
                 }
-            }
-        };
-        let head_request = request.method() == Method::HEAD;
-        waiting = false;
-        activity.request_started();
-        let start = handler.shared.clock();
-        let (response, hsts, tally) = match handler.decide(&request) {
-            // The challenge lookup is hyper's (it is rare, and awaits the responder).
-            Next::Http01(..) => {
-                unread(head, &mut buf);
-                return Served::Handover(buf.freeze());
-            }
-            Next::Done(response, tally) => {
-                spare = std::mem::take(request.headers_mut());
-                spare.clear();
-                (response, None, tally)
-            }
-            Next::Proxy(mut proxied) => {
-                let hsts = proxied.hsts.take();
-                let tally = proxied.tally.take();
-                // Boxed: the forwarding's state is most of the lane's, and a connection waiting
-                // for its next request would otherwise carry room for it.
-                let forwarding =
-                    Box::pin(forward(io, &mut buf, max_head, handler, proxied, request));
-                match forwarding.await {
-                    Some(response) => (response, hsts, tally),
-                    None => {
-                        debug!("client went away; request cancelled");
+                if !waiting {
+                    waiting = true;
+                    head_timer
+                        .as_mut()
+                        .reset(Instant::now() + header_read_timeout);
+                }
+                tokio::select! {
+                    biased;
+                    read = poll_fn(|cx| poll_read_head(Pin::new(&mut *io), cx, &mut buf)) => match read {
+                        Ok(0) | Err(_) => return Served::Closed,
+                        Ok(_) => continue,
+                    },
+                    () = stop.fired() => return Served::Closed,
+                    expiry = watchdog.expired() => {
+                        debug!(?expiry, "closing quiet connection");
+                        return Served::Closed;
+                    }
+                    () = &mut head_timer => {
+                        debug!("no request head in time; closing connection");
                         return Served::Closed;
                     }
                 }
-            }
+            };
+            let head_request = request.method() == Method::HEAD;
+            waiting = false;
+            activity.request_started();
+            let start = handler.shared.clock();
+            let (response, hsts, tally) = match handler.decide(&request) {
+                // The challenge lookup is hyper's (it is rare, and awaits the responder).
+                Next::Http01(..) => {
+                    unread(head, &mut buf);
+                    return Served::Handover(buf.freeze());
+                }
+                Next::Done(response, tally) => {
+                    spare = std::mem::take(request.headers_mut());
+                    spare.clear();
+                    (response, None, tally)
+                }
+                Next::Proxy(mut proxied) => {
+                    let hsts = proxied.hsts.take();
+                    let tally = proxied.tally.take();
+                    // Boxed: the forwarding's state is most of the lane's, and a connection
+                    // waiting for its next request would otherwise carry room for it.
+                    let forwarding =
+                        Box::pin(forward(io, &mut buf, max_head, handler, proxied, request));
+                    match forwarding.await {
+                        Some(response) => (response, hsts, tally),
+                        None => {
+                            debug!("client went away; request cancelled");
+                            return Served::Closed;
+                        }
+                    }
+                }
+            };
+            // On shutdown the response says the connection closes, as hyper's graceful close
+            // does; so does an answer that says so itself (to a bad request).
+            Count::new(tally, start).finish(response.status().as_u16());
+            let close = close || closes(response.headers()) || stop.has_fired();
+            (
+                Reply {
+                    hsts,
+                    close,
+                    head_request,
+                },
+                response,
+            )
         };
-        // On shutdown the response says the connection closes, as hyper's graceful close does;
-        // so does an answer that says so itself (to a bad request).
-        Count::new(tally, start).finish(response.status().as_u16());
-        let close = close || closes(response.headers()) || stop.has_fired();
-        let reply = Reply {
-            hsts,
-            close,
-            head_request,
-        };
+        let close = reply.close;
         if let Err(error) = reply.write(io, &mut out, response).await {
             debug!(%error, "response not sent whole; closing connection");
             return Served::Closed;
