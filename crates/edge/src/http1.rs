@@ -22,7 +22,7 @@
 //! close on shutdown or when the connection's watchdog fires between requests.
 
 use std::fmt::Write as _;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -97,79 +97,86 @@ where
     tokio::pin!(head_timer);
     let mut waiting = false;
     loop {
-        // A block, so that the request and what it borrowed end before the response is
-        // written: the connection's task keeps room for what lives across each wait.
+        // Blocks, so that the request, the response and what borrowed them end before each
+        // wait: the connection's task keeps room for what lives across its waits.
         let (reply, response) = {
-            let parsed = if buf.is_empty() {
-                None
-            } else {
-                match parse(&mut buf, &mut fields, &mut spare) {
-                    Ok(parsed) => parsed,
-                    Err(()) => return Served::Handover(buf.freeze()),
-                }
-            };
-            let Some(Parsed {
-                head,
-                mut request,
-                close,
-            }) = parsed
-            else {
-                if buf.len() >= max_head {
-                    return Served::Handover(buf.freeze());
-                }
-                if !waiting {
-                    waiting = true;
-                    head_timer
-                        .as_mut()
-                        .reset(Instant::now() + header_read_timeout);
-                }
-                tokio::select! {
-                    biased;
-                    read = poll_fn(|cx| poll_read_head(Pin::new(&mut *io), cx, &mut buf)) => match read {
-                        Ok(0) | Err(_) => return Served::Closed,
-                        Ok(_) => continue,
-                    },
-                    () = stop.fired() => return Served::Closed,
-                    expiry = watchdog.expired() => {
-                        debug!(?expiry, "closing quiet connection");
-                        return Served::Closed;
+            let (answer, hsts, tally, start, close, head_request) = {
+                let parsed = if buf.is_empty() {
+                    None
+                } else {
+                    match parse(&mut buf, &mut fields, &mut spare) {
+                        Ok(parsed) => parsed,
+                        Err(()) => return Served::Handover(buf.freeze()),
                     }
-                    () = &mut head_timer => {
-                        debug!("no request head in time; closing connection");
-                        return Served::Closed;
+                };
+                let Some(Parsed {
+                    head,
+                    mut request,
+                    close,
+                }) = parsed
+                else {
+                    if buf.len() >= max_head {
+                        return Served::Handover(buf.freeze());
                     }
-                }
-            };
-            let head_request = request.method() == Method::HEAD;
-            waiting = false;
-            activity.request_started();
-            let start = handler.shared.clock();
-            let (response, hsts, tally) = match handler.decide(&request) {
-                // The challenge lookup is hyper's (it is rare, and awaits the responder).
-                Next::Http01(..) => {
-                    unread(head, &mut buf);
-                    return Served::Handover(buf.freeze());
-                }
-                Next::Done(response, tally) => {
-                    spare = std::mem::take(request.headers_mut());
-                    spare.clear();
-                    (response, None, tally)
-                }
-                Next::Proxy(mut proxied) => {
-                    let hsts = proxied.hsts.take();
-                    let tally = proxied.tally.take();
-                    // Boxed: the forwarding's state is most of the lane's, and a connection
-                    // waiting for its next request would otherwise carry room for it.
-                    let forwarding =
-                        Box::pin(forward(io, &mut buf, max_head, handler, proxied, request));
-                    match forwarding.await {
-                        Some(response) => (response, hsts, tally),
-                        None => {
-                            debug!("client went away; request cancelled");
+                    if !waiting {
+                        waiting = true;
+                        head_timer
+                            .as_mut()
+                            .reset(Instant::now() + header_read_timeout);
+                    }
+                    tokio::select! {
+                        biased;
+                        read = poll_fn(|cx| poll_read_head(Pin::new(&mut *io), cx, &mut buf)) => match read {
+                            Ok(0) | Err(_) => return Served::Closed,
+                            Ok(_) => continue,
+                        },
+                        () = stop.fired() => return Served::Closed,
+                        expiry = watchdog.expired() => {
+                            debug!(?expiry, "closing quiet connection");
+                            return Served::Closed;
+                        }
+                        () = &mut head_timer => {
+                            debug!("no request head in time; closing connection");
                             return Served::Closed;
                         }
                     }
-                }
+                };
+                let head_request = request.method() == Method::HEAD;
+                waiting = false;
+                activity.request_started();
+                let start = handler.shared.clock();
+                let (answer, hsts, tally) = match handler.decide(&request) {
+                    // The challenge lookup is hyper's (it is rare, and awaits the responder).
+                    Next::Http01(..) => {
+                        unread(head, &mut buf);
+                        return Served::Handover(buf.freeze());
+                    }
+                    Next::Done(response, tally) => {
+                        spare = std::mem::take(request.headers_mut());
+                        spare.clear();
+                        (Answer::Now(response), None, tally)
+                    }
+                    Next::Proxy(mut proxied) => {
+                        let hsts = proxied.hsts.take();
+                        let tally = proxied.tally.take();
+                        // Boxed: the forwarding's state is most of the lane's, and a connection
+                        // waiting for its next request would otherwise carry room for it.
+                        let forwarding =
+                            Box::pin(forward(io, &mut buf, max_head, handler, proxied, request));
+                        (Answer::Forwarding(forwarding), hsts, tally)
+                    }
+                };
+                (answer, hsts, tally, start, close, head_request)
+            };
+            let response = match answer {
+                Answer::Now(response) => response,
+                Answer::Forwarding(forwarding) => match forwarding.await {
+                    Some(response) => response,
+                    None => {
+                        debug!("client went away; request cancelled");
+                        return Served::Closed;
+                    }
+                },
             };
             // On shutdown the response says the connection closes, as hyper's graceful close
             // does; so does an answer that says so itself (to a bad request).
@@ -369,6 +376,15 @@ fn unread(head: Bytes, buf: &mut BytesMut) {
     *buf = all;
 }
 
+/// The answer to a request taken on the lane: the edge's own, or the proxy's on its way. It
+/// lives only until the response is known (boxing the edge's own would cost every answer an
+/// allocation).
+#[allow(clippy::large_enum_variant)]
+enum Answer<F> {
+    Now(Response<Body>),
+    Forwarding(Pin<Box<F>>),
+}
+
 /// How a response goes out on this connection.
 struct Reply {
     hsts: Option<HeaderValue>,
@@ -386,12 +402,16 @@ enum Step {
 impl Reply {
     /// Writes `response` (the upstream's, with its head written out by the pooled client, or
     /// one of the edge's own answers) and its body. `out` is the connection's buffer.
-    async fn write<I>(
+    ///
+    /// The head is put in `out` at once; the future returned writes it and the body, and holds
+    /// only what that takes (the body), not the response: the connection's task keeps room for
+    /// the largest of its states, this one among them.
+    fn write<'a, I>(
         self,
-        io: &mut I,
-        out: &mut BytesMut,
+        io: &'a mut I,
+        out: &'a mut BytesMut,
         response: Response<Body>,
-    ) -> io::Result<()>
+    ) -> impl Future<Output = io::Result<()>> + 'a
     where
         I: AsyncWrite + Unpin,
     {
@@ -436,63 +456,66 @@ impl Reply {
         }
         out.put_slice(b"\r\n");
         // A response to HEAD has no body, whatever its fields say; nor has a 204 or 304.
-        if !self.head_request && !bodiless {
-            loop {
-                let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-                    Poll::Pending if !out.is_empty() => Poll::Ready(Step::Stalled),
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(frame) => Poll::Ready(Step::Frame(
-                        frame.map(|f| f.map(|f| f.into_data().unwrap_or_default())),
-                    )),
-                })
-                .await;
-                match step {
-                    Step::Stalled => {
-                        io.write_all(out).await?;
-                        io.flush().await?;
-                        out.clear();
-                    }
-                    Step::Frame(Some(Ok(data))) if data.is_empty() => {}
-                    Step::Frame(Some(Ok(data))) => {
-                        if chunked {
-                            // Writing into the buffer cannot fail.
-                            let _ = write!(out, "{:x}\r\n", data.len());
-                        }
-                        if data.len() >= WRITE_AT {
+        let with_body = !self.head_request && !bodiless;
+        async move {
+            if with_body {
+                loop {
+                    let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                        Poll::Pending if !out.is_empty() => Poll::Ready(Step::Stalled),
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(frame) => Poll::Ready(Step::Frame(
+                            frame.map(|f| f.map(|f| f.into_data().unwrap_or_default())),
+                        )),
+                    })
+                    .await;
+                    match step {
+                        Step::Stalled => {
                             io.write_all(out).await?;
-                            out.clear();
-                            io.write_all(&data).await?;
-                        } else {
-                            out.put_slice(&data);
-                        }
-                        if chunked {
-                            out.put_slice(b"\r\n");
-                        }
-                        if out.len() >= WRITE_AT {
-                            io.write_all(out).await?;
+                            io.flush().await?;
                             out.clear();
                         }
-                    }
-                    Step::Frame(Some(Err(error))) => {
-                        // The client must not take a cut body for a whole one: the
-                        // connection closes without the rest (hyper does the same).
-                        return Err(io::Error::other(error));
-                    }
-                    Step::Frame(None) => {
-                        if chunked {
-                            out.put_slice(b"0\r\n\r\n");
+                        Step::Frame(Some(Ok(data))) if data.is_empty() => {}
+                        Step::Frame(Some(Ok(data))) => {
+                            if chunked {
+                                // Writing into the buffer cannot fail.
+                                let _ = write!(out, "{:x}\r\n", data.len());
+                            }
+                            if data.len() >= WRITE_AT {
+                                io.write_all(out).await?;
+                                out.clear();
+                                io.write_all(&data).await?;
+                            } else {
+                                out.put_slice(&data);
+                            }
+                            if chunked {
+                                out.put_slice(b"\r\n");
+                            }
+                            if out.len() >= WRITE_AT {
+                                io.write_all(out).await?;
+                                out.clear();
+                            }
                         }
-                        break;
+                        Step::Frame(Some(Err(error))) => {
+                            // The client must not take a cut body for a whole one: the
+                            // connection closes without the rest (hyper does the same).
+                            return Err(io::Error::other(error));
+                        }
+                        Step::Frame(None) => {
+                            if chunked {
+                                out.put_slice(b"0\r\n\r\n");
+                            }
+                            break;
+                        }
                     }
                 }
             }
+            io.write_all(out).await?;
+            io.flush().await?;
+            // The body goes (and its upstream connection back to the pool) before the next
+            // request is read.
+            drop(body);
+            Ok(())
         }
-        io.write_all(out).await?;
-        io.flush().await?;
-        // The body goes (and its upstream connection back to the pool) before the next
-        // request is read.
-        drop(body);
-        Ok(())
     }
 }
 
