@@ -22,7 +22,7 @@
 //! close on shutdown or when the connection's watchdog fires between requests.
 
 use std::fmt::Write as _;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -85,7 +85,8 @@ where
 {
     let header_read_timeout = handler.shared.limits.header_read_timeout;
     let max_head = handler.shared.limits.h1_max_head();
-    let mut buf = BytesMut::with_capacity(READ_SPACE);
+    // Empty between requests, and then without memory: see [`poll_read_head`].
+    let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut fields = Fields::new();
     // The map of the last request answered here, emptied for the next one.
@@ -96,85 +97,101 @@ where
     tokio::pin!(head_timer);
     let mut waiting = false;
     loop {
-        let parsed = if buf.is_empty() {
-            None
-        } else {
-            match parse(&mut buf, &mut fields, &mut spare) {
-                Ok(parsed) => parsed,
-                Err(()) => return Served::Handover(buf.freeze()),
-            }
-        };
-        let Some(Parsed {
-            head,
-            mut request,
-            close,
-        }) = parsed
-        else {
-            if buf.len() >= max_head {
-                return Served::Handover(buf.freeze());
-            }
-            if !waiting {
-                waiting = true;
-                head_timer
-                    .as_mut()
-                    .reset(Instant::now() + header_read_timeout);
-            }
-            if buf.capacity() - buf.len() < READ_SPACE / 2 {
-                buf.reserve(READ_SPACE);
-            }
-            tokio::select! {
-                biased;
-                read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut buf)) => match read {
-                    Ok(0) | Err(_) => return Served::Closed,
-                    Ok(_) => continue,
-                },
-                () = stop.fired() => return Served::Closed,
-                expiry = watchdog.expired() => {
-                    debug!(?expiry, "closing quiet connection");
-                    return Served::Closed;
-                }
-                () = &mut head_timer => {
-                    debug!("no request head in time; closing connection");
-                    return Served::Closed;
-                }
-            }
-        };
-        let head_request = request.method() == Method::HEAD;
-        waiting = false;
-        activity.request_started();
-        let start = handler.shared.clock();
-        let (response, hsts, tally) = match handler.decide(&request) {
-            // The challenge lookup is hyper's (it is rare, and awaits the responder).
-            Next::Http01(..) => {
-                unread(head, &mut buf);
-                return Served::Handover(buf.freeze());
-            }
-            Next::Done(response, tally) => {
-                spare = std::mem::take(request.headers_mut());
-                spare.clear();
-                (response, None, tally)
-            }
-            Next::Proxy(mut proxied) => {
-                let hsts = proxied.hsts.take();
-                let tally = proxied.tally.take();
-                match forward(io, &mut buf, max_head, handler, proxied, request).await {
-                    Some(response) => (response, hsts, tally),
+        // Blocks, so that the request, the response and what borrowed them end before each
+        // wait: the connection's task keeps room for what lives across its waits.
+        let (reply, response) = {
+            let (answer, hsts, tally, start, close, head_request) = {
+                let parsed = if buf.is_empty() {
+                    None
+                } else {
+                    match parse(&mut buf, &mut fields, &mut spare) {
+                        Ok(parsed) => parsed,
+                        Err(()) => return Served::Handover(buf.freeze()),
+                    }
+                };
+                let Some(Parsed {
+                    head,
+                    mut request,
+                    close,
+                }) = parsed
+                else {
+                    if buf.len() >= max_head {
+                        return Served::Handover(buf.freeze());
+                    }
+                    if !waiting {
+                        waiting = true;
+                        head_timer
+                            .as_mut()
+                            .reset(Instant::now() + header_read_timeout);
+                    }
+                    tokio::select! {
+                        biased;
+                        read = poll_fn(|cx| poll_read_head(Pin::new(&mut *io), cx, &mut buf)) => match read {
+                            Ok(0) | Err(_) => return Served::Closed,
+                            Ok(_) => continue,
+                        },
+                        () = stop.fired() => return Served::Closed,
+                        expiry = watchdog.expired() => {
+                            debug!(?expiry, "closing quiet connection");
+                            return Served::Closed;
+                        }
+                        () = &mut head_timer => {
+                            debug!("no request head in time; closing connection");
+                            return Served::Closed;
+                        }
+                    }
+                };
+                let head_request = request.method() == Method::HEAD;
+                waiting = false;
+                activity.request_started();
+                let start = handler.shared.clock();
+                let (answer, hsts, tally) = match handler.decide(&request) {
+                    // The challenge lookup is hyper's (it is rare, and awaits the responder).
+                    Next::Http01(..) => {
+                        unread(head, &mut buf);
+                        return Served::Handover(buf.freeze());
+                    }
+                    Next::Done(response, tally) => {
+                        spare = std::mem::take(request.headers_mut());
+                        spare.clear();
+                        (Answer::Now(response), None, tally)
+                    }
+                    Next::Proxy(mut proxied) => {
+                        let hsts = proxied.hsts.take();
+                        let tally = proxied.tally.take();
+                        // Boxed: the forwarding's state is most of the lane's, and a connection
+                        // waiting for its next request would otherwise carry room for it.
+                        let forwarding =
+                            Box::pin(forward(io, &mut buf, max_head, handler, proxied, request));
+                        (Answer::Forwarding(forwarding), hsts, tally)
+                    }
+                };
+                (answer, hsts, tally, start, close, head_request)
+            };
+            let response = match answer {
+                Answer::Now(response) => response,
+                Answer::Forwarding(forwarding) => match forwarding.await {
+                    Some(response) => response,
                     None => {
                         debug!("client went away; request cancelled");
                         return Served::Closed;
                     }
-                }
-            }
+                },
+            };
+            // On shutdown the response says the connection closes, as hyper's graceful close
+            // does; so does an answer that says so itself (to a bad request).
+            Count::new(tally, start).finish(response.status().as_u16());
+            let close = close || closes(response.headers()) || stop.has_fired();
+            (
+                Reply {
+                    hsts,
+                    close,
+                    head_request,
+                },
+                response,
+            )
         };
-        // On shutdown the response says the connection closes, as hyper's graceful close does;
-        // so does an answer that says so itself (to a bad request).
-        Count::new(tally, start).finish(response.status().as_u16());
-        let close = close || closes(response.headers()) || stop.has_fired();
-        let reply = Reply {
-            hsts,
-            close,
-            head_request,
-        };
+        let close = reply.close;
         if let Err(error) = reply.write(io, &mut out, response).await {
             debug!(%error, "response not sent whole; closing connection");
             return Served::Closed;
@@ -185,6 +202,33 @@ where
             return Served::Closed;
         }
     }
+}
+
+/// Reads more of a request head into `buf`.
+///
+/// An empty `buf` (what a kept-alive connection has while it waits for its next request, for
+/// as long as the idle timeout) is given up first, and the read goes to the stack: only bytes
+/// that came are copied into a buffer of their size. A connection waiting idle then holds no
+/// read buffer (8 KiB each, the largest part of an idle connection's memory before).
+fn poll_read_head<I: AsyncRead>(
+    io: Pin<&mut I>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if !buf.is_empty() {
+        // The rest of a head that came in parts, or of requests pipelined.
+        if buf.capacity() - buf.len() < READ_SPACE / 2 {
+            buf.reserve(READ_SPACE);
+        }
+        return poll_read_buf(io, cx, buf);
+    }
+    // Even without room left, an empty `buf` split from a larger one keeps that alive.
+    *buf = BytesMut::new();
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); READ_SPACE];
+    let mut read = ReadBuf::uninit(&mut space);
+    std::task::ready!(io.poll_read(cx, &mut read))?;
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
 }
 
 /// Forwards a request, reading the client's side meanwhile: a client that goes away cancels
@@ -215,13 +259,10 @@ where
     };
     let mut forward = std::pin::pin!(forwarder.forward(request.map(|()| None), down, log, true));
     loop {
-        if buf.capacity() - buf.len() < READ_SPACE / 2 {
-            buf.reserve(READ_SPACE);
-        }
         tokio::select! {
             biased;
             response = forward.as_mut() => return Some(response),
-            read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)), if buf.len() < max_head => {
+            read = poll_fn(|cx| poll_read_head(Pin::new(&mut *io), cx, buf)), if buf.len() < max_head => {
                 if matches!(read, Ok(0) | Err(_)) {
                     return None;
                 }
@@ -335,6 +376,15 @@ fn unread(head: Bytes, buf: &mut BytesMut) {
     *buf = all;
 }
 
+/// The answer to a request taken on the lane: the edge's own, or the proxy's on its way. It
+/// lives only until the response is known (boxing the edge's own would cost every answer an
+/// allocation).
+#[allow(clippy::large_enum_variant)]
+enum Answer<F> {
+    Now(Response<Body>),
+    Forwarding(Pin<Box<F>>),
+}
+
 /// How a response goes out on this connection.
 struct Reply {
     hsts: Option<HeaderValue>,
@@ -352,12 +402,16 @@ enum Step {
 impl Reply {
     /// Writes `response` (the upstream's, with its head written out by the pooled client, or
     /// one of the edge's own answers) and its body. `out` is the connection's buffer.
-    async fn write<I>(
+    ///
+    /// The head is put in `out` at once; the future returned writes it and the body, and holds
+    /// only what that takes (the body), not the response: the connection's task keeps room for
+    /// the largest of its states, this one among them.
+    fn write<'a, I>(
         self,
-        io: &mut I,
-        out: &mut BytesMut,
+        io: &'a mut I,
+        out: &'a mut BytesMut,
         response: Response<Body>,
-    ) -> io::Result<()>
+    ) -> impl Future<Output = io::Result<()>> + 'a
     where
         I: AsyncWrite + Unpin,
     {
@@ -402,63 +456,66 @@ impl Reply {
         }
         out.put_slice(b"\r\n");
         // A response to HEAD has no body, whatever its fields say; nor has a 204 or 304.
-        if !self.head_request && !bodiless {
-            loop {
-                let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-                    Poll::Pending if !out.is_empty() => Poll::Ready(Step::Stalled),
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(frame) => Poll::Ready(Step::Frame(
-                        frame.map(|f| f.map(|f| f.into_data().unwrap_or_default())),
-                    )),
-                })
-                .await;
-                match step {
-                    Step::Stalled => {
-                        io.write_all(out).await?;
-                        io.flush().await?;
-                        out.clear();
-                    }
-                    Step::Frame(Some(Ok(data))) if data.is_empty() => {}
-                    Step::Frame(Some(Ok(data))) => {
-                        if chunked {
-                            // Writing into the buffer cannot fail.
-                            let _ = write!(out, "{:x}\r\n", data.len());
-                        }
-                        if data.len() >= WRITE_AT {
+        let with_body = !self.head_request && !bodiless;
+        async move {
+            if with_body {
+                loop {
+                    let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                        Poll::Pending if !out.is_empty() => Poll::Ready(Step::Stalled),
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(frame) => Poll::Ready(Step::Frame(
+                            frame.map(|f| f.map(|f| f.into_data().unwrap_or_default())),
+                        )),
+                    })
+                    .await;
+                    match step {
+                        Step::Stalled => {
                             io.write_all(out).await?;
-                            out.clear();
-                            io.write_all(&data).await?;
-                        } else {
-                            out.put_slice(&data);
-                        }
-                        if chunked {
-                            out.put_slice(b"\r\n");
-                        }
-                        if out.len() >= WRITE_AT {
-                            io.write_all(out).await?;
+                            io.flush().await?;
                             out.clear();
                         }
-                    }
-                    Step::Frame(Some(Err(error))) => {
-                        // The client must not take a cut body for a whole one: the
-                        // connection closes without the rest (hyper does the same).
-                        return Err(io::Error::other(error));
-                    }
-                    Step::Frame(None) => {
-                        if chunked {
-                            out.put_slice(b"0\r\n\r\n");
+                        Step::Frame(Some(Ok(data))) if data.is_empty() => {}
+                        Step::Frame(Some(Ok(data))) => {
+                            if chunked {
+                                // Writing into the buffer cannot fail.
+                                let _ = write!(out, "{:x}\r\n", data.len());
+                            }
+                            if data.len() >= WRITE_AT {
+                                io.write_all(out).await?;
+                                out.clear();
+                                io.write_all(&data).await?;
+                            } else {
+                                out.put_slice(&data);
+                            }
+                            if chunked {
+                                out.put_slice(b"\r\n");
+                            }
+                            if out.len() >= WRITE_AT {
+                                io.write_all(out).await?;
+                                out.clear();
+                            }
                         }
-                        break;
+                        Step::Frame(Some(Err(error))) => {
+                            // The client must not take a cut body for a whole one: the
+                            // connection closes without the rest (hyper does the same).
+                            return Err(io::Error::other(error));
+                        }
+                        Step::Frame(None) => {
+                            if chunked {
+                                out.put_slice(b"0\r\n\r\n");
+                            }
+                            break;
+                        }
                     }
                 }
             }
+            io.write_all(out).await?;
+            io.flush().await?;
+            // The body goes (and its upstream connection back to the pool) before the next
+            // request is read.
+            drop(body);
+            Ok(())
         }
-        io.write_all(out).await?;
-        io.flush().await?;
-        // The body goes (and its upstream connection back to the pool) before the next
-        // request is read.
-        drop(body);
-        Ok(())
     }
 }
 
@@ -606,6 +663,29 @@ mod tests {
         );
         let mut tls = BytesMut::from(&b"\x16\x03\x01 not http\r\n\r\n"[..]);
         assert!(parse(&mut tls, &mut Fields::new(), &mut HeaderMap::new()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_for_a_request_holds_no_read_buffer() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // What is left of the buffer once the last request was split off it.
+        let mut buf = BytesMut::with_capacity(READ_SPACE);
+        buf.put_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let _head = buf.split();
+        assert!(poll_read_head(Pin::new(&mut server), &mut cx, &mut buf).is_pending());
+        assert_eq!(buf.capacity(), 0);
+        client.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+        let read = poll_fn(|cx| poll_read_head(Pin::new(&mut server), cx, &mut buf)).await;
+        assert_eq!(read.unwrap(), 17);
+        assert_eq!(&buf[..], b"GET /a HTTP/1.1\r\n");
+        assert!(buf.capacity() < READ_SPACE, "{}", buf.capacity());
+        // The rest of a head goes after what came, with room to read it into.
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        poll_fn(|cx| poll_read_head(Pin::new(&mut server), cx, &mut buf))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..], b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n");
     }
 
     #[tokio::test]

@@ -381,17 +381,16 @@ impl Edge {
                     .await;
             }
             Scheme::Https => {
-                let handshake = self
-                    .tls
-                    .handshake(
-                        stream,
-                        peer.ip(),
-                        &self.shared.certs,
-                        &*self.shared.challenges,
-                        &self.shared.limits,
-                        &*self.shared.observer,
-                    )
-                    .await;
+                // Boxed, as the other states a connection leaves behind (see [`Edge::serve`]).
+                let handshake = Box::pin(self.tls.handshake(
+                    stream,
+                    peer.ip(),
+                    &self.shared.certs,
+                    &*self.shared.challenges,
+                    &self.shared.limits,
+                    &*self.shared.observer,
+                ))
+                .await;
                 if let Handshake::Serve { stream, sni, key } = handshake {
                     // ALPN decides the protocol (RFC 9113 3.2); without it, HTTP/1.1.
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -440,8 +439,19 @@ impl Edge {
             self.shared.limits.header_read_timeout,
             self.shared.limits.idle_timeout,
         );
+        // A connection's task is as large as its largest state, whichever it is in: the
+        // states other than the express lane's (the TLS handshake before, hyper's HTTP/2 and
+        // HTTP/1.1 connections) are boxed, so that an idle HTTP/1.1 connection, the most
+        // common kind, holds no room for them.
         if h2 {
-            http2::serve(&self.http2, TokioIo::new(io), service, watchdog, stop).await;
+            Box::pin(http2::serve(
+                &self.http2,
+                TokioIo::new(io),
+                service,
+                watchdog,
+                stop,
+            ))
+            .await;
             return;
         }
         let served = if self.express_lane {
@@ -455,7 +465,7 @@ impl Edge {
         };
         let io = TokioIo::new(Rewind::new(read, io));
         let conn = self.http1.serve_connection(io, service).with_upgrades();
-        supervise(conn, watchdog, stop).await;
+        Box::pin(supervise(conn, watchdog, stop)).await;
     }
 }
 
