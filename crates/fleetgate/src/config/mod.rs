@@ -257,15 +257,37 @@ fn parse_cut(text: &str, cut: &split::Split) -> Option<raw::RawConfig> {
     if !raw.sites.is_empty() {
         return None;
     }
-    let mut sites = Vec::with_capacity(cut.sites.len());
-    for i in 0..cut.sites.len() {
+    let one = |i: usize| -> Option<SiteSpec> {
         let one: OneSite = toml::from_str(&cut.site_text(text, i)).ok()?;
         let [spec] = <[SiteSpec; 1]>::try_from(one.site).ok()?;
-        sites.push(spec);
-    }
-    raw.sites = sites;
+        Some(spec)
+    };
+    // The sites are independent: a large file's are parsed on every core (100,000 sites took
+    // about a second on one).
+    let count = cut.sites.len();
+    let threads = match count {
+        0..PARALLEL_PARSE_FROM => 1,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+    };
+    let per = count.div_ceil(threads);
+    let parts = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let range = (t * per).min(count)..((t + 1) * per).min(count);
+                scope.spawn(move || range.map(one).collect::<Option<Vec<SiteSpec>>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().ok().flatten())
+            .collect::<Option<Vec<Vec<SiteSpec>>>>()
+    })?;
+    raw.sites = parts.into_iter().flatten().collect();
     Some(raw)
 }
+
+/// From this many `[[site]]` tables on, they are parsed on every core.
+const PARALLEL_PARSE_FROM: usize = 2_000;
 
 impl Config {
     /// Read and validate a configuration file.

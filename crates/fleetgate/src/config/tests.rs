@@ -512,3 +512,19 @@ fn errors_in_a_cut_site_name_the_line_in_the_file() {
     assert!(e.contains(":10:"), "{e}");
     assert!(e.contains("bogus"), "{e}");
 }
+
+/// A file large enough to be parsed on every core comes out in order, as the whole document.
+#[test]
+fn a_large_file_parsed_in_parallel_keeps_its_sites_in_order() {
+    let mut text = String::from("[listen]\nhttp = \"127.0.0.1:8080\"\n");
+    for i in 0..(PARALLEL_PARSE_FROM + 501) {
+        text.push_str(&format!(
+            "[[site]]\ndomains = [\"s{i}.test\"]\n[site.redirect]\nto = \"https://m.test/{i}\"\n"
+        ));
+    }
+    let cut = split::split(&text).unwrap();
+    let whole: raw::RawConfig = toml::from_str(&text).unwrap();
+    let pieces = parse_cut(&text, &cut).unwrap();
+    assert_eq!(pieces.sites.len(), PARALLEL_PARSE_FROM + 501);
+    assert_eq!(pieces.sites, whole.sites);
+}
