@@ -50,12 +50,7 @@ pub(crate) fn signing_key(
 ) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
     let ec = match &key {
         rustls_pki_types::PrivateKeyDer::Sec1(_) => true,
-        rustls_pki_types::PrivateKeyDer::Pkcs8(der) => {
-            let head =
-                &der.secret_pkcs8_der()[..der.secret_pkcs8_der().len().min(PKCS8_ALGORITHM_WITHIN)];
-            head.windows(ID_EC_PUBLIC_KEY.len())
-                .any(|w| w == ID_EC_PUBLIC_KEY)
-        }
+        rustls_pki_types::PrivateKeyDer::Pkcs8(der) => is_ec_pkcs8(der.secret_pkcs8_der()),
         _ => false,
     };
     if ec {
@@ -64,6 +59,13 @@ pub(crate) fn signing_key(
     rustls::crypto::aws_lc_rs::default_provider()
         .key_provider
         .load_private_key(key)
+}
+
+/// Whether the PKCS#8 document `der` holds an EC key (its algorithm is `id-ecPublicKey`).
+fn is_ec_pkcs8(der: &[u8]) -> bool {
+    der[..der.len().min(PKCS8_ALGORITHM_WITHIN)]
+        .windows(ID_EC_PUBLIC_KEY.len())
+        .any(|w| w == ID_EC_PUBLIC_KEY)
 }
 
 #[cfg(test)]
@@ -76,14 +78,11 @@ mod tests {
         for kind in [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Rsa2048] {
             let pair = kind.generate().unwrap();
             let der = rustls_pki_types::PrivateKeyDer::Pkcs8(pair.serialize_der().into());
-            let is_ec = match &der {
-                rustls_pki_types::PrivateKeyDer::Pkcs8(d) => d.secret_pkcs8_der()
-                    [..PKCS8_ALGORITHM_WITHIN]
-                    .windows(ID_EC_PUBLIC_KEY.len())
-                    .any(|w| w == ID_EC_PUBLIC_KEY),
-                _ => unreachable!(),
-            };
-            assert_eq!(is_ec, kind != KeyType::Rsa2048, "{kind:?}");
+            assert_eq!(
+                is_ec_pkcs8(&pair.serialize_der()),
+                kind != KeyType::Rsa2048,
+                "{kind:?}"
+            );
             let key = signing_key(der).unwrap();
             let want = if kind == KeyType::Rsa2048 {
                 rustls::SignatureAlgorithm::RSA

@@ -37,24 +37,48 @@ struct Table {
     recent: Recent,
 }
 
-/// Certificates by exact name, and by wildcard suffix (`*.example.com` as `example.com`).
-#[derive(Default)]
-struct Names {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+/// Values by exact name, and by wildcard suffix (`*.example.com` as `example.com`).
+#[derive(Clone)]
+struct ByPattern<V> {
+    exact: HashMap<String, V>,
+    wildcard: HashMap<String, V>,
 }
 
-/// Names changed since `base` was built: `None` where no certificate claims the name any more.
-#[derive(Default, Clone)]
-struct Recent {
-    exact: HashMap<String, Option<Arc<CertifiedKey>>>,
-    wildcard: HashMap<String, Option<Arc<CertifiedKey>>>,
+impl<V> Default for ByPattern<V> {
+    fn default() -> Self {
+        ByPattern {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        }
+    }
 }
 
-impl Recent {
+impl<V> ByPattern<V> {
+    fn insert(&mut self, name: &Pattern, value: V) {
+        let (map, key) = match name {
+            Pattern::Exact(n) => (&mut self.exact, n),
+            Pattern::Wildcard(s) => (&mut self.wildcard, s),
+        };
+        map.insert(key.clone(), value);
+    }
+
     fn len(&self) -> usize {
         self.exact.len() + self.wildcard.len()
     }
+}
+
+/// Every name's certificate.
+type Names = ByPattern<Arc<CertifiedKey>>;
+
+/// Names changed since `base` was built: `None` where no certificate claims the name any more.
+type Recent = ByPattern<Option<Arc<CertifiedKey>>>;
+
+/// The certificate that serves a name: the latest of its claims.
+fn winner(claims: &[(u64, Arc<CertifiedKey>)]) -> Option<&Arc<CertifiedKey>> {
+    claims
+        .iter()
+        .max_by_key(|(seq, _)| *seq)
+        .map(|(_, key)| key)
 }
 
 impl Table {
@@ -146,33 +170,23 @@ impl Entries {
 
     /// Records `name`'s current winner (or that none is left) in `recent`.
     fn settle(&mut self, name: &Pattern) {
-        let winner = self
+        let serving = self
             .claims
             .get(name)
-            .and_then(|claims| claims.iter().max_by_key(|(seq, _)| *seq))
-            .map(|(_, key)| Arc::clone(key));
-        let (recent, key) = match name {
-            Pattern::Exact(n) => (&mut self.recent.exact, n),
-            Pattern::Wildcard(s) => (&mut self.recent.wildcard, s),
-        };
-        recent.insert(key.clone(), winner);
+            .and_then(|claims| winner(claims))
+            .cloned();
+        self.recent.insert(name, serving);
     }
 
     /// The table to publish: the same base with the changes since, or (once the changes are
     /// many) a new base with every name's winner.
     fn table(&mut self) -> Table {
-        let base_len = self.base.exact.len() + self.base.wildcard.len();
-        if self.recent.len() > RECENT_MIN.max(base_len / 16) {
+        if self.recent.len() > RECENT_MIN.max(self.base.len() / 16) {
             let mut names = Names::default();
             for (name, claims) in &self.claims {
-                let Some((_, key)) = claims.iter().max_by_key(|(seq, _)| *seq) else {
-                    continue;
-                };
-                let (map, n) = match name {
-                    Pattern::Exact(n) => (&mut names.exact, n),
-                    Pattern::Wildcard(s) => (&mut names.wildcard, s),
-                };
-                map.insert(n.clone(), Arc::clone(key));
+                if let Some(key) = winner(claims) {
+                    names.insert(name, Arc::clone(key));
+                }
             }
             self.base = Arc::new(names);
             self.recent = Recent::default();

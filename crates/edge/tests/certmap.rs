@@ -144,7 +144,8 @@ fn many_changes_resolve_like_a_plain_model() {
         })
         .collect();
     // The model: id -> (seq, names, key index).
-    let mut model: HashMap<String, (u64, Vec<String>, usize)> = HashMap::new();
+    type Model = HashMap<String, (u64, Vec<String>, usize)>;
+    let mut model: Model = HashMap::new();
     let mut seq = 0u64;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = |n: u64| {
@@ -153,8 +154,18 @@ fn many_changes_resolve_like_a_plain_model() {
         rng ^= rng << 17;
         rng % n
     };
+    // A new claim for `id` (1-3 names of the pool, one of the keys), recorded in the model.
+    let claim = |next: &mut dyn FnMut(u64) -> u64, model: &mut Model, seq: &mut u64, id: &str| {
+        let names: Vec<String> = (0..1 + next(3))
+            .map(|_| pool[next(POOL) as usize].clone())
+            .collect();
+        let k = next(4) as usize;
+        *seq += 1;
+        model.insert(id.to_string(), (*seq, names.clone(), k));
+        (names, k)
+    };
     let map = CertMap::new();
-    let winner = |model: &HashMap<String, (u64, Vec<String>, usize)>, pattern: &str| {
+    let winner = |model: &Model, pattern: &str| {
         model
             .values()
             .filter(|(_, names, _)| names.iter().any(|n| n == pattern))
@@ -179,12 +190,7 @@ fn many_changes_resolve_like_a_plain_model() {
                         model.remove(&id);
                         updates.push(CertUpdate::Remove { id });
                     } else {
-                        let names: Vec<String> = (0..1 + next(3))
-                            .map(|_| pool[next(POOL) as usize].clone())
-                            .collect();
-                        let k = next(4) as usize;
-                        seq += 1;
-                        model.insert(id.clone(), (seq, names.clone(), k));
+                        let (names, k) = claim(&mut next, &mut model, &mut seq, &id);
                         updates.push(CertUpdate::Insert {
                             id,
                             names,
@@ -195,12 +201,7 @@ fn many_changes_resolve_like_a_plain_model() {
                 assert!(map.apply(updates).iter().all(Result::is_ok));
             }
             _ => {
-                let names: Vec<String> = (0..1 + next(3))
-                    .map(|_| pool[next(POOL) as usize].clone())
-                    .collect();
-                let k = next(4) as usize;
-                seq += 1;
-                model.insert(id.clone(), (seq, names.clone(), k));
+                let (names, k) = claim(&mut next, &mut model, &mut seq, &id);
                 map.insert(id, names, Arc::clone(&keys[k])).unwrap();
             }
         }
