@@ -23,6 +23,7 @@ FG_REDIRECT = f'redirect = {{ to = "{MAIN}", status = 301, keep_path = true }}'
 
 
 def fleetgate_config(d, http, https, sites, extra="", metrics=None, store=None, node=None, level="warn"):
+    # FLEETBENCH_WORKERS=N: `listen.workers = N` (default: fleetgate's, one per core).
     # metrics (or FLEETBENCH_METRICS=1): the admin listener on, so the Prometheus recorder and the
     # request-path metrics run (they are off without [admin]). Scenario 7 measures both ways.
     if metrics is None:
@@ -32,7 +33,8 @@ def fleetgate_config(d, http, https, sites, extra="", metrics=None, store=None, 
     path = os.path.join(d, "fleetgate.toml")
     with open(path, "w") as f:
         f.write((f'node = "{node}"\n' if node else "")
-                + f'[listen]\nhttp = "127.0.0.1:{http}"\nhttps = "127.0.0.1:{https}"\n\n'
+                + f'[listen]\nhttp = "127.0.0.1:{http}"\nhttps = "127.0.0.1:{https}"\n'
+                + (f'workers = {os.environ["FLEETBENCH_WORKERS"]}\n' if os.environ.get("FLEETBENCH_WORKERS") else "") + '\n'
                 f'[storage]\nkind = "dir"\npath = "{store or os.path.join(d, "store")}"\n\n'
                 f'[log]\nlevel = "{level}"\n\n{extra}\n' + "\n".join(sites))
     return path

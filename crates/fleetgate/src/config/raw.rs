@@ -41,9 +41,10 @@ pub(super) struct RawListen {
     /// Load balancers (addresses or networks) whose connections start with a PROXY header.
     #[serde(default)]
     pub(super) proxy_protocol_from: Vec<Spanned<String>>,
-    /// Worker threads that each serve their share of the connections; 0: one shared runtime.
-    #[serde(default = "default_workers")]
-    pub(super) workers: Spanned<u32>,
+    /// Worker threads that each serve their share of the connections; 0: one shared runtime;
+    /// absent: one per core.
+    #[serde(default)]
+    pub(super) workers: Option<Spanned<u32>>,
 }
 
 impl Default for RawListen {
@@ -52,13 +53,9 @@ impl Default for RawListen {
             http: default_http(),
             https: default_https(),
             proxy_protocol_from: Vec::new(),
-            workers: default_workers(),
+            workers: None,
         }
     }
-}
-
-fn default_workers() -> Spanned<u32> {
-    Spanned::new(0..0, 0)
 }
 
 fn default_http() -> Spanned<String> {

@@ -15,6 +15,12 @@ use super::{ConfigError, Ctx, LogConfig, LogFormat, SealKeySource, StorageConfig
 /// `listen.workers` above this is a typo rather than a machine.
 const MAX_WORKERS: u32 = 1024;
 
+/// `listen.workers` when the file does not say: one per core, as nginx's `worker_processes auto`
+/// (one if the count is unknown).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS as usize))
+}
+
 /// `[listen]`, checked.
 pub(super) struct Listen {
     pub http: SocketAddr,
@@ -59,19 +65,22 @@ pub(super) fn listen(ctx: &Ctx<'_>, raw: &RawListen) -> Result<Listen, ConfigErr
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let workers = *raw.workers.get_ref();
-    if workers > MAX_WORKERS {
-        return Err(ctx.err(
-            Some(raw.workers.span()),
-            "listen.workers",
-            format!("at most {MAX_WORKERS} (0 serves every connection on one shared runtime)"),
-        ));
-    }
+    let workers = match &raw.workers {
+        Some(workers) if *workers.get_ref() > MAX_WORKERS => {
+            return Err(ctx.err(
+                Some(workers.span()),
+                "listen.workers",
+                format!("at most {MAX_WORKERS} (0 serves every connection on one shared runtime)"),
+            ));
+        }
+        Some(workers) => *workers.get_ref() as usize,
+        None => default_workers(),
+    };
     Ok(Listen {
         http,
         https,
         proxy_protocol_from,
-        workers: workers as usize,
+        workers,
     })
 }
 

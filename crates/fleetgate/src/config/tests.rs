@@ -117,9 +117,16 @@ fn proxy_protocol_sources_are_checked() {
 }
 
 #[test]
-fn workers_are_off_by_default_and_bounded() {
+fn workers_are_one_per_core_by_default_and_bounded() {
     let site = "[[site]]\ndomains = [\"a.test\"]\nrespond = { status = 200, body = \"ok\" }\ntls = \"internal\"\n";
-    assert_eq!(parse(site).unwrap().workers, 0);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(parse(site).unwrap().workers, cores);
+    assert_eq!(
+        parse(&format!("[listen]\nworkers = 0\n{site}"))
+            .unwrap()
+            .workers,
+        0
+    );
     assert_eq!(
         parse(&format!("[listen]\nworkers = 4\n{site}"))
             .unwrap()
