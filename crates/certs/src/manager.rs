@@ -104,7 +104,7 @@ enum Step {
     /// Obtain a certificate: `current` (the stored one, if usable) is missing, due, or asked to
     /// be renewed (`requested`).
     Obtain {
-        current: Option<CertBundle>,
+        current: Option<Box<CertBundle>>,
         requested: bool,
     },
 }
@@ -956,14 +956,17 @@ impl CertWorker {
             let wait = (due - now).max(1) as u64;
             return Step::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
         }
-        Step::Obtain { current, requested }
+        Step::Obtain {
+            current: current.map(Box::new),
+            requested,
+        }
     }
 
     /// Missing or due: obtain under the certificate's lease (a peer may have done it since).
     /// Returns how long to wait.
     async fn obtain_step(
         &self,
-        current: Option<CertBundle>,
+        current: Option<Box<CertBundle>>,
         requested: bool,
         deployed_serial: &mut Option<String>,
         backoff: &mut Backoff,
@@ -1031,7 +1034,7 @@ impl CertWorker {
         // A new certificate passes the same check before it is stored: one the CA got wrong is
         // a failed attempt (with backoff), never a loop of orders.
         let result = self
-            .obtain(current.as_ref())
+            .obtain(current.as_deref())
             .await
             .and_then(|bundle| self.vet(&bundle).map(|_| bundle));
         let lease = guard.lease();
