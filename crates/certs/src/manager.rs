@@ -81,10 +81,33 @@ impl Default for Timings {
 /// `stat`s a second would take a good part of a core from the handshakes).
 pub const FILES_PER_POLL: usize = 10_000;
 
+/// Certificates one node obtains at once (ACME orders, internal CA signatures), each under its
+/// lease. The other tasks that find their certificate missing or due wait for a turn before
+/// they take their lease: a new node of a fleet with 100,000 internal-CA sites otherwise holds
+/// 100,000 leases at once, their renewals swamp the store, they expire and nothing is issued.
+/// (ACME orders are bounded further per CA, see `acme.rs`.)
+pub const MAX_OBTAINING: usize = 32;
+/// Certificate tasks looking at the store at once (reading their certificate, deciding). A
+/// look holds a few kilobytes while it waits for its reads: 100,000 tasks starting together
+/// held a gigabyte.
+pub const MAX_LOOKING: usize = 256;
+
 /// How long to wait between looks while a peer holds the certificate's lease.
 const PEER_WAIT: Duration = Duration::from_secs(2);
 /// At most this many of a peer's recorded failures are carried into a task's own backoff.
 const PEER_FAILURES_CARRIED: u32 = 16;
+
+/// What a certificate task's look found ([`CertWorker::issued_step`]).
+enum Step {
+    /// Nothing to do for this long (or until kicked).
+    Wait(Duration),
+    /// Obtain a certificate: `current` (the stored one, if usable) is missing, due, or asked to
+    /// be renewed (`requested`).
+    Obtain {
+        current: Option<Box<CertBundle>>,
+        requested: bool,
+    },
+}
 
 struct Task {
     /// Shared with the task's worker: one copy per certificate (100,000 of them on a big node).
@@ -172,6 +195,10 @@ pub struct Manager {
     watch: Mutex<HashMap<StorageKey, Arc<Notify>>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// A turn to obtain a certificate ([`MAX_OBTAINING`]).
+    obtaining: tokio::sync::Semaphore,
+    /// A turn to look ([`MAX_LOOKING`]).
+    looking: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Manager {
@@ -217,6 +244,8 @@ impl Manager {
             watch: Mutex::default(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            obtaining: tokio::sync::Semaphore::new(MAX_OBTAINING),
+            looking: tokio::sync::Semaphore::new(MAX_LOOKING),
         });
         manager.clone().spawn_change_listener();
         manager
@@ -572,13 +601,36 @@ impl CertWorker {
             // Each step returns how long to sleep (or until kicked or cancelled).
             // Boxed: the ordering future is large, and a node may run thousands of idle
             // workers; each then holds a pointer, not the whole state machine.
-            let delay = Box::pin(self.issued_step(
+            let look = tokio::select! {
+                _ = cancel.cancelled() => return,
+                turn = self.manager.looking.acquire() => turn.ok(),
+            };
+            let step = Box::pin(self.issued_step(
                 &mut deployed_serial,
                 &mut cached_serial,
                 &mut backoff,
                 &mut renew,
             ))
             .await;
+            drop(look);
+            let delay = match step {
+                Step::Wait(delay) => delay,
+                Step::Obtain { current, requested } => {
+                    // Wait for a turn without the lease (see MAX_OBTAINING).
+                    let _turn = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        turn = self.manager.obtaining.acquire() => turn.ok(),
+                    };
+                    Box::pin(self.obtain_step(
+                        current,
+                        requested,
+                        &mut deployed_serial,
+                        &mut backoff,
+                        &mut renew,
+                    ))
+                    .await
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 // A kick (SIGHUP, a change event) re-reads everything.
@@ -816,13 +868,15 @@ impl CertWorker {
         }
     }
 
+    /// Serve what the store (or the local copy) has; [`Step::Obtain`] when the certificate is
+    /// missing, unusable, due or asked to be renewed.
     async fn issued_step(
         &self,
         deployed_serial: &mut Option<String>,
         cached_serial: &mut Option<String>,
         backoff: &mut Backoff,
         renew: &mut RenewWanted,
-    ) -> Duration {
+    ) -> Step {
         let now = now_unix();
         // Nothing served yet (this process just started): serve the local copy at once rather
         // than after the store answers, which takes its whole timeout when the store is down or
@@ -847,7 +901,7 @@ impl CertWorker {
                 // The shared store is down: keep serving what we have (or the local copy, see
                 // above) and retry with backoff.
                 warn!(error = %e, "cannot read the store; serving what we have");
-                return backoff_store(backoff);
+                return Step::Wait(backoff_store(backoff));
             }
         };
         let current = stored.filter(|b| self.cert.wants(b));
@@ -868,7 +922,7 @@ impl CertWorker {
                         "the stored certificate is not valid yet; waiting for its start",
                     );
                     let wait = (bundle.meta.not_before - inspect::CLOCK_SKEW - now).max(1) as u64;
-                    return Duration::from_secs(wait).min(self.manager.timings.resync);
+                    return Step::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
                 }
                 Err(e) => {
                     unusable = true;
@@ -897,12 +951,27 @@ impl CertWorker {
         {
             if let Some(next_ari) = self.maybe_check_ari(bundle, now).await {
                 let wait = (due.min(next_ari) - now).max(1) as u64;
-                return Duration::from_secs(wait).min(self.manager.timings.resync);
+                return Step::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
             }
             let wait = (due - now).max(1) as u64;
-            return Duration::from_secs(wait).min(self.manager.timings.resync);
+            return Step::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
         }
-        // Missing or due: obtain under the certificate's lease.
+        Step::Obtain {
+            current: current.map(Box::new),
+            requested,
+        }
+    }
+
+    /// Missing or due: obtain under the certificate's lease (a peer may have done it since).
+    /// Returns how long to wait.
+    async fn obtain_step(
+        &self,
+        current: Option<Box<CertBundle>>,
+        requested: bool,
+        deployed_serial: &mut Option<String>,
+        backoff: &mut Backoff,
+        renew: &mut RenewWanted,
+    ) -> Duration {
         let lock_name = layout::cert_lock(&self.cert.id);
         let guard = match store::lock(
             &self.manager.store,
@@ -965,7 +1034,7 @@ impl CertWorker {
         // A new certificate passes the same check before it is stored: one the CA got wrong is
         // a failed attempt (with backoff), never a loop of orders.
         let result = self
-            .obtain(current.as_ref())
+            .obtain(current.as_deref())
             .await
             .and_then(|bundle| self.vet(&bundle).map(|_| bundle));
         let lease = guard.lease();

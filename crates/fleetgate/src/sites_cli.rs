@@ -56,14 +56,16 @@ pub enum SitesCommand {
         json: bool,
     },
     /// Add many registry sites from a JSON file: an array of sites (the `[[site]]` keys, as
-    /// `--from-json` and the API take one). Each is added as `add` would add it; a refused one
-    /// is reported (with its index and the reason) and the others are still added. Exits 1 when
-    /// any was refused.
+    /// `--from-json` and the API take one). Every site is checked first, as `add` would check
+    /// it and against the file's other sites; if any is refused, each refusal is reported (its
+    /// index and the reason), nothing is added and the exit status is 1. A site already in the
+    /// registry with the same spec is left as it is, so an import can be run again.
     Import {
         file: PathBuf,
         #[arg(long, short)]
         config: PathBuf,
-        /// Print a JSON summary ({"added": [...], "refused": [{index, id, reason}]}).
+        /// Print a JSON summary ({"added": [...], "unchanged": [...], "refused": [{index, id,
+        /// reason}]}).
         #[arg(long)]
         json: bool,
     },
@@ -289,7 +291,8 @@ pub async fn run(config: Config, command: SitesCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `fleetgate sites import FILE`: every site of the array, one after the other.
+/// `fleetgate sites import FILE`: every site of the array checked first (nothing written if
+/// any is refused), then written in chunks (see `sites::batch`).
 async fn import(
     catalog: &Catalog<'_>,
     file: &std::path::Path,
@@ -300,26 +303,51 @@ async fn import(
         std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let sites: Vec<Value> = serde_json::from_slice(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a JSON array of sites: {e}", file.display()))?;
+    drop(bytes);
     let started = std::time::Instant::now();
-    let (mut added, mut refused) = (Vec::new(), Vec::new());
-    for (index, site) in sites.iter().enumerate() {
-        let id = site
+    let id_of = |index: usize| -> String {
+        sites[index]
             .get("domains")
             .and_then(|d| d.get(0))
             .and_then(Value::as_str)
             .unwrap_or("?")
-            .to_string();
-        let result = match crate::admin::parse_spec(site.to_string().as_bytes()) {
-            Ok(spec) => catalog.create(spec).await,
-            Err(p) => Err(p),
-        };
-        match result {
-            Ok(view) => added.push(view.id),
-            Err(p) => refused.push(json!({ "index": index, "id": id, "reason": problem_text(&p) })),
+            .to_string()
+    };
+    let refusal = |index: usize, p: &Problem| json!({ "index": index, "id": id_of(index), "reason": problem_text(p) });
+    // Parse every site; `at[i]` is the array index of the i-th parsed one.
+    let (mut specs, mut at, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    for (index, site) in sites.iter().enumerate() {
+        match crate::admin::parse_spec(site.to_string().as_bytes()) {
+            Ok(spec) => {
+                specs.push(spec);
+                at.push(index);
+            }
+            Err(p) => refused.push(refusal(index, &p)),
         }
     }
+    let checked = catalog.check_many(specs).await.map_err(fail)?;
+    let (mut added, mut unchanged, mut stopped) = (Vec::new(), Vec::new(), None);
+    match checked {
+        Err(refusals) => {
+            refused.extend(refusals.iter().map(|(i, p)| refusal(at[*i], p)));
+            refused.sort_by_key(|r| r["index"].as_u64());
+        }
+        // Nothing refused so far: write.
+        Ok(checked) if refused.is_empty() => {
+            let written = catalog.write_many(checked).await;
+            added = written.added.into_iter().map(|v| v.id).collect();
+            unchanged = written.unchanged.iter().map(|i| id_of(at[*i])).collect();
+            refused.extend(written.refused.iter().map(|(i, p)| refusal(at[*i], p)));
+            stopped = written.stopped.as_ref().map(problem_text);
+        }
+        Ok(_) => {}
+    }
     if json {
-        serde_json::to_writer_pretty(&mut *out, &json!({ "added": added, "refused": refused }))?;
+        let mut summary = json!({ "added": added, "unchanged": unchanged, "refused": refused });
+        if let Some(why) = &stopped {
+            summary["stopped"] = json!(why);
+        }
+        serde_json::to_writer_pretty(&mut *out, &summary)?;
         writeln!(out)?;
     } else {
         for r in &refused {
@@ -333,18 +361,30 @@ async fn import(
         }
         writeln!(
             out,
-            "{}: {} sites added, {} refused, in {:.1} s",
+            "{}: {} sites added, {} already there, {} refused, in {:.1} s",
             file.display(),
             added.len(),
+            unchanged.len(),
             refused.len(),
             started.elapsed().as_secs_f64()
         )?;
     }
+    if let Some(why) = stopped {
+        anyhow::bail!(
+            "stopped after {} sites were added (run the import again to add the rest): {why}",
+            added.len()
+        );
+    }
     anyhow::ensure!(
         refused.is_empty(),
-        "{} of {} sites refused",
+        "{} of {} sites refused; {}",
         refused.len(),
-        sites.len()
+        sites.len(),
+        if added.is_empty() {
+            "nothing was added"
+        } else {
+            "the sites listed as added were added before a concurrent write took a domain"
+        }
     );
     Ok(())
 }

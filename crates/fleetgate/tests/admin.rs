@@ -770,7 +770,7 @@ fn cli_node() -> Result<Node> {
 }
 
 #[tokio::test]
-async fn cli_import_adds_each_site_and_reports_the_refused_ones() -> Result<()> {
+async fn cli_import_checks_every_site_first_and_adds_all_or_none() -> Result<()> {
     let node = cli_node()?;
     let config = node.config_path.clone();
     let file = node.path("import.json");
@@ -780,6 +780,7 @@ async fn cli_import_adds_each_site_and_reports_the_refused_ones() -> Result<()> 
         {"domains": ["file.example"], "respond": {"status": 200}, "tls": "internal"},
         {"domains": ["i2.example"], "respond": {"status": 204}, "tls": "internal"},
         {"domains": ["i3.example"], "respond": {"status": 204}, "colour": "blue"},
+        {"domains": ["i4.example", "WWW.i1.example"], "respond": {"status": 204}, "tls": "internal"},
     ]);
     std::fs::write(&file, serde_json::to_vec(&sites)?)?;
     let out = common::run_cli(
@@ -791,7 +792,7 @@ async fn cli_import_adds_each_site_and_reports_the_refused_ones() -> Result<()> 
         "an import with refused sites exits 1"
     );
     let summary: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(summary["added"], json!(["i1.example", "i2.example"]));
+    assert_eq!(summary["added"], json!([]), "nothing is added");
     let refused: Vec<(u64, String)> = summary["refused"]
         .as_array()
         .unwrap()
@@ -803,22 +804,69 @@ async fn cli_import_adds_each_site_and_reports_the_refused_ones() -> Result<()> 
             )
         })
         .collect();
-    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused.len(), 4, "{refused:?}");
     assert_eq!(refused[0].0, 1);
     assert!(refused[0].1.contains("bad..example"), "{refused:?}");
     assert_eq!(refused[1].0, 2);
     assert!(refused[1].1.contains("file.example"), "{refused:?}");
     assert_eq!(refused[2].0, 4);
     assert!(refused[2].1.contains("colour"), "{refused:?}");
-    let listed = cli_json(&config, &["list"])?;
-    let mut ids: Vec<&str> = listed["sites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
-    ids.sort_unstable();
-    assert_eq!(ids, ["file.example", "i1.example", "i2.example"]);
+    assert_eq!(refused[3].0, 5);
+    assert!(
+        refused[3].1.starts_with("domains[1]:")
+            && refused[3].1.contains("earlier in the same batch"),
+        "{refused:?}"
+    );
+    let ids = |listed: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = listed["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(ids(&cli_json(&config, &["list"])?), ["file.example"]);
+
+    // The valid ones: all added; the same file again: all there already, nothing refused.
+    let valid = json!([sites[0], sites[3]]);
+    std::fs::write(&file, serde_json::to_vec(&valid)?)?;
+    for (added, unchanged) in [
+        (json!(["i1.example", "i2.example"]), json!([])),
+        (json!([]), json!(["i1.example", "i2.example"])),
+    ] {
+        let out = common::run_cli(
+            &["sites", "import", file.to_str().unwrap(), "--json"],
+            &config,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(
+            (&summary["added"], &summary["unchanged"]),
+            (&added, &unchanged)
+        );
+    }
+    assert_eq!(
+        ids(&cli_json(&config, &["list"])?),
+        ["file.example", "i1.example", "i2.example"]
+    );
+    // A changed spec under an existing id is refused.
+    let changed =
+        json!([{"domains": ["i2.example"], "respond": {"status": 200}, "tls": "internal"}]);
+    std::fs::write(&file, serde_json::to_vec(&changed)?)?;
+    let out = common::run_cli(&["sites", "import", file.to_str().unwrap()], &config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success()
+            && stdout.contains("refused [0] i2.example")
+            && stdout.contains("exists"),
+        "{stdout}"
+    );
     // Not an array: one clear error, nothing added.
     std::fs::write(&file, b"{\"domains\": [\"i4.example\"]}")?;
     let out = common::run_cli(&["sites", "import", file.to_str().unwrap()], &config);

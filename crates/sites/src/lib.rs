@@ -4,17 +4,19 @@
 //! Layers, each using only those before it: [`field`] (where an error is) and [`units`]
 //! (durations, sizes) -> [`spec`] (the serde form, `[[site]]` in TOML and JSON alike) ->
 //! [`validate`] (the rules, [`SiteSpec::validate`] -> [`Site`]) -> [`registry`] (registry sites
-//! in the shared store, versions, conflicts).
+//! in the shared store, versions, conflicts) -> [`batch`] (many sites added at once).
 //!
 //! **Architecture invariant:** `sites` never imports `fleetgate` (nor reads config files,
 //! the environment or signals); it reaches storage only through `store::Storage`.
 
+pub mod batch;
 pub mod field;
 pub mod registry;
 pub mod spec;
 pub mod units;
 pub mod validate;
 
+pub use batch::{Checked, Created, Refused};
 pub use field::{FieldError, FieldPath, Segment};
 pub use registry::{Entry, OnDemandState, Registry, RegistryError, Source};
 pub use spec::{

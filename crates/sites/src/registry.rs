@@ -86,11 +86,11 @@ impl OnDemandState {
 /// The stored form: an [`Entry`], or a tombstone without `spec`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Record {
-    id: String,
-    version: u64,
+pub(crate) struct Record {
+    pub(crate) id: String,
+    pub(crate) version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    spec: Option<SiteSpec>,
+    pub(crate) spec: Option<SiteSpec>,
     updated_at: u64,
     updated_by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,7 +98,7 @@ struct Record {
 }
 
 impl Record {
-    fn entry(self) -> Option<Entry> {
+    pub(crate) fn entry(self) -> Option<Entry> {
         Some(Entry {
             spec: self.spec?,
             id: self.id,
@@ -138,6 +138,12 @@ impl std::fmt::Display for Source {
 pub enum RegistryError {
     /// The spec breaks a site rule.
     Invalid(FieldError),
+    /// A domain is listed twice in one batch ([`Registry::create_many`]): by `site`, earlier in
+    /// the batch, and again.
+    DomainRepeated {
+        domain: String,
+        site: String,
+    },
     /// A domain already belongs to another site.
     DomainTaken {
         domain: String,
@@ -169,6 +175,12 @@ impl std::fmt::Display for RegistryError {
                 site,
                 source,
             } => write!(f, "{domain} already belongs to the {source} site {site}"),
+            RegistryError::DomainRepeated { domain, site } => {
+                write!(
+                    f,
+                    "{domain} is also a domain of {site}, earlier in the same batch"
+                )
+            }
             RegistryError::NotFound { id } => write!(f, "no registry site {id}"),
             RegistryError::VersionMismatch { id, current } => {
                 write!(f, "site {id} is at version {current}")
@@ -205,7 +217,7 @@ impl RegistryError {
 /// Registry sites in a shared store.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    store: Arc<dyn store::Storage>,
+    pub(crate) store: Arc<dyn store::Storage>,
     owner: String,
 }
 
@@ -228,11 +240,18 @@ impl Registry {
         Registry::key(id)
     }
 
-    fn key(id: &str) -> Option<StorageKey> {
+    /// The storage key prefix of the domain claims ([`Claim`]).
+    pub(crate) fn claims_prefix() -> StorageKey {
+        #[allow(clippy::expect_used)]
+        // Invariant: CLAIMS is one segment of allowed characters.
+        StorageKey::new(CLAIMS).expect("the claims prefix is a valid storage key")
+    }
+
+    pub(crate) fn key(id: &str) -> Option<StorageKey> {
         Registry::prefix().join(&id.to_ascii_lowercase()).ok()
     }
 
-    async fn record(&self, key: &StorageKey) -> Result<Option<Record>, RegistryError> {
+    pub(crate) async fn record(&self, key: &StorageKey) -> Result<Option<Record>, RegistryError> {
         let Some(bytes) = self.store.get(key).await? else {
             return Ok(None);
         };
@@ -442,7 +461,7 @@ impl Registry {
     /// names a site, which holds the domain if it is live and still lists it (a claim left by a
     /// removed site, an update that dropped the domain, or a write that never finished is
     /// stale and ignored).
-    async fn registry_conflict(
+    pub(crate) async fn registry_conflict(
         &self,
         domains: &[String],
         except: Option<&str>,
@@ -482,15 +501,7 @@ impl Registry {
         id: &str,
         guard: &store::LeaseGuard,
     ) -> Result<(), RegistryError> {
-        let bytes = serde_json::to_vec(&Claim {
-            site: id.to_owned(),
-        })
-        .map_err(|e| {
-            RegistryError::Store(store::Error::Corrupt {
-                key: id.to_owned(),
-                detail: format!("cannot encode a claim: {e}"),
-            })
-        })?;
+        let bytes = Claim::encode(id)?;
         for domain in domains {
             if let Some(key) = claim_key(domain) {
                 self.store.put_fenced(&key, &bytes, &guard.lease()).await?;
@@ -499,7 +510,7 @@ impl Registry {
         Ok(())
     }
 
-    async fn lock(&self) -> Result<store::LeaseGuard, RegistryError> {
+    pub(crate) async fn lock(&self) -> Result<store::LeaseGuard, RegistryError> {
         store::lock(
             &self.store,
             &LockName::new(LOCK),
@@ -529,7 +540,21 @@ impl Registry {
         on_demand: Option<OnDemandState>,
         guard: &store::LeaseGuard,
     ) -> Result<Record, RegistryError> {
-        let record = Record {
+        let record = self.new_record(id, version, spec, on_demand);
+        let bytes = Registry::encode(key, &record)?;
+        self.store.put_fenced(key, &bytes, &guard.lease()).await?;
+        Ok(record)
+    }
+
+    /// `version` of `id` as this writer writes it now.
+    pub(crate) fn new_record(
+        &self,
+        id: &str,
+        version: u64,
+        spec: Option<SiteSpec>,
+        on_demand: Option<OnDemandState>,
+    ) -> Record {
+        Record {
             id: id.to_owned(),
             version,
             spec,
@@ -538,15 +563,16 @@ impl Registry {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             updated_by: self.owner.clone(),
-        };
-        let bytes = serde_json::to_vec(&record).map_err(|e| {
+        }
+    }
+
+    pub(crate) fn encode(key: &StorageKey, record: &Record) -> Result<Vec<u8>, RegistryError> {
+        serde_json::to_vec(record).map_err(|e| {
             RegistryError::Store(store::Error::Corrupt {
                 key: key.to_string(),
                 detail: format!("cannot encode: {e}"),
             })
-        })?;
-        self.store.put_fenced(key, &bytes, &guard.lease()).await?;
-        Ok(record)
+        })
     }
 
     /// `write` of a live spec, as the entry it stored.
@@ -577,12 +603,27 @@ impl Registry {
 /// before the site. The index that makes a write's conflict check cost one read per domain
 /// instead of a read of every site.
 #[derive(Debug, Serialize, Deserialize)]
-struct Claim {
+pub(crate) struct Claim {
     site: String,
 }
 
-fn claim_key(domain: &str) -> Option<StorageKey> {
-    StorageKey::new(CLAIMS).ok()?.join(domain).ok()
+impl Claim {
+    /// The stored form of a claim for site `id`.
+    pub(crate) fn encode(id: &str) -> Result<Vec<u8>, RegistryError> {
+        serde_json::to_vec(&Claim {
+            site: id.to_owned(),
+        })
+        .map_err(|e| {
+            RegistryError::Store(store::Error::Corrupt {
+                key: id.to_owned(),
+                detail: format!("cannot encode a claim: {e}"),
+            })
+        })
+    }
+}
+
+pub(crate) fn claim_key(domain: &str) -> Option<StorageKey> {
+    Registry::claims_prefix().join(domain).ok()
 }
 
 /// A domain as the registry compares it: a `DomainName`'s form when it is one.
@@ -592,13 +633,13 @@ fn normalized(domain: &str) -> String {
         .unwrap_or_else(|_| domain.trim().to_ascii_lowercase())
 }
 
-async fn release(guard: store::LeaseGuard) {
+pub(crate) async fn release(guard: store::LeaseGuard) {
     if let Err(e) = guard.release().await {
         tracing::debug!(error = %e, "sites-registry lease not released; it expires");
     }
 }
 
-fn file_conflict(
+pub(crate) fn file_conflict(
     domains: &[String],
     file_domains: &HashMap<String, String>,
 ) -> Result<(), RegistryError> {
@@ -614,7 +655,7 @@ fn file_conflict(
     Ok(())
 }
 
-fn too_long(id: &str) -> RegistryError {
+pub(crate) fn too_long(id: &str) -> RegistryError {
     RegistryError::Invalid(FieldError::new(
         FieldPath::root().key("domains").index(0),
         format!("{id} is too long to be a site id"),

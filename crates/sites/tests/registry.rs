@@ -267,8 +267,131 @@ async fn concurrent_creates(store: Arc<dyn Storage>, other: Arc<dyn Storage>) {
     }
 }
 
+/// `create_many`: every refusal of a batch reported with its index, nothing written then; a
+/// valid batch written in chunks (`count` sites, more than one chunk on the dir store); a site
+/// already there with the same spec left as it is, so the batch can be run again; a removed
+/// site's id re-added at its next version.
+async fn batch(store: Arc<dyn Storage>, count: usize) {
+    let reg = Registry::new(store.clone(), "cli:test".into());
+    let none = HashMap::new();
+    let a = redirect(&["a.example", "www.a.example"], "https://x.example");
+    reg.create(a.clone(), &env(), &none).await.unwrap();
+    let gone = reg
+        .create(
+            redirect(&["gone.example"], "https://x.example"),
+            &env(),
+            &none,
+        )
+        .await
+        .unwrap();
+    reg.delete("gone.example", None).await.unwrap();
+    let file = HashMap::from([("f.example".to_owned(), "f.example".to_owned())]);
+    let before = snapshot(&store).await;
+
+    let refused = reg
+        .create_many(
+            vec![
+                redirect(&["ok.example"], "https://x.example"),
+                redirect(&["bad..example"], "https://x.example"),
+                redirect(&["g.example", "f.example"], "https://x.example"),
+                redirect(&["h.example", "WWW.a.example"], "https://x.example"),
+                redirect(&["i.example", "ok.example"], "https://x.example"),
+                redirect(&["a.example"], "https://other.example"),
+            ],
+            &env(),
+            &file,
+        )
+        .await;
+    assert!(refused.created.is_empty() && refused.stopped.is_none());
+    let why: Vec<(usize, &RegistryError)> = refused
+        .refused
+        .iter()
+        .map(|r| (r.index, &r.error))
+        .collect();
+    assert_eq!(why.len(), 5, "{why:?}");
+    assert!(matches!(why[0], (1, RegistryError::Invalid(_))), "{why:?}");
+    assert!(
+        matches!(why[1], (2, RegistryError::DomainTaken { domain, source: Source::File, .. }) if domain == "f.example"),
+        "{why:?}"
+    );
+    assert!(
+        matches!(why[2], (3, RegistryError::DomainTaken { domain, site, source: Source::Registry }) if domain == "www.a.example" && site == "a.example"),
+        "{why:?}"
+    );
+    assert!(
+        matches!(why[3], (4, RegistryError::DomainRepeated { domain, site }) if domain == "ok.example" && site == "ok.example"),
+        "{why:?}"
+    );
+    assert!(
+        matches!(why[4], (5, RegistryError::IdTaken { id }) if id == "a.example"),
+        "{why:?}"
+    );
+    assert_eq!(
+        snapshot(&store).await,
+        before,
+        "a refused batch writes nothing"
+    );
+
+    let mut specs = vec![a.clone(), redirect(&["gone.example"], "https://y.example")];
+    specs.extend((0..count).map(|i| {
+        redirect(
+            &[
+                &format!("s{i}.batch.example"),
+                &format!("www.s{i}.batch.example"),
+            ],
+            "https://x.example",
+        )
+    }));
+    let done = reg.create_many(specs.clone(), &env(), &file).await;
+    assert!(
+        done.refused.is_empty() && done.stopped.is_none(),
+        "{done:?}"
+    );
+    assert_eq!(done.unchanged, [0]);
+    assert_eq!(done.created.len(), count + 1);
+    assert_eq!(
+        (done.created[0].id.as_str(), done.created[0].version),
+        ("gone.example", gone.version + 2)
+    );
+    assert_eq!(
+        done.created[count].id,
+        format!("s{}.batch.example", count - 1)
+    );
+    let listed = reg.list().await.unwrap();
+    assert_eq!(listed.len(), count + 2);
+    assert!(listed.iter().all(|e| e.updated_by == "cli:test"));
+    // Each new site's domains are claimed: a single create of one of them is refused.
+    let err = reg
+        .create(
+            redirect(&["z.example", "www.s0.batch.example"], "https://x.example"),
+            &env(),
+            &none,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::DomainTaken { site, .. } if site == "s0.batch.example"),
+        "{err:?}"
+    );
+
+    // Run again: everything is there already.
+    let again = reg.create_many(specs, &env(), &file).await;
+    assert!(
+        again.created.is_empty() && again.refused.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(again.unchanged.len(), count + 2);
+}
+
 mod dir {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn batch() {
+        let dir = tempfile::tempdir().unwrap();
+        // More than one chunk of 1000.
+        super::batch(open(dir.path()), 1050).await;
+    }
 
     fn open(path: &std::path::Path) -> Arc<dyn Storage> {
         Arc::new(store::DirStore::open(path.to_path_buf()).unwrap())
@@ -367,6 +490,12 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn batch() {
+        let pg = testkit::Postgres::start().await.unwrap();
+        super::batch(open(&pg).await, 40).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn concurrent_creates() {
         let pg = testkit::Postgres::start().await.unwrap();
         super::concurrent_creates(open(&pg).await, open(&pg).await).await;
@@ -390,6 +519,12 @@ mod redis {
     async fn lifecycle() {
         let server = testkit::RedisServer::start().await.unwrap();
         super::lifecycle(open(&server).await, open(&server).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn batch() {
+        let server = testkit::RedisServer::start().await.unwrap();
+        super::batch(open(&server).await, 40).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -46,6 +46,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Storage>) {
     try_lock_is_not_reentrant(&make).await;
     lease_expires_and_passes_on(&make).await;
     fencing_refuses_stale_holder(&make).await;
+    put_many_is_fenced(&make).await;
     renew_extends_lease(&make).await;
     unlock_then_relock_grows_token(&make).await;
     locks_lists_current_leases(&make).await;
@@ -68,6 +69,7 @@ macro_rules! conformance_tests {
             try_lock_is_not_reentrant,
             lease_expires_and_passes_on,
             fencing_refuses_stale_holder,
+            put_many_is_fenced,
             renew_extends_lease,
             unlock_then_relock_grows_token,
             locks_lists_current_leases,
@@ -340,6 +342,45 @@ pub async fn fencing_refuses_stale_holder(make: &dyn Fn() -> Arc<dyn Storage>) {
     assert_lost(a.put_fenced(&k, b"c", &lease_c).await, &lease_c);
     assert_lost(a.renew(&lease_c, LONG_TTL).await.map(drop), &lease_c);
     assert_eq!(a.get(&k).await.unwrap().as_deref(), Some(&b"b"[..]));
+}
+
+/// `put_many_fenced` writes every object of the batch (in nested folders too), visible through
+/// another handle, with a change event each; with a lost lease it writes none.
+pub async fn put_many_is_fenced(make: &dyn Fn() -> Arc<dyn Storage>) {
+    let (a, b, scope) = (make(), make(), scope("many"));
+    let name = LockName::new(&scope);
+    let mut events = a.subscribe();
+    let batch: Vec<(StorageKey, Vec<u8>)> = (0..50)
+        .map(|i| {
+            (
+                key(&format!("{scope}/d{}/k{i}", i % 3)),
+                format!("v{i}").into_bytes(),
+            )
+        })
+        .collect();
+    let lease = granted(a.try_lock(&name, "a", LONG_TTL).await);
+    a.put_many_fenced(&[], &lease).await.unwrap();
+    a.put_many_fenced(&batch, &lease).await.unwrap();
+    for (k, v) in &batch {
+        assert_eq!(b.get(k).await.unwrap().as_deref(), Some(&v[..]), "{k}");
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < batch.len() {
+        match tokio::time::timeout(DEADLINE, events.recv()).await.unwrap() {
+            Ok(Change::Put(k)) if k.starts_with(&key(&scope)) => {
+                seen.insert(k);
+            }
+            Ok(_) => {}
+            Err(e) => panic!("change events: {e}"),
+        }
+    }
+    a.unlock(&lease).await.unwrap();
+    let other = key(&format!("{scope}/after-unlock"));
+    let refused = a
+        .put_many_fenced(&[(other.clone(), b"x".to_vec())], &lease)
+        .await;
+    assert_lost(refused, &lease);
+    assert_eq!(b.get(&other).await.unwrap(), None);
 }
 
 /// `renew` moves expiry forward and keeps the token; the renewed lease outlives the first TTL.

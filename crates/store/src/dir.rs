@@ -8,7 +8,9 @@
 //!
 //! Every write goes to a temporary file (`.tmp~<random>`, a name no key can have) in the target's
 //! directory, is fsynced, renamed over the target, and the directory is fsynced: readers see the
-//! old or the new bytes, and a crash leaves one of them.
+//! old or the new bytes, and a crash leaves one of them. `put_many_fenced` writes and syncs all
+//! its temporary files first, then takes the lock's mutex once for the lease check and the
+//! renames, and syncs each directory once: a batch costs one sync per object instead of two.
 //!
 //! **Locks.** `flock`/`fcntl` locks are unreliable on NFS and die with the process that holds the
 //! descriptor, so a lease is a file and changes to it are serialised by a mutex file created with
@@ -204,6 +206,33 @@ impl Storage for DirStore {
         .await?;
         self.notify(Change::Put(key.clone()));
         Ok(())
+    }
+
+    async fn put_many_fenced(
+        &self,
+        objects: &[(StorageKey, Vec<u8>)],
+        lease: &Lease,
+    ) -> Result<()> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let (batch, lease) = (objects.to_vec(), lease.clone());
+        let (committed, result) = self
+            .blocking(
+                format!("put {} objects under lock {}", objects.len(), lease.name),
+                move |inner| {
+                    let (committed, result) = put_many(inner, &batch, &lease);
+                    for (key, _) in &batch[..committed] {
+                        DirStore::journal(inner, &Change::Put(key.clone()));
+                    }
+                    Ok((committed, result))
+                },
+            )
+            .await?;
+        for (key, _) in &objects[..committed] {
+            self.notify(Change::Put(key.clone()));
+        }
+        result
     }
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
@@ -599,9 +628,24 @@ fn is_stale(path: &Path) -> bool {
 /// Replace `path` with `bytes` atomically and durably (mode 0600). With `mutex`, refuse to
 /// commit if it was held too long.
 fn write_atomic(path: &Path, bytes: &[u8], mutex: Option<&MutexFile>) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    let tmp = stage(path, bytes)?;
+    let result = (|| {
+        if let Some(mutex) = mutex {
+            mutex.check_fresh()?;
+        }
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(parent(path)?)
+}
+
+/// Write and fsync `bytes` to a new temporary file (mode 0600) beside `path`, for a rename over
+/// `path`; its directory is created if missing.
+fn stage(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    let dir = parent(path)?;
     // A concurrent delete may prune the directory between creating it and creating the
     // temporary file in it; try again then.
     let mut attempts = 0;
@@ -622,18 +666,64 @@ fn write_atomic(path: &Path, bytes: &[u8], mutex: Option<&MutexFile>) -> io::Res
     let result = (|| {
         let mut file = file;
         file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        if let Some(mutex) = mutex {
-            mutex.check_fresh()?;
-        }
-        fs::rename(&tmp, path)
+        file.sync_all()
     })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    sync_dir(dir)
+}
+
+/// The objects of one `put_many_fenced`: each staged under a temporary name first (written and
+/// synced, before the mutex is taken), then, under the mutex and only while `lease` is current,
+/// renamed into place in order; each directory that gained an entry is synced once at the end.
+/// Returns the keys renamed into place (all of them, or a prefix when it failed part-way) and the
+/// outcome.
+fn put_many(
+    inner: &Inner,
+    objects: &[(StorageKey, Vec<u8>)],
+    lease: &Lease,
+) -> (usize, Result<()>) {
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(objects.len());
+    let mut committed = 0;
+    let result = (|| {
+        for (key, value) in objects {
+            let path = inner.object_path(key);
+            let tmp = stage(&path, value).map_err(|e| io_err(&path, e))?;
+            staged.push((tmp, path));
+        }
+        let mutex = inner.lock_mutex(&lease.name)?;
+        let record = read_lease(&inner.lease_path(&lease.name))?;
+        if !is_current(record.as_ref(), lease, unix_millis(SystemTime::now())) {
+            return Err(lease_lost(lease));
+        }
+        for (tmp, path) in &staged {
+            mutex.check_fresh().map_err(|e| io_err(path, e))?;
+            fs::rename(tmp, path).map_err(|e| io_err(path, e))?;
+            committed += 1;
+        }
+        drop(mutex);
+        let dirs: std::collections::BTreeSet<&Path> = staged
+            .iter()
+            .filter_map(|(_, path)| path.parent())
+            .collect();
+        for dir in dirs {
+            sync_dir(dir).map_err(|e| io_err(dir, e))?;
+        }
+        Ok(())
+    })();
+    for (tmp, _) in staged.iter().skip(committed) {
+        let _ = fs::remove_file(tmp);
+    }
+    (committed, result)
+}
+
+fn parent(path: &Path) -> io::Result<&Path> {
+    path.parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))
 }
 
 /// Create `dir` and its missing parents with mode 0700, fsyncing each parent that gained an

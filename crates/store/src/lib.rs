@@ -112,6 +112,22 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Like [`Storage::put`], but only while `lease` is the current grant of its lock.
     async fn put_fenced(&self, key: &StorageKey, value: &[u8], lease: &Lease) -> Result<()>;
 
+    /// [`Storage::put_fenced`] of many objects under one lease, in order: when it returns `Ok`,
+    /// every object is written and durable. Not atomic as a whole: on an error (the lease lost
+    /// part-way included) a prefix of `objects` may be written, never a torn value. The default
+    /// writes them one by one; the dir backend checks the lease once and syncs each directory
+    /// once for the whole batch.
+    async fn put_many_fenced(
+        &self,
+        objects: &[(StorageKey, Vec<u8>)],
+        lease: &Lease,
+    ) -> Result<()> {
+        for (key, value) in objects {
+            self.put_fenced(key, value, lease).await?;
+        }
+        Ok(())
+    }
+
     /// The value under `key`, or `None` when there is none.
     async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>>;
 

@@ -133,6 +133,18 @@ impl Storage for SealedStore {
         self.inner.put_fenced(key, &value, lease).await
     }
 
+    async fn put_many_fenced(
+        &self,
+        objects: &[(StorageKey, Vec<u8>)],
+        lease: &Lease,
+    ) -> Result<()> {
+        let sealed = objects
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), self.seal(key, value)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.put_many_fenced(&sealed, lease).await
+    }
+
     async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
         match self.inner.get(key).await? {
             Some(value) => self.open(key, value).map(Some),

@@ -117,6 +117,62 @@ impl<'a> Catalog<'a> {
         Ok(SiteView::registry(entry))
     }
 
+    /// Check many new sites at once (`fleetgate sites import`) as `create` checks one, without
+    /// writing: `Err` for each refused one, by its index in `specs`; `Ok` with the checked batch
+    /// for [`Catalog::write_many`] when none is.
+    pub async fn check_many(
+        &self,
+        specs: Vec<sites::SiteSpec>,
+    ) -> Result<Result<sites::Checked, Vec<(usize, Problem)>>, Problem> {
+        let mut refusals = Vec::new();
+        for (index, spec) in specs.iter().enumerate() {
+            if let Err(p) = self.check_certificate(spec) {
+                refusals.push((index, p));
+            }
+        }
+        let domains: Vec<Vec<String>> = specs.iter().map(|s| s.domains.clone()).collect();
+        let mut checked = self
+            .registry
+            .check_many(
+                specs,
+                &self.config.registry_env(),
+                &self.config.file_domains(),
+            )
+            .await?;
+        for r in std::mem::take(&mut checked.refused) {
+            if !refusals.iter().any(|(i, _)| *i == r.index) {
+                refusals.push((r.index, refused(r.error, &domains[r.index])));
+            }
+        }
+        if refusals.is_empty() {
+            Ok(Ok(checked))
+        } else {
+            refusals.sort_by_key(|(i, _)| *i);
+            Ok(Err(refusals))
+        }
+    }
+
+    /// Write a batch [`Catalog::check_many`] passed: the sites written (as views), the
+    /// indexes of those already there, and, when writing stopped part-way, why (by index when
+    /// a site was refused then).
+    pub async fn write_many(&self, checked: sites::Checked) -> WriteMany {
+        let created = self.registry.write_many(checked).await;
+        WriteMany {
+            added: created
+                .created
+                .into_iter()
+                .map(SiteView::registry)
+                .collect(),
+            unchanged: created.unchanged,
+            refused: created
+                .refused
+                .into_iter()
+                .map(|r| (r.index, Problem::from(r.error)))
+                .collect(),
+            stopped: created.stopped.map(Problem::from),
+        }
+    }
+
     /// Replace registry site `id`; `if_match`: only if it is still at that version.
     pub async fn update(
         &self,
@@ -191,10 +247,19 @@ impl<'a> Catalog<'a> {
     }
 }
 
+/// What [`Catalog::write_many`] did.
+pub struct WriteMany {
+    pub added: Vec<SiteView>,
+    pub unchanged: Vec<usize>,
+    pub refused: Vec<(usize, Problem)>,
+    pub stopped: Option<Problem>,
+}
+
 /// A refused write as a problem; a taken domain is pointed at in the request's `domains`.
 fn refused(e: sites::RegistryError, domains: &[String]) -> Problem {
     let taken = match &e {
-        sites::RegistryError::DomainTaken { domain, .. } => Some(domain.clone()),
+        sites::RegistryError::DomainTaken { domain, .. }
+        | sites::RegistryError::DomainRepeated { domain, .. } => Some(domain.clone()),
         _ => None,
     };
     let mut problem = Problem::from(e);

@@ -225,6 +225,12 @@ impl From<sites::RegistryError> for Problem {
                 .field("/domains")
                 .site(site)
             }
+            E::DomainRepeated { domain, site } => Problem::new(
+                kind::DOMAIN_TAKEN,
+                format!("{domain} is also a domain of {site}, earlier in the same batch"),
+            )
+            .field("/domains")
+            .site(site),
             E::NotFound { id } => {
                 Problem::new(kind::NOT_FOUND, format!("no registry site {id}")).site(id)
             }

@@ -92,6 +92,17 @@ impl Storage for TimedStore {
         result
     }
 
+    async fn put_many_fenced(
+        &self,
+        objects: &[(StorageKey, Vec<u8>)],
+        lease: &Lease,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let result = self.inner.put_many_fenced(objects, lease).await;
+        self.record(Op::PutFenced, started, &result);
+        result
+    }
+
     async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
         let started = Instant::now();
         let result = self.inner.get(key).await;
