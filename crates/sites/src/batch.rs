@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use futures_util::StreamExt as _;
 
-use crate::registry::{Claim, Entry, Record, Registry, RegistryError};
+use crate::registry::{Entry, Record, Registry, RegistryError};
 use crate::spec::SiteSpec;
 use crate::validate::SiteEnv;
 
@@ -49,6 +49,7 @@ pub struct Created {
 struct Planned {
     index: usize,
     id: String,
+    key: store::StorageKey,
     domains: Vec<String>,
     spec: SiteSpec,
 }
@@ -194,8 +195,7 @@ impl Registry {
     /// Whether `site` can be added: its id free (or held with the same spec) and none of its
     /// domains held by another registry site (the same reads as [`Registry::create`]).
     async fn verdict(&self, site: &Planned) -> Result<Verdict, RegistryError> {
-        let key = Registry::key(&site.id).ok_or_else(|| crate::registry::too_long(&site.id))?;
-        let previous = self.record(&key).await?;
+        let previous = self.record(&site.key).await?;
         let version = match previous {
             Some(Record {
                 spec: Some(spec), ..
@@ -238,16 +238,9 @@ impl Registry {
                         continue;
                     }
                 };
-                let claim = Claim::encode(&site.id)?;
-                for domain in &site.domains {
-                    if let Some(key) = crate::registry::claim_key(domain) {
-                        claims.push((key, claim.clone()));
-                    }
-                }
+                claims.extend(crate::registry::claims(&site.domains, &site.id)?);
                 let record = self.new_record(&site.id, version, Some(site.spec), None);
-                let key =
-                    Registry::key(&site.id).ok_or_else(|| crate::registry::too_long(&site.id))?;
-                records.push((key.clone(), Registry::encode(&key, &record)?));
+                records.push((site.key.clone(), Registry::encode(&site.key, &record)?));
                 written.push(record);
             }
             if !out.refused.is_empty() {
@@ -274,11 +267,7 @@ fn plan(
     file_domains: &HashMap<String, String>,
     batch_domains: &mut HashMap<String, String>,
 ) -> Result<Planned, RegistryError> {
-    let site = spec.validate(env).map_err(RegistryError::Invalid)?;
-    let id = site.id();
-    Registry::key(&id).ok_or_else(|| crate::registry::too_long(&id))?;
-    let domains: Vec<String> = site.domains.iter().map(ToString::to_string).collect();
-    crate::registry::file_conflict(&domains, file_domains)?;
+    let (id, key, domains) = crate::registry::new_site(&spec, env, file_domains)?;
     if let Some((domain, first)) = domains
         .iter()
         .find_map(|d| batch_domains.get(d).map(|first| (d, first)))
@@ -294,6 +283,7 @@ fn plan(
     Ok(Planned {
         index,
         id,
+        key,
         domains,
         spec,
     })

@@ -360,11 +360,7 @@ impl Registry {
         file_domains: &HashMap<String, String>,
         on_demand: Option<OnDemandState>,
     ) -> Result<Entry, RegistryError> {
-        let site = spec.validate(env).map_err(RegistryError::Invalid)?;
-        let id = site.id();
-        let domains: Vec<String> = site.domains.iter().map(ToString::to_string).collect();
-        file_conflict(&domains, file_domains)?;
-        let key = Registry::key(&id).ok_or_else(|| too_long(&id))?;
+        let (id, key, domains) = new_site(&spec, env, file_domains)?;
         let guard = self.lock().await?;
         let result = async {
             let previous = self.record(&key).await?;
@@ -501,11 +497,8 @@ impl Registry {
         id: &str,
         guard: &store::LeaseGuard,
     ) -> Result<(), RegistryError> {
-        let bytes = Claim::encode(id)?;
-        for domain in domains {
-            if let Some(key) = claim_key(domain) {
-                self.store.put_fenced(&key, &bytes, &guard.lease()).await?;
-            }
+        for (key, bytes) in claims(domains, id)? {
+            self.store.put_fenced(&key, &bytes, &guard.lease()).await?;
         }
         Ok(())
     }
@@ -622,8 +615,36 @@ impl Claim {
     }
 }
 
-pub(crate) fn claim_key(domain: &str) -> Option<StorageKey> {
+fn claim_key(domain: &str) -> Option<StorageKey> {
     Registry::claims_prefix().join(domain).ok()
+}
+
+/// The claim objects that give each of `domains` to site `id`.
+pub(crate) fn claims(
+    domains: &[String],
+    id: &str,
+) -> Result<Vec<(StorageKey, Vec<u8>)>, RegistryError> {
+    let bytes = Claim::encode(id)?;
+    Ok(domains
+        .iter()
+        .filter_map(|domain| claim_key(domain))
+        .map(|key| (key, bytes.clone()))
+        .collect())
+}
+
+/// The checks a new site passes before the lease (its rules, the config file's domains, an id
+/// that fits a key): its id, key and domains.
+pub(crate) fn new_site(
+    spec: &SiteSpec,
+    env: &SiteEnv,
+    file_domains: &HashMap<String, String>,
+) -> Result<(String, StorageKey, Vec<String>), RegistryError> {
+    let site = spec.validate(env).map_err(RegistryError::Invalid)?;
+    let id = site.id();
+    let domains: Vec<String> = site.domains.iter().map(ToString::to_string).collect();
+    file_conflict(&domains, file_domains)?;
+    let key = Registry::key(&id).ok_or_else(|| too_long(&id))?;
+    Ok((id, key, domains))
 }
 
 /// A domain as the registry compares it: a `DomainName`'s form when it is one.
