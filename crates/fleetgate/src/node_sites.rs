@@ -2,6 +2,7 @@
 //! a conflicting domain), the registry's changes as they happen, and the local copy of the
 //! registry that a node starts from while the shared store is down.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use tracing::{info, warn};
 /// The file and registry sites this node serves, in that order. A registry site is left out,
 /// with a warning, when it does not validate on this node, or when one of its domains is held by
 /// a file site (the file wins) or by a registry site before it (by id).
-pub fn merge(file: &[Site], entries: &[Entry], env: &SiteEnv) -> Vec<Site> {
+pub fn merge<E: Borrow<Entry>>(file: &[Site], entries: &[E], env: &SiteEnv) -> Vec<Site> {
     let mut held: HashMap<String, (String, &'static str)> = HashMap::new();
     for site in file {
         for d in &site.domains {
@@ -27,6 +28,7 @@ pub fn merge(file: &[Site], entries: &[Entry], env: &SiteEnv) -> Vec<Site> {
     }
     let mut out = file.to_vec();
     for entry in entries {
+        let entry: &Entry = entry.borrow();
         let site = match entry.spec.validate(env) {
             Ok(site) => site,
             Err(e) => {
@@ -102,7 +104,7 @@ impl RegistryCache {
     }
 
     /// Replace the cache atomically (temp file, fsync, rename), mode 0600.
-    pub fn write(&self, entries: &[Entry]) -> anyhow::Result<()> {
+    pub fn write<E: Borrow<Entry>>(&self, entries: &[E]) -> anyhow::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let tmp = self
@@ -116,7 +118,8 @@ impl RegistryCache {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            f.write_all(&serde_json::to_vec(entries)?)?;
+            let entries: Vec<&Entry> = entries.iter().map(Borrow::borrow).collect();
+            f.write_all(&serde_json::to_vec(&entries)?)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         };
@@ -177,15 +180,16 @@ pub async fn initial(registry: &Registry, cache: &RegistryCache) -> (Vec<Entry>,
 /// (events are best effort) and every [`RETRY`] while the store does not answer, read the whole
 /// registry. Each new registry is written to the local copy and published on the returned
 /// channel. `events` must have been subscribed before `known` was read, so no change falls
-/// between the two.
+/// between the two. The channel and the follower share each entry (`Arc`): a registry of
+/// 100,000 sites is held once, and a site read again unchanged keeps the entry already held.
 pub fn follow(
     registry: Registry,
     cache: RegistryCache,
     mut events: broadcast::Receiver<store::Change>,
     resync: Duration,
-    (known, origin): (Vec<Entry>, Origin),
+    (known, origin): (Vec<Arc<Entry>>, Origin),
     shutdown: CancellationToken,
-) -> watch::Receiver<Vec<Entry>> {
+) -> watch::Receiver<Vec<Arc<Entry>>> {
     let (tx, rx) = watch::channel(known.clone());
     let mut follower = Follower {
         known: known
@@ -281,8 +285,8 @@ impl Read {
 struct Follower {
     registry: Registry,
     cache: RegistryCache,
-    tx: watch::Sender<Vec<Entry>>,
-    known: BTreeMap<StorageKey, Entry>,
+    tx: watch::Sender<Vec<Arc<Entry>>>,
+    known: BTreeMap<StorageKey, Arc<Entry>>,
 }
 
 impl Follower {
@@ -290,24 +294,32 @@ impl Follower {
         match what {
             Read::Nothing => return Ok(()),
             Read::All => {
+                let mut before = std::mem::take(&mut self.known);
                 self.known = self
                     .registry
                     .list()
                     .await?
                     .into_iter()
-                    .filter_map(|e| Some((Registry::key_of(&e.id)?, e)))
+                    .filter_map(|e| {
+                        let key = Registry::key_of(&e.id)?;
+                        let entry = match before.remove(&key) {
+                            Some(held) if *held == e => held,
+                            _ => Arc::new(e),
+                        };
+                        Some((key, entry))
+                    })
                     .collect();
             }
             Read::Keys(keys) => {
                 for key in keys {
                     match self.registry.entry_at(&key).await? {
-                        Some(entry) => self.known.insert(key, entry),
+                        Some(entry) => self.known.insert(key, Arc::new(entry)),
                         None => self.known.remove(&key),
                     };
                 }
             }
         }
-        let mut entries: Vec<Entry> = self.known.values().cloned().collect();
+        let mut entries: Vec<Arc<Entry>> = self.known.values().cloned().collect();
         entries.sort_by(|a, b| a.id.cmp(&b.id));
         if *self.tx.borrow() != entries {
             if let Err(e) = self.cache.write(&entries) {

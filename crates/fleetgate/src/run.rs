@@ -100,7 +100,7 @@ impl Serving {
     fn apply_sites(
         &mut self,
         config: &Config,
-        registry: &[Entry],
+        registry: &[Arc<Entry>],
         reload: bool,
     ) -> anyhow::Result<usize> {
         let registry = crate::on_demand::servable(registry);
@@ -151,6 +151,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let registry = Registry::new(store.clone(), node.clone());
     let registry_cache = RegistryCache::new(config.storage.path());
     let (entries, origin) = node_sites::initial(&registry, &registry_cache).await;
+    let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
     let initial = node_sites::merge(
         &config.sites,
         &crate::on_demand::servable(&entries),
@@ -359,7 +360,7 @@ fn build_edge(
 /// SIGHUP: load the config file again and serve its sites with the registry's; `None` (and a
 /// logged error) keeps the running configuration. The file is judged exactly as `fleetgate
 /// check` judges it: [`Config::load`], then [`crate::config::check_certificates`].
-fn reload(current: &Config, serving: &mut Serving, registry: &[Entry]) -> Option<Config> {
+fn reload(current: &Config, serving: &mut Serving, registry: &[Arc<Entry>]) -> Option<Config> {
     let mut new = match Config::load(&current.file) {
         Ok(new) => new,
         Err(e) => {

@@ -120,7 +120,7 @@ impl OnDemandService {
     }
 
     /// The registry as the node now serves it (at start and after every change).
-    pub fn set_registry(&self, entries: &[Entry]) {
+    pub fn set_registry<E: std::borrow::Borrow<Entry>>(&self, entries: &[E]) {
         let inner = &self.inner;
         let now = limits::now_unix();
         let mut known: HashMap<String, Known> = inner
@@ -130,6 +130,7 @@ impl OnDemandService {
             .collect();
         let mut on_demand = HashMap::new();
         for entry in entries {
+            let entry: &Entry = entry.borrow();
             let kind = match &entry.on_demand {
                 Some(state) => Known::OnDemand {
                     paused: state.paused_at(now),
@@ -168,11 +169,16 @@ impl OnDemandService {
 
 /// The registry sites that are served: all but paused on-demand sites (no route, no
 /// certificate task, so no order, while the pause lasts).
-pub fn servable(entries: &[Entry]) -> Vec<Entry> {
+pub fn servable<E: std::borrow::Borrow<Entry> + Clone>(entries: &[E]) -> Vec<E> {
     let now = limits::now_unix();
     entries
         .iter()
-        .filter(|e| !e.on_demand.as_ref().is_some_and(|s| s.paused_at(now)))
+        .filter(|e| {
+            !e.borrow()
+                .on_demand
+                .as_ref()
+                .is_some_and(|s| s.paused_at(now))
+        })
         .cloned()
         .collect()
 }
