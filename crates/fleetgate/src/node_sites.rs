@@ -4,7 +4,6 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,14 +111,17 @@ impl RegistryCache {
             .with_extension(format!("json.tmp{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = std::fs::OpenOptions::new()
+            let f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
+            // Streamed: at 100,000 sites the whole document is about 30 MB.
             let entries: Vec<&Entry> = entries.iter().map(Borrow::borrow).collect();
-            f.write_all(&serde_json::to_vec(&entries)?)?;
+            let mut out = std::io::BufWriter::new(f);
+            serde_json::to_writer(&mut out, &entries)?;
+            let f = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         };
