@@ -59,7 +59,10 @@ const MUTEX_POLL: Duration = Duration::from_millis(2);
 /// The default bound on every call ([`DirStore::with_timeout`]).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Buffered change events per subscriber; a slower subscriber gets `Lagged` and must resync.
-const EVENT_CAPACITY: usize = 1024;
+/// A node issuing certificates at full speed writes about 2,500 objects a second, and a
+/// subscriber that lags reads everything again (the site registry: 100,000 sites), so the
+/// buffer holds several seconds of that (about 1 MB).
+const EVENT_CAPACITY: usize = 16 * 1024;
 
 /// Storage in a directory. Cheap to clone; clones share the change channel.
 #[derive(Clone)]

@@ -68,7 +68,7 @@ impl<'a> Catalog<'a> {
     /// each page made paging through them take 34 s).
     pub fn page(
         &self,
-        entries: &[sites::Entry],
+        entries: &[Arc<sites::Entry>],
         limit: usize,
         cursor: Option<&Cursor>,
     ) -> SitePage {
@@ -98,7 +98,7 @@ impl<'a> Catalog<'a> {
                 if from_file {
                     files[i].clone()
                 } else {
-                    SiteView::registry(entries[i].clone())
+                    SiteView::registry(sites::Entry::clone(&entries[i]))
                 }
             })
             .collect();
@@ -257,7 +257,7 @@ impl<'a> Catalog<'a> {
 
     /// The certificates of every site (what `fleetgate certs` shows), the registry's being
     /// `entries`.
-    pub fn managed_certs(&self, entries: &[sites::Entry]) -> Vec<certs::ManagedCert> {
+    pub fn managed_certs(&self, entries: &[Arc<sites::Entry>]) -> Vec<certs::ManagedCert> {
         let config = &self.config;
         let mut all = config.managed_certs();
         let env = config.registry_env();

@@ -41,7 +41,7 @@ pub use sites_api::parse_spec;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
 use axum::Router;
@@ -85,13 +85,35 @@ pub struct AdminState {
     config: RwLock<Arc<Config>>,
     /// The registry as last listed, listed again only after it changed: listing reads every
     /// site from the store, and paging through thousands must not do that for every page.
-    listing: tokio::sync::Mutex<Option<Arc<Vec<sites::Entry>>>>,
+    listing: tokio::sync::Mutex<Option<Arc<Vec<Arc<sites::Entry>>>>>,
+    /// The registry as this node follows it (`fleetgate run`): listings come from there, not
+    /// from the store, unless a write of this API is not in it yet (see [`AdminState::wrote`]).
+    /// At 100,000 sites a listing read from the store took tens of seconds while the node was
+    /// issuing certificates, and held a second copy of every site.
+    view: Option<tokio::sync::watch::Receiver<Vec<Arc<sites::Entry>>>>,
+    /// This API's writes (site id, version; `None`: removed) the view does not show yet.
+    unseen: std::sync::Mutex<Vec<(String, Option<u64>)>>,
     /// Set by the store's change events under `sites/` (and lost events) and by this API's own
     /// writes; while nothing watches the store (`watching` false) every listing reads afresh.
     stale: Arc<AtomicBool>,
     watching: Arc<AtomicBool>,
     /// The acme-dns routes' state (their own credentials and rate limit).
     acme_dns: Arc<acme_dns::AcmeDnsState>,
+}
+
+/// How long a write's answer waits for the node's registry to show it (see
+/// [`AdminState::wrote`]); past that, listings read the store until it does.
+const WRITE_SEEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether `entries` show the write `(id, version)`: the site at that version or later, or
+/// gone when it was removed.
+fn shows(entries: &[Arc<sites::Entry>], (id, version): &(String, Option<u64>)) -> bool {
+    let found = entries.iter().find(|e| e.id.eq_ignore_ascii_case(id));
+    match (found, version) {
+        (Some(entry), Some(version)) => entry.version >= *version,
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 impl AdminState {
@@ -117,9 +139,20 @@ impl AdminState {
             store,
             config: RwLock::new(Arc::new(config.clone())),
             listing: tokio::sync::Mutex::new(None),
+            view: None,
+            unseen: std::sync::Mutex::new(Vec::new()),
             stale: Arc::new(AtomicBool::new(true)),
             watching: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// List the registry from `view`, the node's own (see the field).
+    pub fn with_registry_view(
+        mut self,
+        view: tokio::sync::watch::Receiver<Vec<Arc<sites::Entry>>>,
+    ) -> AdminState {
+        self.view = Some(view);
+        self
     }
 
     /// Serve `/metrics` from `source`.
@@ -128,8 +161,17 @@ impl AdminState {
         self
     }
 
-    /// The registry's sites: the last listing unless the registry changed since.
-    pub async fn registry_entries(&self) -> Result<Arc<Vec<sites::Entry>>, Problem> {
+    /// The registry's sites: the node's view of it when it shows this API's writes, else the
+    /// last listing from the store unless the registry changed since.
+    pub async fn registry_entries(&self) -> Result<Arc<Vec<Arc<sites::Entry>>>, Problem> {
+        if let Some(view) = &self.view {
+            let entries = view.borrow().clone();
+            let mut unseen = self.unseen.lock().unwrap_or_else(PoisonError::into_inner);
+            unseen.retain(|write| !shows(&entries, write));
+            if unseen.is_empty() {
+                return Ok(Arc::new(entries));
+            }
+        }
         let mut listing = self.listing.lock().await;
         let stale = self.stale.swap(false, Ordering::AcqRel);
         if let Some(entries) = &*listing
@@ -140,7 +182,7 @@ impl AdminState {
         }
         match self.registry.list().await {
             Ok(entries) => {
-                let entries = Arc::new(entries);
+                let entries: Arc<Vec<_>> = Arc::new(entries.into_iter().map(Arc::new).collect());
                 *listing = Some(entries.clone());
                 Ok(entries)
             }
@@ -154,6 +196,24 @@ impl AdminState {
     /// This API wrote (or tried to write) the registry: the next listing reads it again.
     pub fn registry_changed(&self) {
         self.stale.store(true, Ordering::Release);
+    }
+
+    /// This API wrote site `id` (at `version`; `None`: removed). Listings read the store until
+    /// the node's view shows the write, and the answer waits for that up to [`WRITE_SEEN_WAIT`]
+    /// (milliseconds, usually), so what this API wrote, it lists.
+    pub async fn wrote(&self, id: &str, version: Option<u64>) {
+        self.registry_changed();
+        let Some(view) = &self.view else {
+            return;
+        };
+        let write = (id.to_owned(), version);
+        self.unseen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(write.clone());
+        let mut view = view.clone();
+        let seen = view.wait_for(|entries| shows(entries, &write));
+        let _ = tokio::time::timeout(WRITE_SEEN_WAIT, seen).await;
     }
 
     /// Mark the listing stale on every store change under `sites/` until `shutdown`.

@@ -95,6 +95,7 @@ pub async fn create(
     let view = state.catalog().create(spec).await;
     state.registry_changed();
     let view = view?;
+    state.wrote(&view.id, view.version).await;
     info!(site = %view.id, version = ?view.version, "admin API: site added");
     let mut response = site_response(StatusCode::CREATED, view.clone());
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/sites/{}", view.id)) {
@@ -116,6 +117,7 @@ pub async fn update(
     let view = state.catalog().update(&id, spec, if_match).await;
     state.registry_changed();
     let view = view?;
+    state.wrote(&view.id, view.version).await;
     info!(site = %view.id, version = ?view.version, "admin API: site changed");
     Ok(site_response(StatusCode::OK, view))
 }
@@ -129,6 +131,7 @@ pub async fn remove(
     let removed = state.catalog().delete(&id, if_match).await;
     state.registry_changed();
     removed?;
+    state.wrote(id.trim_end_matches('.'), None).await;
     info!(site = %id, "admin API: site removed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
