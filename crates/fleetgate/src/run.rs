@@ -109,6 +109,9 @@ impl Serving {
             routes(&sites, &*self.observer).with_context(|| config.file.display().to_string())?;
         self.edge.set_routes(routes);
         let certs = managed_certs(&sites, config.acme.as_ref());
+        let served = sites.len();
+        // Freed before the manager compares the certificates (see the start in `run`).
+        drop(sites);
         if reload {
             self.manager.apply(certs);
         } else {
@@ -116,7 +119,7 @@ impl Serving {
             // The manager keeps no copy of the list here: it compares with its own tasks.
             self.manager.update(certs);
         }
-        Ok(sites.len())
+        Ok(served)
     }
 }
 
