@@ -274,3 +274,31 @@ pub(crate) fn now_unix() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_from_one_ca_share_its_certificate() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let pair = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            let chain = format!("{}{}", leaf.pem(), ca_cert.pem());
+            certified_key(&chain, &key.serialize_pem(), None).unwrap()
+        };
+        let (a, b) = (pair("a.example"), pair("b.example"));
+        assert_eq!(a.cert[1].as_ref(), ca_cert.der().as_ref());
+        assert_eq!(a.cert[1].as_ref().as_ptr(), b.cert[1].as_ref().as_ptr());
+        assert_ne!(a.cert[0].as_ref().as_ptr(), b.cert[0].as_ref().as_ptr());
+    }
+}

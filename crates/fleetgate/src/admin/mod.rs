@@ -513,3 +513,31 @@ pub async fn spawn(
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, version: u64) -> Arc<sites::Entry> {
+        Arc::new(sites::Entry {
+            id: id.into(),
+            version,
+            spec: sites::SiteSpec::new(vec![id.to_owned()]),
+            updated_at: 0,
+            updated_by: "test".into(),
+            on_demand: None,
+        })
+    }
+
+    #[test]
+    fn a_write_is_shown_at_its_version_or_later_and_a_removal_once_gone() {
+        let entries = [entry("a.example", 2), entry("b.example", 1)];
+        let write = |id: &str, version| (id.to_owned(), version);
+        assert!(shows(&entries, &write("a.example", Some(2))));
+        assert!(shows(&entries, &write("A.Example", Some(1))));
+        assert!(!shows(&entries, &write("a.example", Some(3))));
+        assert!(!shows(&entries, &write("c.example", Some(1))));
+        assert!(shows(&entries, &write("c.example", None)));
+        assert!(!shows(&entries, &write("b.example", None)));
+    }
+}
