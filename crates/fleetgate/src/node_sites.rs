@@ -19,38 +19,55 @@ use tracing::{info, warn};
 /// with a warning, when it does not validate on this node, or when one of its domains is held by
 /// a file site (the file wins) or by a registry site before it (by id).
 pub fn merge<E: Borrow<Entry>>(file: &[Site], entries: &[E], env: &SiteEnv) -> Vec<Site> {
-    let mut held: HashMap<String, (String, &'static str)> = HashMap::new();
-    for site in file {
-        for d in &site.domains {
-            held.insert(d.to_string(), (site.id(), "config file"));
-        }
-    }
-    let mut out = file.to_vec();
-    for entry in entries {
-        let entry: &Entry = entry.borrow();
-        let site = match entry.spec.validate(env) {
-            Ok(site) => site,
+    // Validated first, so the map of held domains can borrow every name instead of copying it
+    // (at 100,000 sites, 200,000 copied names and ids were a transient of tens of MB at every
+    // registry change).
+    let candidates: Vec<(&Entry, Site)> = entries
+        .iter()
+        .map(Borrow::borrow)
+        .filter_map(|entry: &Entry| match entry.spec.validate(env) {
+            Ok(site) => Some((entry, site)),
             Err(e) => {
                 warn!(site = %entry.id, error = %e, "registry site not valid on this node; not served");
-                continue;
+                None
             }
-        };
+        })
+        .collect();
+    let file_ids: Vec<String> = file.iter().map(Site::id).collect();
+    let mut held: HashMap<&str, (&str, &'static str)> = HashMap::new();
+    for (site, id) in file.iter().zip(&file_ids) {
+        for d in &site.domains {
+            held.insert(d.as_str(), (id.as_str(), "config file"));
+        }
+    }
+    let mut keep = Vec::with_capacity(candidates.len());
+    for (entry, site) in &candidates {
         if let Some((domain, (holder, source))) = site
             .domains
             .iter()
-            .find_map(|d| held.get(&d.to_string()).map(|h| (d, h)))
+            .find_map(|d| held.get(d.as_str()).map(|h| (d, h)))
         {
             warn!(
                 site = %entry.id, %domain, holder = %holder, source,
                 "registry site has a domain another site holds; the {source} wins, the registry site is not served"
             );
+            keep.push(false);
             continue;
         }
         for d in &site.domains {
-            held.insert(d.to_string(), (entry.id.clone(), "registry"));
+            held.insert(d.as_str(), (entry.id.as_str(), "registry"));
         }
-        out.push(site);
+        keep.push(true);
     }
+    drop(held);
+    let mut out = Vec::with_capacity(file.len() + candidates.len());
+    out.extend_from_slice(file);
+    out.extend(
+        candidates
+            .into_iter()
+            .zip(keep)
+            .filter_map(|((_, site), kept)| kept.then_some(site)),
+    );
     out
 }
 
