@@ -488,7 +488,24 @@ impl Manager {
     /// The status of each certificate, read from the store and files (for `fleetgate certs`).
     /// Each certificate is judged by [`crate::inspect::check_certificate`], as `run` judges it.
     pub async fn statuses(store: &dyn Storage, certs: &[ManagedCert]) -> Vec<crate::CertStatus> {
-        crate::status::statuses(store, certs).await
+        crate::status::statuses(store, certs, &|_| None).await
+    }
+
+    /// As [`Manager::statuses`], on a running node: a certificate this manager serves at the
+    /// stored serial is taken as checked, with the findings of its check (see
+    /// [`crate::status::statuses`]).
+    pub async fn statuses_served(
+        &self,
+        store: &dyn Storage,
+        certs: &[ManagedCert],
+    ) -> Vec<crate::CertStatus> {
+        let served = |id: &CertId| {
+            let tasks = lock(&self.tasks);
+            let live = lock(&tasks.get(id)?.live);
+            let (serial, _) = live.serving.clone()?;
+            Some((serial, live.findings.clone()))
+        };
+        crate::status::statuses(store, certs, &served).await
     }
 
     fn spawn_change_listener(self: Arc<Self>) {

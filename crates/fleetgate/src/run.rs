@@ -256,7 +256,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let admin = match &config.admin {
         Some(admin) => {
             let mut state = crate::admin::AdminState::new(&config, store.clone(), node.clone())
-                .with_registry_view(registry_changes.clone());
+                .with_registry_view(registry_changes.clone())
+                .with_manager(manager.clone());
             if let Some(telemetry) = &telemetry {
                 telemetry.spawn_upkeep(shutdown.clone());
                 telemetry

@@ -37,7 +37,7 @@ pub struct CertList {
 pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Response, Problem> {
     let entries = state.registry_entries().await?;
     let managed = state.catalog().managed_certs(&entries);
-    let rows = certs::Manager::statuses(state.store.as_ref(), &managed).await;
+    let rows = state.cert_statuses(&managed).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let certs = rows
         .into_iter()

@@ -91,6 +91,9 @@ pub struct AdminState {
     /// At 100,000 sites a listing read from the store took tens of seconds while the node was
     /// issuing certificates, and held a second copy of every site.
     view: Option<tokio::sync::watch::Receiver<Vec<Arc<sites::Entry>>>>,
+    /// The node's certificate manager (`fleetgate run`): what it serves needs no new check in
+    /// the certificate listings (see [`AdminState::cert_statuses`]).
+    manager: Option<Arc<certs::Manager>>,
     /// This API's writes (site id, version; `None`: removed) the view does not show yet.
     unseen: std::sync::Mutex<Vec<(String, Option<u64>)>>,
     /// Set by the store's change events under `sites/` (and lost events) and by this API's own
@@ -140,6 +143,7 @@ impl AdminState {
             config: RwLock::new(Arc::new(config.clone())),
             listing: tokio::sync::Mutex::new(None),
             view: None,
+            manager: None,
             unseen: std::sync::Mutex::new(Vec::new()),
             stale: Arc::new(AtomicBool::new(true)),
             watching: Arc::new(AtomicBool::new(false)),
@@ -153,6 +157,20 @@ impl AdminState {
     ) -> AdminState {
         self.view = Some(view);
         self
+    }
+
+    /// Take the certificates `manager` serves as checked (see the field).
+    pub fn with_manager(mut self, manager: Arc<certs::Manager>) -> AdminState {
+        self.manager = Some(manager);
+        self
+    }
+
+    /// The status of each of `certs`, read from the store (and files).
+    pub async fn cert_statuses(&self, certs: &[certs::ManagedCert]) -> Vec<certs::CertStatus> {
+        match &self.manager {
+            Some(manager) => manager.statuses_served(self.store.as_ref(), certs).await,
+            None => certs::Manager::statuses(self.store.as_ref(), certs).await,
+        }
     }
 
     /// Serve `/metrics` from `source`.

@@ -107,7 +107,7 @@ pub async fn list(State(state): State<Arc<AdminState>>) -> Result<Response, Prob
     }
     let entries = state.registry_entries().await?;
     let managed = state.catalog().managed_certs(&entries);
-    let rows = certs::Manager::statuses(store.as_ref(), &managed).await;
+    let rows = state.cert_statuses(&managed).await;
     let certificates_needing_work = rows
         .into_iter()
         .filter(|r| r.state != certs::CertState::Valid)

@@ -104,6 +104,7 @@ impl Telemetry {
     /// [`STATES_FRESH_FOR`] (a scrape that waits on another's read shares its result).
     async fn states(
         &self,
+        manager: &certs::Manager,
         store: &dyn store::Storage,
         managed: &[certs::ManagedCert],
     ) -> Arc<Vec<certs::CertStatus>> {
@@ -114,7 +115,7 @@ impl Telemetry {
         {
             return states.clone();
         }
-        let states = Arc::new(certs::Manager::statuses(store, managed).await);
+        let states = Arc::new(manager.statuses_served(store, managed).await);
         *cached = Some((std::time::Instant::now(), states.clone()));
         states
     }
@@ -158,7 +159,7 @@ impl Telemetry {
         live.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         let managed: Vec<certs::ManagedCert> = live.iter().map(|(c, _)| c.clone()).collect();
         let (states, locks, beats) = tokio::join!(
-            tokio::time::timeout(SCRAPE_STORE_TIMEOUT, self.states(store, &managed)),
+            tokio::time::timeout(SCRAPE_STORE_TIMEOUT, self.states(manager, store, &managed)),
             tokio::time::timeout(SCRAPE_STORE_TIMEOUT, store.locks()),
             tokio::time::timeout(SCRAPE_STORE_TIMEOUT, heartbeats(store)),
         );
