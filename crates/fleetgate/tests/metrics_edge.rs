@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use common::scrape::{promtool_check, samples, scrape, sum};
+use common::scrape::{Sample, promtool_check, samples, scrape, sum};
 use common::{Node, served_serial};
 use http::{Request, header};
 use testkit::Upstream;
@@ -77,6 +77,25 @@ async fn wait_value(
     .await
 }
 
+/// A scrape whose request and handshake totals the next scrape, 50 ms later, repeats.
+async fn settled(admin: SocketAddr) -> Result<Vec<Sample>> {
+    let totals = |s: &[Sample]| (sum(s, REQUESTS, &[]), sum(s, HANDSHAKES, &[]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut last = samples(admin).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = samples(admin).await?;
+        if totals(&now) == totals(&last) {
+            return Ok(now);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "request and handshake totals still moving after 20 s"
+        );
+        last = now;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn request_path_metrics_count_what_was_sent() -> Result<()> {
     let a = Upstream::start("a").await?;
@@ -106,8 +125,10 @@ async fn request_path_metrics_count_what_was_sent() -> Result<()> {
         .await
         .with_context(|| node.log())?;
     }
+    // The readiness probes' last handshake may be counted just after the probe returned (the
+    // server counts it when the client's Finished arrives): start from settled totals.
+    let before = settled(admin).await?;
     // Both upstreams are up from the start.
-    let before = samples(admin).await?;
     for u in [&a, &b] {
         assert_eq!(
             sum(&before, UP, &[("site", APP), ("upstream", &u.url())]),
