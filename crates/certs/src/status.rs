@@ -148,9 +148,9 @@ async fn status(
     let (findings, refused) = match vetted {
         Some(findings) => (findings, None),
         None => {
-            let report = bundle.as_ref().map(|b| {
-                inspect::check_certificate(&b.chain_pem, &b.key_pem, &cert.domains, now)
-            });
+            let report = bundle
+                .as_ref()
+                .map(|b| inspect::check_certificate(&b.chain_pem, &b.key_pem, &cert.domains, now));
             let refused = report.as_ref().and_then(inspect::Report::fatal_summary);
             (report.map(|r| r.findings).unwrap_or_default(), refused)
         }

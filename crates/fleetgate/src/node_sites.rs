@@ -138,7 +138,9 @@ impl RegistryCache {
             let entries: Vec<&Entry> = entries.iter().map(Borrow::borrow).collect();
             let mut out = std::io::BufWriter::new(f);
             serde_json::to_writer(&mut out, &entries)?;
-            let f = out.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+            let f = out
+                .into_inner()
+                .map_err(std::io::IntoInnerError::into_error)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         };
