@@ -264,10 +264,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
                     .lag
                     .clone()
                     .spawn(store.clone(), &node, shutdown.clone());
-                state = state.with_metrics(crate::admin::MetricsSource {
-                    telemetry: telemetry.clone(),
-                    manager: manager.clone(),
-                });
+                state = state.with_metrics(telemetry.clone());
             }
             Some(crate::admin::spawn(admin, state, shutdown.clone()).await?)
         }

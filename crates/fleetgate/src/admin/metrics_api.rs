@@ -13,15 +13,14 @@ use super::problem::{Problem, kind};
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub async fn scrape(State(state): State<Arc<AdminState>>) -> Result<Response, Problem> {
-    let Some(scrape) = &state.metrics else {
+    let (Some(telemetry), Some(manager)) = (&state.metrics, &state.manager) else {
         return Err(Problem::new(
             kind::NOT_FOUND,
             "metrics are recorded by `fleetgate run` only",
         ));
     };
-    let text = scrape
-        .telemetry
-        .render(&scrape.manager, state.store.as_ref(), &state.node)
+    let text = telemetry
+        .render(manager, state.store.as_ref(), &state.node)
         .await;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }

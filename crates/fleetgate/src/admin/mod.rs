@@ -65,16 +65,11 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// What `/metrics` reads: the recorder and the running node's certificate manager.
-pub struct MetricsSource {
-    pub telemetry: crate::telemetry::Telemetry,
-    pub manager: Arc<certs::Manager>,
-}
-
 /// What the handlers share.
 pub struct AdminState {
-    /// Set by `fleetgate run` when the recorder is installed.
-    metrics: Option<MetricsSource>,
+    /// Set by `fleetgate run` when the recorder is installed: `/metrics` renders it with the
+    /// certificate manager's state (`manager`).
+    metrics: Option<crate::telemetry::Telemetry>,
     /// What happened recently (`/v1/events`), followed while the API is served.
     events: Arc<events::EventLog>,
     pub node: String,
@@ -92,7 +87,7 @@ pub struct AdminState {
     /// issuing certificates, and held a second copy of every site.
     view: Option<tokio::sync::watch::Receiver<Vec<Arc<sites::Entry>>>>,
     /// The node's certificate manager (`fleetgate run`): what it serves needs no new check in
-    /// the certificate listings (see [`AdminState::cert_statuses`]).
+    /// the certificate listings (see [`AdminState::cert_statuses`]), and `/metrics` shows it.
     manager: Option<Arc<certs::Manager>>,
     /// This API's writes (site id, version; `None`: removed) the view does not show yet.
     unseen: std::sync::Mutex<Vec<(String, Option<u64>)>>,
@@ -173,9 +168,9 @@ impl AdminState {
         }
     }
 
-    /// Serve `/metrics` from `source`.
-    pub fn with_metrics(mut self, source: MetricsSource) -> AdminState {
-        self.metrics = Some(source);
+    /// Serve `/metrics` from `telemetry` (and the manager of [`AdminState::with_manager`]).
+    pub fn with_metrics(mut self, telemetry: crate::telemetry::Telemetry) -> AdminState {
+        self.metrics = Some(telemetry);
         self
     }
 
@@ -216,11 +211,11 @@ impl AdminState {
         self.stale.store(true, Ordering::Release);
     }
 
-    /// This API wrote site `id` (at `version`; `None`: removed). Listings read the store until
-    /// the node's view shows the write, and the answer waits for that up to [`WRITE_SEEN_WAIT`]
-    /// (milliseconds, usually), so what this API wrote, it lists.
+    /// This API wrote site `id` (at `version`; `None`: removed), after
+    /// [`AdminState::registry_changed`]. Listings read the store until the node's view shows
+    /// the write, and the answer waits for that up to [`WRITE_SEEN_WAIT`] (milliseconds,
+    /// usually), so what this API wrote, it lists.
     pub async fn wrote(&self, id: &str, version: Option<u64>) {
-        self.registry_changed();
         let Some(view) = &self.view else {
             return;
         };
