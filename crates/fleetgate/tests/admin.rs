@@ -213,6 +213,11 @@ tls = "internal"
 
 /// A node with the admin API on `listen` (a TOML string) and, if given, the token.
 async fn start_node(listen: &str, token: bool) -> Result<Node> {
+    start_node_with(listen, token, "").await
+}
+
+/// [`start_node`] with `extra` TOML (whole sections) after `[admin]`.
+async fn start_node_with(listen: &str, token: bool, extra: &str) -> Result<Node> {
     let ip = testkit::loopback_ip();
     let dir = tempfile::tempdir()?;
     let token_line = if token {
@@ -223,7 +228,7 @@ async fn start_node(listen: &str, token: bool) -> Result<Node> {
         String::new()
     };
     let listen = listen.replace("$DIR", &dir.path().display().to_string());
-    let body = format!("[admin]\nlisten = \"{listen}\"\n{token_line}\n{FILE_SITE}");
+    let body = format!("[admin]\nlisten = \"{listen}\"\n{token_line}\n{extra}\n{FILE_SITE}");
     let data = dir.path().join("data");
     let mut node = Node::with_data(
         dir,
@@ -1162,6 +1167,97 @@ async fn connections_are_capped() -> Result<()> {
     // ...until one of them goes.
     drop(idle.pop());
     let reply = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
+    assert_eq!(reply.status, StatusCode::OK);
+    Ok(())
+}
+
+/// Reads `stream` until the node closes it (EOF or reset), writing one byte of `trickle` every
+/// 200 ms meanwhile; fails if it is still open after `deadline`. Returns what was read.
+async fn closed_by_node(
+    mut stream: tokio::net::TcpStream,
+    trickle: &[u8],
+    deadline: Duration,
+) -> Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut got = Vec::new();
+    let mut trickle = trickle.iter();
+    let mut buf = [0u8; 4096];
+    let outcome = tokio::time::timeout(deadline, async {
+        loop {
+            tokio::select! {
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                },
+                () = tokio::time::sleep(Duration::from_millis(200)), if trickle.len() > 0 => {
+                    if let Some(byte) = trickle.next()
+                        && stream.write_all(&[*byte]).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    anyhow::ensure!(
+        outcome.is_ok(),
+        "still open after {deadline:?}; read {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_slow_clients_are_closed() -> Result<()> {
+    let addr = testkit::free_addr(testkit::loopback_ip());
+    let limits = "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
+    let node = start_node_with(&addr.to_string(), false, limits).await?;
+    let admin = Admin {
+        target: Target::Tcp(addr),
+        token: None,
+        proto: Proto::H1,
+    };
+    testkit::wait_for_ok("admin API up", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        async move { admin.get("/v1/nodes").await.map(|_| ()) }
+    })
+    .await
+    .with_context(|| node.log())?;
+    let connect = || tokio::net::TcpStream::connect(addr);
+    let deadline = Duration::from_secs(20);
+    let started = std::time::Instant::now();
+    // A client that says nothing, one that sends a request head a byte at a time (bytes keep
+    // moving, the head never completes in time) and an HTTP/2 client that goes quiet after
+    // its preface: all three lose their connection.
+    let silent = tokio::spawn(closed_by_node(connect().await?, b"", deadline));
+    let head = b"GET /v1/nodes HTTP/1.1\r\nHost: admin\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let trickled = tokio::spawn(closed_by_node(connect().await?, head, deadline));
+    let mut h2 = connect().await?;
+    {
+        use tokio::io::AsyncWriteExt;
+        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await?;
+    }
+    let quiet_h2 = tokio::spawn(closed_by_node(h2, b"", deadline));
+    silent.await??;
+    let got = trickled.await??;
+    // The whole head would take 20 s at this pace; the node gave up long before it could
+    // have been answered.
+    assert!(
+        !String::from_utf8_lossy(&got).contains(" 200 "),
+        "a trickled head was answered: {}",
+        String::from_utf8_lossy(&got)
+    );
+    quiet_h2.await??;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before any timeout could have run out ({:?})",
+        started.elapsed()
+    );
+    // The admin API itself is fine, and a keep-alive client that keeps asking keeps its
+    // connection.
+    let reply = admin.get("/v1/sites").await?;
     assert_eq!(reply.status, StatusCode::OK);
     Ok(())
 }

@@ -16,24 +16,21 @@
 //! mounted beside the token check, not behind it. Unix-socket peers count as 127.0.0.1.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use bytes::Bytes;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
-use super::capped::Capped;
 use crate::admin_config::AdminToken;
 
 /// Largest request body (acme-dns requests are a few hundred bytes).
@@ -49,18 +46,6 @@ const CONCURRENT_CHECKS: usize = 2;
 /// The connecting peer's address, for `allowfrom` (a unix socket: 127.0.0.1).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub IpAddr);
-
-impl Connected<IncomingStream<'_, Capped<TcpListener>>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, Capped<TcpListener>>) -> Peer {
-        Peer(stream.remote_addr().ip())
-    }
-}
-
-impl Connected<IncomingStream<'_, Capped<UnixListener>>> for Peer {
-    fn connect_info(_: IncomingStream<'_, Capped<UnixListener>>) -> Peer {
-        Peer(IpAddr::V4(Ipv4Addr::LOCALHOST))
-    }
-}
 
 /// What the acme-dns routes share.
 pub struct AcmeDnsState {

@@ -40,19 +40,29 @@ pub mod view;
 pub use sites_api::parse_spec;
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::body::Body;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
 use tracing::{info, warn};
 
 use crate::admin_config::{AdminConfig, AdminListen, AdminToken};
@@ -60,7 +70,7 @@ use crate::config::Config;
 use problem::{Problem, kind};
 
 /// How long requests in flight may finish after shutdown.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+const DRAIN: Duration = Duration::from_secs(10);
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -101,7 +111,7 @@ pub struct AdminState {
 
 /// How long a write's answer waits for the node's registry to show it (see
 /// [`AdminState::wrote`]); past that, listings read the store until it does.
-const WRITE_SEEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const WRITE_SEEN_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether `entries` show the write `(id, version)`: the site at that version or later, or
 /// gone when it was removed.
@@ -423,27 +433,105 @@ pub async fn bind(listen: &AdminListen) -> anyhow::Result<AdminListener> {
     }
 }
 
+/// How long an admin client may stay silent; `fleetgate run` takes both from `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From accept (or the last response on a keep-alive HTTP/1.1 connection) to a whole
+    /// request head: hyper's header read timeout.
+    pub header_read: Duration,
+    /// Without a byte read or written (HTTP/2 connections, request bodies).
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    pub fn from_limits(limits: &edge::Limits) -> Timeouts {
+        Timeouts {
+            header_read: limits.header_read_timeout,
+            idle: limits.idle_timeout,
+        }
+    }
+}
+
 /// Serve `router` on `listener` (HTTP/1.1 and HTTP/2, at most [`capped::MAX_CONNECTIONS`]
-/// connections at once) until `shutdown`, then let requests in flight finish.
+/// connections at once, each closed when silent past `timeouts`) until `shutdown`, then let
+/// requests in flight finish.
 pub async fn serve(
     listener: AdminListener,
     router: Router,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     match listener {
         AdminListener::Tcp(l) => {
-            let service = router.into_make_service_with_connect_info::<acme_dns::Peer>();
-            axum::serve(capped::Capped::new(l), service)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let l = capped::Capped::new(l, timeouts.idle);
+            serve_on(l, router, timeouts, shutdown, |addr: &SocketAddr| {
+                acme_dns::Peer(addr.ip())
+            })
+            .await
         }
         AdminListener::Unix(l) => {
-            let service = router.into_make_service_with_connect_info::<acme_dns::Peer>();
-            axum::serve(capped::Capped::new(l), service)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let l = capped::Capped::new(l, timeouts.idle);
+            serve_on(l, router, timeouts, shutdown, |_| {
+                acme_dns::Peer(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            })
+            .await
         }
     }
+}
+
+/// The accept loop: one task per connection, each request told its peer (`ConnectInfo`, for
+/// acme-dns's `allowfrom`); on `shutdown` accepting stops and every connection is asked to
+/// close once its requests in flight are answered.
+async fn serve_on<L>(
+    mut listener: capped::Capped<L>,
+    router: Router,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()>,
+    peer_of: impl Fn(&L::Addr) -> acme_dns::Peer,
+) -> std::io::Result<()>
+where
+    L: Listener,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let peer = ConnectInfo(peer_of(&addr));
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(peer);
+            // Invariant: a Router is always ready (axum documents poll_ready as always
+            // Ready), so calling a clone without polling readiness first is sound.
+            let mut router = router.clone();
+            router.call(request.map(Body::new))
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 /// Bind and start the admin API for `fleetgate run`. The file sites it checks domains against
@@ -454,6 +542,8 @@ pub async fn spawn(
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = bind(&admin.listen).await?;
+    // Read once: a SIGHUP reload does not change the limits of the admin listener.
+    let timeouts = Timeouts::from_limits(&state.config().limits);
     state.watch_registry(shutdown.clone());
     state
         .events
@@ -491,7 +581,7 @@ pub async fn spawn(
         });
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let served = serve(AdminListener::Tcp(listener), only, async move {
+            let served = serve(AdminListener::Tcp(listener), only, timeouts, async move {
                 stop.cancelled().await
             });
             if let Err(e) = served.await {
@@ -506,7 +596,12 @@ pub async fn spawn(
     };
     Ok(tokio::spawn(async move {
         let stop = shutdown.clone();
-        let served = serve(listener, router, async move { stop.cancelled().await });
+        let served = serve(
+            listener,
+            router,
+            timeouts,
+            async move { stop.cancelled().await },
+        );
         // Requests in flight get DRAIN after shutdown; a client holding its connection longer
         // does not hold up the node's exit.
         let deadline = async {
