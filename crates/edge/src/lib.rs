@@ -52,7 +52,7 @@ pub use proxy::{HealthCheck, HostHeader, Policy, Proxy};
 pub use proxy_protocol::ProxyProtocol;
 pub use redirect::Redirect;
 pub use resolver::{CertMap, CertUpdate, OnDemand};
-pub use routes::{Action, Hsts, Routes, Site};
+pub use routes::{Action, Hsts, Routes, RoutesBuilder, Site};
 pub use server::Edge;
 pub use shards::Shards;
 pub use tickets::{TICKET_KEY_ID_LEN, TICKET_SECRET_LEN, TicketKey, TicketKeys};

@@ -161,23 +161,20 @@ impl Routes {
         sites: Vec<(String, Site)>,
         observer: &dyn Observer,
     ) -> Result<Routes, EdgeError> {
-        let mut routes = Routes::default();
+        let mut builder = Routes::builder(observer);
         for (id, site) in &sites {
-            if site.names.is_empty() {
-                return Err(EdgeError::NoNames);
-            }
-            let route = Arc::new(Route::new(site, id, observer)?);
-            for name in &site.names {
-                let (table, key) = match parse_pattern(name)? {
-                    Pattern::Exact(key) => (&mut routes.exact, key),
-                    Pattern::Wildcard(suffix) => (&mut routes.wildcard, suffix),
-                };
-                if table.insert(key, Arc::clone(&route)).is_some() {
-                    return Err(EdgeError::DuplicateName { name: name.clone() });
-                }
-            }
+            builder.add(id, site)?;
         }
-        Ok(routes)
+        Ok(builder.finish())
+    }
+
+    /// Routes added one site at a time, so that a caller converting 100,000 sites need not
+    /// hold them all in edge form at once ([`RoutesBuilder::add`]).
+    pub fn builder(observer: &dyn Observer) -> RoutesBuilder<'_> {
+        RoutesBuilder {
+            routes: Routes::default(),
+            observer,
+        }
     }
 
     /// Whether `host` (a normalised hostname) belongs to a site.
@@ -187,6 +184,37 @@ impl Routes {
 
     pub(crate) fn lookup(&self, host: &str) -> Option<&Route> {
         lookup(&self.exact, &self.wildcard, host).map(Arc::as_ref)
+    }
+}
+
+/// [`Routes`] in the making; the same checks as [`Routes::with_observer`], site by site.
+pub struct RoutesBuilder<'o> {
+    routes: Routes,
+    observer: &'o dyn Observer,
+}
+
+impl RoutesBuilder<'_> {
+    /// Adds `site` under `id` (the `site` label of its metrics): every hostname valid and in
+    /// no site added before, status and redirect target allowed for the action.
+    pub fn add(&mut self, id: &str, site: &Site) -> Result<(), EdgeError> {
+        if site.names.is_empty() {
+            return Err(EdgeError::NoNames);
+        }
+        let route = Arc::new(Route::new(site, id, self.observer)?);
+        for name in &site.names {
+            let (table, key) = match parse_pattern(name)? {
+                Pattern::Exact(key) => (&mut self.routes.exact, key),
+                Pattern::Wildcard(suffix) => (&mut self.routes.wildcard, suffix),
+            };
+            if table.insert(key, Arc::clone(&route)).is_some() {
+                return Err(EdgeError::DuplicateName { name: name.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Routes {
+        self.routes
     }
 }
 

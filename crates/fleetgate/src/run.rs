@@ -36,15 +36,16 @@ pub fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
 /// The edge's routing table for `sites`, each site's requests and upstreams reported to
 /// `observer` under the site's id.
 pub fn routes(sites: &[Site], observer: &dyn edge::Observer) -> anyhow::Result<edge::Routes> {
-    let sites = sites
-        .iter()
-        .map(|site| {
-            site.edge_site()
-                .map(|edge_site| (site.id().to_string(), edge_site))
-                .map_err(|e| anyhow::anyhow!("site {}: {e}", site.id()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(edge::Routes::with_observer(sites, observer)?)
+    // Site by site: each edge form is dropped once routed (100,000 of them at once cost
+    // 40 MB at every registry change).
+    let mut builder = edge::Routes::builder(observer);
+    for site in sites {
+        let edge_site = site
+            .edge_site()
+            .map_err(|e| anyhow::anyhow!("site {}: {e}", site.id()))?;
+        builder.add(&site.id(), &edge_site)?;
+    }
+    Ok(builder.finish())
 }
 
 /// A listener on `addr` (the config's `key`), or an error that says how to fix the usual causes.
@@ -154,7 +155,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let registry = Registry::new(store.clone(), node.clone());
     let registry_cache = RegistryCache::new(config.storage.path());
     let (entries, origin) = node_sites::initial(&registry, &registry_cache).await;
-    let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+    let mut entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+    // The collect reuses the read's buffer in place (672 bytes an entry, 64 MB at 100,000
+    // sites) for 8-byte pointers; give the rest back.
+    entries.shrink_to_fit();
     let initial = node_sites::merge(
         &config.sites,
         &crate::on_demand::servable(&entries),

@@ -52,7 +52,7 @@ pub struct Entry {
     pub updated_by: String,
     /// Set for a site added at a handshake by on-demand TLS (and how it fares); `None` for a
     /// site added through the API or the CLI.
-    pub on_demand: Option<OnDemandState>,
+    pub on_demand: Option<Box<OnDemandState>>,
 }
 
 /// An on-demand site's state: when `ask` allowed it, and whether it is paused because its
@@ -105,7 +105,7 @@ impl Record {
             version: self.version,
             updated_at: self.updated_at,
             updated_by: self.updated_by,
-            on_demand: self.on_demand,
+            on_demand: self.on_demand.map(Box::new),
         })
     }
 }
@@ -587,7 +587,7 @@ impl Registry {
             spec,
             updated_at: record.updated_at,
             updated_by: record.updated_by,
-            on_demand: record.on_demand,
+            on_demand: record.on_demand.map(Box::new),
         })
     }
 }

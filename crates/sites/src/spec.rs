@@ -19,7 +19,9 @@ pub struct SiteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub respond: Option<RespondSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ProxySpec>,
+    /// Boxed: a proxy spec is most of a site's size, and a registry of redirects holds
+    /// 100,000 specs without one.
+    pub proxy: Option<Box<ProxySpec>>,
     /// `"acme"` (the default), `"internal"` or `{ cert, key }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,

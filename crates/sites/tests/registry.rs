@@ -433,10 +433,10 @@ async fn on_demand_state(store: Arc<dyn Storage>) {
         .create_on_demand(spec.clone(), &env(), &none, state.clone())
         .await
         .unwrap();
-    assert_eq!(a.on_demand.as_ref(), Some(&state));
+    assert_eq!(a.on_demand.as_deref(), Some(&state));
     assert_eq!(
         reg.get("cust.example").await.unwrap().unwrap().on_demand,
-        Some(state.clone())
+        Some(Box::new(state.clone()))
     );
     let paused = sites::OnDemandState {
         paused_until: Some(200),
@@ -458,7 +458,10 @@ async fn on_demand_state(store: Arc<dyn Storage>) {
         .await
         .unwrap();
     assert_eq!((b.version, b.spec.clone()), (a.version + 1, spec.clone()));
-    assert_eq!(reg.list().await.unwrap()[0].on_demand, Some(paused));
+    assert_eq!(
+        reg.list().await.unwrap()[0].on_demand.as_deref(),
+        Some(&paused)
+    );
     let c = reg
         .update("cust.example", spec, Some(b.version), &env(), &none)
         .await

@@ -205,7 +205,10 @@ impl AdminState {
         }
         match self.registry.list().await {
             Ok(entries) => {
-                let entries: Arc<Vec<_>> = Arc::new(entries.into_iter().map(Arc::new).collect());
+                let mut entries: Vec<_> = entries.into_iter().map(Arc::new).collect();
+                // An in-place collect: the buffer still has room for whole entries.
+                entries.shrink_to_fit();
+                let entries = Arc::new(entries);
                 *listing = Some(entries.clone());
                 Ok(entries)
             }

@@ -47,7 +47,7 @@ impl SiteView {
             updated_at: Some(entry.updated_at),
             updated_by: Some(entry.updated_by),
             spec: entry.spec,
-            on_demand: entry.on_demand,
+            on_demand: entry.on_demand.map(|state| *state),
         }
     }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sites::Entry;
+use sites::{Entry, OnDemandState};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -129,7 +129,7 @@ impl Inner {
                 .await;
             return;
         }
-        let mut next = state.clone();
+        let mut next = OnDemandState::clone(state);
         next.paused_until = Some(now + self.config.fail_pause.as_secs().max(1));
         next.first_paused_at = Some(first);
         next.pauses += 1;
@@ -181,7 +181,7 @@ impl Inner {
                     .await;
                 continue;
             }
-            let mut next = state.clone();
+            let mut next = OnDemandState::clone(state);
             next.paused_until = None;
             match (self.registry)
                 .set_on_demand_state(&entry.id, entry.version, next)
