@@ -1,6 +1,7 @@
 //! What the manager keeps current: [`ManagedCert`], its identity and [`CertSource`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use store::StorageKey;
 
@@ -13,9 +14,14 @@ pub type CertId = String;
 /// Where a managed certificate comes from.
 #[derive(Debug, Clone)]
 pub enum CertSource {
-    Acme(AcmeSettings),
+    /// Shared: every ACME certificate of a node has the same settings (100,000 copies of the
+    /// directory URL, contact and EAB otherwise).
+    Acme(Arc<AcmeSettings>),
     Internal,
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
 }
 
 impl PartialEq for CertSource {

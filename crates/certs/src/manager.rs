@@ -6,8 +6,8 @@
 //! wakes on a change event for its key, on a kick (SIGHUP), or at the resync interval at the
 //! latest, so writes by other processes are picked up even without events.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,6 +114,8 @@ struct Task {
     cert: Arc<ManagedCert>,
     run: Running,
     live: Arc<Mutex<LiveStatus>>,
+    /// The last [`Manager::set`] that wanted this certificate as it is.
+    generation: u64,
 }
 
 /// Where a certificate's worker runs.
@@ -186,6 +188,8 @@ pub struct Manager {
     /// The DNS-01 solver handed to every ACME issuer ([`Manager::set_dns01`]).
     dns01: Mutex<Option<Arc<crate::Dns01>>>,
     tasks: Mutex<HashMap<CertId, Task>>,
+    /// Counts [`Manager::set`] calls (see [`Task::generation`]).
+    generation: AtomicU64,
     /// How many of `tasks` are files certificates ([`Manager::file_poll`]).
     files: AtomicUsize,
     /// The tasks files certificates are looked at in (started with the first one).
@@ -238,6 +242,7 @@ impl Manager {
             issuers: Mutex::default(),
             dns01: Mutex::default(),
             tasks: Mutex::default(),
+            generation: AtomicU64::new(0),
             files: AtomicUsize::new(0),
             files_shards: (0..FILES_SHARDS).map(|_| FilesShard::default()).collect(),
             files_started: std::sync::Once::new(),
@@ -262,27 +267,48 @@ impl Manager {
     /// Make the set of managed certificates exactly `certs`: start tasks for new ones, restart
     /// changed ones, stop and retract removed ones, and kick unchanged ones (a reload re-reads
     /// files at once).
-    pub fn apply(self: &Arc<Self>, certs: Vec<ManagedCert>) {
+    pub fn apply(self: &Arc<Self>, certs: impl IntoIterator<Item = ManagedCert>) {
         self.set(certs, true);
     }
 
     /// As [`Manager::apply`] but unchanged certificates are left alone: for a change of the
     /// site registry, where kicking every task would cost one store read per certificate (with
     /// 10,000 sites, for each site added).
-    pub fn update(self: &Arc<Self>, certs: Vec<ManagedCert>) {
+    pub fn update(self: &Arc<Self>, certs: impl IntoIterator<Item = ManagedCert>) {
         self.set(certs, false);
     }
 
-    fn set(self: &Arc<Self>, certs: Vec<ManagedCert>, kick: bool) {
+    /// One pass over `certs` (an iterator: 100,000 of them need not be held at once): the
+    /// unchanged are marked with this call's generation, the new and changed kept aside; then
+    /// the unmarked are stopped (the removed retracted), then the kept aside started. The
+    /// first of two certificates with one id wins.
+    fn set(self: &Arc<Self>, certs: impl IntoIterator<Item = ManagedCert>, kick: bool) {
         let mut tasks = lock(&self.tasks);
-        let wanted: HashMap<CertId, ManagedCert> =
-            certs.into_iter().map(|c| (c.id.clone(), c)).collect();
-        let removed: Vec<CertId> = tasks
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut fresh: Vec<ManagedCert> = Vec::new();
+        let mut fresh_ids: HashSet<CertId> = HashSet::new();
+        for cert in certs {
+            match tasks.get_mut(&cert.id) {
+                Some(task) if task.generation == generation => {}
+                Some(task) if *task.cert == cert => {
+                    task.generation = generation;
+                    if kick {
+                        task.run.kick(self);
+                    }
+                }
+                _ => {
+                    if fresh_ids.insert(cert.id.clone()) {
+                        fresh.push(cert);
+                    }
+                }
+            }
+        }
+        let stale: Vec<CertId> = tasks
             .iter()
-            .filter(|(id, task)| wanted.get(*id) != Some(&*task.cert))
+            .filter(|(_, task)| task.generation != generation)
             .map(|(id, _)| id.clone())
             .collect();
-        for id in removed {
+        for id in stale {
             if let Some(task) = tasks.remove(&id) {
                 task.run.stop();
                 if let Some(key) = task.cert.storage_key() {
@@ -290,19 +316,15 @@ impl Manager {
                     watch.remove(&key);
                     watch.remove(&layout::renew_request(&id));
                 }
-                if !wanted.contains_key(&id) {
+                if !fresh_ids.contains(&id) {
                     info!(cert = %id, "certificate removed from the configuration");
                     self.deployer.retract(&id);
                 }
             }
         }
-        for (id, cert) in wanted {
-            if let Some(task) = tasks.get(&id) {
-                if kick {
-                    task.run.kick(self);
-                }
-                continue;
-            }
+        drop(fresh_ids);
+        for cert in fresh {
+            let id = cert.id.clone();
             // A files certificate that loads fine needs no status record: `fleetgate certs`
             // reads the files themselves. Only its failures are recorded.
             let last_record = match cert.source {
@@ -347,7 +369,15 @@ impl Manager {
                     .spawn(worker.run(cancel.clone(), kick.clone()).instrument(span));
                 Running::Task { cancel, kick }
             };
-            tasks.insert(id, Task { cert, run, live });
+            tasks.insert(
+                id,
+                Task {
+                    cert,
+                    run,
+                    live,
+                    generation,
+                },
+            );
         }
         let files = tasks
             .values()

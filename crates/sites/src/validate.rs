@@ -1,6 +1,7 @@
 //! The site rules: a [`SiteSpec`] checked once into a [`Site`], every refusal naming its field.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use certs::acme::AcmeSettings;
@@ -437,7 +438,7 @@ impl Site {
     /// The certificates the site needs: one (split above [`MAX_NAMES_PER_CERT`] names unless
     /// the certificate comes from files). None for an ACME site without ACME settings, which
     /// validation refuses.
-    pub fn managed_certs(&self, acme: Option<&AcmeSettings>) -> Vec<certs::ManagedCert> {
+    pub fn managed_certs(&self, acme: Option<&Arc<AcmeSettings>>) -> Vec<certs::ManagedCert> {
         let source = match &self.tls {
             TlsChoice::Acme => match acme {
                 Some(acme) => certs::CertSource::Acme(acme.clone()),
