@@ -243,8 +243,13 @@ async fn start_node_with(listen: &str, token: bool, extra: &str) -> Result<Node>
 }
 
 async fn tcp_node(token: bool) -> Result<(Node, Admin)> {
+    tcp_node_with(token, "").await
+}
+
+/// [`tcp_node`] with `extra` TOML (see [`start_node_with`]), its admin API answering.
+async fn tcp_node_with(token: bool, extra: &str) -> Result<(Node, Admin)> {
     let addr = testkit::free_addr(testkit::loopback_ip());
-    let node = start_node(&addr.to_string(), token).await?;
+    let node = start_node_with(&addr.to_string(), token, extra).await?;
     let admin = Admin {
         target: Target::Tcp(addr),
         token: token.then(|| TOKEN.to_string()),
@@ -1210,20 +1215,11 @@ async fn closed_by_node(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_slow_clients_are_closed() -> Result<()> {
-    let addr = testkit::free_addr(testkit::loopback_ip());
     let limits = "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
-    let node = start_node_with(&addr.to_string(), false, limits).await?;
-    let admin = Admin {
-        target: Target::Tcp(addr),
-        token: None,
-        proto: Proto::H1,
+    let (_node, admin) = tcp_node_with(false, limits).await?;
+    let Target::Tcp(addr) = admin.target.clone() else {
+        unreachable!()
     };
-    testkit::wait_for_ok("admin API up", Duration::from_secs(20), || {
-        let admin = admin.clone();
-        async move { admin.get("/v1/nodes").await.map(|_| ()) }
-    })
-    .await
-    .with_context(|| node.log())?;
     let connect = || tokio::net::TcpStream::connect(addr);
     let deadline = Duration::from_secs(20);
     let started = std::time::Instant::now();
