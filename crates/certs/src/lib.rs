@@ -9,6 +9,7 @@ mod bundle;
 mod challenge;
 pub mod dns01;
 mod domain;
+mod due;
 mod error;
 pub mod files;
 pub mod inspect;
@@ -29,7 +30,9 @@ pub use domain::{DomainError, DomainName};
 pub use error::{AcmeProblem, Error};
 pub use inspect::{Finding, Report, Severity, check_certificate};
 pub use keys::KeyType;
-pub use manager::{CertId, CertSource, Deployer, ManagedCert, Manager, RenewRequest, Timings};
+pub use manager::{
+    CertId, CertSource, Deployer, MAX_OBTAINING, ManagedCert, Manager, RenewRequest, Timings,
+};
 pub use status::{CertState, CertStatus, LiveStatus, StatusRecord};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,12 +1,18 @@
 //! Decides, per managed certificate, when to load, order or renew, and deploys the result.
 //!
-//! One task per certificate. Each loop: read what the store (or the files) hold, deploy it if it
-//! is new, and when it is missing or due for renewal take the certificate's lease, re-read, order,
-//! write under the fencing token, deploy. Failures back off (see [`crate::renewal`]). A task
-//! wakes on a change event for its key, on a kick (SIGHUP), or at the resync interval at the
+//! Each look: read what the store (or the files) hold, deploy it if it is new, and when it is
+//! missing or due for renewal take the certificate's lease, re-read, order, write under the
+//! fencing token, deploy. Failures back off (see [`crate::renewal`]). A certificate is looked at
+//! again on a change event for its key, on a kick (SIGHUP), or at the resync interval at the
 //! latest, so writes by other processes are picked up even without events.
+//!
+//! No certificate has a task of its own: a node may hold 100,000. ACME and built-in-CA
+//! certificates wait in a queue by when they are next due ([`crate::due`]); one dispatcher
+//! hands each due one to a short task for its look, at most [`MAX_LOOKING`] at once, and at most
+//! [`MAX_OBTAINING`] order at once (the rest wait in line). Files certificates are looked at by
+//! [`FILES_SHARDS`] shared tasks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,13 +20,15 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use store::{Change, Storage, StorageKey};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::acme::{AcmeIssuer, AcmeSettings};
 use crate::bundle::{LastError, now_unix};
+use crate::due::DueQueue;
 use crate::inspect::{self, Finding};
 use crate::internal::InternalCa;
 use crate::lock;
@@ -120,11 +128,8 @@ struct Task {
 
 /// Where a certificate's worker runs.
 enum Running {
-    /// A task of its own (ACME, internal CA): stopped by `cancel`, woken by `kick`.
-    Task {
-        cancel: CancellationToken,
-        kick: Arc<Notify>,
-    },
+    /// In the queue of issued certificates (ACME, internal CA).
+    Issued(Arc<IssuedCert>),
     /// In one of the files shards (files certificates).
     Files(Arc<FilesCert>),
 }
@@ -132,19 +137,92 @@ enum Running {
 impl Running {
     fn stop(&self) {
         match self {
-            Running::Task { cancel, .. } => cancel.cancel(),
+            Running::Issued(issued) => lock(&issued.slot).stopped = true,
             Running::Files(files) => files.stopped.store(true, Ordering::Relaxed),
         }
     }
 
     fn kick(&self, manager: &Manager) {
         match self {
-            Running::Task { kick, .. } => kick.notify_one(),
+            Running::Issued(issued) => manager.kick(issued),
             Running::Files(files) => {
                 files.kicked.store(true, Ordering::Relaxed);
                 manager.files_shards[files.shard].wake.notify_one();
             }
         }
+    }
+}
+
+/// One ACME or built-in-CA certificate, in [`Manager::issued`] between looks.
+struct IssuedCert {
+    worker: CertWorker,
+    slot: Mutex<Slot>,
+}
+
+/// Where an issued certificate stands.
+struct Slot {
+    state: IssuedState,
+    /// A look or an order has it (and `state` is theirs until they hand it back).
+    busy: bool,
+    /// The sequence number of its current entry in the queue: older entries are stale.
+    seq: u64,
+    /// Woken while busy: look again, re-reading the renewal request, once handed back.
+    kicked: bool,
+    /// Removed or changed (its replacement, if any, is another entry).
+    stopped: bool,
+}
+
+/// What a certificate's looks carry from one to the next.
+struct IssuedState {
+    deployed_serial: Option<String>,
+    cached_serial: Option<String>,
+    backoff: Backoff,
+    renew: RenewWanted,
+}
+
+impl IssuedState {
+    fn new() -> Self {
+        IssuedState {
+            deployed_serial: None,
+            cached_serial: None,
+            backoff: Backoff::new(),
+            // Read the renewal request at the first look (later, when woken).
+            renew: RenewWanted {
+                check: true,
+                serial: None,
+            },
+        }
+    }
+}
+
+impl IssuedCert {
+    /// Whether the queue entry `seq` is the one to act on (for [`DueQueue::retain`]).
+    fn current(self: &Arc<Self>, seq: u64) -> bool {
+        let slot = lock(&self.slot);
+        !slot.stopped && !slot.busy && slot.seq == seq
+    }
+
+    /// Take it for a look when `seq` is its current entry (for [`DueQueue::next`]).
+    fn take(self: &Arc<Self>, seq: u64) -> bool {
+        let mut slot = lock(&self.slot);
+        let current = !slot.stopped && !slot.busy && slot.seq == seq;
+        slot.busy |= current;
+        current
+    }
+
+    /// The state of a certificate taken (busy), with a kick received meanwhile applied.
+    fn take_state(&self) -> IssuedState {
+        let mut slot = lock(&self.slot);
+        let mut state = std::mem::replace(&mut slot.state, IssuedState::new());
+        if std::mem::take(&mut slot.kicked) {
+            state.renew.check = true;
+        }
+        state
+    }
+
+    fn span(&self) -> tracing::Span {
+        let cert = &self.worker.cert;
+        info_span!("cert", cert = %cert.id, source = %cert.source.kind())
     }
 }
 
@@ -195,14 +273,23 @@ pub struct Manager {
     /// The tasks files certificates are looked at in (started with the first one).
     files_shards: Vec<FilesShard>,
     files_started: std::sync::Once,
-    /// Storage key -> the kick of the task that owns it.
-    watch: Mutex<HashMap<StorageKey, Arc<Notify>>>,
+    /// The issued certificates (ACME, internal CA) by when each is next looked at.
+    issued: DueQueue<Arc<IssuedCert>>,
+    /// How many of `tasks` are issued certificates (to drop stale queue entries in time).
+    issued_live: AtomicUsize,
+    /// The dispatcher of `issued` (started with the first one).
+    issued_started: std::sync::Once,
+    /// Issued certificates due for an order, waiting for a turn ([`MAX_OBTAINING`]).
+    wanting: Mutex<VecDeque<Arc<IssuedCert>>>,
+    /// Storage key -> the issued certificate it belongs to (its certificate, its renewal
+    /// request): a change event for the key wakes the certificate.
+    watch: Mutex<HashMap<StorageKey, Arc<IssuedCert>>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     /// A turn to obtain a certificate ([`MAX_OBTAINING`]).
-    obtaining: tokio::sync::Semaphore,
+    obtaining: Arc<Semaphore>,
     /// A turn to look ([`MAX_LOOKING`]).
-    looking: tokio::sync::Semaphore,
+    looking: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -246,11 +333,15 @@ impl Manager {
             files: AtomicUsize::new(0),
             files_shards: (0..FILES_SHARDS).map(|_| FilesShard::default()).collect(),
             files_started: std::sync::Once::new(),
+            issued: DueQueue::default(),
+            issued_live: AtomicUsize::new(0),
+            issued_started: std::sync::Once::new(),
+            wanting: Mutex::default(),
             watch: Mutex::default(),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
-            obtaining: tokio::sync::Semaphore::new(MAX_OBTAINING),
-            looking: tokio::sync::Semaphore::new(MAX_LOOKING),
+            obtaining: Arc::new(Semaphore::new(MAX_OBTAINING)),
+            looking: Arc::new(Semaphore::new(MAX_LOOKING)),
         });
         manager.clone().spawn_change_listener();
         manager
@@ -357,17 +448,26 @@ impl Manager {
                 self.files_shards[shard].wake.notify_one();
                 Running::Files(files)
             } else {
-                let cancel = self.shutdown.child_token();
-                let kick = Arc::new(Notify::new());
+                let issued = Arc::new(IssuedCert {
+                    worker,
+                    slot: Mutex::new(Slot {
+                        state: IssuedState::new(),
+                        busy: false,
+                        seq: 0,
+                        kicked: false,
+                        stopped: false,
+                    }),
+                });
                 if let Some(key) = cert.storage_key() {
                     let mut watch = lock(&self.watch);
-                    watch.insert(key, kick.clone());
-                    watch.insert(layout::renew_request(&id), kick.clone());
+                    watch.insert(key, issued.clone());
+                    watch.insert(layout::renew_request(&id), issued.clone());
                 }
-                let span = info_span!("cert", cert = %id, source = %cert.source.kind());
-                self.tracker
-                    .spawn(worker.run(cancel.clone(), kick.clone()).instrument(span));
-                Running::Task { cancel, kick }
+                self.issued_started.call_once(|| {
+                    self.tracker.spawn(self.clone().dispatch_issued());
+                });
+                self.schedule(&issued, Instant::now());
+                Running::Issued(issued)
             };
             tasks.insert(
                 id,
@@ -384,6 +484,165 @@ impl Manager {
             .filter(|t| matches!(t.run, Running::Files(_)))
             .count();
         self.files.store(files, Ordering::Relaxed);
+        self.issued_live
+            .store(tasks.len() - files, Ordering::Relaxed);
+        drop(tasks);
+        self.compact_issued();
+    }
+
+    /// Queue `issued` for a look at `at`, unless a look or an order has it (they queue it when
+    /// they hand it back) or it was stopped.
+    fn schedule(&self, issued: &Arc<IssuedCert>, at: Instant) {
+        let seq = {
+            let mut slot = lock(&issued.slot);
+            if slot.stopped || slot.busy {
+                return;
+            }
+            slot.seq += 1;
+            slot.seq
+        };
+        self.issued.push(at, seq, issued.clone());
+    }
+
+    /// Look at `issued` now, re-reading its renewal request (a change event, SIGHUP).
+    fn kick(&self, issued: &Arc<IssuedCert>) {
+        {
+            let mut slot = lock(&issued.slot);
+            if slot.busy {
+                slot.kicked = true;
+                return;
+            }
+            slot.state.renew.check = true;
+        }
+        self.schedule(issued, Instant::now());
+        self.compact_issued();
+    }
+
+    /// Drop stale queue entries once they outnumber the live ones (each kick of a queued
+    /// certificate leaves one behind until its time comes).
+    fn compact_issued(&self) {
+        let live = self.issued_live.load(Ordering::Relaxed);
+        if self.issued.len() > 2 * live + 1024 {
+            self.issued.retain(IssuedCert::current);
+        }
+    }
+
+    /// Hand each issued certificate that falls due to a task of its own for one look, with a
+    /// turn to look.
+    async fn dispatch_issued(self: Arc<Self>) {
+        loop {
+            let turn = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                turn = self.looking.clone().acquire_owned() => turn,
+            };
+            let Ok(turn) = turn else { return };
+            let issued = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                issued = self.issued.next(IssuedCert::take) => issued,
+            };
+            let span = issued.span();
+            self.tracker
+                .spawn(self.clone().look(issued, turn).instrument(span));
+        }
+    }
+
+    /// One look at `issued`. Due for an order: at once with a free turn to order, else in
+    /// line behind the others waiting for one ([`Manager::order_wanting`]).
+    async fn look(self: Arc<Self>, issued: Arc<IssuedCert>, turn: OwnedSemaphorePermit) {
+        let mut state = issued.take_state();
+        // Boxed: the ordering future is large.
+        let step = Box::pin(issued.worker.issued_step(&mut state)).await;
+        drop(turn);
+        let delay = match step {
+            Step::Wait(delay) => delay,
+            Step::Obtain { current, requested } => {
+                let Ok(turn) = self.obtaining.clone().try_acquire_owned() else {
+                    lock(&issued.slot).state = state;
+                    lock(&self.wanting).push_back(issued);
+                    self.serve_wanting();
+                    return;
+                };
+                let delay =
+                    Box::pin(issued.worker.obtain_step(current, requested, &mut state)).await;
+                drop(turn);
+                // The turn may be the one those in line wait for.
+                self.serve_wanting();
+                delay
+            }
+        };
+        self.hand_back(&issued, state, delay);
+    }
+
+    /// Start an [`Manager::order_wanting`] for each free turn to order while certificates wait.
+    fn serve_wanting(self: &Arc<Self>) {
+        loop {
+            let Ok(turn) = self.obtaining.clone().try_acquire_owned() else {
+                return;
+            };
+            let Some(issued) = lock(&self.wanting).pop_front() else {
+                drop(turn);
+                // One may have come in line while the turn was held.
+                if lock(&self.wanting).is_empty() {
+                    return;
+                }
+                continue;
+            };
+            self.tracker.spawn(self.clone().order_wanting(issued, turn));
+        }
+    }
+
+    /// With a turn to order: look at `issued` again (a peer may have ordered it meanwhile) and
+    /// order it if still due, then the next in line, until none waits.
+    async fn order_wanting(
+        self: Arc<Self>,
+        mut issued: Arc<IssuedCert>,
+        turn: OwnedSemaphorePermit,
+    ) {
+        loop {
+            let mut state = issued.take_state();
+            let skip = self.shutdown.is_cancelled() || lock(&issued.slot).stopped;
+            let delay = if skip {
+                Duration::ZERO
+            } else {
+                let worker = &issued.worker;
+                let order = async {
+                    match Box::pin(worker.issued_step(&mut state)).await {
+                        Step::Wait(delay) => delay,
+                        Step::Obtain { current, requested } => {
+                            Box::pin(worker.obtain_step(current, requested, &mut state)).await
+                        }
+                    }
+                };
+                order.instrument(issued.span()).await
+            };
+            self.hand_back(&issued, state, delay);
+            let Some(next) = lock(&self.wanting).pop_front() else {
+                break;
+            };
+            issued = next;
+        }
+        drop(turn);
+        self.serve_wanting();
+    }
+
+    /// A look or an order is done with `issued`: queue its next look in `delay` (at once if it
+    /// was kicked meanwhile).
+    fn hand_back(&self, issued: &Arc<IssuedCert>, state: IssuedState, delay: Duration) {
+        let now = Instant::now();
+        {
+            let mut slot = lock(&issued.slot);
+            slot.state = state;
+            slot.busy = false;
+            if std::mem::take(&mut slot.kicked) {
+                slot.state.renew.check = true;
+                drop(slot);
+                self.schedule(issued, now);
+                return;
+            }
+        }
+        if !self.shutdown.is_cancelled() {
+            self.schedule(issued, now + delay);
+        }
     }
 
     /// Shard `shard`'s task: loads the certificates added to it at once, then looks at each
@@ -554,15 +813,18 @@ impl Manager {
                 };
                 match change {
                     Ok(Change::Put(key) | Change::Deleted(key)) => {
-                        if let Some(kick) = lock(&manager.watch).get(&key) {
-                            kick.notify_one();
+                        let issued = lock(&manager.watch).get(&key).cloned();
+                        if let Some(issued) = issued {
+                            manager.kick(&issued);
                         }
                     }
                     Ok(Change::Missed)
                     | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Missed events: wake everyone to re-read.
-                        for kick in lock(&manager.watch).values() {
-                            kick.notify_one();
+                        let all: Vec<Arc<IssuedCert>> =
+                            lock(&manager.watch).values().cloned().collect();
+                        for issued in all {
+                            manager.kick(&issued);
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -633,62 +895,6 @@ struct FilesState {
 }
 
 impl CertWorker {
-    /// The loop of a certificate with a task of its own (not files: see
-    /// [`Manager::files_shard`]).
-    async fn run(self, cancel: CancellationToken, kick: Arc<Notify>) {
-        let mut deployed_serial: Option<String> = None;
-        let mut backoff = Backoff::new();
-        let mut cached_serial: Option<String> = None;
-        // Read the renewal request when starting and when woken (its change event kicks too).
-        let mut renew = RenewWanted {
-            check: true,
-            serial: None,
-        };
-        loop {
-            // Each step returns how long to sleep (or until kicked or cancelled).
-            // Boxed: the ordering future is large, and a node may run thousands of idle
-            // workers; each then holds a pointer, not the whole state machine.
-            let look = tokio::select! {
-                _ = cancel.cancelled() => return,
-                turn = self.manager.looking.acquire() => turn.ok(),
-            };
-            let step = Box::pin(self.issued_step(
-                &mut deployed_serial,
-                &mut cached_serial,
-                &mut backoff,
-                &mut renew,
-            ))
-            .await;
-            drop(look);
-            let delay = match step {
-                Step::Wait(delay) => delay,
-                Step::Obtain { current, requested } => {
-                    // Wait for a turn without the lease (see MAX_OBTAINING).
-                    let _turn = tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        turn = self.manager.obtaining.acquire() => turn.ok(),
-                    };
-                    Box::pin(self.obtain_step(
-                        current,
-                        requested,
-                        &mut deployed_serial,
-                        &mut backoff,
-                        &mut renew,
-                    ))
-                    .await
-                }
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                // A kick (SIGHUP, a change event) re-reads everything.
-                _ = kick.notified() => {
-                    renew.check = true;
-                }
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
-
     /// Serve `bundle` unless it is already served or [`crate::inspect`] finds it fatal (then
     /// the error says why, and what was served stays in service).
     fn deploy(&self, bundle: &CertBundle, deployed_serial: &mut Option<String>) -> Result<()> {
@@ -917,13 +1123,13 @@ impl CertWorker {
 
     /// Serve what the store (or the local copy) has; [`Step::Obtain`] when the certificate is
     /// missing, unusable, due or asked to be renewed.
-    async fn issued_step(
-        &self,
-        deployed_serial: &mut Option<String>,
-        cached_serial: &mut Option<String>,
-        backoff: &mut Backoff,
-        renew: &mut RenewWanted,
-    ) -> Step {
+    async fn issued_step(&self, state: &mut IssuedState) -> Step {
+        let IssuedState {
+            deployed_serial,
+            cached_serial,
+            backoff,
+            renew,
+        } = state;
         let now = now_unix();
         // Nothing served yet (this process just started): serve the local copy at once rather
         // than after the store answers, which takes its whole timeout when the store is down or
@@ -1015,10 +1221,14 @@ impl CertWorker {
         &self,
         current: Option<Box<CertBundle>>,
         requested: bool,
-        deployed_serial: &mut Option<String>,
-        backoff: &mut Backoff,
-        renew: &mut RenewWanted,
+        state: &mut IssuedState,
     ) -> Duration {
+        let IssuedState {
+            deployed_serial,
+            backoff,
+            renew,
+            ..
+        } = state;
         let lock_name = layout::cert_lock(&self.cert.id);
         let guard = match store::lock(
             &self.manager.store,
