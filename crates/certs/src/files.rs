@@ -138,7 +138,7 @@ fn with_paths(mut report: Report, cert: &Path, key: &Path) -> Report {
 
 /// Read and check a certificate chain and its private key.
 ///
-/// This does small blocking reads; the manager calls it from its per-certificate task, at start
+/// This does small blocking reads; the manager calls it from a files shard's task, at start
 /// and when [`stamp`] changes.
 pub fn load(cert: &Path, key: &Path) -> Result<CertBundle> {
     let chain_pem = read(cert)?;

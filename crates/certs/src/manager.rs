@@ -48,7 +48,7 @@ pub trait Deployer: Send + Sync + 'static {
 
 /// A request to renew one certificate now (`renew/<id>.json`), written by
 /// [`Manager::request_renewal`] on any node (or by a tool with no manager running). Every
-/// node's task for the certificate reads it when woken by its change event (or when it starts);
+/// node's manager reads it for the certificate when woken by its change event (or when it starts);
 /// whichever takes the certificate's lease renews, once for the fleet, and removes the request.
 /// It names the serial to replace, so a request that another node already honoured is ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ pub struct RenewRequest {
 pub struct Timings {
     /// How long a certificate lease lasts; renewed every third of it while an order runs.
     pub lease_ttl: Duration,
-    /// How long a task sleeps at most before re-reading the store.
+    /// How long a certificate waits at most between looks at the store.
     pub resync: Duration,
     /// Cluster-wide issuance limits for ACME orders.
     pub limits: crate::limits::ClusterLimits,
@@ -89,13 +89,20 @@ impl Default for Timings {
 /// `stat`s a second would take a good part of a core from the handshakes).
 pub const FILES_PER_POLL: usize = 10_000;
 
+/// ACME and built-in-CA certificates looked at per `resync` at most. A look reads the
+/// certificate from the store; 100,000 of them on the default 60 s would read the shared store
+/// 1,667 times a second from every node. Beyond this many the resync stretches in proportion
+/// (100,000: every 1,000 s): a change event still wakes a certificate at once, and a lost batch
+/// of events wakes all of them, so the resync is only the net under both.
+pub const ISSUED_PER_RESYNC: usize = 6_000;
+
 /// Certificates one node obtains at once (ACME orders, internal CA signatures), each under its
 /// lease. The other tasks that find their certificate missing or due wait for a turn before
 /// they take their lease: a new node of a fleet with 100,000 internal-CA sites otherwise holds
 /// 100,000 leases at once, their renewals swamp the store, they expire and nothing is issued.
 /// (ACME orders are bounded further per CA, see `acme.rs`.)
 pub const MAX_OBTAINING: usize = 32;
-/// Certificate tasks looking at the store at once (reading their certificate, deciding). A
+/// Certificate looks at the store at once (reading their certificate, deciding). A
 /// look holds a few kilobytes while it waits for its reads: 100,000 tasks starting together
 /// held a gigabyte.
 pub const MAX_LOOKING: usize = 256;
@@ -105,7 +112,7 @@ const PEER_WAIT: Duration = Duration::from_secs(2);
 /// At most this many of a peer's recorded failures are carried into a task's own backoff.
 const PEER_FAILURES_CARRIED: u32 = 16;
 
-/// What a certificate task's look found ([`CertWorker::issued_step`]).
+/// What a certificate's look found ([`CertWorker::issued_step`]).
 enum Step {
     /// Nothing to do for this long (or until kicked).
     Wait(Duration),
@@ -716,11 +723,18 @@ impl Manager {
         }
     }
 
+    /// How long an ACME or built-in-CA certificate waits at most between looks at the store:
+    /// `resync`, times the number of them over [`ISSUED_PER_RESYNC`] when there are more.
+    pub fn resync(&self) -> Duration {
+        let issued = self.issued_live.load(Ordering::Relaxed);
+        scaled_poll(self.timings.resync, issued, ISSUED_PER_RESYNC)
+    }
+
     /// How long a files certificate's task waits between looks at its files: `file_poll`, times
     /// the number of files certificates over [`FILES_PER_POLL`] when there are more.
     pub fn file_poll(&self) -> Duration {
         let files = self.files.load(std::sync::atomic::Ordering::Relaxed);
-        scaled_poll(self.timings.file_poll, files)
+        scaled_poll(self.timings.file_poll, files, FILES_PER_POLL)
     }
 
     /// What this process's task for `id` knows now: what it serves, the findings on the last
@@ -741,7 +755,8 @@ impl Manager {
             .collect()
     }
 
-    /// Stop every task (an order in flight is abandoned; its lease is released or expires).
+    /// Stop: nothing more is looked at, and the looks and orders in flight finish their step
+    /// (an order releases its lease).
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tracker.close();
@@ -1175,7 +1190,7 @@ impl CertWorker {
                         "the stored certificate is not valid yet; waiting for its start",
                     );
                     let wait = (bundle.meta.not_before - inspect::CLOCK_SKEW - now).max(1) as u64;
-                    return Step::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
+                    return Step::Wait(Duration::from_secs(wait).min(self.manager.resync()));
                 }
                 Err(e) => {
                     unusable = true;
@@ -1204,10 +1219,10 @@ impl CertWorker {
         {
             if let Some(next_ari) = self.maybe_check_ari(bundle, now).await {
                 let wait = (due.min(next_ari) - now).max(1) as u64;
-                return Step::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
+                return Step::Wait(Duration::from_secs(wait).min(self.manager.resync()));
             }
             let wait = (due - now).max(1) as u64;
-            return Step::Wait(Duration::from_secs(wait).min(self.manager.timings.resync));
+            return Step::Wait(Duration::from_secs(wait).min(self.manager.resync()));
         }
         Step::Obtain {
             current: current.map(Box::new),
@@ -1279,7 +1294,7 @@ impl CertWorker {
                 retry_in_secs = wait.as_secs(),
                 "a peer's attempt failed recently; waiting out its backoff"
             );
-            return wait.min(self.manager.timings.resync);
+            return wait.min(self.manager.resync());
         }
         let state = if current.is_some() {
             CertState::Renewing
@@ -1565,13 +1580,13 @@ struct RenewWanted {
     serial: Option<String>,
 }
 
-/// A stable per-certificate number in [0, 1) so every node picks the same point in a window.
-/// `poll` for up to [`FILES_PER_POLL`] files certificates, proportionally longer for more.
-fn scaled_poll(poll: Duration, files: usize) -> Duration {
-    if files <= FILES_PER_POLL {
+/// `poll` for up to `per` certificates, proportionally longer for more: `count` certificates
+/// each looked at once a poll make no more than `per` looks a `poll`.
+fn scaled_poll(poll: Duration, count: usize, per: usize) -> Duration {
+    if count <= per {
         return poll;
     }
-    poll.mul_f64(files as f64 / FILES_PER_POLL as f64)
+    poll.mul_f64(count as f64 / per as f64)
 }
 
 /// Which of `buckets` `id` falls in, the same on every run.
@@ -1606,11 +1621,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn files_are_polled_less_often_beyond_files_per_poll() {
+    fn polls_stretch_beyond_their_share() {
         let second = Duration::from_secs(1);
-        assert_eq!(scaled_poll(second, 0), second);
-        assert_eq!(scaled_poll(second, FILES_PER_POLL), second);
-        assert_eq!(scaled_poll(second, 100_000), Duration::from_secs(10));
-        assert_eq!(scaled_poll(second, 25_000), Duration::from_millis(2500));
+        let per = FILES_PER_POLL;
+        assert_eq!(scaled_poll(second, 0, per), second);
+        assert_eq!(scaled_poll(second, per, per), second);
+        assert_eq!(scaled_poll(second, 100_000, per), Duration::from_secs(10));
+        assert_eq!(
+            scaled_poll(second, 25_000, per),
+            Duration::from_millis(2500)
+        );
+        let minute = Duration::from_secs(60);
+        let per = ISSUED_PER_RESYNC;
+        assert_eq!(scaled_poll(minute, per, per), minute);
+        let stretched = scaled_poll(minute, 100_000, per).as_secs_f64();
+        assert!((stretched - 1000.0).abs() < 0.001, "{stretched}");
     }
 }

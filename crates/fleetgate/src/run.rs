@@ -236,7 +236,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let https_task = tokio::spawn(edge.clone().serve_https(https, shutdown.clone()));
     let initial_certs = managed_certs(&initial, config.acme.as_ref());
     let serving_sites = initial.len();
-    // Not needed past here: freed before the manager starts a task per certificate (at
+    // Not needed past here: freed before the manager queues every certificate (at
     // 100,000 registry sites, the sites alone are tens of MB).
     drop(initial);
     manager.apply(initial_certs);
