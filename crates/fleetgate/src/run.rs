@@ -111,10 +111,9 @@ impl Serving {
         self.edge.set_routes(routes);
         // Site by site into the manager, which compares each with its task and keeps only the
         // new and changed: no list of every certificate (25 MB at 100,000 sites).
-        let acme = config.acme.clone().map(Arc::new);
         let certs = sites
             .iter()
-            .flat_map(|site| site.managed_certs(acme.as_ref()));
+            .flat_map(|site| site.managed_certs(config.acme.as_ref()));
         if reload {
             self.manager.apply(certs);
         } else {

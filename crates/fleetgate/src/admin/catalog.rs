@@ -261,12 +261,11 @@ impl<'a> Catalog<'a> {
         let config = &self.config;
         let mut all = config.managed_certs();
         let env = config.registry_env();
-        let acme = config.acme.clone().map(Arc::new);
         for entry in entries {
             // A stored site that no longer validates here (say, no [acme] on this node) has
             // no certificate this node would manage.
             if let Ok(site) = entry.spec.validate(&env) {
-                all.extend(site.managed_certs(acme.as_ref()));
+                all.extend(site.managed_certs(config.acme.as_ref()));
             }
         }
         all
