@@ -3,15 +3,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::error::EdgeError;
 use crate::host::normalise_config_name;
 
-/// A configured name: exact or `*.suffix`.
+/// A configured name: exact or `*.suffix`. The name is shared, not copied, by every map that
+/// holds it (the SNI map holds each name in three: 100,000 sites have 200,000 names).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Pattern {
-    Exact(String),
-    Wildcard(String),
+    Exact(Arc<str>),
+    Wildcard(Arc<str>),
 }
 
 /// Validates and normalises a configured name or wildcard.
@@ -22,21 +24,24 @@ pub(crate) fn parse_pattern(name: &str) -> Result<Pattern, EdgeError> {
     };
     match name.strip_prefix("*.") {
         Some(suffix) => normalise_config_name(suffix)
-            .map(Pattern::Wildcard)
+            .map(|s| Pattern::Wildcard(s.into()))
             .map_err(invalid),
         None => normalise_config_name(name)
-            .map(Pattern::Exact)
+            .map(|n| Pattern::Exact(n.into()))
             .map_err(invalid),
     }
 }
 
 /// Exact match, then the one-label wildcard. `host` must be normalised (lower case, no trailing
 /// dot).
-pub(crate) fn lookup<'a, V>(
-    exact: &'a HashMap<String, V>,
-    wildcard: &'a HashMap<String, V>,
+pub(crate) fn lookup<'a, K, V>(
+    exact: &'a HashMap<K, V>,
+    wildcard: &'a HashMap<K, V>,
     host: &str,
-) -> Option<&'a V> {
+) -> Option<&'a V>
+where
+    K: std::borrow::Borrow<str> + std::hash::Hash + Eq,
+{
     exact.get(host).or_else(|| {
         let (_, suffix) = host.split_once('.')?;
         wildcard.get(suffix)

@@ -40,8 +40,8 @@ struct Table {
 /// Values by exact name, and by wildcard suffix (`*.example.com` as `example.com`).
 #[derive(Clone)]
 struct ByPattern<V> {
-    exact: HashMap<String, V>,
-    wildcard: HashMap<String, V>,
+    exact: HashMap<Arc<str>, V>,
+    wildcard: HashMap<Arc<str>, V>,
 }
 
 impl<V> Default for ByPattern<V> {
@@ -142,9 +142,11 @@ impl Entries {
         let seq = self.next_seq;
         self.next_seq += 1;
         for name in &names {
+            // Room for one: a name almost always has a single claim (a vector's first push
+            // makes room for four).
             self.claims
                 .entry(name.clone())
-                .or_default()
+                .or_insert_with(|| Vec::with_capacity(1))
                 .push((seq, Arc::clone(&key)));
             self.settle(name);
         }

@@ -139,9 +139,9 @@ impl Route {
 /// `example.com` nor `a.b.example.com`).
 #[derive(Debug, Default)]
 pub struct Routes {
-    exact: HashMap<String, Arc<Route>>,
+    exact: HashMap<Arc<str>, Arc<Route>>,
     /// Keyed by the wildcard's suffix: `*.example.com` is stored as `example.com`.
-    wildcard: HashMap<String, Arc<Route>>,
+    wildcard: HashMap<Arc<str>, Arc<Route>>,
 }
 
 impl Routes {
