@@ -173,6 +173,9 @@ struct Slot {
     busy: bool,
     /// The sequence number of its current entry in the queue: older entries are stale.
     seq: u64,
+    /// When its current entry falls due; `None` while it has none (busy, stopped, not yet
+    /// queued). A wake-up no sooner than that adds no entry.
+    due: Option<Instant>,
     /// Woken while busy: look again, re-reading the renewal request, once handed back.
     kicked: bool,
     /// Removed or changed (its replacement, if any, is another entry).
@@ -202,18 +205,38 @@ impl IssuedState {
     }
 }
 
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            state: IssuedState::new(),
+            busy: false,
+            seq: 0,
+            due: None,
+            kicked: false,
+            stopped: false,
+        }
+    }
+
+    /// Whether the queue entry `seq` is the one to act on.
+    fn is_current(&self, seq: u64) -> bool {
+        !self.stopped && !self.busy && self.seq == seq
+    }
+}
+
 impl IssuedCert {
     /// Whether the queue entry `seq` is the one to act on (for [`DueQueue::retain`]).
     fn current(self: &Arc<Self>, seq: u64) -> bool {
-        let slot = lock(&self.slot);
-        !slot.stopped && !slot.busy && slot.seq == seq
+        lock(&self.slot).is_current(seq)
     }
 
     /// Take it for a look when `seq` is its current entry (for [`DueQueue::next`]).
     fn take(self: &Arc<Self>, seq: u64) -> bool {
         let mut slot = lock(&self.slot);
-        let current = !slot.stopped && !slot.busy && slot.seq == seq;
-        slot.busy |= current;
+        let current = slot.is_current(seq);
+        if current {
+            slot.busy = true;
+            slot.due = None;
+        }
         current
     }
 
@@ -457,13 +480,7 @@ impl Manager {
             } else {
                 let issued = Arc::new(IssuedCert {
                     worker,
-                    slot: Mutex::new(Slot {
-                        state: IssuedState::new(),
-                        busy: false,
-                        seq: 0,
-                        kicked: false,
-                        stopped: false,
-                    }),
+                    slot: Mutex::new(Slot::new()),
                 });
                 if let Some(key) = cert.storage_key() {
                     let mut watch = lock(&self.watch);
@@ -498,14 +515,16 @@ impl Manager {
     }
 
     /// Queue `issued` for a look at `at`, unless a look or an order has it (they queue it when
-    /// they hand it back) or it was stopped.
+    /// they hand it back), it was stopped, or it is queued for no later than `at` already (a
+    /// change event and SIGHUP, or a lost batch of events waking it for its two keys).
     fn schedule(&self, issued: &Arc<IssuedCert>, at: Instant) {
         let seq = {
             let mut slot = lock(&issued.slot);
-            if slot.stopped || slot.busy {
+            if slot.stopped || slot.busy || slot.due.is_some_and(|due| due <= at) {
                 return;
             }
             slot.seq += 1;
+            slot.due = Some(at);
             slot.seq
         };
         self.issued.push(at, seq, issued.clone());
@@ -635,20 +654,16 @@ impl Manager {
     /// A look or an order is done with `issued`: queue its next look in `delay` (at once if it
     /// was kicked meanwhile).
     fn hand_back(&self, issued: &Arc<IssuedCert>, state: IssuedState, delay: Duration) {
-        let now = Instant::now();
-        {
+        let kicked = {
             let mut slot = lock(&issued.slot);
             slot.state = state;
             slot.busy = false;
-            if std::mem::take(&mut slot.kicked) {
-                slot.state.renew.check = true;
-                drop(slot);
-                self.schedule(issued, now);
-                return;
-            }
-        }
-        if !self.shutdown.is_cancelled() {
-            self.schedule(issued, now + delay);
+            std::mem::take(&mut slot.kicked)
+        };
+        if kicked {
+            self.kick(issued);
+        } else if !self.shutdown.is_cancelled() {
+            self.schedule(issued, Instant::now() + delay);
         }
     }
 
@@ -1594,6 +1609,7 @@ fn jitter_bucket(id: &str, buckets: usize) -> usize {
     ((jitter_seed(id) * buckets as f64) as usize).min(buckets - 1)
 }
 
+/// A stable per-certificate number in [0, 1) so every node picks the same point in a window.
 fn jitter_seed(serial: &str) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in serial.bytes() {
