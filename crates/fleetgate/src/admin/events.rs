@@ -151,8 +151,9 @@ impl Watcher {
             };
             let id = json_id(key);
             let serial = bundle.meta.serial;
-            let previous = self.serials.insert(digest(key), digest(&serial));
-            if previous == Some(digest(&serial)) {
+            let serial_digest = digest(&serial);
+            let previous = self.serials.insert(digest(key), serial_digest);
+            if previous == Some(serial_digest) {
                 return;
             }
             let what = if previous.is_some() {
