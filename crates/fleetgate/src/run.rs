@@ -155,10 +155,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let registry = Registry::new(store.clone(), node.clone());
     let registry_cache = RegistryCache::new(config.storage.path());
     let (entries, origin) = node_sites::initial(&registry, &registry_cache).await;
-    let mut entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
-    // The collect reuses the read's buffer in place (672 bytes an entry, 64 MB at 100,000
-    // sites) for 8-byte pointers; give the rest back.
-    entries.shrink_to_fit();
+    let entries = node_sites::shared(entries);
     let initial = node_sites::merge(
         &config.sites,
         &crate::on_demand::servable(&entries),

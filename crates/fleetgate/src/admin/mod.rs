@@ -205,10 +205,7 @@ impl AdminState {
         }
         match self.registry.list().await {
             Ok(entries) => {
-                let mut entries: Vec<_> = entries.into_iter().map(Arc::new).collect();
-                // An in-place collect: the buffer still has room for whole entries.
-                entries.shrink_to_fit();
-                let entries = Arc::new(entries);
+                let entries = Arc::new(crate::node_sites::shared(entries));
                 *listing = Some(entries.clone());
                 Ok(entries)
             }
