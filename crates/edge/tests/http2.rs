@@ -21,18 +21,23 @@ use tokio::sync::Notify;
 /// An upstream answering `GET /slow` only once `release` is notified, anything else at once;
 /// each answer is the path.
 async fn gated_upstream(release: Arc<Notify>) -> String {
-    gated_upstream_counting(release, Arc::new(Notify::new())).await
+    gated_upstream_counting(release, Arc::new(Notify::new()), Arc::new(Notify::new())).await
 }
 
-/// As [`gated_upstream`], notifying `closed` whenever a connection waiting in `/slow` is
-/// closed by the edge.
-async fn gated_upstream_counting(release: Arc<Notify>, closed: Arc<Notify>) -> String {
+/// As [`gated_upstream`], notifying `arrived` whenever a `/slow` request comes in and `closed`
+/// whenever a connection waiting in `/slow` is closed by the edge.
+async fn gated_upstream_counting(
+    release: Arc<Notify>,
+    arrived: Arc<Notify>,
+    closed: Arc<Notify>,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (mut socket, _) = listener.accept().await.unwrap();
             let release = Arc::clone(&release);
+            let arrived = Arc::clone(&arrived);
             let closed = Arc::clone(&closed);
             tokio::spawn(async move {
                 let mut head = Vec::new();
@@ -48,6 +53,7 @@ async fn gated_upstream_counting(release: Arc<Notify>, closed: Arc<Notify>) -> S
                         head.drain(..end + 4);
                         let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
                         if path == "/slow" {
+                            arrived.notify_one();
                             tokio::select! {
                                 () = release.notified() => {}
                                 // The edge gave up on the request: its end of the socket closed.
@@ -207,14 +213,24 @@ async fn settings_frame_a_raw_client_sees() {
 /// ends the stream (its upstream request is dropped) rather than leaving it running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_waiting_when_its_client_vanishes_is_dropped() {
-    let closed = Arc::new(Notify::new());
-    let upstream = gated_upstream_counting(Arc::new(Notify::new()), Arc::clone(&closed)).await;
+    let (arrived, closed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let upstream = gated_upstream_counting(
+        Arc::new(Notify::new()),
+        Arc::clone(&arrived),
+        Arc::clone(&closed),
+    )
+    .await;
     let (edge, ca) = h2_edge(upstream).await;
     let conn = Conn::open(edge.https, "h2.test", tls_config(ca.root_pem(), &[b"h2"]))
         .await
         .unwrap();
     let slow = tokio::spawn(get(sender(&conn), "/slow"));
     assert_eq!(get(sender(&conn), "/a").await.0, StatusCode::OK);
+    // The slow request must be waiting upstream before its client goes (on a loaded machine
+    // the spawned request may not have been sent yet).
+    tokio::time::timeout(DEADLINE, arrived.notified())
+        .await
+        .expect("the slow request reaches the upstream");
     // Gone: the client's connection task (and with it the socket) and every handle on it.
     slow.abort();
     conn.closed.abort();
