@@ -127,6 +127,18 @@ async fn resumes_across(nodes: &[&Node], roots: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Wait until `node` serves [`NAME`]: a node listens before its certificate is loaded.
+async fn wait_serving(node: &Node, roots: &str) -> anyhow::Result<()> {
+    let probe = Client::new(roots, &rustls::version::TLS13)?;
+    testkit::wait_for(
+        &format!("node {} serving {NAME}", node.ip),
+        DEADLINE,
+        || async { probe.visit(node.https).await.ok().map(|_| ()) },
+    )
+    .await
+    .with_context(|| node.log())
+}
+
 /// Whether `node` logged that it uses the store's keys of `generation`.
 fn uses_generation(node: &Node, generation: u64) -> bool {
     node.log().lines().any(|line| {
@@ -266,6 +278,7 @@ async fn a_node_started_while_redis_was_down_serves_tls_then_resumes_the_fleets_
     // The store is down: this node serves TLS all the same and resumes its own sessions.
     let mut lonely = new_node()?;
     lonely.start().await?;
+    wait_serving(&lonely, &roots).await?;
     for (name, version) in versions() {
         let client = Client::new(&roots, version)?;
         assert_eq!(client.visit(lonely.https).await?, HandshakeKind::Full);
